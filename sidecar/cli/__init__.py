@@ -1,0 +1,7 @@
+"""The ``sidecar`` command line: one subcommand module per concept."""
+
+from __future__ import annotations
+
+from .app import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""``sidecar account ...``: filled in by the charging work."""

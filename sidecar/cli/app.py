@@ -1,0 +1,74 @@
+"""Root command group, shared options and error handling."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..store.db import connect, db_path
+
+
+class Context:
+    """What every subcommand shares: where the database is, opened on first use."""
+
+    def __init__(self, db: str | None) -> None:
+        self.path = db_path(db)
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path)
+        return self._conn
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def parse_when(text: str | None, option: str = "--at") -> datetime:
+    """An ISO 8601 date or date-time (naive means UTC); ``None`` means now."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        if len(text) == 10:
+            dt = datetime.fromisoformat(text + "T00:00:00")
+        else:
+            dt = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"'{text}' is not an ISO 8601 date-time", param_hint=option
+                                 ) from exc
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def emit_json(obj: Any) -> None:
+    """Print one JSON document to stdout."""
+    click.echo(json.dumps(obj, indent=None, sort_keys=False, default=str))
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print an error to stderr and exit with ``code``."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", envvar="SIDECAR_DB", default=None, metavar="PATH",
+              help="SQLite database (default: $SIDECAR_DB, else ./sidecar.db).")
+@click.version_option(__version__, prog_name="sidecar")
+@click.pass_context
+def cli(click_ctx: click.Context, db: str | None) -> None:
+    """Real-time billing sidecar for Kamailio: rate decks, rating, credit control."""
+    click_ctx.obj = Context(db)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    from . import accounts, decks, rate  # noqa: F401  (registers the subcommands)
+
+    cli()

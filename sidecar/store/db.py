@@ -1,0 +1,216 @@
+"""The SQLite database: opening it, its schema, and transactions.
+
+Money is stored as TEXT holding a plain decimal (exact); times as Unix milliseconds
+(INTEGER) unless a column says otherwise. sqlite-utils creates and inspects the schema;
+hot paths use the sqlite3 connection directly inside explicit transactions.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+DEFAULT_DB = "sidecar.db"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS plans (
+    name TEXT PRIMARY KEY,
+    currency TEXT NOT NULL,
+    notice_days INTEGER NOT NULL DEFAULT 7,
+    second_rounding TEXT NOT NULL DEFAULT 'ceil',
+    chunk_seconds INTEGER NOT NULL DEFAULT 60,
+    international_prefix TEXT NOT NULL DEFAULT '00',
+    national_prefix TEXT NOT NULL DEFAULT '',
+    country_code TEXT NOT NULL DEFAULT '',
+    strip_prefixes TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS deck_versions (
+    id INTEGER PRIMARY KEY,
+    plan TEXT NOT NULL REFERENCES plans(name),
+    version INTEGER NOT NULL,
+    imported_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    lines INTEGER NOT NULL,
+    UNIQUE (plan, version)
+);
+
+CREATE TABLE IF NOT EXISTS rates (
+    id INTEGER PRIMARY KEY,
+    plan TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    origin TEXT NOT NULL DEFAULT '',
+    rate TEXT NOT NULL,
+    increment TEXT NOT NULL,
+    effective_from TEXT NOT NULL,
+    connection_fee TEXT NOT NULL DEFAULT '0',
+    minimum_charge TEXT NOT NULL DEFAULT '0',
+    short_call_seconds INTEGER NOT NULL DEFAULT 0,
+    short_call_surcharge TEXT NOT NULL DEFAULT '0',
+    currency TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rates_plan ON rates (plan, version);
+
+CREATE TABLE IF NOT EXISTS accounts (
+    code TEXT PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    plan TEXT NOT NULL REFERENCES plans(name),
+    currency TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('prepaid', 'postpaid')),
+    balance TEXT NOT NULL DEFAULT '0',
+    held TEXT NOT NULL DEFAULT '0',
+    credit_limit TEXT NOT NULL DEFAULT '0',
+    daily_cap TEXT,
+    monthly_cap TEXT,
+    day_key TEXT NOT NULL DEFAULT '',
+    day_spend TEXT NOT NULL DEFAULT '0',
+    month_key TEXT NOT NULL DEFAULT '',
+    month_spend TEXT NOT NULL DEFAULT '0',
+    chunk_seconds INTEGER,
+    max_call_seconds INTEGER NOT NULL DEFAULT 14400,
+    low_balance TEXT,
+    recharge_below TEXT,
+    recharge_amount TEXT,
+    suspended INTEGER NOT NULL DEFAULT 0,
+    suspend_reason TEXT NOT NULL DEFAULT '',
+    parent TEXT,
+    address TEXT NOT NULL DEFAULT '',
+    tax_number TEXT NOT NULL DEFAULT '',
+    tax_rate TEXT NOT NULL DEFAULT '0',
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS sip_accounts (
+    kind TEXT NOT NULL CHECK (kind IN ('user', 'ip')),
+    value TEXT NOT NULL,
+    account TEXT NOT NULL REFERENCES accounts(code),
+    PRIMARY KEY (kind, value)
+);
+
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN
+        ('topup', 'reserve', 'release', 'charge', 'credit', 'adjustment')),
+    amount TEXT NOT NULL,
+    call_ref TEXT,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, ts_ms);
+CREATE INDEX IF NOT EXISTS ledger_call ON ledger (call_ref);
+
+CREATE TABLE IF NOT EXISTS live_calls (
+    call_ref TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    number TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    rate TEXT NOT NULL,
+    increment TEXT NOT NULL,
+    answered_ms INTEGER NOT NULL,
+    paid_seconds INTEGER NOT NULL,
+    reserved TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS cdrs (
+    id INTEGER PRIMARY KEY,
+    call_ref TEXT NOT NULL UNIQUE,
+    call_id TEXT NOT NULL,
+    account TEXT,
+    plan TEXT,
+    caller TEXT NOT NULL DEFAULT '',
+    callee TEXT NOT NULL DEFAULT '',
+    destination TEXT NOT NULL DEFAULT '',
+    prefix TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    rate TEXT NOT NULL DEFAULT '0',
+    increment TEXT NOT NULL DEFAULT '',
+    currency TEXT NOT NULL DEFAULT '',
+    offered_ms INTEGER,
+    answered_ms INTEGER,
+    billable_ms INTEGER,
+    ended_ms INTEGER,
+    duration_ms INTEGER NOT NULL DEFAULT 0,
+    billed_seconds INTEGER NOT NULL DEFAULT 0,
+    usage TEXT NOT NULL DEFAULT '0',
+    connection_fee TEXT NOT NULL DEFAULT '0',
+    surcharge TEXT NOT NULL DEFAULT '0',
+    minimum_uplift TEXT NOT NULL DEFAULT '0',
+    cost TEXT NOT NULL DEFAULT '0',
+    charged TEXT NOT NULL DEFAULT '0',
+    written_off TEXT NOT NULL DEFAULT '0',
+    credited TEXT NOT NULL DEFAULT '0',
+    disposition TEXT NOT NULL,
+    sip_code INTEGER,
+    ended_by TEXT NOT NULL DEFAULT '',
+    end_reason TEXT NOT NULL DEFAULT '',
+    fas_verdict TEXT NOT NULL DEFAULT '',
+    fas_reasons TEXT NOT NULL DEFAULT '',
+    route TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms);
+"""
+
+
+def db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The database path: the argument, else ``$SIDECAR_DB``, else ``./sidecar.db``."""
+    return Path(explicit or os.environ.get("SIDECAR_DB") or DEFAULT_DB)
+
+
+def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open (creating if needed) the database with the project's settings and schema.
+
+    The connection is in autocommit mode: callers group writes with :func:`transaction`.
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if str(path) != ":memory:":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    ensure_schema(conn)
+    return conn
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create missing tables and record the schema version."""
+    conn.executescript(_SCHEMA)
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+        (str(SCHEMA_VERSION),),
+    )
+
+
+def utils(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """A sqlite-utils view of the connection (introspection, ad-hoc queries)."""
+    return sqlite_utils.Database(conn)
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: one writer decides and records at once.
+
+    IMMEDIATE takes the write lock up front, so a read-then-write decision (is there
+    credit? then reserve it) cannot interleave with another process's.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
