@@ -87,6 +87,12 @@ def round_currency(value: Decimal, currency: str) -> Decimal:
     return value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
 
 
+def to_text(value: Decimal) -> str:
+    """How an amount is stored: plain digits, never an exponent (``0E-8`` becomes
+    ``0.00000000``), keeping its scale."""
+    return format(value, "f")
+
+
 def fmt(value: Decimal) -> str:
     """Render an amount as plain text without exponent and without trailing zeros."""
     if value == 0:

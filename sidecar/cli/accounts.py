@@ -1,1 +1,306 @@
-"""``sidecar account ...``: filled in by the charging work."""
+"""``sidecar account ...``, ``sidecar ledger verify`` and ``sidecar calls --live``."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..charging.model import Account, AccountKind
+from ..money import MoneyError, fmt, parse_amount
+from ..rating import Increment, RateLine, price
+from ..rating.increments import duration_seconds
+from ..store.accounts import (
+    AccountExists,
+    AccountNotFound,
+    SqliteLedger,
+    add_account,
+    get_account,
+    list_accounts,
+    map_sip,
+    set_suspended,
+    sip_mappings,
+    verify_ledger,
+)
+from ..store.decks import PlanNotFound
+from .app import Context, cli, emit_json, fail, pass_ctx
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _amount(text: str | None, option: str, negative: bool = False) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        return parse_amount(text, allow_negative=negative)
+    except MoneyError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+
+
+def account_json(a: Account) -> dict[str, object]:
+    return {
+        "code": a.code, "name": a.name, "plan": a.plan, "currency": a.currency,
+        "kind": a.kind.value, "balance": str(a.balance), "held": str(a.held),
+        "available": str(a.available()), "credit_limit": str(a.credit_limit),
+        "daily_cap": None if a.daily_cap is None else str(a.daily_cap),
+        "monthly_cap": None if a.monthly_cap is None else str(a.monthly_cap),
+        "day_spend": str(a.day_spend), "month_spend": str(a.month_spend),
+        "chunk_seconds": a.chunk_seconds, "max_call_seconds": a.max_call_seconds,
+        "low_balance": None if a.low_balance is None else str(a.low_balance),
+        "recharge_below": None if a.recharge_below is None else str(a.recharge_below),
+        "recharge_amount": None if a.recharge_amount is None else str(a.recharge_amount),
+        "suspended": a.suspended, "suspend_reason": a.suspend_reason,
+    }
+
+
+@cli.group()
+def account() -> None:
+    """Billing accounts: prepaid balances, postpaid limits, SIP mappings."""
+
+
+@account.command("add")
+@click.argument("code")
+@click.option("--plan", required=True, help="Rate plan the account is rated on.")
+@click.option("--kind", type=click.Choice(["prepaid", "postpaid"]), default="prepaid",
+              show_default=True)
+@click.option("--name", default="")
+@click.option("--balance", default=None, help="Initial top-up (prepaid).")
+@click.option("--credit-limit", default=None, help="Postpaid: how far below zero it may go.")
+@click.option("--daily-cap", default=None, help="Postpaid: spend per UTC day, then suspend.")
+@click.option("--monthly-cap", default=None, help="Postpaid: spend per month, then suspend.")
+@click.option("--chunk-seconds", type=int, default=None, help="Reservation chunk (else plan's).")
+@click.option("--max-call-seconds", type=int, default=14_400, show_default=True)
+@click.option("--low-balance", default=None, help="Alert when the balance falls below this.")
+@click.option("--recharge-below", default=None, help="Auto-recharge under this balance ...")
+@click.option("--recharge-amount", default=None, help="... by this amount.")
+@click.option("--address", default="", help="Postal address for invoices.")
+@click.option("--tax-number", default="")
+@click.option("--tax-rate", default="0", help="Tax rate for invoices, e.g. 0.19.")
+@click.option("--parent", default=None, help="Parent account (departments).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def account_add(ctx: Context, code: str, plan: str, kind: str, name: str, balance: str | None,
+                credit_limit: str | None, daily_cap: str | None, monthly_cap: str | None,
+                chunk_seconds: int | None, max_call_seconds: int, low_balance: str | None,
+                recharge_below: str | None, recharge_amount: str | None, address: str,
+                tax_number: str, tax_rate: str, parent: str | None, as_json: bool) -> None:
+    """Create account CODE."""
+    now = _now_ms()
+    try:
+        acc = add_account(
+            ctx.conn, code, plan, AccountKind(kind), now_ms=now, name=name,
+            credit_limit=_amount(credit_limit, "--credit-limit") or Decimal(0),
+            daily_cap=_amount(daily_cap, "--daily-cap"),
+            monthly_cap=_amount(monthly_cap, "--monthly-cap"), chunk_seconds=chunk_seconds,
+            max_call_seconds=max_call_seconds, low_balance=_amount(low_balance, "--low-balance"),
+            recharge_below=_amount(recharge_below, "--recharge-below"),
+            recharge_amount=_amount(recharge_amount, "--recharge-amount"), address=address,
+            tax_number=tax_number, tax_rate=_amount(tax_rate, "--tax-rate") or Decimal(0),
+            parent=parent)
+        initial = _amount(balance, "--balance")
+        if initial:
+            acc = SqliteLedger(ctx.conn).topup(code, initial, now, "initial balance")
+    except (AccountExists, PlanNotFound, ValueError) as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        emit_json(account_json(acc))
+    else:
+        click.echo(f"account {acc.code} ({acc.kind.value}, plan {acc.plan}) created, "
+                   f"balance {acc.balance} {acc.currency}")
+
+
+@account.command("show")
+@click.argument("code")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def account_show(ctx: Context, code: str, as_json: bool) -> None:
+    """Show an account, its SIP mappings and its latest ledger rows."""
+    try:
+        acc = get_account(ctx.conn, code, _now_ms())
+    except AccountNotFound as exc:
+        fail(str(exc))
+        return
+    maps = sip_mappings(ctx.conn, code)
+    rows = ctx.conn.execute("SELECT ts_ms, kind, amount, call_ref, note FROM ledger WHERE "
+                            "account = ? ORDER BY id DESC LIMIT 20", (code,)).fetchall()
+    if as_json:
+        emit_json({**account_json(acc), "sip": [{"kind": k, "value": v} for k, v, _ in maps],
+                   "ledger": [{"ts": _iso(r[0]), "kind": r[1], "amount": r[2],
+                               "call_ref": r[3], "note": r[4]} for r in rows]})
+        return
+    console = Console()
+    state = f"[red]suspended: {acc.suspend_reason}[/]" if acc.suspended else "[green]active[/]"
+    console.print(f"[bold]{acc.code}[/] {acc.name} — {acc.kind.value}, plan {acc.plan}, {state}")
+    console.print(f"balance {acc.balance} {acc.currency} (held {acc.held}, available "
+                  f"{acc.available()})")
+    if acc.kind is AccountKind.POSTPAID:
+        console.print(f"credit limit {acc.credit_limit}; today {acc.day_spend}"
+                      f"{f' of {acc.daily_cap}' if acc.daily_cap is not None else ''}; "
+                      f"this month {acc.month_spend}"
+                      f"{f' of {acc.monthly_cap}' if acc.monthly_cap is not None else ''}")
+    if maps:
+        console.print("SIP: " + ", ".join(f"{k} {v}" for k, v, _ in maps))
+    t = Table("time", "kind", "amount", "call", "note", title="Latest ledger rows")
+    for r in rows:
+        t.add_row(_iso(r[0]), r[1], r[2], r[3] or "", r[4])
+    console.print(t)
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+@account.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def account_list(ctx: Context, as_json: bool) -> None:
+    """List accounts."""
+    accs = list_accounts(ctx.conn, _now_ms())
+    if as_json:
+        emit_json([account_json(a) for a in accs])
+        return
+    t = Table("code", "name", "kind", "plan", "balance", "held", "available", "state")
+    for a in accs:
+        t.add_row(a.code, a.name, a.kind.value, a.plan, f"{a.balance} {a.currency}",
+                  str(a.held), str(a.available()), "suspended" if a.suspended else "active")
+    Console().print(t)
+
+
+@account.command("topup")
+@click.argument("code")
+@click.argument("amount")
+@click.option("--note", default="", help="Payment reference.")
+@click.option("--adjust", is_flag=True, help="An adjustment (may be negative) not a top-up.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def account_topup(ctx: Context, code: str, amount: str, note: str, adjust: bool,
+                  as_json: bool) -> None:
+    """Add AMOUNT to an account's balance (a ledger row)."""
+    value = _amount(amount, "AMOUNT", negative=adjust)
+    assert value is not None
+    try:
+        acc = SqliteLedger(ctx.conn).topup(code, value, _now_ms(), note,
+                                           "adjustment" if adjust else "topup")
+    except (AccountNotFound, ValueError) as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        emit_json(account_json(acc))
+    else:
+        click.echo(f"account {code}: balance {acc.balance} {acc.currency}")
+
+
+@account.command("suspend")
+@click.argument("code")
+@click.option("--reason", default="suspended by operator")
+@pass_ctx
+def account_suspend(ctx: Context, code: str, reason: str) -> None:
+    """Refuse new calls from an account (403)."""
+    try:
+        set_suspended(ctx.conn, code, True, reason)
+    except AccountNotFound as exc:
+        fail(str(exc))
+    click.echo(f"account {code} suspended: {reason}")
+
+
+@account.command("resume")
+@click.argument("code")
+@pass_ctx
+def account_resume(ctx: Context, code: str) -> None:
+    """Accept calls from a suspended account again."""
+    try:
+        set_suspended(ctx.conn, code, False)
+    except AccountNotFound as exc:
+        fail(str(exc))
+    click.echo(f"account {code} active")
+
+
+@account.command("map-sip")
+@click.argument("code")
+@click.option("--user", "users", multiple=True, help="SIP username (From user) of the account.")
+@click.option("--ip", "ips", multiple=True, help="Source IP of the account's calls.")
+@pass_ctx
+def account_map_sip(ctx: Context, code: str, users: tuple[str, ...], ips: tuple[str, ...]) -> None:
+    """Map SIP usernames and/or source IPs to an account."""
+    if not users and not ips:
+        fail("give --user and/or --ip", 2)
+    try:
+        for u in users:
+            map_sip(ctx.conn, "user", u, code)
+        for ip in ips:
+            map_sip(ctx.conn, "ip", ip, code)
+    except (AccountNotFound, ValueError) as exc:
+        fail(str(exc))
+    click.echo(f"account {code}: " + ", ".join(
+        f"{k} {v}" for k, v, _ in sip_mappings(ctx.conn, code)))
+
+
+@cli.group()
+def ledger() -> None:
+    """The append-only ledger."""
+
+
+@ledger.command("verify")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def ledger_verify(ctx: Context, as_json: bool) -> None:
+    """Prove every balance is the sum of its ledger (exit 1 on any mismatch)."""
+    checks = verify_ledger(ctx.conn)
+    bad = [c for c in checks if c.problems]
+    if as_json:
+        emit_json({"accounts": len(checks), "ok": not bad,
+                   "problems": {c.account: list(c.problems) for c in bad}})
+    else:
+        for c in checks:
+            mark = "ok " if not c.problems else "BAD"
+            click.echo(f"{mark} {c.account}: balance {c.balance} = ledger {c.ledger_sum}; "
+                       f"held {c.held}; charges {c.charges} = CDRs {c.cdr_charges}")
+            for p in c.problems:
+                click.echo(f"    {p}")
+        click.echo(f"{len(checks)} accounts, {len(bad)} with problems")
+    if bad:
+        raise SystemExit(1)
+
+
+@cli.command("calls")
+@click.option("--live", is_flag=True, required=True, help="Calls running now.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def calls_live(ctx: Context, live: bool, as_json: bool) -> None:
+    """Running calls: cost so far, reserved credit, remaining paid time, account totals."""
+    now = _now_ms()
+    rows = SqliteLedger(ctx.conn).live_calls()
+    out = []
+    totals: dict[str, Decimal] = {}
+    for r in rows:
+        line = RateLine(str(r["destination"]), str(r["prefix"]), Decimal(str(r["rate"])),
+                        Increment.parse(str(r["increment"])), datetime.now(UTC), "")
+        answered = int(str(r["answered_ms"]))
+        elapsed = max(0, now - answered)
+        cost = price(line, duration_seconds(elapsed)).cost
+        remaining = max(0, answered + int(str(r["paid_seconds"])) * 1000 - now)
+        totals[str(r["account"])] = totals.get(str(r["account"]), Decimal(0)) + cost
+        out.append({"call_ref": r["call_ref"], "account": r["account"], "number": r["number"],
+                    "destination": r["destination"], "elapsed_s": elapsed // 1000,
+                    "cost": str(cost), "reserved": r["reserved"], "remaining_s": remaining // 1000})
+    if as_json:
+        emit_json({"calls": out, "accounts": {k: str(v) for k, v in totals.items()}})
+        return
+    t = Table("call", "account", "number", "destination", "elapsed", "cost so far", "reserved",
+              "paid time left", title=f"{len(out)} live calls")
+    for c in out:
+        t.add_row(str(c["call_ref"]), str(c["account"]), str(c["number"]),
+                  str(c["destination"]), f"{c['elapsed_s']} s", fmt(Decimal(str(c["cost"]))),
+                  fmt(Decimal(str(c["reserved"]))), f"{c['remaining_s']} s")
+    Console().print(t)
+    for acc, total in sorted(totals.items()):
+        click.echo(f"{acc}: running total {fmt(total)}")

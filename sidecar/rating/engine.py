@@ -134,6 +134,10 @@ class RateTable:
             *number_plan.strip_prefixes) if p) or ("\0",)
         self.size = sum(len(e) for by in index.values() for e in by.values())
 
+    def rounding_seconds(self, duration_ms: int) -> int:
+        """Whole seconds of a duration by this plan's rounding rule."""
+        return duration_seconds(duration_ms, self.rounding)
+
     @property
     def uses_origins(self) -> bool:
         """True when some line is priced per origin class (the CLI matters)."""

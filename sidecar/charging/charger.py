@@ -1,0 +1,408 @@
+"""Online charging: authorize, reserve credit in chunks, end calls when it is gone, settle.
+
+The :class:`Charger` is driven by events (offer, answer, end, failure, time advancing)
+and answers with decisions and actions. It never reads a clock: every method takes
+``now_ms``. Money moves only through the :class:`~sidecar.charging.ports.Ledger`, whose
+every reservation is one atomic store transaction, so concurrent calls on one account
+can never overdraw it.
+
+Timeline of an answered prepaid call::
+
+    answer ──reserve chunk 1──┬── renew_at: reserve chunk 2 ──┬── ... ── cut-off
+                              └ paid_seconds grows            └ partial grant: final,
+                                                                EndCall at the exact ms
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from ..money import ZERO, to_text
+from ..numbers import InvalidNumber, normalize, origin_class
+from ..rating import NoRate, RateLine, RateTable, affordable_seconds, price
+from .model import (
+    Account,
+    AccountKind,
+    Action,
+    Alert,
+    AuthDecision,
+    Cdr,
+    CdrWritten,
+    Disposition,
+    EndCall,
+    Recharge,
+)
+from .ports import Ledger
+
+log = logging.getLogger("sidecar.charging")
+
+REASON_CREDIT = "credit exhausted"
+
+
+@dataclass(frozen=True)
+class PlanRates:
+    """What the charger needs of a rate plan."""
+
+    table: RateTable
+    chunk_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class ChargingConfig:
+    """Tunables of credit control.
+
+    ``renew_lead_ms``: how long before the paid time runs out the next chunk is reserved.
+    ``min_chunk_seconds``: the chunk used while credit is low, so that calls sharing a
+    small balance take turns instead of one call holding it all.
+    ``low_credit_chunks``: credit is low when it covers fewer than this many chunks for
+    every live call on the account (the new one included).
+    """
+
+    renew_lead_ms: int = 5_000
+    min_chunk_seconds: int = 6
+    low_credit_chunks: int = 2
+    remember_ended: int = 100_000
+
+
+@dataclass
+class CallSession:
+    """One call under charging control."""
+
+    call_ref: str
+    call_id: str
+    account: str
+    plan: str
+    line: RateLine
+    number: str
+    caller: str
+    origin: str
+    offered_ms: int
+    max_seconds: int
+    answered_ms: int | None = None
+    billable_ms: int | None = None
+    paid_seconds: int = 0
+    reserved: Decimal = ZERO
+    final: bool = False  # the account could not cover another chunk
+    ending: bool = False  # EndCall was emitted
+    end_reason: str = ""
+    timer_gen: int = 0
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def paid_until_ms(self) -> int | None:
+        if self.billable_ms is None:
+            return None
+        return self.billable_ms + self.paid_seconds * 1000
+
+
+class Charger:
+    """The charging core for all calls of one sidecar."""
+
+    def __init__(self, ledger: Ledger, plans: Callable[[str], PlanRates],
+                 config: ChargingConfig | None = None) -> None:
+        self.ledger = ledger
+        self.plans = plans
+        self.config = config or ChargingConfig()
+        self.sessions: dict[str, CallSession] = {}
+        self._by_account: dict[str, set[str]] = {}
+        self._timers: list[tuple[int, int, str]] = []  # (deadline, generation, call_ref)
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._recharge_pending: set[str] = set()
+
+    # --- events --------------------------------------------------------------------
+    def authorize(
+        self,
+        call_ref: str,
+        *,
+        number: str,
+        now_ms: int,
+        account_code: str = "",
+        sip_user: str = "",
+        src_ip: str = "",
+        caller: str = "",
+        call_id: str = "",
+    ) -> AuthDecision:
+        """Decide an INVITE: allow with a maximum duration, or reject with a SIP code
+        (403 unknown/suspended account, 404 no rate, 402 no credit)."""
+        existing = self.sessions.get(call_ref)
+        if existing is not None:  # a retransmitted offer gets the same answer
+            return AuthDecision(True, 200, "", existing.max_seconds, existing.account,
+                                existing.line.destination, existing.line.prefix)
+        if call_ref in self._ended:
+            return AuthDecision(False, 403, "call already ended")
+        acc, how = self.ledger.resolve(account_code, sip_user, src_ip, now_ms)
+        if acc is None:
+            return self._reject(call_ref, call_id, None, 403, how, caller, number, now_ms)
+        if acc.suspended:
+            return self._reject(call_ref, call_id, acc, 403,
+                                f"account {acc.code} suspended: {acc.suspend_reason}".rstrip(": "),
+                                caller, number, now_ms)
+        rates = self.plans(acc.plan)
+        table = rates.table
+        try:
+            digits = normalize(number, table.number_plan)
+            origin = origin_class(caller, table.number_plan) if table.uses_origins else ""
+            line = table.lookup(digits, now_ms // 1000, origin)
+            if line is None:
+                raise NoRate(f"no rate for {digits} in plan {acc.plan}")
+        except (NoRate, InvalidNumber) as exc:
+            return self._reject(call_ref, call_id, acc, 404, str(exc), caller, number, now_ms)
+        seconds = affordable_seconds(line, acc.available())
+        if seconds <= 0:
+            return self._reject(call_ref, call_id, acc, 402,
+                                f"account {acc.code} has no credit for {line.destination}",
+                                caller, digits, now_ms)
+        max_seconds = min(seconds, acc.max_call_seconds)
+        self.sessions[call_ref] = CallSession(
+            call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller, origin,
+            now_ms, max_seconds)
+        log.info("authorized %s account=%s via %s dest=%s max=%ss", call_ref, acc.code, how,
+                 line.destination, max_seconds)
+        return AuthDecision(True, 200, "", max_seconds, acc.code, line.destination, line.prefix)
+
+    def answer(self, call_ref: str, now_ms: int, billable_ms: int | None = None) -> list[Action]:
+        """The call was answered at ``now_ms``; billing starts at ``billable_ms``
+        (default: the answer). Reserves the first chunk."""
+        s = self.sessions.get(call_ref)
+        if s is None or s.answered_ms is not None:
+            return []  # unknown, ended, or a duplicate answer
+        s.answered_ms = now_ms
+        s.billable_ms = billable_ms if billable_ms is not None else now_ms
+        self._by_account.setdefault(s.account, set()).add(call_ref)
+        actions: list[Action] = []
+        self._reserve_next(s, now_ms, actions)
+        return actions
+
+    def tick(self, now_ms: int) -> list[Action]:
+        """Time advanced to ``now_ms``: reserve chunks that are due, end calls whose paid
+        time is over."""
+        actions: list[Action] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            _deadline, gen, ref = heapq.heappop(timers)
+            s = self.sessions.get(ref)
+            if s is None or gen != s.timer_gen or s.ending:
+                continue
+            paid_until = s.paid_until_ms
+            assert paid_until is not None
+            if not s.final and now_ms < paid_until:
+                self._reserve_next(s, now_ms, actions)
+            elif now_ms >= paid_until:
+                s.ending = True
+                s.end_reason = REASON_CREDIT
+                actions.append(EndCall(ref, REASON_CREDIT, now_ms))
+                log.info("ending %s: %s after %s paid seconds", ref, REASON_CREDIT,
+                         s.paid_seconds)
+            else:
+                self._schedule(s, paid_until)
+        return actions
+
+    def next_deadline(self) -> int | None:
+        """When :meth:`tick` next has something to do (ms), or None."""
+        timers = self._timers
+        while timers:
+            deadline, gen, ref = timers[0]
+            s = self.sessions.get(ref)
+            if s is not None and gen == s.timer_gen and not s.ending:
+                return deadline
+            heapq.heappop(timers)
+        return None
+
+    def end(self, call_ref: str, now_ms: int, *, ended_by: str = "", reason: str = "",
+            sip_code: int | None = None) -> list[Action]:
+        """The dialog ended (BYE, timeout, failure). Settles the call once."""
+        s = self.sessions.pop(call_ref, None)
+        if s is None:
+            return []  # duplicate or unknown: never charged twice
+        self._forget(s)
+        if s.answered_ms is None:
+            cdr = self._cdr(s, Disposition.FAILED, now_ms)
+            cdr.sip_code = sip_code
+        else:
+            assert s.billable_ms is not None
+            duration = max(0, now_ms - s.billable_ms)
+            if s.ending and s.end_reason == REASON_CREDIT:
+                # The sidecar cut the call at the paid time; the BYE's latency is ours.
+                duration = min(duration, s.paid_seconds * 1000)
+            rates = self.plans(s.plan)
+            secs = rates.table.rounding_seconds(duration)
+            p = price(s.line, secs)
+            cdr = self._cdr(s, Disposition.ANSWERED, now_ms)
+            cdr.sip_code = sip_code if sip_code is not None else 200
+            cdr.duration_ms = duration
+            cdr.billed_seconds = p.billed_seconds
+            cdr.usage, cdr.connection_fee = p.usage, p.connection_fee
+            cdr.surcharge, cdr.minimum_uplift, cdr.cost = p.surcharge, p.minimum_uplift, p.cost
+        cdr.ended_by = ended_by
+        cdr.end_reason = s.end_reason or reason
+        return self._settle(cdr, now_ms)
+
+    def fail(self, call_ref: str, now_ms: int, code: int, reason: str = "") -> list[Action]:
+        """The INVITE failed (final negative reply or CANCEL): a zero-cost CDR."""
+        return self.end(call_ref, now_ms, ended_by="", reason=reason or "failed", sip_code=code)
+
+    # --- internals -----------------------------------------------------------------
+    def _reject(self, call_ref: str, call_id: str, acc: Account | None, code: int, why: str,
+                caller: str, number: str, now_ms: int) -> AuthDecision:
+        log.info("rejected %s with %s: %s", call_ref, code, why)
+        cdr = Cdr(call_ref, call_id or call_ref, Disposition.REJECTED,
+                  account=acc.code if acc else None, plan=acc.plan if acc else None,
+                  caller=caller, callee=number, currency=acc.currency if acc else "",
+                  offered_ms=now_ms, ended_ms=now_ms, sip_code=code, end_reason=why)
+        self.ledger.settle(cdr, now_ms)
+        self._remember_ended(call_ref)
+        return AuthDecision(False, code, why, 0, acc.code if acc else None)
+
+    def _cdr(self, s: CallSession, disposition: Disposition, now_ms: int) -> Cdr:
+        return Cdr(
+            s.call_ref, s.call_id, disposition, account=s.account, plan=s.plan,
+            caller=s.caller, callee=s.number, destination=s.line.destination,
+            prefix=s.line.prefix, origin=s.origin, rate=s.line.rate,
+            increment=str(s.line.increment), currency=s.line.currency,
+            offered_ms=s.offered_ms, answered_ms=s.answered_ms, billable_ms=s.billable_ms,
+            ended_ms=now_ms, route=s.meta.get("route", ""))
+
+    def _settle(self, cdr: Cdr, now_ms: int) -> list[Action]:
+        res = self.ledger.settle(cdr, now_ms)
+        self._remember_ended(cdr.call_ref)
+        if res.duplicate:
+            return []
+        actions: list[Action] = [CdrWritten(cdr)]
+        if cdr.written_off:
+            log.warning("call %s: %s written off (account %s could not cover it)",
+                        cdr.call_ref, cdr.written_off, cdr.account)
+        if res.before is not None and res.after is not None:
+            self._thresholds(res.before, res.after, now_ms, actions)
+            if res.suspended_now:
+                actions.append(Alert("suspended", res.after.code,
+                                     f"account {res.after.code} suspended: "
+                                     f"{res.after.suspend_reason}", now_ms))
+        return actions
+
+    def _remember_ended(self, call_ref: str) -> None:
+        self._ended[call_ref] = None
+        if len(self._ended) > self.config.remember_ended:
+            self._ended.popitem(last=False)
+
+    def _forget(self, s: CallSession) -> None:
+        s.timer_gen += 1
+        refs = self._by_account.get(s.account)
+        if refs is not None:
+            refs.discard(s.call_ref)
+            if not refs:
+                del self._by_account[s.account]
+
+    def _schedule(self, s: CallSession, deadline: int) -> None:
+        s.timer_gen += 1
+        heapq.heappush(self._timers, (deadline, s.timer_gen, s.call_ref))
+
+    def _chunk_seconds(self, s: CallSession, acc: Account | None) -> int:
+        base = (acc.chunk_seconds if acc and acc.chunk_seconds else None) or \
+            self.plans(s.plan).chunk_seconds
+        if acc is None:
+            return base
+        live = len(self._by_account.get(s.account, ()))
+        covers = affordable_seconds(s.line, acc.available(), 0)
+        if covers < base * self.config.low_credit_chunks * max(live, 1):
+            return max(self.config.min_chunk_seconds, s.line.increment.next, 1)
+        return base
+
+    def _reserve_next(self, s: CallSession, now_ms: int, actions: list[Action]) -> None:
+        """Reserve chunks until the paid time reaches past the renewal lead, or credit ends."""
+        assert s.billable_ms is not None
+        line = s.line
+        while True:
+            acc = self.ledger.account(s.account, now_ms)
+            chunk = self._chunk_seconds(s, acc)
+            paid = s.paid_seconds
+            target = line.increment.billed(paid + chunk)
+            base = price(line, paid).cost if paid else ZERO
+            want = price(line, target).cost - base
+
+            def fit(avail: Decimal, paid: int = paid, base: Decimal = base
+                    ) -> tuple[Decimal, int]:
+                d = affordable_seconds(line, avail, paid)
+                return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
+
+            live = {"number": s.number, "destination": line.destination, "prefix": line.prefix,
+                    "rate": to_text(line.rate), "increment": str(line.increment),
+                    "answered_ms": s.billable_ms, "paid_seconds": paid,
+                    "reserved": to_text(s.reserved)}
+            granted, seconds, after = self.ledger.reserve(
+                s.account, s.call_ref, (want, target), fit, now_ms, live)
+            s.paid_seconds = seconds
+            if seconds < target:
+                s.final = True
+            s.reserved += granted
+            if acc is not None:
+                self._thresholds(acc, after, now_ms, actions)
+            paid_until = s.paid_until_ms
+            assert paid_until is not None
+            if s.final or s.paid_seconds >= s.max_seconds:
+                s.final = True
+                if paid_until <= now_ms:
+                    s.ending = True
+                    s.end_reason = REASON_CREDIT
+                    actions.append(EndCall(s.call_ref, REASON_CREDIT, now_ms))
+                    log.info("ending %s at once: no credit for another increment", s.call_ref)
+                else:
+                    self._schedule(s, paid_until)
+                return
+            lead = min(self.config.renew_lead_ms, chunk * 500)
+            renew_at = paid_until - lead
+            if renew_at > now_ms:
+                self._schedule(s, renew_at)
+                return
+
+    def _thresholds(self, before: Account, after: Account, now_ms: int,
+                    actions: list[Action]) -> None:
+        code = after.code
+        low = after.low_balance
+        if low is not None and before.balance >= low > after.balance:
+            actions.append(Alert("low_balance", code,
+                                 f"account {code} balance {after.balance} {after.currency} "
+                                 f"fell below {low}", now_ms,
+                                 {"balance": str(after.balance), "threshold": str(low)}))
+        below = after.recharge_below
+        if (below is not None and after.recharge_amount and after.balance < below
+                and code not in self._recharge_pending):
+            self._recharge_pending.add(code)
+            actions.append(Recharge(code, after.recharge_amount, now_ms))
+        if after.kind is AccountKind.POSTPAID:
+            # Budget warnings follow real spend; holds come and go with every chunk.
+            for cap, spent_before, spent_after, what in (
+                    (after.daily_cap, before.day_spend, after.day_spend, "daily"),
+                    (after.monthly_cap, before.month_spend, after.month_spend, "monthly")):
+                if cap is None:
+                    continue
+                warn = cap * Decimal("0.8")
+                if spent_before < warn <= spent_after:
+                    actions.append(Alert("budget", code, f"account {code} has used "
+                                         f"{spent_after} of its {what} cap {cap}", now_ms,
+                                         {"cap": str(cap), "spent": str(spent_after)}))
+
+    def recharged(self, account: str) -> None:
+        """The edge finished (or gave up) a recharge: allow the next one."""
+        self._recharge_pending.discard(account)
+
+    # --- views ---------------------------------------------------------------------
+    def live(self, now_ms: int) -> list[dict[str, object]]:
+        """Every answered call with its running cost and remaining paid time."""
+        out: list[dict[str, object]] = []
+        for s in self.sessions.values():
+            if s.billable_ms is None:
+                continue
+            elapsed = max(0, now_ms - s.billable_ms)
+            table = self.plans(s.plan).table
+            cost = price(s.line, table.rounding_seconds(elapsed)).cost
+            paid_until = s.paid_until_ms or now_ms
+            out.append({"call_ref": s.call_ref, "account": s.account, "number": s.number,
+                        "destination": s.line.destination, "elapsed_ms": elapsed,
+                        "cost": cost, "reserved": s.reserved,
+                        "remaining_ms": max(0, paid_until - now_ms), "final": s.final})
+        return out

@@ -1,0 +1,168 @@
+"""What the charging core talks about: accounts, live calls, CDRs, decisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+from ..money import ZERO
+
+
+class AccountKind(StrEnum):
+    PREPAID = "prepaid"
+    POSTPAID = "postpaid"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A billing account as the charging core sees it (a snapshot from the store)."""
+
+    code: str
+    plan: str
+    currency: str
+    kind: AccountKind
+    balance: Decimal = ZERO  # sum of the ledger: open reservations are already deducted
+    held: Decimal = ZERO  # sum of open reservations
+    credit_limit: Decimal = ZERO  # postpaid: how far below zero the balance may go
+    daily_cap: Decimal | None = None
+    monthly_cap: Decimal | None = None
+    day_spend: Decimal = ZERO  # charged today (UTC)
+    month_spend: Decimal = ZERO
+    chunk_seconds: int | None = None  # overrides the plan's chunk
+    max_call_seconds: int = 14_400
+    low_balance: Decimal | None = None
+    recharge_below: Decimal | None = None
+    recharge_amount: Decimal | None = None
+    suspended: bool = False
+    suspend_reason: str = ""
+    name: str = ""
+
+    def available(self) -> Decimal:
+        """What new reservations may still take.
+
+        Prepaid: the balance. Postpaid: balance + credit limit, further bounded by what is
+        left of the daily and monthly spend caps (open reservations count as spent).
+        """
+        if self.kind is AccountKind.PREPAID:
+            avail = self.balance
+        else:
+            avail = self.balance + self.credit_limit
+            if self.daily_cap is not None:
+                avail = min(avail, self.daily_cap - self.day_spend - self.held)
+            if self.monthly_cap is not None:
+                avail = min(avail, self.monthly_cap - self.month_spend - self.held)
+        return max(avail, ZERO)
+
+
+class Disposition(StrEnum):
+    ANSWERED = "answered"
+    FAILED = "failed"  # final negative reply, cancelled, never answered
+    REJECTED = "rejected"  # refused at authorization (402/403/404)
+    NO_MEDIA = "no-media"  # answered but no media: not billed (FAS)
+
+
+@dataclass
+class Cdr:
+    """One call detail record: written exactly once per call."""
+
+    call_ref: str
+    call_id: str
+    disposition: Disposition
+    account: str | None = None
+    plan: str | None = None
+    caller: str = ""
+    callee: str = ""
+    destination: str = ""
+    prefix: str = ""
+    origin: str = ""
+    rate: Decimal = ZERO
+    increment: str = ""
+    currency: str = ""
+    offered_ms: int | None = None
+    answered_ms: int | None = None  # the 200 OK
+    billable_ms: int | None = None  # billing start: answer confirmed by media
+    ended_ms: int | None = None
+    duration_ms: int = 0  # billable duration
+    billed_seconds: int = 0
+    usage: Decimal = ZERO
+    connection_fee: Decimal = ZERO
+    surcharge: Decimal = ZERO
+    minimum_uplift: Decimal = ZERO
+    cost: Decimal = ZERO  # the rated price
+    charged: Decimal = ZERO  # what the ledger took
+    written_off: Decimal = ZERO  # rated but not collectable (prepaid credit ran out)
+    credited: Decimal = ZERO  # given back (FAS)
+    sip_code: int | None = None
+    ended_by: str = ""
+    end_reason: str = ""
+    fas_verdict: str = ""
+    fas_reasons: str = ""
+    route: str = ""
+
+
+@dataclass(frozen=True)
+class AuthDecision:
+    """The answer to an INVITE: allow for at most ``max_seconds``, or reject."""
+
+    allow: bool
+    code: int = 200
+    reason: str = ""
+    max_seconds: int = 0
+    account: str | None = None
+    destination: str = ""
+    prefix: str = ""
+
+
+# Actions the core asks its edges to carry out.
+
+
+@dataclass(frozen=True)
+class EndCall:
+    """End this dialog now (credit is spent, or nothing could be reserved)."""
+
+    call_ref: str
+    reason: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Something an operator is told about (logged, and sent to the webhook)."""
+
+    kind: str  # low_balance, budget, suspended, recharge
+    account: str
+    message: str
+    at_ms: int
+    data: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recharge:
+    """Top this account up through the configured payment command or webhook."""
+
+    account: str
+    amount: Decimal
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class CdrWritten:
+    """A call was settled and its CDR stored (for logs and edges that forward CDRs)."""
+
+    cdr: Cdr
+
+
+Action = EndCall | Alert | Recharge | CdrWritten
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What settling a call did to the account."""
+
+    charged: Decimal
+    written_off: Decimal
+    duplicate: bool
+    before: Account | None
+    after: Account | None
+    suspended_now: bool = False
