@@ -113,6 +113,9 @@ class Charger:
         self._timers: list[tuple[int, int, str]] = []  # (deadline, generation, call_ref)
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._recharge_pending: set[str] = set()
+        # The latest snapshot of each account with live calls, refreshed by every store
+        # operation; used only to size chunks (the store decides what is granted).
+        self._accounts: dict[str, Account] = {}
 
     # --- events --------------------------------------------------------------------
     def authorize(
@@ -158,6 +161,7 @@ class Charger:
                                 f"account {acc.code} has no credit for {line.destination}",
                                 caller, digits, now_ms)
         max_seconds = min(seconds, acc.max_call_seconds)
+        self._accounts[acc.code] = acc
         self.sessions[call_ref] = CallSession(
             call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller, origin,
             now_ms, max_seconds)
@@ -276,6 +280,11 @@ class Charger:
         if cdr.written_off:
             log.warning("call %s: %s written off (account %s could not cover it)",
                         cdr.call_ref, cdr.written_off, cdr.account)
+        if res.after is not None:
+            if res.after.code in self._by_account:
+                self._accounts[res.after.code] = res.after
+            else:
+                self._accounts.pop(res.after.code, None)
         if res.before is not None and res.after is not None:
             self._thresholds(res.before, res.after, now_ms, actions)
             if res.suspended_now:
@@ -307,8 +316,8 @@ class Charger:
         if acc is None:
             return base
         live = len(self._by_account.get(s.account, ()))
-        covers = affordable_seconds(s.line, acc.available(), 0)
-        if covers < base * self.config.low_credit_chunks * max(live, 1):
+        need = s.line.rate * base / 60 * self.config.low_credit_chunks * max(live, 1)
+        if acc.available() < need:
             return max(self.config.min_chunk_seconds, s.line.increment.next, 1)
         return base
 
@@ -317,7 +326,7 @@ class Charger:
         assert s.billable_ms is not None
         line = s.line
         while True:
-            acc = self.ledger.account(s.account, now_ms)
+            acc = self._accounts.get(s.account) or self.ledger.account(s.account, now_ms)
             chunk = self._chunk_seconds(s, acc)
             paid = s.paid_seconds
             target = line.increment.billed(paid + chunk)
@@ -339,6 +348,7 @@ class Charger:
             if seconds < target:
                 s.final = True
             s.reserved += granted
+            self._accounts[s.account] = after
             if acc is not None:
                 self._thresholds(acc, after, now_ms, actions)
             paid_until = s.paid_until_ms

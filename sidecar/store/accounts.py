@@ -7,11 +7,14 @@ account's ledger rows; :func:`verify_ledger` proves it.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import Enum
 
 from ..charging.model import Account, AccountKind, Cdr, Settlement
 from ..money import ZERO, check_currency, to_text
@@ -37,7 +40,13 @@ def _d(v: object) -> Decimal | None:
 
 
 def day_key(now_ms: int) -> str:
-    return datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y-%m-%d")
+    """The UTC day of a timestamp, ``YYYY-MM-DD`` (spend caps reset when it changes)."""
+    return _day_key(now_ms // 86_400_000)
+
+
+@functools.lru_cache(maxsize=64)
+def _day_key(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
 
 
 def _row_to_account(r: tuple[object, ...], now_ms: int | None = None) -> Account:
@@ -227,7 +236,8 @@ class SqliteLedger:
                 "reserved = excluded.reserved, updated_ms = excluded.updated_ms",
                 {**live, "account": code, "call_ref": call_ref, "paid_seconds": seconds,
                  "reserved": to_text(reserved_total + granted), "updated_ms": now_ms})
-            after = self._load_for_update(code, now_ms)
+            after = dataclasses.replace(acc, balance=acc.balance - granted,
+                                        held=acc.held + granted) if granted else acc
         return granted, seconds, after
 
     def settle(self, cdr: Cdr, now_ms: int) -> Settlement:
@@ -242,10 +252,12 @@ class SqliteLedger:
                 return Settlement(ZERO, ZERO, True, None, None)
             before = after = None
             suspended_now = False
-            if cdr.account is not None and self.conn.execute(
-                    "SELECT 1 FROM accounts WHERE code = ?", (cdr.account,)).fetchone():
-                code = cdr.account
-                before = self._load_for_update(code, now_ms)
+            row = None if cdr.account is None else self.conn.execute(
+                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
+                (cdr.account,)).fetchone()
+            if row is not None:
+                before = _row_to_account(row, now_ms)
+                code = before.code
                 held = self._call_held(cdr.call_ref)
                 balance = before.balance
                 acc_held = before.held
@@ -281,7 +293,10 @@ class SqliteLedger:
                     (to_text(balance), to_text(acc_held), today, to_text(day_spend), today[:7],
                      to_text(month_spend), int(suspend), int(suspend), reason, code))
                 suspended_now = suspend
-                after = self._load_for_update(code, now_ms)
+                after = dataclasses.replace(
+                    before, balance=balance, held=acc_held, day_spend=day_spend,
+                    month_spend=month_spend, suspended=before.suspended or suspend,
+                    suspend_reason=reason if suspend else before.suspend_reason)
             self.conn.execute("DELETE FROM live_calls WHERE call_ref = ?", (cdr.call_ref,))
             _insert_cdr(self.conn, cdr)
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended_now)
@@ -317,12 +332,16 @@ class SqliteLedger:
         return [dict(zip(names, r, strict=True)) for r in cur]
 
 
+_CDR_FIELDS = tuple(f.name for f in dataclasses.fields(Cdr))
+_CDR_INSERT = (f"INSERT INTO cdrs ({', '.join(_CDR_FIELDS)}) "
+               f"VALUES ({', '.join('?' for _ in _CDR_FIELDS)})")
+
+
 def _insert_cdr(conn: sqlite3.Connection, cdr: Cdr) -> None:
-    values = {k: (to_text(v) if isinstance(v, Decimal) else v) for k, v in vars(cdr).items()}
-    values["disposition"] = cdr.disposition.value
-    cols = ", ".join(values)
-    conn.execute(f"INSERT INTO cdrs ({cols}) VALUES ({', '.join(':' + k for k in values)})",
-                 values)
+    values = [getattr(cdr, f) for f in _CDR_FIELDS]
+    conn.execute(_CDR_INSERT, [
+        to_text(v) if isinstance(v, Decimal) else (v.value if isinstance(v, Enum) else v)
+        for v in values])
 
 
 @dataclass(frozen=True)
