@@ -28,7 +28,7 @@ def post_json(url: str, payload: dict[str, object], timeout: float = 5.0) -> tup
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (operator URL)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return int(resp.status), resp.read(65536).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read(65536).decode("utf-8", "replace")

@@ -31,7 +31,7 @@ def hook() -> Iterator[tuple[Hook, str]]:
     h = Hook()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             n = int(self.headers["Content-Length"])
             h.received.append(json.loads(self.rfile.read(n)))
             self.send_response(h.status)
