@@ -1,0 +1,142 @@
+"""Kamailio's evapi events (docs/evapi-events.md) as typed values: parsing and checking.
+
+A message that is not valid JSON, not an object, of an unknown ``event`` or missing a
+field raises :class:`EventError` naming what is wrong; the caller logs and counts it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+class EventError(ValueError):
+    """A message from Kamailio that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Dialog:
+    call_id: str
+    h_entry: int
+    h_id: int
+    ts_ms: int  # Kamailio's clock when the event happened
+
+
+@dataclass(frozen=True)
+class Offer:
+    dialog: Dialog
+    tindex: int
+    tlabel: int
+    from_user: str
+    from_display: str
+    pai_user: str
+    to_user: str
+    ruri: str
+    ruri_user: str
+    account_code: str
+    src_ip: str
+    src_port: int
+    sdp: str
+
+
+@dataclass(frozen=True)
+class Early:
+    dialog: Dialog
+    code: int
+    sdp: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    dialog: Dialog
+    sdp: str
+
+
+@dataclass(frozen=True)
+class End:
+    dialog: Dialog
+    by: str
+    reason: str
+    start_ts_ms: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    dialog: Dialog
+    code: int
+    reason: str
+
+
+Event = Offer | Early | Answer | End | Failed
+
+
+def _str(doc: dict[str, Any], key: str, default: str | None = "") -> str:
+    v = doc.get(key, default)
+    if v is None:
+        raise EventError(f"missing '{key}'")
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return str(v)
+    if not isinstance(v, str):
+        raise EventError(f"'{key}' must be a string")
+    return v
+
+
+def _int(doc: dict[str, Any], key: str, default: int | None = 0) -> int:
+    v = doc.get(key, default)
+    if v is None:
+        raise EventError(f"missing '{key}'")
+    if isinstance(v, bool):
+        raise EventError(f"'{key}' must be a number")
+    if isinstance(v, str):
+        v = v.strip()
+        if not v.lstrip("-").isdigit():
+            raise EventError(f"'{key}' must be a number, not '{v[:20]}'")
+        return int(v)
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return int(v)
+    raise EventError(f"'{key}' must be a number")
+
+
+def _ts_ms(doc: dict[str, Any], key: str) -> int:
+    v = doc.get(key, 0)
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError as exc:
+            raise EventError(f"'{key}' must be a timestamp") from exc
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise EventError(f"'{key}' must be a timestamp")
+    return round(float(v) * 1000)
+
+
+def parse_event(payload: bytes | str) -> Event:
+    """Parse one evapi payload into an event, or raise :class:`EventError`."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EventError(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise EventError("not a JSON object")
+    kind = doc.get("event")
+    dialog = Dialog(_str(doc, "call_id", None), _int(doc, "h_entry"), _int(doc, "h_id"),
+                    _ts_ms(doc, "ts"))
+    if not dialog.call_id:
+        raise EventError("empty 'call_id'")
+    if kind == "offer":
+        return Offer(dialog, _int(doc, "tindex", None), _int(doc, "tlabel", None),
+                     _str(doc, "from_user"), _str(doc, "from_display"), _str(doc, "pai_user"),
+                     _str(doc, "to_user"), _str(doc, "ruri"), _str(doc, "ruri_user"),
+                     _str(doc, "account_code"), _str(doc, "src_ip"), _int(doc, "src_port"),
+                     _str(doc, "sdp"))
+    if kind == "early":
+        return Early(dialog, _int(doc, "code"), _str(doc, "sdp"))
+    if kind == "answer":
+        return Answer(dialog, _str(doc, "sdp"))
+    if kind == "end":
+        return End(dialog, _str(doc, "by"), _str(doc, "reason"), _ts_ms(doc, "start_ts"))
+    if kind == "failed":
+        return Failed(dialog, _int(doc, "code"), _str(doc, "reason"))
+    raise EventError(f"unknown event '{str(kind)[:40]}'")
