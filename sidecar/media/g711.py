@@ -14,8 +14,7 @@ The encoders here are for synthesising test and lab audio, not for a hot path.
 from __future__ import annotations
 
 import enum
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 __all__ = [
     "ALAW_TO_LINEAR",
@@ -95,49 +94,45 @@ def decode(data: bytes, codec: Codec) -> list[int]:
     return list(map(codec.table.__getitem__, data))
 
 
-def _build_encoder(table: tuple[int, ...]) -> tuple[list[int], list[int]]:
-    # Sorted distinct output levels and, for each, the byte that produces it. When two
-    # bytes decode to the same level (mu-law +0 and -0) keep the positive-zero byte 0xFF,
-    # the one a G.711 encoder emits for 0.
-    best: dict[int, int] = {}
-    for code, level in enumerate(table):
-        if level not in best or code == 0xFF:
-            best[level] = code
-    levels = sorted(best)
-    return levels, [best[level] for level in levels]
+def _linear16(sample: float) -> int:
+    value = round(sample)
+    return -32768 if value < -32768 else 32767 if value > 32767 else value
 
 
-_ULAW_LEVELS, _ULAW_CODES = _build_encoder(ULAW_TO_LINEAR)
-_ALAW_LEVELS, _ALAW_CODES = _build_encoder(ALAW_TO_LINEAR)
+def _ulaw_from_linear(sample: int) -> int:
+    # Inverse of _ulaw_byte_to_linear: clip so the biased magnitude fits 15 bits, take the
+    # segment from the highest set bit, the next four bits as mantissa (truncating, which
+    # lands on the level whose interval holds the sample), invert for the line.
+    sign = 0x80 if sample < 0 else 0
+    magnitude = min(abs(sample), 32635) + 0x84
+    exponent = magnitude.bit_length() - 8
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return ~(sign | exponent << 4 | mantissa) & 0xFF
 
 
-def _encode(samples: Iterable[float], levels: Sequence[int], codes: Sequence[int]) -> bytes:
-    # G.711 places each decision threshold midway between two output levels, so encoding
-    # is "nearest output level"; ties go to the level nearer zero.
-    out = bytearray()
-    last = len(levels) - 1
-    for sample in samples:
-        i = bisect_left(levels, sample)
-        if i > last:
-            i = last
-        elif i > 0:
-            below, above = levels[i - 1], levels[i]
-            if sample - below < above - sample or (
-                sample - below == above - sample and abs(below) < abs(above)
-            ):
-                i -= 1
-        out.append(codes[i])
-    return bytes(out)
+def _alaw_from_linear(sample: int) -> int:
+    # Inverse of _alaw_byte_to_linear on the 13-bit value; A-law takes the one's
+    # complement of negative values, and segment 0 shares segment 1's step.
+    pcm = sample >> 3
+    if pcm >= 0:
+        line_mask = 0xD5  # sign bit 1 (positive), then the even-bit inversion 0x55
+    else:
+        line_mask = 0x55
+        pcm = ~pcm
+    pcm = min(pcm, 0x0FFF)
+    segment = max(0, pcm.bit_length() - 5)
+    mantissa = (pcm >> (segment or 1)) & 0x0F
+    return (segment << 4 | mantissa) ^ line_mask
 
 
 def encode_ulaw(samples: Iterable[float]) -> bytes:
-    """Encode linear samples (16-bit scale, clipped) to mu-law bytes, nearest level."""
-    return _encode(samples, _ULAW_LEVELS, _ULAW_CODES)
+    """Encode linear samples (16-bit scale; rounded, clipped) to mu-law bytes per G.711."""
+    return bytes(_ulaw_from_linear(_linear16(s)) for s in samples)
 
 
 def encode_alaw(samples: Iterable[float]) -> bytes:
-    """Encode linear samples (16-bit scale, clipped) to A-law bytes, nearest level."""
-    return _encode(samples, _ALAW_LEVELS, _ALAW_CODES)
+    """Encode linear samples (16-bit scale; rounded, clipped) to A-law bytes per G.711."""
+    return bytes(_alaw_from_linear(_linear16(s)) for s in samples)
 
 
 def encode(samples: Iterable[float], codec: Codec) -> bytes:

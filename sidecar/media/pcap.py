@@ -35,7 +35,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final, Literal, NamedTuple
 
@@ -109,6 +109,7 @@ SKIP_FRAGMENT_INCOMPLETE: Final = "fragment_incomplete"  # still incomplete at e
 
 _ETHERTYPE_IPV4: Final = 0x0800
 _ETHERTYPE_IPV6: Final = 0x86DD
+_ETHERTYPE_VERSION: Final = {_ETHERTYPE_IPV4: 4, _ETHERTYPE_IPV6: 6}
 # 802.1Q, 802.1ad (QinQ outer) and the pre-standard 0x9100 QinQ tag.
 _ETHERTYPE_VLAN: Final = frozenset({0x8100, 0x88A8, 0x9100})
 _PROTO_TCP: Final = 6
@@ -119,6 +120,9 @@ _IPV6_EXT_GENERIC: Final = frozenset({0, 43, 60, 135})
 _IPV6_FRAGMENT: Final = 44
 _IPV6_AH: Final = 51
 _MAX_DATAGRAM: Final = 65535 + 40  # IPv6 payload plus room for the fixed header
+# 64 KiB in 1280-byte (IPv6 minimum MTU) fragments is 52; tiny fragments beyond this
+# bound are an attack or a bug, and would make each arrival's overlap scan long.
+_MAX_FRAGMENTS: Final = 64
 
 # Fast path: Ethernet type + IPv4 header (no options) + UDP header, from byte 12.
 _ETH_IPV4_UDP = struct.Struct("!HBxHxxHxBxx4s4sHHH")
@@ -233,35 +237,31 @@ class _Reassembler:
             datagram = self._pending[key] = _PendingDatagram(now)
         fragments = datagram.fragments
         previous = fragments.get(offset)
-        if previous is not None:
-            if previous == data:
-                stats.skip(SKIP_FRAGMENT_DUPLICATE)
-                return None
+        if previous is not None and previous == data:
+            stats.skip(SKIP_FRAGMENT_DUPLICATE)
+            return None
+        total = datagram.total_length
+        if len(fragments) >= _MAX_FRAGMENTS or (total is not None and end > total):
             self._drop(key, SKIP_FRAGMENT_INVALID, extra=1)
             return None
-        if not more:
-            if datagram.total_length is not None and datagram.total_length != end:
+        # Overlap is checked on arrival, so an overlapping datagram is freed at once rather
+        # than held until it expires; the scan is short because fragments are bounded.
+        for other_offset, other in fragments.items():
+            if other_offset < end and offset < other_offset + len(other):
                 self._drop(key, SKIP_FRAGMENT_INVALID, extra=1)
                 return None
-            datagram.total_length = end
-        fragments[offset] = data
-        if datagram.total_length is None:
-            return None
-        # Complete when the sorted fragments tile [0, total) without gap or overlap.
-        position = 0
-        pieces = []
-        for frag_offset in sorted(fragments):
-            if frag_offset != position:
-                if frag_offset < position:
-                    self._drop(key, SKIP_FRAGMENT_INVALID)
+        if not more:
+            if total is not None or any(o + len(d) > end for o, d in fragments.items()):
+                # A second "last" fragment, or data beyond the end this one sets.
+                self._drop(key, SKIP_FRAGMENT_INVALID, extra=1)
                 return None
-            piece = fragments[frag_offset]
-            pieces.append(piece)
-            position += len(piece)
-        if position != datagram.total_length:
-            if position > datagram.total_length:
-                self._drop(key, SKIP_FRAGMENT_INVALID)
+            datagram.total_length = total = end
+        fragments[offset] = data
+        # Fragments lie in [0, total) without overlap, so they tile it exactly when their
+        # sizes add up.
+        if total is None or sum(map(len, fragments.values())) != total:
             return None
+        pieces = [fragments[o] for o in sorted(fragments)]
         del self._pending[key]
         stats.datagrams_reassembled += 1
         stats.fragments_reassembled += len(pieces)
@@ -352,9 +352,7 @@ class FrameDecoder:
                 )
         return self.decode_slow(timestamp, linktype, frame)
 
-    def decode_slow(
-        self, timestamp: float, linktype: int, frame: bytes
-    ) -> CapturedPayload | None:
+    def decode_slow(self, timestamp: float, linktype: int, frame: bytes) -> CapturedPayload | None:
         """:meth:`decode` without the Ethernet/IPv4/UDP shortcut (every other case)."""
         stats = self.stats
         size = len(frame)
@@ -371,7 +369,7 @@ class FrameDecoder:
                     return None
                 ethertype = _unpack_u16(frame, offset)[0]
             offset += 2
-            version = 4 if ethertype == _ETHERTYPE_IPV4 else 6 if ethertype == _ETHERTYPE_IPV6 else 0
+            version = _ETHERTYPE_VERSION.get(ethertype, 0)
         elif linktype == LINKTYPE_LINUX_SLL:
             # 16 bytes: packet type, ARPHRD, address length, 8-byte address, protocol.
             if size < 16:
@@ -379,7 +377,7 @@ class FrameDecoder:
                 return None
             ethertype = _unpack_u16(frame, 14)[0]
             offset = 16
-            version = 4 if ethertype == _ETHERTYPE_IPV4 else 6 if ethertype == _ETHERTYPE_IPV6 else 0
+            version = _ETHERTYPE_VERSION.get(ethertype, 0)
         elif linktype == LINKTYPE_LINUX_SLL2:
             # 20 bytes: protocol, reserved, ifindex, ARPHRD, packet type, address length,
             # 8-byte address.
@@ -388,7 +386,7 @@ class FrameDecoder:
                 return None
             ethertype = _unpack_u16(frame, 0)[0]
             offset = 20
-            version = 4 if ethertype == _ETHERTYPE_IPV4 else 6 if ethertype == _ETHERTYPE_IPV6 else 0
+            version = _ETHERTYPE_VERSION.get(ethertype, 0)
         elif linktype in _RAW_IP_LINKTYPES:
             offset = 0
             version = frame[0] >> 4 if size else 0
@@ -570,6 +568,7 @@ _PCAP_MAGICS: Final[dict[int, tuple[str, bool, int]]] = {
 }
 _PCAPNG_SHB: Final = 0x0A0D0D0A
 _PCAPNG_BOM: Final = 0x1A2B3C4D
+_PCAPNG_BOM_SWAPPED: Final = 0x4D3C2B1A  # a big-endian section, read little-endian
 _PCAPNG_IDB: Final = 1
 _PCAPNG_PB: Final = 2  # obsolete Packet Block, still written by old tools
 _PCAPNG_SPB: Final = 3
@@ -623,7 +622,7 @@ class CaptureReader:
             self.format = "pcapng"
             if len(head) < 12:
                 raise CaptureError(f"{self.path}: pcapng section header is truncated")
-            if struct.unpack_from("<I", head, 8)[0] not in (_PCAPNG_BOM, 0x4D3C2B1A):
+            if struct.unpack_from("<I", head, 8)[0] not in (_PCAPNG_BOM, _PCAPNG_BOM_SWAPPED):
                 raise CaptureError(f"{self.path}: pcapng section header has no byte-order magic")
         elif magic in _PCAP_MAGICS:
             self.format = "pcap"
@@ -733,7 +732,7 @@ class CaptureReader:
         stats = self.stats
         read = f.read
         decode = decoder.decode
-        order = "<"
+        structs = _PCAPNG_STRUCTS["<"]
         interfaces: list[_Interface] = []
         last_timestamp = 0.0
         while True:
@@ -743,23 +742,30 @@ class CaptureReader:
                     stats.skip(SKIP_TRUNCATED_RECORD)
                     stats.truncated_file = True
                 return
-            block_type = struct.unpack_from("<I", head)[0]
+            # The SHB type reads the same in both byte orders; others use the section's.
+            block_type, block_length = structs.head(head)
+            body_offset = 0
             if block_type == _PCAPNG_SHB:
                 # A new section may switch byte order; its interfaces start afresh.
                 bom = read(4)
-                if len(bom) < 4:
+                magic = struct.unpack_from("<I", bom)[0] if len(bom) == 4 else None
+                if magic is None:
                     stats.skip(SKIP_TRUNCATED_RECORD)
                     stats.truncated_file = True
                     return
-                order = "<" if struct.unpack_from("<I", bom)[0] == _PCAPNG_BOM else ">"
-                head += bom
+                if magic not in (_PCAPNG_BOM, _PCAPNG_BOM_SWAPPED):
+                    stats.skip(SKIP_CORRUPT_RECORD)
+                    return
+                structs = _PCAPNG_STRUCTS["<" if magic == _PCAPNG_BOM else ">"]
+                block_length = structs.head(head)[1]
                 interfaces = []
-            block_length = struct.unpack_from(order + "I", head, 4)[0]
+                body_offset = 4
             if block_length < 12 or block_length % 4 or block_length > _MAX_RECORD:
                 stats.skip(SKIP_CORRUPT_RECORD)
                 return
-            block = head + read(block_length - len(head))
-            if len(block) < block_length:
+            # ``body`` is the block after its 8-byte type and length.
+            body = read(block_length - 8 - body_offset)
+            if len(body) < block_length - 8 - body_offset:
                 if block_type in _PCAPNG_PACKET_BLOCKS:
                     stats.packets_read += 1
                 stats.skip(SKIP_TRUNCATED_RECORD)
@@ -770,10 +776,8 @@ class CaptureReader:
                 if block_length < 32:
                     stats.skip(SKIP_CORRUPT_RECORD)
                     continue
-                if block_type == _PCAPNG_EPB:
-                    interface_id, high, low, caplen = struct.unpack_from(order + "IIII", block, 8)
-                else:
-                    interface_id, high, low, caplen = struct.unpack_from(order + "H2xIII", block, 8)
+                unpack = structs.epb if block_type == _PCAPNG_EPB else structs.pb
+                interface_id, high, low, caplen = unpack(body)
                 if caplen > block_length - 32:
                     stats.skip(SKIP_CORRUPT_RECORD)
                     continue
@@ -782,9 +786,9 @@ class CaptureReader:
                     continue
                 interface = interfaces[interface_id]
                 last_timestamp = (
-                    ((high << 32) | low) / interface.units_per_second + interface.offset_seconds
-                )
-                result = decode(last_timestamp, interface.linktype, block[28 : 28 + caplen])
+                    (high << 32) | low
+                ) / interface.units_per_second + interface.offset_seconds
+                result = decode(last_timestamp, interface.linktype, body[20 : 20 + caplen])
             elif block_type == _PCAPNG_SPB:
                 stats.packets_read += 1
                 if not interfaces:
@@ -793,18 +797,40 @@ class CaptureReader:
                 interface = interfaces[0]
                 # A Simple Packet Block has no timestamp: the previous packet's is the
                 # best estimate, and keeps time monotonic for the consumer.
-                original_length = struct.unpack_from(order + "I", block, 8)[0]
-                caplen = min(original_length, block_length - 16)
+                caplen = min(structs.u32(body)[0], block_length - 16)
                 if interface.snaplen:
                     caplen = min(caplen, interface.snaplen)
-                result = decode(last_timestamp, interface.linktype, block[12 : 12 + caplen])
+                result = decode(last_timestamp, interface.linktype, body[4 : 4 + caplen])
             else:
                 if block_type == _PCAPNG_IDB:
-                    interfaces.append(_parse_idb(block, order))
+                    interfaces.append(_parse_idb(head + body, structs.order))
                 continue
             if result is not None:
                 stats.payloads_yielded += 1
                 yield result
+
+
+class _PcapngStructs(NamedTuple):
+    """Precompiled unpackers for one byte order (format strings cost a cache lookup)."""
+
+    order: str
+    head: Callable[[bytes], tuple[int, int]]  # block type, block length
+    epb: Callable[[bytes], tuple[int, int, int, int]]  # interface, ts high, ts low, caplen
+    pb: Callable[[bytes], tuple[int, int, int, int]]  # same fields, 16-bit interface id
+    u32: Callable[[bytes], tuple[int]]
+
+
+def _pcapng_structs(order: str) -> _PcapngStructs:
+    return _PcapngStructs(
+        order,
+        struct.Struct(order + "II").unpack_from,
+        struct.Struct(order + "IIII").unpack_from,
+        struct.Struct(order + "H2xIII").unpack_from,
+        struct.Struct(order + "I").unpack_from,
+    )
+
+
+_PCAPNG_STRUCTS: Final = {order: _pcapng_structs(order) for order in "<>"}
 
 
 def _parse_idb(block: bytes, order: str) -> _Interface:
@@ -827,8 +853,10 @@ def _parse_idb(block: bytes, order: str) -> _Interface:
                 units_per_second = float(2 ** (value & 0x7F) if value & 0x80 else 10**value)
             elif option.code == dpkt.pcapng.PCAPNG_OPT_IF_TSOFFSET and len(option.data) >= 8:
                 offset_seconds = struct.unpack_from(order + "q", option.data)[0]
-    except (dpkt.UnpackError, struct.error):
-        pass  # unreadable options: keep the defaults rather than lose the interface
+    except Exception:
+        # dpkt on untrusted bytes may raise anything (a comment option that is not UTF-8
+        # raises UnicodeDecodeError): keep the defaults rather than lose the interface.
+        pass
     return _Interface(linktype, units_per_second, offset_seconds, snaplen)
 
 

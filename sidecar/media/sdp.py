@@ -108,8 +108,10 @@ _CANONICAL_NAMES = {
 }
 
 _LINE = re.compile(r"([a-zA-Z])=(.*)")
-_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
 _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 
 
@@ -254,8 +256,16 @@ def _rtpmap(value: str) -> RtpMap | None:
 class _MediaBuilder:
     """Collects one m= section's lines until the next m= line or the end."""
 
-    def __init__(self, number: int, media: str, port: int, count: int, protocol: str,
-                 formats: tuple[str, ...], payload_types: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        number: int,
+        media: str,
+        port: int,
+        count: int,
+        protocol: str,
+        formats: tuple[str, ...],
+        payload_types: tuple[int, ...],
+    ) -> None:
         self.number = number
         self.media = media
         self.port = port
@@ -303,9 +313,7 @@ class _MediaBuilder:
 def _media_line(value: str, number: int) -> _MediaBuilder:
     fields = value.split()
     if len(fields) < 3:
-        raise SdpError(
-            f"line {number}: m= needs '<media> <port> <proto> <fmt> ...', got {value!r}"
-        )
+        raise SdpError(f"line {number}: m= needs '<media> <port> <proto> <fmt> ...', got {value!r}")
     media, port_text, protocol, *formats = fields
     port, count = _port(port_text, number)
     payload_types: tuple[int, ...] = ()
@@ -316,8 +324,9 @@ def _media_line(value: str, number: int) -> _MediaBuilder:
                     f"line {number}: m= format {fmt!r} is not an RTP payload type (0-127)"
                 )
         payload_types = tuple(int(fmt) for fmt in formats)
-    return _MediaBuilder(number, media.lower(), port, count, protocol, tuple(formats),
-                         payload_types)
+    return _MediaBuilder(
+        number, media.lower(), port, count, protocol, tuple(formats), payload_types
+    )
 
 
 def parse_sdp(body: str) -> SessionDescription:

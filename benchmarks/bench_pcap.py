@@ -1,0 +1,192 @@
+"""Capture reading speed: sidecar.media.pcap + RTP header parse, against tshark.
+
+Builds a synthetic capture (default 500,000 packets: G.711 calls at 20 ms, both
+directions, each call set up with a SIP INVITE / 200 OK carrying SDP so tshark knows the
+RTP ports), then times:
+
+* ``read_capture`` + ``parse_rtp`` over every payload, on one core (CPU time);
+* ``tshark -r FILE -Y 'sip || rtp'`` on the same file (wall and CPU time of tshark).
+
+Usage: python benchmarks/bench_pcap.py [--packets N] [--keep DIR] [--no-tshark]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dpkt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sidecar.media.pcap import read_capture
+from sidecar.media.rtp import parse_rtp
+
+PAYLOAD_BYTES = 160  # 20 ms of PCMA
+PACKETS_PER_CALL_LEG = 500  # 10 s of media per direction
+
+
+def _checksum(header: bytes) -> int:
+    total: int = sum(struct.unpack("!10H", header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _frame(src: str, dst: str, sport: int, dport: int, payload: bytes, ident: int) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0xB8,  # DSCP EF, as media usually is
+        20 + len(udp),
+        ident & 0xFFFF,
+        0x4000,
+        64,
+        17,
+        0,
+        ipaddress.IPv4Address(src).packed,
+        ipaddress.IPv4Address(dst).packed,
+    )
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x08\x00" + header + udp
+
+
+def _sip(method_or_status: str, call: int, rtp_port: int) -> bytes:
+    sdp = (
+        f"v=0\r\no=- {call} 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
+        f"m=audio {rtp_port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
+    )
+    start = (
+        f"INVITE sip:{call}@10.0.0.2 SIP/2.0" if method_or_status == "INVITE" else "SIP/2.0 200 OK"
+    )
+    return (
+        f"{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call}\r\n"
+        f"From: <sip:a@10.0.0.1>;tag={call}\r\nTo: <sip:{call}@10.0.0.2>\r\n"
+        f"Call-ID: bench-{call}\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+    ).encode()
+
+
+def build_capture(path: Path, packets: int) -> int:
+    """Write about ``packets`` packets; return how many were written."""
+    calls = max(1, packets // (2 * PACKETS_PER_CALL_LEG + 2))
+    # Calls overlap: every call starts 0.2 s after the previous one.
+    written = 0
+    payload = b"\xd5" * PAYLOAD_BYTES
+    records: list[tuple[float, bytes]] = []
+    t0 = 1_700_000_000.0
+    for call in range(calls):
+        start = t0 + call * 0.2
+        caller_port = 20000 + 4 * (call % 5000)
+        callee_port = 40000 + 4 * (call % 5000)
+        records.append(
+            (
+                start,
+                _frame("10.0.0.1", "10.0.0.2", 5060, 5060, _sip("INVITE", call, caller_port), call),
+            )
+        )
+        records.append(
+            (
+                start + 0.05,
+                _frame("10.0.0.2", "10.0.0.1", 5060, 5060, _sip("200", call, callee_port), call),
+            )
+        )
+        ssrc_a, ssrc_b = 0x10000000 + call, 0x20000000 + call
+        for i in range(PACKETS_PER_CALL_LEG):
+            ts = start + 0.06 + i * 0.02
+            rtp_a = struct.pack("!BBHII", 0x80, 8, i, i * 160, ssrc_a) + payload
+            rtp_b = struct.pack("!BBHII", 0x80, 8, i, i * 160, ssrc_b) + payload
+            records.append((ts, _frame("10.0.0.1", "10.0.0.2", caller_port, callee_port, rtp_a, i)))
+            records.append(
+                (ts + 0.0001, _frame("10.0.0.2", "10.0.0.1", callee_port, caller_port, rtp_b, i))
+            )
+    records.sort(key=lambda r: r[0])
+    with path.open("wb") as f:
+        writer = dpkt.pcap.Writer(f, snaplen=65535)
+        writer.writepkts(records)
+        written = len(records)
+    return written
+
+
+def time_reader(path: Path) -> tuple[float, float, int, int]:
+    """CPU seconds, wall seconds, payloads read, RTP packets recognised."""
+    reader = read_capture(path)
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    payloads = rtp = 0
+    for captured in reader:
+        payloads += 1
+        if parse_rtp(captured.payload) is not None:
+            rtp += 1
+    return time.process_time() - cpu, time.perf_counter() - wall, payloads, rtp
+
+
+def time_tshark(path: Path) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (tshark and children), lines printed."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    result = subprocess.run(
+        ["tshark", "-n", "-r", str(path), "-Y", "sip || rtp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    elapsed = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, result.stdout.count(b"\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=500_000)
+    parser.add_argument("--keep", type=Path, help="write the capture here and keep it")
+    parser.add_argument("--no-tshark", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = (args.keep or Path(tmp)) / "bench.pcap"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        count = build_capture(path, args.packets)
+        size = os.path.getsize(path)
+        print(
+            f"capture: {count:,} packets, {size / 1e6:.1f} MB, "
+            f"built in {time.perf_counter() - start:.1f} s ({path})"
+        )
+
+        cpu, wall, payloads, rtp = time_reader(path)
+        rate = count / cpu
+        print(
+            f"sidecar reader + parse_rtp: {cpu:.2f} s CPU ({wall:.2f} s wall) "
+            f"-> {rate:,.0f} packets/s on one core, {size / cpu / 1e6:.0f} MB/s; "
+            f"{payloads:,} UDP payloads, {rtp:,} RTP"
+        )
+        print(f"target 500,000 packets/s: {'met' if rate >= 500_000 else 'NOT met'}")
+
+        if args.no_tshark or shutil.which("tshark") is None:
+            print("tshark: skipped")
+            return
+        t_wall, t_cpu, lines = time_tshark(path)
+        print(
+            f"tshark -r FILE -Y 'sip || rtp': {t_wall:.2f} s wall, {t_cpu:.2f} s CPU, "
+            f"{lines:,} packets shown -> {count / t_wall:,.0f} packets/s"
+        )
+        print(
+            f"ratio: sidecar is {t_wall / wall:.1f}x faster than tshark by wall time "
+            f"({t_cpu / cpu:.1f}x by CPU time)"
+        )
+
+
+if __name__ == "__main__":
+    main()
