@@ -217,9 +217,56 @@ class Charger:
             heapq.heappop(timers)
         return None
 
+    def adopt(self, call_ref: str, *, account: str, number: str, caller: str, now_ms: int,
+              answered_ms: int | None, paid_seconds: int = 0, reserved: Decimal = ZERO,
+              call_id: str = "") -> list[Action]:
+        """Take charge of a call this process did not see start (after a restart or a lost
+        connection): from its store record (paid seconds and holds) or from Kamailio's
+        dialog list. Billing resumes where the record says; credit control resumes now."""
+        if call_ref in self.sessions:
+            return []
+        acc = self.ledger.account(account, now_ms)
+        if acc is None:
+            log.error("cannot adopt %s: account %s not found", call_ref, account)
+            return []
+        table = self.plans(acc.plan).table
+        try:
+            digits = normalize(number, table.number_plan)
+        except InvalidNumber:
+            log.error("cannot adopt %s: bad number %r", call_ref, number)
+            return []
+        origin = origin_class(caller, table.number_plan) if table.uses_origins else ""
+        at = (answered_ms or now_ms) // 1000
+        line = table.lookup(digits, at, origin)
+        if line is None:
+            log.error("cannot adopt %s: no rate for %s", call_ref, digits)
+            return []
+        s = CallSession(call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller,
+                        origin, answered_ms or now_ms, acc.max_call_seconds,
+                        paid_seconds=paid_seconds, reserved=reserved)
+        self.sessions[call_ref] = s
+        self._accounts[acc.code] = acc
+        log.info("adopted %s account=%s paid=%ss answered=%s", call_ref, acc.code, paid_seconds,
+                 answered_ms)
+        if answered_ms is None:
+            return []
+        s.answered_ms = s.billable_ms = answered_ms
+        self._by_account.setdefault(acc.code, set()).add(call_ref)
+        actions: list[Action] = []
+        paid_until = s.paid_until_ms
+        assert paid_until is not None
+        if paid_until - self.config.renew_lead_ms > now_ms:
+            self._schedule(s, paid_until - self.config.renew_lead_ms)
+        else:
+            self._reserve_next(s, now_ms, actions)
+        return actions
+
     def end(self, call_ref: str, now_ms: int, *, ended_by: str = "", reason: str = "",
-            sip_code: int | None = None) -> list[Action]:
-        """The dialog ended (BYE, timeout, failure). Settles the call once."""
+            sip_code: int | None = None, lost: bool = False) -> list[Action]:
+        """The dialog ended (BYE, timeout, failure). Settles the call once.
+
+        ``lost``: the end itself was not seen (the call vanished while the sidecar was
+        disconnected): it is billed at most up to its paid time."""
         s = self.sessions.pop(call_ref, None)
         if s is None:
             return []  # duplicate or unknown: never charged twice
@@ -230,7 +277,7 @@ class Charger:
         else:
             assert s.billable_ms is not None
             duration = max(0, now_ms - s.billable_ms)
-            if s.ending and s.end_reason == REASON_CREDIT:
+            if lost or (s.ending and s.end_reason == REASON_CREDIT):
                 # The sidecar cut the call at the paid time; the BYE's latency is ours.
                 duration = min(duration, s.paid_seconds * 1000)
             rates = self.plans(s.plan)

@@ -1,0 +1,286 @@
+"""The live sidecar: Kamailio's events in, the charging core's decisions out.
+
+    evapi "offer"   -> Charger.authorize -> evapi "auth" (allow N s / reject code)
+    evapi "answer"  -> Charger.answer    -> first chunk reserved
+    credit timer    -> Charger.tick      -> EndCall -> JSON-RPC dlg.end_dlg (retried)
+    evapi "end"     -> Charger.end       -> CDR written once
+    (re)connect     -> dlg.list          -> lost calls settled, running calls adopted
+
+Every decision is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+from ..charging import (
+    Action,
+    Alert,
+    CdrWritten,
+    Charger,
+    ChargingConfig,
+    EndCall,
+    PlanRates,
+    Recharge,
+)
+from ..config import Config
+from ..kamailio.evapi import EvapiClient
+from ..kamailio.events import Answer, Early, End, EventError, Failed, Offer, parse_event
+from ..kamailio.rpc import KamailioRpc, RpcError
+from ..store.accounts import SqliteLedger
+from ..store.decks import get_plan, load_table
+from .notify import Notifier, run_recharge
+from .timer import CreditTimer, wall_ms
+
+log = logging.getLogger("sidecar.live")
+
+END_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+
+
+class PlanCache:
+    """Rate plans loaded once and reloaded when a new deck version is imported."""
+
+    def __init__(self, conn: sqlite3.Connection, check_every: float = 1.0) -> None:
+        self.conn = conn
+        self.check_every = check_every
+        self._plans: dict[str, PlanRates] = {}
+        self._stamp: object = None
+        self._checked = 0.0
+
+    def __call__(self, name: str) -> PlanRates:
+        now = time.monotonic()
+        if now - self._checked > self.check_every:
+            self._checked = now
+            stamp = self.conn.execute("SELECT MAX(id) FROM deck_versions").fetchone()[0]
+            if stamp != self._stamp:
+                self._plans.clear()
+                self._stamp = stamp
+        rates = self._plans.get(name)
+        if rates is None:
+            rates = PlanRates(load_table(self.conn, name), get_plan(self.conn, name).chunk_seconds)
+            self._plans[name] = rates
+        return rates
+
+
+class Sidecar:
+    """One live sidecar process."""
+
+    def __init__(self, config: Config, conn: sqlite3.Connection) -> None:
+        self.config = config
+        self.conn = conn
+        self.ledger = SqliteLedger(conn)
+        self.charger = Charger(self.ledger, PlanCache(conn), ChargingConfig(
+            renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds))
+        self.evapi = EvapiClient(config.evapi_host, config.evapi_port, self.on_message,
+                                 self.reconcile)
+        self.rpc = KamailioRpc(config.rpc_socket, config.rpc_timeout)
+        self.timer = CreditTimer(self.charger, self.on_actions)
+        self.notifier = Notifier(config.alert_webhook, config.recharge_command,
+                                 config.recharge_webhook)
+        self.dialogs: dict[str, tuple[int, int]] = {}  # call_ref -> (h_entry, h_id)
+        self.counters: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle -------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until cancelled."""
+        await self.rpc.open()
+        self.timer.start()
+        try:
+            await self.evapi.run()
+        finally:
+            await self.timer.stop()
+            for t in list(self._tasks):
+                t.cancel()
+            self.rpc.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- events from Kamailio ----------------------------------------------------
+    def on_message(self, payload: bytes) -> None:
+        """One evapi message. Malformed or unknown messages are logged and counted."""
+        try:
+            ev = parse_event(payload)
+        except EventError as exc:
+            self.counters["bad_events"] += 1
+            log.error("ignored evapi message (%s): %r", exc, payload[:200])
+            return
+        self.counters[type(ev).__name__.lower()] += 1
+        try:
+            self._dispatch(ev)
+        except Exception:  # one bad call must not stop the others being charged
+            self.counters["errors"] += 1
+            log.exception("failed to handle %s for %s", type(ev).__name__, ev.dialog.call_id)
+        self.timer.poke()
+
+    def _dispatch(self, ev: Offer | Early | Answer | End | Failed) -> None:
+        d = ev.dialog
+        ref = d.call_id
+        now = d.ts_ms or wall_ms()
+        if d.h_entry or d.h_id:
+            self.dialogs[ref] = (d.h_entry, d.h_id)
+        if isinstance(ev, Offer):
+            decision = self.charger.authorize(
+                ref, number=ev.ruri_user, now_ms=now, account_code=ev.account_code,
+                sip_user=ev.from_user, src_ip=ev.src_ip, caller=ev.pai_user or ev.from_user,
+                call_id=ref)
+            reply: dict[str, object] = {"event": "auth", "tindex": ev.tindex,
+                                        "tlabel": ev.tlabel, "call_id": ref}
+            if decision.allow:
+                reply |= {"action": "allow", "max_duration": decision.max_seconds,
+                          "account": decision.account or ""}
+            else:
+                reply |= {"action": "reject", "code": decision.code,
+                          "reason": _reason_phrase(decision.code)}
+            log.info("offer %s from=%s to=%s -> %s", ref, ev.from_user, ev.ruri_user,
+                     f"allow {decision.max_seconds}s account={decision.account}"
+                     if decision.allow else f"reject {decision.code} ({decision.reason})")
+            if not self.evapi.send(reply):
+                log.error("could not answer offer %s: evapi not connected", ref)
+        elif isinstance(ev, Answer):
+            self.on_actions(self.charger.answer(ref, now))
+        elif isinstance(ev, End):
+            self.dialogs.pop(ref, None)
+            self.on_actions(self.charger.end(ref, now, ended_by=ev.by, reason=ev.reason))
+        elif isinstance(ev, Failed):
+            self.dialogs.pop(ref, None)
+            self.on_actions(self.charger.fail(ref, now, ev.code, ev.reason))
+        # Early (183 with SDP) matters to media supervision, not to charging.
+
+    # --- decisions out -------------------------------------------------------------
+    def on_actions(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, EndCall):
+                self._spawn(self.end_call(a))
+            elif isinstance(a, Alert):
+                self._spawn(self.notifier.alert(a))
+            elif isinstance(a, Recharge):
+                acc = self.ledger.account(a.account, a.at_ms)
+                self._spawn(run_recharge(
+                    self.notifier, a, acc.currency if acc else "",
+                    lambda code, amount, note: self._topup(code, amount, note),
+                    self.charger.recharged))
+            elif isinstance(a, CdrWritten):
+                c = a.cdr
+                log.info("cdr %s account=%s %s duration=%sms billed=%ss cost=%s charged=%s%s",
+                         c.call_ref, c.account, c.disposition.value, c.duration_ms,
+                         c.billed_seconds, c.cost, c.charged,
+                         f" ended_by={c.ended_by} ({c.end_reason})" if c.ended_by else "")
+
+    def _topup(self, code: str, amount: Decimal, note: str) -> None:
+        self.ledger.topup(code, amount, wall_ms(), note)
+
+    async def end_call(self, a: EndCall) -> None:
+        """Ask Kamailio to end the dialog; retry with backoff until it is gone."""
+        for delay in (0.0, *END_RETRIES):
+            if delay:
+                await asyncio.sleep(delay)
+            if a.call_ref not in self.charger.sessions:
+                return  # the end event arrived: done
+            h = self.dialogs.get(a.call_ref)
+            if h is None:
+                log.error("cannot end %s: no dialog id known", a.call_ref)
+                continue
+            try:
+                await self.rpc.end_dialog(*h)
+                self.counters["ended_by_rpc"] += 1
+                log.info("end %s (%s): dlg.end_dlg %s:%s sent %d ms after the deadline",
+                         a.call_ref, a.reason, h[0], h[1], wall_ms() - a.at_ms)
+                return
+            except RpcError as exc:
+                if exc.code == 404:  # Kamailio no longer has it: the end event was lost
+                    log.warning("end %s: dialog already gone; settling", a.call_ref)
+                    self.on_actions(self.charger.end(a.call_ref, wall_ms(), ended_by="proxy",
+                                                     reason="dialog gone", lost=True))
+                    return
+                self.counters["rpc_errors"] += 1
+                log.error("end %s: %s (retrying)", a.call_ref, exc)
+        log.error("gave up ending %s after %d tries", a.call_ref, len(END_RETRIES) + 1)
+
+    # --- reconciliation ------------------------------------------------------------
+    async def reconcile(self) -> None:
+        """On every (re)connect: events were dropped while disconnected. Settle calls
+        Kamailio no longer has; adopt confirmed dialogs the sidecar is not tracking."""
+        try:
+            dialogs = await self.rpc.list_dialogs()
+        except RpcError as exc:
+            log.error("reconcile: dlg.list failed: %s", exc)
+            return
+        now = wall_ms()
+        present: dict[str, dict[str, Any]] = {}
+        for d in dialogs:
+            cid = str(d.get("call-id") or d.get("callid") or "")
+            if cid:
+                present[cid] = d
+                with contextlib.suppress(TypeError, ValueError):
+                    self.dialogs[cid] = (int(d["h_entry"]), int(d["h_id"]))
+        # Calls we track (in memory or in the store) that Kamailio no longer has.
+        stored = {str(r["call_ref"]): r for r in self.ledger.live_calls()}
+        for ref in list(self.charger.sessions):
+            if ref not in present:
+                self.on_actions(self.charger.end(ref, now, ended_by="proxy",
+                                                 reason="lost while disconnected", lost=True))
+        adopted = settled = 0
+        for ref, row in stored.items():
+            if ref in self.charger.sessions:
+                continue
+            answered = int(str(row["answered_ms"]))
+            self.on_actions(self.charger.adopt(
+                ref, account=str(row["account"]), number=str(row["number"]), caller="",
+                now_ms=now, answered_ms=answered, paid_seconds=int(str(row["paid_seconds"])),
+                reserved=Decimal(str(row["reserved"]))))
+            if ref in present:
+                adopted += 1
+            else:
+                settled += 1
+                self.on_actions(self.charger.end(ref, now, ended_by="proxy",
+                                                 reason="ended while sidecar was down",
+                                                 lost=True))
+        # Confirmed dialogs nobody tracks: adopt them from their dialog variables.
+        for ref, d in present.items():
+            if ref in self.charger.sessions or int(d.get("state", 0) or 0) != 4:
+                continue
+            v = _dlg_vars(d)
+            account = v.get("ac", "")
+            if not account:
+                log.error("reconcile: dialog %s has no account variable; not charged", ref)
+                continue
+            start = int(d.get("start_ts", 0) or 0) * 1000 or now
+            self.on_actions(self.charger.adopt(ref, account=account, number=v.get("callee", ""),
+                                               caller=v.get("caller", ""), now_ms=now,
+                                               answered_ms=start))
+            adopted += 1
+        self.timer.poke()
+        log.info("reconciled with Kamailio: %d dialogs, %d adopted, %d settled as lost",
+                 len(present), adopted, settled)
+
+
+def _dlg_vars(d: dict[str, Any]) -> dict[str, str]:
+    """Dialog variables from ``dlg.list`` (a list of one-key objects in Kamailio 5.6)."""
+    raw = d.get("variables") or []
+    out: dict[str, str] = {}
+    if isinstance(raw, dict):
+        raw = [raw]
+    for item in raw:
+        if isinstance(item, dict):
+            for k, val in item.items():
+                out[str(k)] = str(val)
+    return out
+
+
+_PHRASES = {402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+            480: "Temporarily Unavailable", 503: "Service Unavailable"}
+
+
+def _reason_phrase(code: int) -> str:
+    return _PHRASES.get(code, "Rejected")
