@@ -19,6 +19,7 @@ class Context:
 
     def __init__(self, db: str | None) -> None:
         self.path = db_path(db)
+        self.explicit = db is not None  # --db or $SIDECAR_DB given
         self._conn: sqlite3.Connection | None = None
 
     @property
@@ -69,6 +70,6 @@ def cli(click_ctx: click.Context, db: str | None) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from . import accounts, decks, rate  # noqa: F401  (registers the subcommands)
+    from . import accounts, decks, rate, run  # noqa: F401  (registers the subcommands)
 
     cli()
