@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from ..money import check_currency, fmt
+from ..money import check_currency, fmt, to_text
 from ..numbers import NumberPlan
 from ..rating import DeckError, DeckProblem, Increment, RateLine, RateTable, SecondRounding
 from ..rating.deck import ParsedDeck, parse_deck, parse_effective
-from .db import transaction
+from .db import transaction, utils
 
 
 class PlanNotFound(LookupError):
@@ -222,31 +222,33 @@ def import_deck(
             "INSERT INTO deck_versions (plan, version, imported_ms, source, sha256, lines) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (plan, version, now_ms, p.name, hashlib.sha256(raw).hexdigest(), len(parsed.lines)))
-        batch: list[tuple[object, ...]] = []
+        # sqlite-utils inserts in batches; inside our transaction it nests as a savepoint,
+        # so the import stays all or nothing.
+        table = utils(conn)["rates"]
         done = 0
+        batch: list[dict[str, object]] = []
         for ln in parsed.lines:
-            batch.append((plan, version, ln.destination, ln.prefix, ln.origin, str(ln.rate),
-                          str(ln.increment), ln.effective_from.isoformat(),
-                          str(ln.connection_fee), str(ln.minimum_charge), ln.short_call_seconds,
-                          str(ln.short_call_surcharge), ln.currency))
+            batch.append({
+                "plan": plan, "version": version, "destination": ln.destination,
+                "prefix": ln.prefix, "origin": ln.origin, "rate": to_text(ln.rate),
+                "increment": str(ln.increment), "effective_from": ln.effective_from.isoformat(),
+                "connection_fee": to_text(ln.connection_fee),
+                "minimum_charge": to_text(ln.minimum_charge),
+                "short_call_seconds": ln.short_call_seconds,
+                "short_call_surcharge": to_text(ln.short_call_surcharge),
+                "currency": ln.currency})
             if len(batch) >= 10_000:
-                _insert_rates(conn, batch)
+                table.insert_all(batch, batch_size=10_000)  # type: ignore[union-attr]
                 done += len(batch)
                 batch.clear()
                 if progress:
                     progress(done)
-        _insert_rates(conn, batch)
+        if batch:
+            table.insert_all(batch, batch_size=10_000)  # type: ignore[union-attr]
         if progress:
             progress(done + len(batch))
     return ImportResult(plan, version, len(parsed.lines), parsed.currency, increases,
                         decreases, new)
-
-
-def _insert_rates(conn: sqlite3.Connection, batch: list[tuple[object, ...]]) -> None:
-    conn.executemany(
-        "INSERT INTO rates (plan, version, destination, prefix, origin, rate, increment, "
-        "effective_from, connection_fee, minimum_charge, short_call_seconds, "
-        "short_call_surcharge, currency) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
 
 
 def _line_numbers(text: str, count: int) -> dict[int, int]:
