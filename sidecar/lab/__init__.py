@@ -1,0 +1,115 @@
+"""The lab: the real Kamailio and SIPp on this machine, driven from Python.
+
+Used by the end-to-end tests (``tests/lab``) and the demo, never by the sidecar proper.
+
+- :mod:`sidecar.lab.kamailio`: :class:`~sidecar.lab.kamailio.KamailioProcess` runs the
+  shipped ``kamailio/kamailio.cfg`` in its own run directory; a minimal synchronous
+  JSON-RPC datagram client talks to it (``dlg.list``, ``dlg.end_dlg``).
+- :mod:`sidecar.lab.sipp`: :class:`~sidecar.lab.sipp.Sipp` starts the scenarios of
+  ``kamailio/sipp/`` (a UAS in the background, a UAC to completion) and reads back
+  SIPp's own statistics and message traces.
+
+This module holds the few port helpers both need. Everything here is Linux-only
+(``/proc/net``), like the rest of the lab.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+from typing import Literal
+
+Transport = Literal["udp", "tcp"]
+
+#: The repository's ``kamailio/`` directory (configuration and SIPp scenarios).
+KAMAILIO_DIR = Path(__file__).resolve().parents[2] / "kamailio"
+
+
+class PortInUseError(RuntimeError):
+    """A port the lab needs is taken by another process."""
+
+    def __init__(self, transport: Transport, host: str, port: int, what: str) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        super().__init__(
+            f"{what}: {transport.upper()} port {host}:{port} is already in use "
+            "(another Kamailio or SIPp still running?)"
+        )
+
+
+def ensure_port_free(transport: Transport, host: str, port: int, what: str) -> None:
+    """Raise :class:`PortInUseError` naming ``what`` if ``host:port`` cannot be bound.
+
+    UDP is checked with a plain bind: Kamailio sets SO_REUSEADDR on its UDP sockets, so a
+    second instance would start and steal traffic, while a plain bind fails. TCP is checked
+    with SO_REUSEADDR so that connections left in TIME_WAIT do not count, only a listener.
+    """
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if transport == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(transport, host, port, what) from exc
+            raise
+
+
+def free_port(transport: Transport, host: str = "127.0.0.1") -> int:
+    """A port the kernel considers free right now (it may be taken again later)."""
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def free_port_block(host: str = "127.0.0.1", size: int = 4, step: int = 2) -> int:
+    """An even UDP port ``p`` with ``p .. p+size-1`` all free (SIPp media uses p and p+2)."""
+    for _ in range(200):
+        base = free_port("udp", host)
+        base -= base % step
+        socks: list[socket.socket] = []
+        try:
+            for offset in range(size):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.bind((host, base + offset))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return base
+    raise RuntimeError(f"no block of {size} free UDP ports found on {host}")
+
+
+def _proc_net_entries(transport: Transport) -> list[tuple[str, int, str]]:
+    """(local IPv4 address, port, state) of every IPv4 socket in /proc/net/{udp,tcp}."""
+    entries: list[tuple[str, int, str]] = []
+    with open(f"/proc/net/{transport}", encoding="ascii") as fh:
+        next(fh)  # header
+        for line in fh:
+            fields = line.split()
+            addr_hex, port_hex = fields[1].split(":")
+            addr = socket.inet_ntoa(int(addr_hex, 16).to_bytes(4, "little"))
+            entries.append((addr, int(port_hex, 16), fields[3]))
+    return entries
+
+
+def port_is_bound(transport: Transport, host: str, port: int) -> bool:
+    """Whether some socket is bound to ``host:port`` (a TCP one must be listening).
+
+    Reads /proc/net instead of trying to bind, so that a check never steals the port
+    from the process that is about to bind it.
+    """
+    tcp_listen = "0A"
+    for addr, bound_port, state in _proc_net_entries(transport):
+        if bound_port != port or addr not in (host, "0.0.0.0"):
+            continue
+        if transport == "udp" or state == tcp_listen:
+            return True
+    return False
