@@ -1,0 +1,116 @@
+"""The whole live path in a box: Kamailio + the real ``sidecar run`` + SIPp.
+
+Used by the end-to-end tests and the demo. Everything started here is stopped by PID
+when the block ends, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from . import free_port
+from .kamailio import KamailioProcess, KamailioSettings
+from .sipp import Sipp, SippProcess
+
+HOST = "127.0.0.1"
+
+
+class LiveLab:
+    """Kamailio with the shipped config, the sidecar connected to it, SIPp on demand."""
+
+    def __init__(self, run_dir: Path, db: Path, *, fail_open: bool = False,
+                 auth_timeout_ms: int = 2000, log_events: bool = False,
+                 pre_answer_timeout_ms: int = 60_000) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        self.db = Path(db).resolve()
+        self.uas_port = free_port("udp", HOST)
+        self.settings = KamailioSettings(
+            sip_ip=HOST, sip_port=free_port("udp", HOST), evapi_ip=HOST,
+            evapi_port=free_port("tcp", HOST), dest=f"sip:{HOST}:{self.uas_port}",
+            children=4, log_events=log_events, fail_open=fail_open,
+            auth_timeout_ms=auth_timeout_ms, pre_answer_timeout_ms=pre_answer_timeout_ms)
+        self.kam = KamailioProcess(self.run_dir / "kamailio", self.settings)
+        self.sipp = Sipp(self.run_dir / "sipp", host=HOST)
+        self.config_path = self.run_dir / "sidecar.toml"
+        self.sidecar_log = self.run_dir / "sidecar.log"
+        self._sidecar: subprocess.Popen[bytes] | None = None
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def target(self) -> str:
+        """Where callers send INVITEs."""
+        return f"{self.settings.sip_ip}:{self.settings.sip_port}"
+
+    def __enter__(self) -> Self:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            "[database]\n"
+            f'path = "{self.db}"\n'
+            "[kamailio]\n"
+            f'evapi_host = "{self.settings.evapi_ip}"\n'
+            f"evapi_port = {self.settings.evapi_port}\n"
+            f'rpc_socket = "{self.kam.rpc_socket}"\n')
+        self._stack.enter_context(self.kam)
+        self._stack.callback(self.stop_sidecar)
+        self.start_sidecar()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stack.close()
+
+    def start_sidecar(self, timeout: float = 10.0) -> None:
+        """Start ``sidecar run`` and wait until Kamailio counts it as connected."""
+        if self._sidecar is not None and self._sidecar.poll() is None:
+            return
+        log = self.sidecar_log.open("ab")
+        self._sidecar = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "--db", str(self.db), "run", "--config",
+             str(self.config_path), "--log-format", "json"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while self.kam.evapi_clients() < 1:
+            if self._sidecar.poll() is not None:
+                raise RuntimeError(f"sidecar exited with {self._sidecar.returncode}:\n"
+                                   f"{self.sidecar_log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("sidecar did not connect to Kamailio's evapi in time")
+            time.sleep(0.05)
+
+    def stop_sidecar(self, timeout: float = 5.0) -> None:
+        """SIGTERM the sidecar and wait for it (SIGKILL if it hangs)."""
+        p = self._sidecar
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+        deadline = time.monotonic() + timeout
+        while self.kam.evapi_clients() > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def uas(self, scenario: str = "uas.xml", **kw: Any) -> SippProcess:
+        """Start the callee (the carrier) at Kamailio's destination."""
+        return self._stack.enter_context(self.sipp.start_uas(scenario, port=self.uas_port, **kw))
+
+    def uac(self, scenario: str = "uac.xml", **kw: Any) -> SippProcess:
+        """Start a caller through Kamailio (in the background)."""
+        return self._stack.enter_context(self.sipp.start_uac(self.target, scenario, **kw))
+
+    def log_tail(self, n: int = 40) -> str:
+        """The end of the sidecar's and Kamailio's logs, for failure messages."""
+        side = self.sidecar_log.read_text(errors="replace").splitlines()[-n:] \
+            if self.sidecar_log.exists() else []
+        return "sidecar:\n" + "\n".join(side) + "\nkamailio:\n" + self.kam.log_tail(n)

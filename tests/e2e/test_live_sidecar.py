@@ -1,0 +1,176 @@
+"""End to end: the real Kamailio with the shipped config, the real ``sidecar run`` and real
+SIPp calls with RTP on 127.0.0.1. Every process is stopped by PID, also on failure."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from sidecar.charging.model import AccountKind
+from sidecar.lab.live import LiveLab
+from sidecar.store.accounts import SqliteLedger, add_account, verify_ledger
+from sidecar.store.db import connect
+from sidecar.store.decks import import_deck
+
+pytestmark = pytest.mark.timeout(240)
+
+DECK = """destination;code;rate_usd;increment;effective_from
+Germany Fixed;4930;0.0600;1/1;2026-01-01
+Germany;49;0.1200;60/60;2026-01-01
+"""
+DIALLED = "4930123456"  # 0.06/min = 0.001/s on 1/1
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    conn = connect(tmp_path / "sidecar.db")
+    (tmp_path / "deck.csv").write_text(DECK)
+    import_deck(conn, "retail", tmp_path / "deck.csv", as_of=datetime(2026, 1, 1, tzinfo=UTC))
+    yield conn
+    conn.close()
+
+
+def account(conn: sqlite3.Connection, code: str, balance: str, **kw: object) -> None:
+    now = int(time.time() * 1000)
+    add_account(conn, code, "retail", AccountKind.PREPAID, now_ms=now, **kw)  # type: ignore[arg-type]
+    if Decimal(balance):
+        SqliteLedger(conn).topup(code, Decimal(balance), now, "test")
+
+
+def cdrs(conn: sqlite3.Connection, account: str | None = None) -> list[dict[str, object]]:
+    cur = conn.execute("SELECT * FROM cdrs" + (" WHERE account = ?" if account else "")
+                       + " ORDER BY id", (account,) if account else ())
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur]
+
+
+def balance(conn: sqlite3.Connection, code: str) -> Decimal:
+    return Decimal(conn.execute("SELECT balance FROM accounts WHERE code = ?",
+                                (code,)).fetchone()[0])
+
+
+def wait_for(cond: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def lab(tmp_path: Path, db: sqlite3.Connection) -> Iterator[LiveLab]:
+    with LiveLab(tmp_path / "lab", tmp_path / "sidecar.db") as lab:
+        yield lab
+
+
+def test_answered_call_with_media_gets_one_cdr_with_the_right_duration_and_cost(
+    lab: LiveLab, db: sqlite3.Connection
+) -> None:
+    account(db, "ACME", "10")
+    uas = lab.uas("uas.xml")
+    r = lab.uac(account_code="ACME", dialled=DIALLED, duration_ms=3000).wait()
+    uas.wait()
+    assert r.calls_ok, r.output_tail() + lab.log_tail()
+    wait_for(lambda: len(cdrs(db, "ACME")) == 1)
+    (cdr,) = cdrs(db, "ACME")
+    assert cdr["disposition"] == "answered"
+    assert r.talk_time_s is not None
+    assert abs(int(str(cdr["duration_ms"])) / 1000 - r.talk_time_s) <= 0.05, (cdr, r.talk_time_s)
+    billed = int(str(cdr["billed_seconds"]))
+    assert billed == -(-int(str(cdr["duration_ms"])) // 1000)
+    assert Decimal(str(cdr["charged"])) == Decimal("0.001") * billed
+    assert balance(db, "ACME") == Decimal("10") - Decimal("0.001") * billed
+    assert all(not c.problems for c in verify_ledger(db))
+
+
+def test_no_credit_gets_402_and_unknown_account_403(lab: LiveLab, db: sqlite3.Connection
+                                                     ) -> None:
+    account(db, "BROKE", "0")
+    r = lab.uac("uac_reject.xml", account_code="BROKE", dialled=DIALLED).wait()
+    assert r.final_codes == [402], r.output_tail() + lab.log_tail()
+    r = lab.uac("uac_reject.xml", account_code="NOBODY", dialled=DIALLED).wait()
+    assert r.final_codes == [403], r.output_tail()
+    wait_for(lambda: len(cdrs(db)) == 2)
+    rows = cdrs(db)
+    assert [(c["account"], c["sip_code"], c["disposition"], c["charged"]) for c in rows] == [
+        ("BROKE", 402, "rejected", "0"), (None, 403, "rejected", "0")]
+    assert balance(db, "BROKE") == 0
+
+
+def _invite_200_ts(messages: list) -> float:  # type: ignore[type-arg]
+    return next(m.timestamp for m in messages if m.status_code == 200 and m.cseq_method == "INVITE")
+
+
+def test_credit_run_out_ends_the_call_with_bye_both_ways_on_time(
+    lab: LiveLab, db: sqlite3.Connection
+) -> None:
+    account(db, "PRE", "0.004")  # 4 s at 0.001/s
+    uas = lab.uas("uas.xml")
+    r = lab.uac(account_code="PRE", dialled=DIALLED, duration_ms=15_000).wait()
+    ru = uas.wait()
+    assert r.calls_ok and ru.calls_ok, r.output_tail() + lab.log_tail()
+    answered = _invite_200_ts(r.received())
+    (bye_to_caller,) = r.received("BYE")
+    (bye_to_callee,) = ru.received("BYE")
+    for bye in (bye_to_caller, bye_to_callee):
+        assert 4.0 - 0.05 <= bye.timestamp - answered <= 4.0 + 1.0, bye.timestamp - answered
+    wait_for(lambda: len(cdrs(db, "PRE")) == 1)
+    (cdr,) = cdrs(db, "PRE")
+    assert cdr["ended_by"] == "proxy" and cdr["end_reason"] == "credit exhausted"
+    assert cdr["billed_seconds"] == 4 and Decimal(str(cdr["charged"])) == Decimal("0.004")
+    assert balance(db, "PRE") == 0
+    assert all(not c.problems for c in verify_ledger(db))
+
+
+def test_two_calls_share_100_seconds_of_credit_and_never_overdraw(
+    lab: LiveLab, db: sqlite3.Connection
+) -> None:
+    account(db, "SHARED", "0.100")  # 100 s at 0.001/s
+    uas = lab.uas("uas.xml", calls=2, timeout_s=180)
+    a = lab.uac(account_code="SHARED", dialled=DIALLED, duration_ms=150_000, timeout_s=180)
+    b = lab.uac(account_code="SHARED", dialled=DIALLED, duration_ms=150_000, timeout_s=180)
+    ra, rb = a.wait(), b.wait()
+    uas.wait()
+    assert ra.calls_ok and rb.calls_ok, ra.output_tail() + rb.output_tail() + lab.log_tail()
+    wait_for(lambda: len(cdrs(db, "SHARED")) == 2)
+    rows = cdrs(db, "SHARED")
+    assert {c["end_reason"] for c in rows} == {"credit exhausted"}
+    talk = [int(str(c["duration_ms"])) for c in rows]
+    assert sum(talk) <= 100_000 + 100, talk  # ended by the time the credit was spent
+    assert abs(talk[0] - talk[1]) <= 7_000, talk  # and shared it
+    assert Decimal(0) <= balance(db, "SHARED") < Decimal("0.002")
+    charged = sum(Decimal(str(c["charged"])) for c in rows)
+    assert charged + balance(db, "SHARED") == Decimal("0.100")
+    assert all(not c.problems for c in verify_ledger(db))
+
+
+def test_sidecar_restarted_mid_call_adopts_it_and_charges_once(
+    lab: LiveLab, db: sqlite3.Connection
+) -> None:
+    account(db, "ACME", "10", chunk_seconds=3)
+    uas = lab.uas("uas.xml")
+    call = lab.uac(account_code="ACME", dialled=DIALLED, duration_ms=9_000)
+    wait_for(lambda: db.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 1)
+    time.sleep(1.0)
+    lab.stop_sidecar()
+    time.sleep(3.0)  # the 3 s chunk runs out while the sidecar is away
+    lab.start_sidecar()
+    r = call.wait()
+    uas.wait()
+    assert r.calls_ok, r.output_tail() + lab.log_tail()
+    assert not [m for m in r.received("BYE") if not m.is_response], "cut despite credit"
+    wait_for(lambda: len(cdrs(db, "ACME")) == 1)
+    (cdr,) = cdrs(db, "ACME")
+    assert cdr["disposition"] == "answered" and cdr["ended_by"] == "caller"
+    assert r.talk_time_s is not None
+    assert abs(int(str(cdr["duration_ms"])) / 1000 - r.talk_time_s) <= 0.05
+    assert "adopted" in lab.sidecar_log.read_text()
+    assert all(not c.problems for c in verify_ledger(db))
+    assert db.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
