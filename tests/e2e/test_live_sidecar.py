@@ -174,3 +174,23 @@ def test_sidecar_restarted_mid_call_adopts_it_and_charges_once(
     assert "adopted" in lab.sidecar_log.read_text()
     assert all(not c.problems for c in verify_ledger(db))
     assert db.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
+
+
+def test_many_cut_calls_all_get_bye_on_both_legs(lab: LiveLab, db: sqlite3.Connection) -> None:
+    """Regression: Kamailio 5.6 could skip the callee's BYE when the caller's 200 OK to the
+    first BYE came back fast (see reply_route in kamailio.cfg)."""
+    n = 8
+    for i in range(n):
+        account(db, f"P{i}", "0.002")  # 2 s each
+    uas = lab.uas("uas.xml", calls=n, timeout_s=60)
+    callers = [lab.uac(account_code=f"P{i}", dialled=DIALLED, duration_ms=20_000, timeout_s=60)
+               for i in range(n)]
+    results = [c.wait() for c in callers]
+    ru = uas.wait()
+    assert all(r.calls_ok for r in results), lab.log_tail()
+    assert ru.successful_calls == n, ru.output_tail() + lab.log_tail()
+    assert len([m for m in ru.received("BYE") if not m.is_response]) == n
+    for r in results:
+        assert len([m for m in r.received("BYE") if not m.is_response]) == 1
+    wait_for(lambda: len(cdrs(db)) == n)
+    assert {c["billed_seconds"] for c in cdrs(db)} == {2}
