@@ -1,38 +1,120 @@
-"""The demo: a sample deck, a few calls rated end to end through the CLI's code paths."""
+"""The demo: real Kamailio + the real sidecar + real SIPp calls with RTP, then the CDRs.
+
+    bash scripts/demo            (or: python -m sidecar.demo [--keep DIR])
+
+Starts Kamailio with the shipped configuration and ``sidecar run`` on a fresh SQLite
+database holding the sample deck and a few accounts, places a handful of calls through
+Kamailio (answered with media, refused for lack of credit, cut when credit runs out,
+answered without media, unknown account) and prints what was billed.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sqlite3
 import tempfile
-from datetime import UTC, datetime
+import time
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
-from .rating import NoRate
+from rich.console import Console
+from rich.table import Table
+
+from .charging.model import AccountKind
+from .lab.live import LiveLab
+from .store.accounts import SqliteLedger, add_account, verify_ledger
 from .store.db import connect
-from .store.decks import import_deck, load_table
+from .store.decks import import_deck
+
+console = Console(width=None if Console().is_terminal else 150)
+
+
+def _prepare(db: Path) -> sqlite3.Connection:
+    conn = connect(db)
+    deck = resources.files("sidecar") / "data" / "sample-deck.csv"
+    with resources.as_file(deck) as path:
+        res = import_deck(conn, "demo", path)
+    console.print(f"plan [bold]demo[/]: {res.lines} rate lines imported ({res.currency})")
+    now = int(time.time() * 1000)
+    ledger = SqliteLedger(conn)
+    # Premium Test (999) costs 0.60/min = 0.01/s: 0.04 buys 4 seconds.
+    for code, amount, note in [("ACME", "5.00", "a customer in good standing"),
+                               ("BROKE", "0", "no credit"),
+                               ("TIGHT", "0.04", "credit for 4 s on the premium route")]:
+        add_account(conn, code, "demo", AccountKind.PREPAID, now_ms=now, name=note)
+        if Decimal(amount):
+            ledger.topup(code, Decimal(amount), now, "demo top-up")
+        console.print(f"account [bold]{code}[/]: {amount} USD ({note})")
+    return conn
+
+
+def _call(lab: LiveLab, title: str, uas: str | None, **uac: object) -> None:
+    console.rule(title)
+    callee = lab.uas(uas) if uas else None
+    scenario = "uac.xml" if uas else "uac_reject.xml"
+    t0 = time.monotonic()
+    r = lab.uac(scenario, **uac).wait()
+    if callee is not None:
+        callee.stop()
+    codes = r.final_codes
+    talk = f", talked {r.talk_time_s:.2f} s (SIPp)" if r.talk_time_s else ""
+    byes = [m for m in r.received("BYE") if not m.is_response]
+    cut = ", BYE from the proxy" if byes else ""
+    console.print(f"SIP final reply {codes[-1] if codes else '-'}{talk}{cut} "
+                  f"[{time.monotonic() - t0:.1f} s]")
 
 
 def main() -> None:
-    """Import the sample deck into a fresh database and rate a few calls."""
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "demo.db"
-        conn = connect(db)
-        deck = resources.files("sidecar") / "data" / "sample-deck.csv"
-        with resources.as_file(deck) as path:
-            res = import_deck(conn, "demo", path)
-        print(f"imported {res.lines} rate lines into plan 'demo' ({res.currency})")
-        table = load_table(conn, "demo")
-        at = int(datetime.now(UTC).timestamp())
-        for number, secs in [("+4930123456", 61), ("+4915112345678", 7), ("0033123456789", 45),
-                             ("+447700900123", 31), ("+8613800000000", 60)]:
-            try:
-                r = table.rate(number, secs * 1000, at)
-            except NoRate as exc:
-                print(f"{number:>16} {secs:>4}s  {exc}")
-                continue
-            ln = r.line
-            print(f"{number:>16} {secs:>4}s  {ln.destination:<24} {ln.prefix:<6} "
-                  f"{ln.increment!s:>6} billed {r.billed_seconds:>4}s  {r.cost} {ln.currency}")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="Run in this directory and keep it (database, logs).")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sidecar-demo-") as tmp:
+        run = (args.keep or Path(tmp)).resolve()
+        run.mkdir(parents=True, exist_ok=True)
+        db = run / "demo.db"
+        db.unlink(missing_ok=True)
+        conn = _prepare(db)
+        with LiveLab(run / "lab", db) as lab:
+            console.print(f"Kamailio on {lab.target} (pid {lab.kam.pid}), sidecar connected "
+                          f"over evapi :{lab.settings.evapi_port}")
+            _call(lab, "1. ACME calls Berlin: answered with media, 3 s", "uas.xml",
+                  account_code="ACME", dialled="+4930123456", duration_ms=3000)
+            _call(lab, "2. BROKE calls Berlin: no credit -> 402", None,
+                  account_code="BROKE", dialled="+4930123456")
+            _call(lab, "3. TIGHT calls the premium route for 15 s: cut when credit runs out",
+                  "uas.xml", account_code="TIGHT", dialled="+999123456", duration_ms=15_000)
+            _call(lab, "4. ACME calls the UK: answered, but the carrier sends no media",
+                  "uas_nomedia.xml", account_code="ACME", dialled="+447700900123",
+                  duration_ms=2000)
+            _call(lab, "5. An unknown account code -> 403", None,
+                  account_code="NOBODY", dialled="+4930123456")
+            time.sleep(0.5)  # let the last end event land
+        _report(conn)
+        if args.keep:
+            console.print(f"kept: {run}")
+
+
+def _report(conn: sqlite3.Connection) -> None:
+    console.rule("CDRs")
+    t = Table("account", "callee", "destination", "result", "SIP", "duration", "billed",
+              "cost", "charged", "ended by")
+    for row in conn.execute(
+            "SELECT account, callee, destination, disposition, sip_code, duration_ms, "
+            "billed_seconds, cost, charged, ended_by, end_reason FROM cdrs ORDER BY id"):
+        acc, callee, dest, disp, code, dur, billed, cost, charged, by, reason = row
+        t.add_row(acc or "-", callee, dest, disp, str(code or ""), f"{dur / 1000:.3f} s",
+                  f"{billed} s", cost, charged, f"{by} ({reason})" if by else reason[:40])
+    console.print(t)
+    b = Table("account", "balance", "held")
+    for code, bal, held in conn.execute("SELECT code, balance, held FROM accounts ORDER BY code"):
+        b.add_row(code, bal, held)
+    console.print(b)
+    bad = [c for c in verify_ledger(conn) if c.problems]
+    console.print("ledger verified: every balance is the sum of its ledger rows" if not bad
+                  else f"[red]ledger problems: {bad}[/]")
 
 
 if __name__ == "__main__":

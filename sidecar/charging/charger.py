@@ -159,7 +159,7 @@ class Charger:
         if seconds <= 0:
             return self._reject(call_ref, call_id, acc, 402,
                                 f"account {acc.code} has no credit for {line.destination}",
-                                caller, digits, now_ms)
+                                caller, digits, now_ms, line)
         max_seconds = min(seconds, acc.max_call_seconds)
         self._accounts[acc.code] = acc
         self.sessions[call_ref] = CallSession(
@@ -299,12 +299,16 @@ class Charger:
 
     # --- internals -----------------------------------------------------------------
     def _reject(self, call_ref: str, call_id: str, acc: Account | None, code: int, why: str,
-                caller: str, number: str, now_ms: int) -> AuthDecision:
+                caller: str, number: str, now_ms: int,
+                line: RateLine | None = None) -> AuthDecision:
         log.info("rejected %s with %s: %s", call_ref, code, why)
         cdr = Cdr(call_ref, call_id or call_ref, Disposition.REJECTED,
                   account=acc.code if acc else None, plan=acc.plan if acc else None,
                   caller=caller, callee=number, currency=acc.currency if acc else "",
                   offered_ms=now_ms, ended_ms=now_ms, sip_code=code, end_reason=why)
+        if line is not None:
+            cdr.destination, cdr.prefix, cdr.rate = line.destination, line.prefix, line.rate
+            cdr.increment = str(line.increment)
         self.ledger.settle(cdr, now_ms)
         self._remember_ended(call_ref)
         return AuthDecision(False, code, why, 0, acc.code if acc else None)
