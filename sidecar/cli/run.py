@@ -70,5 +70,6 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
         with contextlib.suppress(asyncio.CancelledError):
             await sidecar.run()
         logging.getLogger("sidecar").info("sidecar stopped: %s", dict(sidecar.counters))
+        logging.getLogger("sidecar").info("%s", sidecar.latency_summary())
 
     asyncio.run(main())

@@ -20,7 +20,11 @@ class Dialog:
     call_id: str
     h_entry: int
     h_id: int
-    ts_ms: int  # Kamailio's clock when the event happened
+    ts_us: int  # Kamailio's clock when the event happened (Unix microseconds)
+
+    @property
+    def ts_ms(self) -> int:
+        return self.ts_us // 1000
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def _int(doc: dict[str, Any], key: str, default: int | None = 0) -> int:
     raise EventError(f"'{key}' must be a number")
 
 
-def _ts_ms(doc: dict[str, Any], key: str) -> int:
+def _ts_us(doc: dict[str, Any], key: str) -> int:
     v = doc.get(key, 0)
     if isinstance(v, str):
         try:
@@ -109,7 +113,7 @@ def _ts_ms(doc: dict[str, Any], key: str) -> int:
             raise EventError(f"'{key}' must be a timestamp") from exc
     if not isinstance(v, int | float) or isinstance(v, bool):
         raise EventError(f"'{key}' must be a timestamp")
-    return round(float(v) * 1000)
+    return round(float(v) * 1_000_000)
 
 
 def parse_event(payload: bytes | str) -> Event:
@@ -122,7 +126,7 @@ def parse_event(payload: bytes | str) -> Event:
         raise EventError("not a JSON object")
     kind = doc.get("event")
     dialog = Dialog(_str(doc, "call_id", None), _int(doc, "h_entry"), _int(doc, "h_id"),
-                    _ts_ms(doc, "ts"))
+                    _ts_us(doc, "ts"))
     if not dialog.call_id:
         raise EventError("empty 'call_id'")
     if kind == "offer":
@@ -136,7 +140,8 @@ def parse_event(payload: bytes | str) -> Event:
     if kind == "answer":
         return Answer(dialog, _str(doc, "sdp"))
     if kind == "end":
-        return End(dialog, _str(doc, "by"), _str(doc, "reason"), _ts_ms(doc, "start_ts"))
+        return End(dialog, _str(doc, "by"), _str(doc, "reason"),
+                   _ts_us(doc, "start_ts") // 1000)
     if kind == "failed":
         return Failed(dialog, _int(doc, "code"), _str(doc, "reason"))
     raise EventError(f"unknown event '{str(kind)[:40]}'")

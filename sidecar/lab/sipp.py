@@ -365,6 +365,8 @@ class Sipp:
         timeout_s: float,
         keys: Mapping[str, str],
         tail: Sequence[str],
+        extra: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> SippProcess:
         self._count += 1
         name = name or f"{role}{self._count}"
@@ -402,14 +404,16 @@ class Sipp:
             "-timeout", str(max(1, int(timeout_s))),
             "-timeout_error",
             "-trace_stat", "-stf", os.fspath(files["stat"]), "-fd", "1",
-            "-trace_shortmsg", "-shortmessage_file", os.fspath(files["short"]),
-            "-trace_msg", "-message_file", os.fspath(files["msg"]),
             "-trace_err", "-error_file", os.fspath(files["err"]),
             "-trace_screen", "-screen_file", os.fspath(files["screen"]),
             "-trace_logs", "-log_file", os.fspath(files["log"]),
         ]  # fmt: skip
+        if trace_messages:  # off for load runs: tracing every message slows SIPp down
+            argv += ["-trace_shortmsg", "-shortmessage_file", os.fspath(files["short"]),
+                     "-trace_msg", "-message_file", os.fspath(files["msg"])]
         for key, value in keys.items():
             argv += ["-key", key, value]
+        argv += list(extra)
         argv += list(tail)
         return SippProcess(
             name,
@@ -432,6 +436,8 @@ class Sipp:
         calls: int = 1,
         timeout_s: float = 30.0,
         name: str | None = None,
+        extra: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> SippProcess:
         """Start a UAS in the background and wait until its SIP port is bound.
 
@@ -450,6 +456,8 @@ class Sipp:
             timeout_s=timeout_s,
             keys={},
             tail=[],
+            extra=extra,
+            trace_messages=trace_messages,
         )
         proc.start(wait_bound=True)
         return proc
@@ -469,6 +477,8 @@ class Sipp:
         media_port: int | None = None,
         timeout_s: float = 30.0,
         name: str | None = None,
+        extra: Sequence[str] = (),
+        trace_messages: bool = True,
     ) -> SippProcess:
         """Start a UAC calling ``dialled`` through ``target`` (``ip:port``) in the background.
 
@@ -494,6 +504,8 @@ class Sipp:
             timeout_s=timeout_s,
             keys={"caller": caller, "ruri_params": ruri_params, "extra_hdr": extra_hdr},
             tail=["-s", dialled, target],
+            extra=extra,
+            trace_messages=trace_messages,
         )
         proc.start(wait_bound=False)
         return proc

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from decimal import Decimal
 from typing import Any
 
@@ -86,6 +86,10 @@ class Sidecar:
                                  config.recharge_webhook)
         self.dialogs: dict[str, tuple[int, int]] = {}  # call_ref -> (h_entry, h_id)
         self.counters: Counter[str] = Counter()
+        # Authorization latency samples in microseconds: Kamailio's offer timestamp to
+        # our reply written, and our own share of it (message in -> reply out).
+        self.auth_total_us: deque[int] = deque(maxlen=200_000)
+        self.auth_local_us: deque[int] = deque(maxlen=200_000)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -------------------------------------------------------------
@@ -100,6 +104,16 @@ class Sidecar:
             for t in list(self._tasks):
                 t.cancel()
             self.rpc.close()
+
+    def latency_summary(self) -> str:
+        """Authorization latency percentiles, for the log and the benchmark."""
+        def pct(xs: deque[int], q: float) -> float:
+            s = sorted(xs)
+            return s[min(len(s) - 1, int(len(s) * q))] / 1000 if s else 0.0
+        t, loc = self.auth_total_us, self.auth_local_us
+        return (f"auth latency over {len(t)} offers: Kamailio offer -> reply sent "
+                f"p50 {pct(t, 0.5):.2f} ms p99 {pct(t, 0.99):.2f} ms; in the sidecar "
+                f"p50 {pct(loc, 0.5):.2f} ms p99 {pct(loc, 0.99):.2f} ms")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -124,6 +138,7 @@ class Sidecar:
         self.timer.poke()
 
     def _dispatch(self, ev: Offer | Early | Answer | End | Failed) -> None:
+        received_us = time.time_ns() // 1000
         d = ev.dialog
         ref = d.call_id
         now = d.ts_ms or wall_ms()
@@ -147,6 +162,10 @@ class Sidecar:
                      if decision.allow else f"reject {decision.code} ({decision.reason})")
             if not self.evapi.send(reply):
                 log.error("could not answer offer %s: evapi not connected", ref)
+            sent_us = time.time_ns() // 1000
+            self.auth_local_us.append(sent_us - received_us)
+            if d.ts_us:
+                self.auth_total_us.append(sent_us - d.ts_us)
         elif isinstance(ev, Answer):
             self.on_actions(self.charger.answer(ref, now))
         elif isinstance(ev, End):
