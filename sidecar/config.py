@@ -24,6 +24,18 @@ Example (every key optional; these are the defaults)::
 
     [api]
     listen = "127.0.0.1:8480"
+    token_file = ""         # file holding the bearer token (else $SIDECAR_API_TOKEN)
+
+    [invoice]
+    provider_name = ""      # who issues the invoices
+    provider_address = ""   # multi-line postal address
+    provider_tax_number = ""
+    provider_email = ""
+    payment_details = ""    # bank account / how to pay, printed under the totals
+    tax_label = "Tax"       # e.g. "VAT"
+    template_dir = ""       # templates here replace the shipped ones of the same name
+    due_days = 14
+    detail_csv_over = 500   # more calls than this: call detail goes to a CSV, not the PDF
 """
 
 from __future__ import annotations
@@ -51,6 +63,16 @@ class Config:
     recharge_command: tuple[str, ...] = field(default_factory=tuple)
     recharge_webhook: str = ""
     api_listen: str = "127.0.0.1:8480"
+    api_token_file: str = ""
+    invoice_provider_name: str = ""
+    invoice_provider_address: str = ""
+    invoice_provider_tax_number: str = ""
+    invoice_provider_email: str = ""
+    invoice_payment_details: str = ""
+    invoice_tax_label: str = "Tax"
+    invoice_template_dir: str = ""
+    invoice_due_days: int = 14
+    invoice_detail_csv_over: int = 500
     source: str = "<defaults>"
 
 
@@ -66,7 +88,20 @@ _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
     ("recharge", "command"): ("recharge_command", list),
     ("recharge", "webhook"): ("recharge_webhook", str),
     ("api", "listen"): ("api_listen", str),
+    ("api", "token_file"): ("api_token_file", str),
+    ("invoice", "provider_name"): ("invoice_provider_name", str),
+    ("invoice", "provider_address"): ("invoice_provider_address", str),
+    ("invoice", "provider_tax_number"): ("invoice_provider_tax_number", str),
+    ("invoice", "provider_email"): ("invoice_provider_email", str),
+    ("invoice", "payment_details"): ("invoice_payment_details", str),
+    ("invoice", "tax_label"): ("invoice_tax_label", str),
+    ("invoice", "template_dir"): ("invoice_template_dir", str),
+    ("invoice", "due_days"): ("invoice_due_days", int),
+    ("invoice", "detail_csv_over"): ("invoice_detail_csv_over", int),
 }
+
+# Integer keys that make no sense below a bound (a negative due date, a negative count).
+_MINIMUM = {"invoice_due_days": 0, "invoice_detail_csv_over": 0}
 
 
 def load_config(path: str | Path) -> Config:
@@ -96,5 +131,7 @@ def load_config(path: str | Path) -> Config:
                 if not all(isinstance(v, str) for v in value):
                     raise ConfigError(f"{p}: [{section}] {key} must be a list of strings")
                 value = tuple(value)
+            if name in _MINIMUM and value < _MINIMUM[name]:
+                raise ConfigError(f"{p}: [{section}] {key} must be at least {_MINIMUM[name]}")
             values[name] = value
     return Config(**values)

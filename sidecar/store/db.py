@@ -162,6 +162,41 @@ CREATE TABLE IF NOT EXISTS cdrs (
     route TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms);
+
+-- Issued invoices and credit notes. A row is the frozen document: ``data`` is the invoice
+-- model as JSON (money as strings), ``detail`` its call detail (zlib-compressed JSON), and
+-- ``sha256`` the hash of both, so a re-render is the same document and tampering shows.
+CREATE TABLE IF NOT EXISTS invoices (
+    number TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('invoice', 'credit_note')),
+    seq INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    period TEXT NOT NULL,
+    issued_ms INTEGER NOT NULL,
+    refers_to TEXT REFERENCES invoices(number),
+    currency TEXT NOT NULL,
+    net TEXT NOT NULL,
+    tax TEXT NOT NULL,
+    total TEXT NOT NULL,
+    calls INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT NOT NULL,
+    data TEXT NOT NULL,
+    detail BLOB,
+    UNIQUE (kind, seq)
+);
+CREATE INDEX IF NOT EXISTS invoices_account ON invoices (account, period);
+
+-- The last number handed out per series; numbers are never reused, even if a row vanished.
+CREATE TABLE IF NOT EXISTS invoice_sequences (
+    kind TEXT PRIMARY KEY,
+    last INTEGER NOT NULL
+);
+
+-- An issued document never changes: a correction is a credit note.
+CREATE TRIGGER IF NOT EXISTS invoices_immutable BEFORE UPDATE ON invoices
+BEGIN SELECT RAISE(ABORT, 'issued invoices are immutable: issue a credit note'); END;
+CREATE TRIGGER IF NOT EXISTS invoices_no_delete BEFORE DELETE ON invoices
+BEGIN SELECT RAISE(ABORT, 'issued invoices are never deleted: issue a credit note'); END;
 """
 
 

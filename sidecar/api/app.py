@@ -1,0 +1,314 @@
+"""The HTTP API: CDRs with their rating, decks, balances, live calls, invoices, analytics.
+
+Read-only, so a billing system can pull and reconcile automatically. Every endpoint but
+``/health`` needs ``Authorization: Bearer <token>``; money is JSON strings (exact);
+times are ISO 8601 UTC plus Unix ms. The OpenAPI document is served at
+``/openapi.json`` and a test keeps it in step with the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from ..charging.model import Account
+from ..invoices import (
+    InvoiceError,
+    InvoiceSettings,
+    Period,
+    PeriodError,
+    Renderer,
+    draft_invoice,
+    find_invoice,
+    list_invoices,
+    load_invoice,
+    reconcile,
+    reconciliation_json,
+)
+from ..invoices.analytics import SPEND_BY, route_stats, route_stats_json, spend, spend_json
+from ..invoices.model import to_json
+from ..invoices.records import cdr_json, iso, query_cdrs
+from ..invoices.render import detail_csv, file_stem
+from ..store.accounts import AccountNotFound, SqliteLedger, get_account, list_accounts
+from ..store.decks import PlanNotFound, deck_versions, get_plan, list_plans, load_table
+from .openapi import openapi_document
+
+CONN = web.AppKey("conn", sqlite3.Connection)
+TOKEN = web.AppKey("token", str)
+SETTINGS = web.AppKey("settings", InvoiceSettings)
+RENDERER = web.AppKey("renderer", Renderer)
+
+PUBLIC = frozenset({"/health"})
+MAX_LIMIT = 10_000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(ValueError):
+    """A query parameter the client must fix (answered 400 with the message)."""
+
+
+class NotFound(LookupError):
+    """The thing a path names does not exist (answered 404)."""
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer-token check (constant time) on everything but the public paths."""
+    if request.path not in PUBLIC:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        token = request.app[TOKEN]
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 token.encode()):
+            return _error(401, "missing or wrong bearer token",
+                          **{"WWW-Authenticate": 'Bearer realm="sidecar"'})
+    return await handler(request)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors a client can act on, as JSON: 400 bad parameter, 404 not found, 409 a
+    stored document that fails its hash check."""
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except (NotFound, AccountNotFound, PlanNotFound) as exc:
+        return _error(404, str(exc))
+    except InvoiceError as exc:
+        # Not found, or a stored document that fails its hash check (a conflict).
+        message = str(exc)
+        return _error(404 if "not found" in message else 409, message)
+
+
+def _time_param(request: web.Request, name: str) -> int | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequest(f"{name}: '{text}' is not an ISO 8601 date or date-time") from exc
+    if dt.tzinfo is None:  # naive means UTC, as on the command line
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an integer") from exc
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def account_body(a: Account) -> dict[str, object]:
+    """An account's balance and limits (money as strings)."""
+    return {
+        "code": a.code, "name": a.name, "plan": a.plan, "currency": a.currency,
+        "kind": a.kind.value, "balance": str(a.balance), "held": str(a.held),
+        "available": str(a.available()), "credit_limit": str(a.credit_limit),
+        "daily_cap": None if a.daily_cap is None else str(a.daily_cap),
+        "monthly_cap": None if a.monthly_cap is None else str(a.monthly_cap),
+        "day_spend": str(a.day_spend), "month_spend": str(a.month_spend),
+        "suspended": a.suspended, "suspend_reason": a.suspend_reason,
+    }
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def cdrs_list(request: web.Request) -> web.Response:
+    """CDRs oldest first; page with ``after_id`` = the previous page's ``next_after_id``."""
+    limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
+    after = _int_param(request, "after_id", 0, 0, 2**63 - 1)
+    rows = [cdr_json(r) for r in query_cdrs(
+        request.app[CONN], account=request.query.get("account") or None,
+        from_ms=_time_param(request, "from"), to_ms=_time_param(request, "to"),
+        after_id=after, limit=limit)]
+    nxt = rows[-1]["id"] if len(rows) == limit else None
+    return web.json_response({"cdrs": rows, "next_after_id": nxt})
+
+
+async def cdr_one(request: web.Request) -> web.Response:
+    ref = request.match_info["call_ref"]
+    rows = list(query_cdrs(request.app[CONN], call_ref=ref))
+    if not rows:
+        raise NotFound(f"CDR '{ref}' not found")
+    return web.json_response(cdr_json(rows[0]))
+
+
+async def decks_list(request: web.Request) -> web.Response:
+    return web.json_response({"plans": list_plans(request.app[CONN])})
+
+
+async def deck_one(request: web.Request) -> web.Response:
+    """A plan's settings, versions and the lines in effect (``at``, default now)."""
+    conn = request.app[CONN]
+    name = request.match_info["plan"]
+    plan = get_plan(conn, name)
+    at = _time_param(request, "at") or _now_ms()
+    lines = load_table(conn, name).lines_in_effect(at // 1000)
+    return web.json_response({
+        "plan": plan.name, "currency": plan.currency, "notice_days": plan.notice_days,
+        "second_rounding": plan.second_rounding.value, "chunk_seconds": plan.chunk_seconds,
+        "at": iso(at), "versions": deck_versions(conn, name),
+        "lines": [{"destination": ln.destination, "prefix": ln.prefix, "origin": ln.origin,
+                   "rate": str(ln.rate), "increment": str(ln.increment),
+                   "connection_fee": str(ln.connection_fee),
+                   "minimum_charge": str(ln.minimum_charge),
+                   "short_call_seconds": ln.short_call_seconds,
+                   "short_call_surcharge": str(ln.short_call_surcharge),
+                   "effective_from": ln.effective_from.isoformat(), "version": ln.version}
+                  for ln in lines]})
+
+
+async def accounts_list(request: web.Request) -> web.Response:
+    return web.json_response(
+        {"accounts": [account_body(a) for a in list_accounts(request.app[CONN], _now_ms())]})
+
+
+async def account_one(request: web.Request) -> web.Response:
+    return web.json_response(account_body(
+        get_account(request.app[CONN], request.match_info["code"], _now_ms())))
+
+
+async def live_calls(request: web.Request) -> web.Response:
+    """Answered calls running now: paid time left and credit reserved (from the store)."""
+    now = _now_ms()
+    out = []
+    for r in SqliteLedger(request.app[CONN]).live_calls():
+        answered = int(str(r["answered_ms"]))
+        paid_until = answered + int(str(r["paid_seconds"])) * 1000
+        out.append({**r, "answered": iso(answered), "elapsed_ms": max(0, now - answered),
+                    "remaining_ms": max(0, paid_until - now), "reserved": str(r["reserved"]),
+                    "rate": str(r["rate"])})
+    return web.json_response({"calls": out})
+
+
+async def invoices_list(request: web.Request) -> web.Response:
+    return web.json_response({"invoices": list_invoices(request.app[CONN],
+                                                        request.query.get("account") or None)})
+
+
+async def invoice_one(request: web.Request) -> web.Response:
+    """The frozen document (the model as issued) with its SHA-256."""
+    issued = load_invoice(request.app[CONN], request.match_info["number"])
+    body = f'{{"sha256":"{issued.sha256}","invoice":{to_json(issued.invoice)}}}'
+    return web.Response(text=body, content_type="application/json")
+
+
+async def invoice_html(request: web.Request) -> web.Response:
+    issued = load_invoice(request.app[CONN], request.match_info["number"])
+    html = request.app[RENDERER].html(issued)
+    return web.Response(text=html, content_type="text/html")
+
+
+async def invoice_pdf(request: web.Request) -> web.Response:
+    issued = load_invoice(request.app[CONN], request.match_info["number"])
+    # Rendering a PDF takes a second or more: off the event loop.
+    rendered = await asyncio.to_thread(request.app[RENDERER].render, issued, "pdf")
+    return web.Response(body=rendered.pdf, content_type="application/pdf", headers={
+        "Content-Disposition": f'inline; filename="{rendered.stem}.pdf"'})
+
+
+async def invoice_calls_csv(request: web.Request) -> web.Response:
+    issued = load_invoice(request.app[CONN], request.match_info["number"])
+    text = await asyncio.to_thread(detail_csv, issued.detail)
+    return web.Response(text=text, content_type="text/csv", headers={
+        "Content-Disposition":
+            f'attachment; filename="{file_stem(issued.invoice)}-calls.csv"'})
+
+
+async def reconcile_one(request: web.Request) -> web.Response:
+    """Reconcile the issued invoice of ``account`` for ``period`` (else a draft of it)."""
+    conn = request.app[CONN]
+    account = request.query.get("account", "")
+    if not account:
+        raise BadRequest("account is required")
+    try:
+        period = Period.parse(request.query.get("period", ""))
+    except PeriodError as exc:
+        raise BadRequest(str(exc)) from exc
+    number = find_invoice(conn, account, period)
+    inv = load_invoice(conn, number).invoice if number else draft_invoice(
+        conn, account, period, request.app[SETTINGS], now_ms=_now_ms()).invoice
+    return web.json_response(reconciliation_json(reconcile(conn, inv)))
+
+
+async def stats_spend(request: web.Request) -> web.Response:
+    by = request.query.get("by", "destination")
+    if by not in SPEND_BY:
+        raise BadRequest(f"by must be one of {', '.join(SPEND_BY)}")
+    rows = spend(request.app[CONN], by, account=request.query.get("account") or None,
+                 from_ms=_time_param(request, "from"), to_ms=_time_param(request, "to"))
+    return web.json_response({"by": by, "rows": spend_json(rows)})
+
+
+async def stats_routes(request: web.Request) -> web.Response:
+    rows = route_stats(request.app[CONN], account=request.query.get("account") or None,
+                       from_ms=_time_param(request, "from"), to_ms=_time_param(request, "to"))
+    return web.json_response({"routes": route_stats_json(rows)})
+
+
+ROUTES: tuple[tuple[str, Handler], ...] = (
+    ("/health", health),
+    ("/openapi.json", openapi),
+    ("/v1/cdrs", cdrs_list),
+    ("/v1/cdrs/{call_ref}", cdr_one),
+    ("/v1/decks", decks_list),
+    ("/v1/decks/{plan}", deck_one),
+    ("/v1/accounts", accounts_list),
+    ("/v1/accounts/{code}", account_one),
+    ("/v1/live-calls", live_calls),
+    ("/v1/invoices", invoices_list),
+    ("/v1/invoices/{number}", invoice_one),
+    ("/v1/invoices/{number}/html", invoice_html),
+    ("/v1/invoices/{number}/pdf", invoice_pdf),
+    ("/v1/invoices/{number}/calls.csv", invoice_calls_csv),
+    ("/v1/reconcile", reconcile_one),
+    ("/v1/stats/spend", stats_spend),
+    ("/v1/stats/routes", stats_routes),
+)
+
+
+def make_app(conn: sqlite3.Connection, token: str, *,
+             settings: InvoiceSettings | None = None) -> web.Application:
+    """The API application on a database connection, answering only ``token`` holders."""
+    if not token or not token.strip():
+        raise ValueError("the API needs a non-empty bearer token")
+    settings = settings or InvoiceSettings()
+    app = web.Application(middlewares=[_errors, _auth])
+    app[CONN] = conn
+    app[TOKEN] = token.strip()
+    app[SETTINGS] = settings
+    app[RENDERER] = Renderer(settings.template_dir or None)
+    for path, handler in ROUTES:
+        app.router.add_get(path, handler)  # GET also answers HEAD
+    return app

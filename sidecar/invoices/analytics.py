@@ -1,0 +1,191 @@
+"""Cost analytics from the CDRs: spend by destination, day, account, customer or route, and
+route quality (ASR, ACD, PDD).
+
+Spend is what the ledger took (``charged``), exact at the money scale, rounded to the
+currency's minor unit only in ``amount``. Calls belong to the time they ended.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+
+from ..money import ZERO
+from .model import present
+
+SPEND_BY = ("destination", "day", "account", "customer", "route")
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    """Spend of one group (a destination, a day, an account ...) in one currency."""
+
+    key: str
+    currency: str
+    calls: int  # answered calls
+    billed_seconds: int
+    exact: Decimal
+    amount: Decimal
+    parent: str = ""  # by account: the account's parent (department of a customer)
+
+
+@dataclass(frozen=True)
+class RouteStats:
+    """Quality of one route: ASR = answered / attempts, ACD = mean billable duration of
+    answered calls, PDD = answer time - offer time of answered calls."""
+
+    route: str
+    attempts: int  # calls offered to the route (rejected-by-us calls never left)
+    answered: int  # answered in signalling (200 OK), with or without media
+    no_media: int  # of which answered without media (false answer supervision)
+    asr: Decimal | None  # 0..1, 4 places
+    acd_seconds: Decimal | None
+    pdd_mean_ms: int | None
+    pdd_p95_ms: int | None
+
+
+def account_tree(conn: sqlite3.Connection) -> dict[str, str | None]:
+    """Every account's parent (None for a top-level account)."""
+    return {str(c): (None if p is None or p == "" else str(p))
+            for c, p in conn.execute("SELECT code, parent FROM accounts")}
+
+
+def descendants(tree: dict[str, str | None], code: str) -> set[str]:
+    """An account and every account below it (departments, sub-accounts)."""
+    children: dict[str, list[str]] = defaultdict(list)
+    for c, p in tree.items():
+        if p is not None:
+            children[p].append(c)
+    out, todo = {code}, [code]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:  # a cycle in the parent links must not loop forever
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def root_of(tree: dict[str, str | None], code: str) -> str:
+    """The top-level account (the customer) an account belongs to."""
+    seen = {code}
+    while (p := tree.get(code)) is not None and p not in seen:
+        seen.add(p)
+        code = p
+    return code
+
+
+def _where(conn: sqlite3.Connection, account: str | None, from_ms: int | None,
+           to_ms: int | None, subaccounts: bool) -> tuple[str, list[object]]:
+    clauses: list[str] = ["1 = 1"]
+    args: list[object] = []
+    if account is not None:
+        codes = sorted(descendants(account_tree(conn), account)) if subaccounts else [account]
+        clauses.append(f"account IN ({', '.join('?' for _ in codes)})")
+        args += codes
+    if from_ms is not None:
+        clauses.append("ended_ms >= ?")
+        args.append(from_ms)
+    if to_ms is not None:
+        clauses.append("ended_ms < ?")
+        args.append(to_ms)
+    return " AND ".join(clauses), args
+
+
+def spend(conn: sqlite3.Connection, by: str, *, account: str | None = None,
+          from_ms: int | None = None, to_ms: int | None = None,
+          subaccounts: bool = True) -> list[SpendRow]:
+    """Spend grouped ``by`` destination, day (UTC), account, customer (top-level account,
+    departments rolled up) or route. ``account`` limits it to that account and, with
+    ``subaccounts``, the accounts below it. Largest first; by day in date order."""
+    if by not in SPEND_BY:
+        raise ValueError(f"spend by must be one of {', '.join(SPEND_BY)}")
+    where, args = _where(conn, account, from_ms, to_ms, subaccounts)
+    tree = account_tree(conn)
+    calls: dict[tuple[str, str], int] = defaultdict(int)
+    seconds: dict[tuple[str, str], int] = defaultdict(int)
+    exact: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
+    for acc, dest, route, ended, ccy, billed, charged, disp in conn.execute(
+            "SELECT account, destination, route, ended_ms, currency, billed_seconds, charged, "
+            f"disposition FROM cdrs WHERE {where}", args):
+        c = Decimal(charged)
+        if disp != "answered" and not c:
+            continue
+        if by == "destination":
+            key = str(dest)
+        elif by == "day":
+            key = datetime.fromtimestamp(int(ended) / 1000, UTC).strftime("%Y-%m-%d")
+        elif by == "account":
+            key = str(acc)
+        elif by == "customer":
+            key = root_of(tree, str(acc))
+        else:
+            key = str(route)
+        k = (key, str(ccy))
+        calls[k] += disp == "answered"
+        seconds[k] += int(billed)
+        exact[k] += c
+    rows = [SpendRow(key, ccy, calls[(key, ccy)], seconds[(key, ccy)], exact[(key, ccy)],
+                     present(exact[(key, ccy)], ccy) if ccy else exact[(key, ccy)],
+                     (tree.get(key) or "") if by == "account" else "")
+            for key, ccy in exact]
+    if by == "day":
+        rows.sort(key=lambda r: (r.key, r.currency))
+    else:
+        rows.sort(key=lambda r: (-r.exact, r.key, r.currency))
+    return rows
+
+
+def route_stats(conn: sqlite3.Connection, *, account: str | None = None,
+                from_ms: int | None = None, to_ms: int | None = None) -> list[RouteStats]:
+    """ASR, ACD and PDD per route (``cdrs.route``; '' when the route is not known)."""
+    where, args = _where(conn, account, from_ms, to_ms, True)
+    attempts: dict[str, int] = defaultdict(int)
+    answered: dict[str, int] = defaultdict(int)
+    no_media: dict[str, int] = defaultdict(int)
+    talk: dict[str, list[int]] = defaultdict(list)
+    pdd: dict[str, list[int]] = defaultdict(list)
+    for route, disp, offered, answered_ms, duration in conn.execute(
+            "SELECT route, disposition, offered_ms, answered_ms, duration_ms FROM cdrs "
+            f"WHERE {where} AND disposition != 'rejected'", args):
+        r = str(route)
+        attempts[r] += 1
+        if answered_ms is None:
+            continue
+        answered[r] += 1
+        if disp == "no-media":
+            no_media[r] += 1
+        if disp == "answered":
+            talk[r].append(int(duration))
+        if offered is not None:
+            pdd[r].append(int(answered_ms) - int(offered))
+    out = []
+    for r in sorted(attempts):
+        n, a = attempts[r], answered[r]
+        durations, delays = talk[r], sorted(pdd[r])
+        out.append(RouteStats(
+            r, n, a, no_media[r],
+            (Decimal(a) / n).quantize(Decimal("0.0001"), ROUND_HALF_UP) if n else None,
+            (Decimal(sum(durations)) / len(durations) / 1000).quantize(
+                Decimal("0.1"), ROUND_HALF_UP) if durations else None,
+            round(sum(delays) / len(delays)) if delays else None,
+            delays[max(0, math.ceil(0.95 * len(delays)) - 1)] if delays else None))
+    return out
+
+
+def spend_json(rows: list[SpendRow]) -> list[dict[str, object]]:
+    """Spend rows for JSON output (money as strings)."""
+    return [{"key": r.key, "currency": r.currency, "calls": r.calls,
+             "billed_seconds": r.billed_seconds, "exact": str(r.exact), "amount": str(r.amount),
+             **({"parent": r.parent} if r.parent else {})} for r in rows]
+
+
+def route_stats_json(rows: list[RouteStats]) -> list[dict[str, object]]:
+    """Route statistics for JSON output (ratios and durations as strings, exact)."""
+    return [{"route": r.route, "attempts": r.attempts, "answered": r.answered,
+             "no_media": r.no_media, "asr": None if r.asr is None else str(r.asr),
+             "acd_seconds": None if r.acd_seconds is None else str(r.acd_seconds),
+             "pdd_mean_ms": r.pdd_mean_ms, "pdd_p95_ms": r.pdd_p95_ms} for r in rows]

@@ -1,0 +1,193 @@
+"""Call records: reading CDRs from SQLite, their JSON form, and spreadsheet-safe CSV.
+
+A call belongs to the time it **ended** (``ended_ms``): that is when it was settled and
+the ledger charged it, so filters on CDRs, invoice periods, daily spend and the ledger
+all agree on which day and month a call falls into.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import IO, NamedTuple
+
+# Every column of the cdrs table, in table order (the API and CSV export show them all).
+CDR_COLUMNS = (
+    "id", "call_ref", "call_id", "account", "plan", "caller", "callee", "destination",
+    "prefix", "origin", "rate", "increment", "currency", "offered_ms", "answered_ms",
+    "billable_ms", "ended_ms", "duration_ms", "billed_seconds", "usage", "connection_fee",
+    "surcharge", "minimum_uplift", "cost", "charged", "written_off", "credited",
+    "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict", "fas_reasons", "route",
+)
+MONEY_COLUMNS = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
+                           "cost", "charged", "written_off", "credited"})
+TIME_COLUMNS = ("offered_ms", "answered_ms", "billable_ms", "ended_ms")
+
+# OWASP CSV injection: a cell a spreadsheet would read as a formula (or DDE) starts with
+# one of these. Caller names and numbers come from the wire and are attacker-controlled.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: object) -> object:
+    """A CSV cell that no spreadsheet evaluates: text starting with ``= + - @``, tab or CR
+    gets a leading single quote. Numbers we formatted ourselves (int, Decimal) are left
+    alone: a plain number is never a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def write_csv(out: IO[str], header: Sequence[str], rows: Iterable[Sequence[object]]) -> int:
+    """Write a header and rows with every cell made safe; returns the number of rows."""
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow([safe_cell(h) for h in header])
+    n = 0
+    for row in rows:
+        w.writerow([safe_cell(v) for v in row])
+        n += 1
+    return n
+
+
+@functools.lru_cache(maxsize=4096)
+def _date_prefix(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%dT")
+
+
+def iso(ms: int | None) -> str:
+    """Unix ms as ISO 8601 UTC with milliseconds (``2026-11-21T12:00:00.000Z``); '' for None."""
+    if ms is None:
+        return ""
+    # Integer arithmetic for the time of day and a cached date: the call-detail CSV of a
+    # large invoice formats hundreds of thousands of these.
+    day, rest = divmod(ms, 86_400_000)
+    seconds, milli = divmod(rest, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_date_prefix(day)}{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
+
+
+def query_cdrs(
+    conn: sqlite3.Connection,
+    *,
+    account: str | None = None,
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+    after_id: int = 0,
+    limit: int | None = None,
+    call_ref: str | None = None,
+) -> Iterator[dict[str, object]]:
+    """CDRs as dicts of their stored values (money as the stored exact text), oldest id
+    first; ``from_ms`` inclusive and ``to_ms`` exclusive on the call's end time."""
+    where = ["id > ?"]
+    args: list[object] = [after_id]
+    if account is not None:
+        where.append("account = ?")
+        args.append(account)
+    if call_ref is not None:
+        where.append("call_ref = ?")
+        args.append(call_ref)
+    if from_ms is not None:
+        where.append("ended_ms >= ?")
+        args.append(from_ms)
+    if to_ms is not None:
+        where.append("ended_ms < ?")
+        args.append(to_ms)
+    sql = f"SELECT {', '.join(CDR_COLUMNS)} FROM cdrs WHERE {' AND '.join(where)} ORDER BY id"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    for row in conn.execute(sql, args):
+        yield dict(zip(CDR_COLUMNS, row, strict=True))
+
+
+def cdr_json(row: dict[str, object]) -> dict[str, object]:
+    """A CDR for JSON output: times both as ISO 8601 and Unix ms, money as exact strings,
+    and the per-call rating grouped under ``rating``."""
+    out: dict[str, object] = {k: row[k] for k in (
+        "id", "call_ref", "call_id", "account", "plan", "caller", "callee", "destination",
+        "prefix", "origin", "route", "disposition", "sip_code", "ended_by", "end_reason",
+        "duration_ms", "billed_seconds", "charged", "written_off", "credited", "fas_verdict",
+        "fas_reasons")}
+    for col in TIME_COLUMNS:
+        v = row[col]
+        out[col] = v
+        out[col[:-3]] = iso(v) if isinstance(v, int) else None
+    out["rating"] = {k: row[k] for k in (
+        "rate", "increment", "currency", "usage", "connection_fee", "surcharge",
+        "minimum_uplift", "cost")}
+    for k in ("charged", "written_off", "credited"):
+        out[k] = str(row[k])
+    return out
+
+
+def cdr_csv_rows(rows: Iterable[dict[str, object]]) -> Iterator[list[object]]:
+    """CSV rows for :data:`CSV_HEADER`: times as ISO 8601, money as exact numbers."""
+    for r in rows:
+        out: list[object] = []
+        for col in CSV_HEADER:
+            if col in _CSV_TIME:
+                v = r[_CSV_TIME[col]]
+                out.append(iso(v) if isinstance(v, int) else "")
+            elif col in MONEY_COLUMNS:
+                out.append(Decimal(str(r[col])))
+            else:
+                out.append(r[col])
+        yield out
+
+
+_CSV_TIME = {"start": "offered_ms", "answer": "answered_ms", "billing_start": "billable_ms",
+             "end": "ended_ms"}
+CSV_HEADER = (
+    "id", "call_ref", "account", "caller", "callee", "destination", "prefix", "origin",
+    "route", "disposition", "sip_code", "start", "answer", "billing_start", "end",
+    "duration_ms", "billed_seconds", "rate", "increment", "currency", "usage",
+    "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
+    "credited", "fas_verdict", "fas_reasons", "ended_by", "end_reason",
+)
+
+
+class CallRow(NamedTuple):
+    """One call of an invoice's call detail (money as exact text, as stored)."""
+
+    call_ref: str
+    offered_ms: int | None
+    answered_ms: int | None
+    ended_ms: int | None
+    duration_ms: int
+    billed_seconds: int
+    caller: str
+    number: str
+    destination: str
+    origin: str
+    rate: str
+    increment: str
+    cost: str
+    charged: str
+    written_off: str
+    credited: str
+    fas_verdict: str
+
+
+DETAIL_HEADER = (
+    "call_ref", "start", "answer", "end", "duration_s", "billed_seconds", "caller", "number",
+    "destination", "origin", "rate_per_minute", "increment", "cost", "charged", "written_off",
+    "credited", "fas_verdict",
+)
+
+
+def detail_csv_rows(rows: Iterable[CallRow]) -> Iterator[list[object]]:
+    """An invoice's call detail as CSV rows for :data:`DETAIL_HEADER` (money as stored:
+    plain non-negative decimals, which no spreadsheet reads as a formula)."""
+    for r in rows:
+        d = r.duration_ms
+        yield [r.call_ref, iso(r.offered_ms), iso(r.answered_ms), iso(r.ended_ms),
+               f"{d // 1000}.{d % 1000:03d}", r.billed_seconds, r.caller, r.number,
+               r.destination, r.origin, r.rate, r.increment, r.cost, r.charged,
+               r.written_off, r.credited, r.fas_verdict]
