@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .netstring import Decoder, encode
 
@@ -35,6 +37,7 @@ class EvapiClient:
         self.on_connect = on_connect
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self._writer: asyncio.StreamWriter | None = None
+        self._sock: Any = None
         self.connected = asyncio.Event()
         self.connects = 0
         self.framing_errors = 0
@@ -52,6 +55,8 @@ class EvapiClient:
                 delay = min(delay * 2, self.backoff_max)
                 continue
             delay = self.backoff_initial
+            self._sock = writer.get_extra_info("socket")
+            _tune(self._sock)
             self._writer = writer
             self.connects += 1
             self.connected.set()
@@ -76,6 +81,7 @@ class EvapiClient:
             data = await reader.read(65536)
             if not data:
                 return
+            _quickack(self._sock)
             for payload in decoder.feed(data):
                 self.on_message(payload)
             if decoder.errors:
@@ -90,3 +96,20 @@ class EvapiClient:
             return False
         w.write(encode(json.dumps(message, separators=(",", ":")).encode()))
         return True
+
+
+def _tune(sock: Any) -> None:
+    """Small messages both ways, each waited for: without these, Nagle's algorithm on one
+    side and delayed ACKs on the other hold an offer or its answer for tens of ms."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _quickack(sock)
+
+
+def _quickack(sock: Any) -> None:
+    # Linux clears TCP_QUICKACK after it acts, so it is set again after every read.
+    if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
