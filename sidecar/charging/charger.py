@@ -219,10 +219,11 @@ class Charger:
 
     def adopt(self, call_ref: str, *, account: str, number: str, caller: str, now_ms: int,
               answered_ms: int | None, paid_seconds: int = 0, reserved: Decimal = ZERO,
-              call_id: str = "") -> list[Action]:
+              call_id: str = "", supervise: bool = True) -> list[Action]:
         """Take charge of a call this process did not see start (after a restart or a lost
         connection): from its store record (paid seconds and holds) or from Kamailio's
-        dialog list. Billing resumes where the record says; credit control resumes now."""
+        dialog list. Billing resumes where the record says; credit control resumes now
+        (unless ``supervise`` is False: the call is only being settled)."""
         if call_ref in self.sessions:
             return []
         acc = self.ledger.account(account, now_ms)
@@ -251,6 +252,8 @@ class Charger:
         if answered_ms is None:
             return []
         s.answered_ms = s.billable_ms = answered_ms
+        if not supervise:  # adopted only to be settled: reserve nothing more
+            return []
         self._by_account.setdefault(acc.code, set()).add(call_ref)
         actions: list[Action] = []
         paid_until = s.paid_until_ms

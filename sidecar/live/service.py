@@ -239,7 +239,8 @@ class Sidecar:
         present: dict[str, dict[str, Any]] = {}
         for d in dialogs:
             cid = str(d.get("call-id") or d.get("callid") or "")
-            if cid:
+            # State 5 (deleted) lingers in dlg.list for a while after the BYE: it has ended.
+            if cid and _state(d) < 5:
                 present[cid] = d
                 with contextlib.suppress(TypeError, ValueError):
                     self.dialogs[cid] = (int(d["h_entry"]), int(d["h_id"]))
@@ -257,7 +258,7 @@ class Sidecar:
             self.on_actions(self.charger.adopt(
                 ref, account=str(row["account"]), number=str(row["number"]), caller="",
                 now_ms=now, answered_ms=answered, paid_seconds=int(str(row["paid_seconds"])),
-                reserved=Decimal(str(row["reserved"]))))
+                reserved=Decimal(str(row["reserved"])), supervise=ref in present))
             if ref in present:
                 adopted += 1
             else:
@@ -267,7 +268,7 @@ class Sidecar:
                                                  lost=True))
         # Confirmed dialogs nobody tracks: adopt them from their dialog variables.
         for ref, d in present.items():
-            if ref in self.charger.sessions or int(d.get("state", 0) or 0) != 4:
+            if ref in self.charger.sessions or _state(d) != 4:
                 continue
             v = _dlg_vars(d)
             account = v.get("ac", "")
@@ -282,6 +283,14 @@ class Sidecar:
         self.timer.poke()
         log.info("reconciled with Kamailio: %d dialogs, %d adopted, %d settled as lost",
                  len(present), adopted, settled)
+
+
+def _state(d: dict[str, Any]) -> int:
+    """A dialog's state from dlg.list (1 unconfirmed, 2 early, 3-4 confirmed, 5 deleted)."""
+    try:
+        return int(d.get("state", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _dlg_vars(d: dict[str, Any]) -> dict[str, str]:

@@ -194,3 +194,45 @@ def test_many_cut_calls_all_get_bye_on_both_legs(lab: LiveLab, db: sqlite3.Conne
         assert len([m for m in r.received("BYE") if not m.is_response]) == 1
     wait_for(lambda: len(cdrs(db)) == n)
     assert {c["billed_seconds"] for c in cdrs(db)} == {2}
+
+
+def test_no_rate_404_and_accounts_from_header_or_sip_user(lab: LiveLab, db: sqlite3.Connection
+                                                          ) -> None:
+    from sidecar.store.accounts import map_sip
+
+    account(db, "ACME", "10")
+    account(db, "HDR", "10")
+    map_sip(db, "user", "15551230001", "ACME")  # the lab caller's SIP user
+    r = lab.uac("uac_reject.xml", account_code="ACME", dialled="+81312345678").wait()
+    assert r.final_codes == [404], r.output_tail() + lab.log_tail()
+    uas = lab.uas("uas.xml", calls=2)
+    r1 = lab.uac(account_code="HDR", account_code_header=True, dialled=DIALLED,
+                 duration_ms=1000).wait()
+    r2 = lab.uac(dialled=DIALLED, duration_ms=1000).wait()  # no code: the SIP user's account
+    uas.wait()
+    assert r1.calls_ok and r2.calls_ok, lab.log_tail()
+    wait_for(lambda: len(cdrs(db)) == 3)
+    assert [(c["account"], c["sip_code"], c["disposition"]) for c in cdrs(db)] == [
+        ("ACME", 404, "rejected"), ("HDR", 200, "answered"), ("ACME", 200, "answered")]
+
+
+def test_call_that_ends_while_the_sidecar_is_down_is_settled_once_on_reconnect(
+    lab: LiveLab, db: sqlite3.Connection
+) -> None:
+    account(db, "ACME", "10")
+    uas = lab.uas("uas.xml")
+    call = lab.uac(account_code="ACME", dialled=DIALLED, duration_ms=3_000)
+    wait_for(lambda: db.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 1)
+    lab.stop_sidecar()
+    r = call.wait()  # the BYE passes Kamailio while no sidecar listens: the event is lost
+    uas.wait()
+    assert r.calls_ok
+    assert cdrs(db, "ACME") == []
+    lab.start_sidecar()
+    wait_for(lambda: len(cdrs(db, "ACME")) == 1)
+    (cdr,) = cdrs(db, "ACME")
+    assert cdr["end_reason"] == "ended while sidecar was down"
+    # Billed at most up to the paid chunk, charged once, nothing left held.
+    assert 0 < int(str(cdr["billed_seconds"])) <= 60
+    assert db.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
+    assert all(not c.problems for c in verify_ledger(db))
