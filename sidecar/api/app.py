@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ..charging.model import Account
 from ..invoices import (
     InvoiceError,
     InvoiceSettings,
@@ -121,19 +120,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def account_body(a: Account) -> dict[str, object]:
-    """An account's balance and limits (money as strings)."""
-    return {
-        "code": a.code, "name": a.name, "plan": a.plan, "currency": a.currency,
-        "kind": a.kind.value, "balance": str(a.balance), "held": str(a.held),
-        "available": str(a.available()), "credit_limit": str(a.credit_limit),
-        "daily_cap": None if a.daily_cap is None else str(a.daily_cap),
-        "monthly_cap": None if a.monthly_cap is None else str(a.monthly_cap),
-        "day_spend": str(a.day_spend), "month_spend": str(a.month_spend),
-        "suspended": a.suspended, "suspend_reason": a.suspend_reason,
-    }
-
-
 # --- handlers ---------------------------------------------------------------------------
 
 async def health(request: web.Request) -> web.Response:
@@ -191,12 +177,12 @@ async def deck_one(request: web.Request) -> web.Response:
 
 async def accounts_list(request: web.Request) -> web.Response:
     return web.json_response(
-        {"accounts": [account_body(a) for a in list_accounts(request.app[CONN], _now_ms())]})
+        {"accounts": [a.to_dict() for a in list_accounts(request.app[CONN], _now_ms())]})
 
 
 async def account_one(request: web.Request) -> web.Response:
-    return web.json_response(account_body(
-        get_account(request.app[CONN], request.match_info["code"], _now_ms())))
+    return web.json_response(
+        get_account(request.app[CONN], request.match_info["code"], _now_ms()).to_dict())
 
 
 async def live_calls(request: web.Request) -> web.Response:

@@ -38,6 +38,23 @@ class Account:
     suspend_reason: str = ""
     name: str = ""
 
+    def to_dict(self) -> dict[str, object]:
+        """The account for JSON (CLI ``--json`` and the HTTP API): money as strings."""
+        def opt(v: Decimal | None) -> str | None:
+            return None if v is None else str(v)
+
+        return {
+            "code": self.code, "name": self.name, "plan": self.plan, "currency": self.currency,
+            "kind": self.kind.value, "balance": str(self.balance), "held": str(self.held),
+            "available": str(self.available()), "credit_limit": str(self.credit_limit),
+            "daily_cap": opt(self.daily_cap), "monthly_cap": opt(self.monthly_cap),
+            "day_spend": str(self.day_spend), "month_spend": str(self.month_spend),
+            "chunk_seconds": self.chunk_seconds, "max_call_seconds": self.max_call_seconds,
+            "low_balance": opt(self.low_balance), "recharge_below": opt(self.recharge_below),
+            "recharge_amount": opt(self.recharge_amount), "suspended": self.suspended,
+            "suspend_reason": self.suspend_reason,
+        }
+
     def available(self) -> Decimal:
         """What new reservations may still take.
 

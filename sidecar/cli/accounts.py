@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..charging.model import Account, AccountKind
+from ..charging.model import AccountKind
 from ..money import MoneyError, fmt, parse_amount
 from ..rating import Increment, RateLine, price
 from ..rating.increments import duration_seconds
@@ -41,22 +41,6 @@ def _amount(text: str | None, option: str, negative: bool = False) -> Decimal | 
         return parse_amount(text, allow_negative=negative)
     except MoneyError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from exc
-
-
-def account_json(a: Account) -> dict[str, object]:
-    return {
-        "code": a.code, "name": a.name, "plan": a.plan, "currency": a.currency,
-        "kind": a.kind.value, "balance": str(a.balance), "held": str(a.held),
-        "available": str(a.available()), "credit_limit": str(a.credit_limit),
-        "daily_cap": None if a.daily_cap is None else str(a.daily_cap),
-        "monthly_cap": None if a.monthly_cap is None else str(a.monthly_cap),
-        "day_spend": str(a.day_spend), "month_spend": str(a.month_spend),
-        "chunk_seconds": a.chunk_seconds, "max_call_seconds": a.max_call_seconds,
-        "low_balance": None if a.low_balance is None else str(a.low_balance),
-        "recharge_below": None if a.recharge_below is None else str(a.recharge_below),
-        "recharge_amount": None if a.recharge_amount is None else str(a.recharge_amount),
-        "suspended": a.suspended, "suspend_reason": a.suspend_reason,
-    }
 
 
 @cli.group()
@@ -110,7 +94,7 @@ def account_add(ctx: Context, code: str, plan: str, kind: str, name: str, balanc
         fail(str(exc))
         return
     if as_json:
-        emit_json(account_json(acc))
+        emit_json(acc.to_dict())
     else:
         click.echo(f"account {acc.code} ({acc.kind.value}, plan {acc.plan}) created, "
                    f"balance {acc.balance} {acc.currency}")
@@ -131,7 +115,7 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
     rows = ctx.conn.execute("SELECT ts_ms, kind, amount, call_ref, note FROM ledger WHERE "
                             "account = ? ORDER BY id DESC LIMIT 20", (code,)).fetchall()
     if as_json:
-        emit_json({**account_json(acc), "sip": [{"kind": k, "value": v} for k, v, _ in maps],
+        emit_json({**acc.to_dict(), "sip": [{"kind": k, "value": v} for k, v, _ in maps],
                    "ledger": [{"ts": _iso(r[0]), "kind": r[1], "amount": r[2],
                                "call_ref": r[3], "note": r[4]} for r in rows]})
         return
@@ -166,7 +150,7 @@ def account_list(ctx: Context, as_json: bool) -> None:
     """List accounts."""
     accs = list_accounts(ctx.conn, _now_ms())
     if as_json:
-        emit_json([account_json(a) for a in accs])
+        emit_json([a.to_dict() for a in accs])
         return
     t = Table("code", "name", "kind", "plan", "balance", "held", "available", "state")
     for a in accs:
@@ -194,7 +178,7 @@ def account_topup(ctx: Context, code: str, amount: str, note: str, adjust: bool,
         fail(str(exc))
         return
     if as_json:
-        emit_json(account_json(acc))
+        emit_json(acc.to_dict())
     else:
         click.echo(f"account {code}: balance {acc.balance} {acc.currency}")
 
