@@ -1,7 +1,7 @@
 """Run the SIPp scenarios of ``kamailio/sipp/`` and read back what SIPp measured.
 
-:class:`Sipp` starts a UAS in the background (:meth:`Sipp.start_uas`) and a UAC to
-completion (:meth:`Sipp.run_uac`) or in the background (:meth:`Sipp.start_uac`). Every
+:class:`Sipp` starts a UAS (:meth:`Sipp.start_uas`) and a UAC (:meth:`Sipp.start_uac`)
+in the background; ``with proc: proc.wait()`` runs one to completion. Every
 SIPp gets free ports (SIP, media p and p+2, control), a bounded run time (SIPp's own
 ``-timeout`` and a wait limit here) and its trace files in the run directory:
 
@@ -509,31 +509,3 @@ class Sipp:
         )
         proc.start(wait_bound=False)
         return proc
-
-    def run_uac(
-        self,
-        target: str,
-        scenario: str | Path = "uac.xml",
-        *,
-        dialled: str = "4930123456",
-        caller: str = "15551230001",
-        account_code: str | None = None,
-        account_code_header: bool = False,
-        duration_ms: int = 2000,
-        timeout_s: float = 30.0,
-        name: str | None = None,
-    ) -> SippResult:
-        """Run one UAC call to completion (arguments as for :meth:`start_uac`)."""
-        proc = self.start_uac(
-            target,
-            scenario,
-            dialled=dialled,
-            caller=caller,
-            account_code=account_code,
-            account_code_header=account_code_header,
-            duration_ms=duration_ms,
-            timeout_s=timeout_s,
-            name=name,
-        )
-        with proc:
-            return proc.wait()
