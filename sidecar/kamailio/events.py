@@ -46,6 +46,8 @@ class Offer:
 
 @dataclass(frozen=True)
 class Early:
+    """A provisional reply (180 ringing, 183 session progress); ``sdp`` is "" if none."""
+
     dialog: Dialog
     code: int
     sdp: str
@@ -53,7 +55,21 @@ class Early:
 
 @dataclass(frozen=True)
 class Answer:
+    """The 2xx to the INVITE. ``route`` names the next hop the call went to."""
+
     dialog: Dialog
+    sdp: str
+    route: str = ""
+
+
+@dataclass(frozen=True)
+class MediaUpdate:
+    """New SDP in an established dialog (re-INVITE or UPDATE, their 2xx, or an ACK
+    answering a late offer). ``side`` is whose SDP it is: "caller", "callee", or "" when
+    unknown (matched by the SDP origin line)."""
+
+    dialog: Dialog
+    side: str
     sdp: str
 
 
@@ -70,9 +86,10 @@ class Failed:
     dialog: Dialog
     code: int
     reason: str
+    route: str = ""
 
 
-Event = Offer | Early | Answer | End | Failed
+Event = Offer | Early | Answer | MediaUpdate | End | Failed
 
 
 def _str(doc: dict[str, Any], key: str, default: str | None = "") -> str:
@@ -138,10 +155,15 @@ def parse_event(payload: bytes | str) -> Event:
     if kind == "early":
         return Early(dialog, _int(doc, "code"), _str(doc, "sdp"))
     if kind == "answer":
-        return Answer(dialog, _str(doc, "sdp"))
+        return Answer(dialog, _str(doc, "sdp"), _str(doc, "route"))
+    if kind == "media":
+        side = _str(doc, "side")
+        if side not in ("caller", "callee", ""):
+            raise EventError(f"'side' must be caller or callee, not '{side[:20]}'")
+        return MediaUpdate(dialog, side, _str(doc, "sdp"))
     if kind == "end":
         return End(dialog, _str(doc, "by"), _str(doc, "reason"),
                    _ts_us(doc, "start_ts") // 1000)
     if kind == "failed":
-        return Failed(dialog, _int(doc, "code"), _str(doc, "reason"))
+        return Failed(dialog, _int(doc, "code"), _str(doc, "reason"), _str(doc, "route"))
     raise EventError(f"unknown event '{str(kind)[:40]}'")
