@@ -15,6 +15,17 @@ Example (every key optional; these are the defaults)::
     renew_lead_ms = 5000
     min_chunk_seconds = 6
 
+    [media]
+    enabled = false         # watch RTP: answer confirmed by media, FAS caught
+    enforce = true          # media decides billing; false: verdicts recorded only
+    interface = ""          # capture interface, e.g. "eth0"; "" = the route towards peer
+    peer = ""               # a media peer's address (carrier, media gateway)
+    ports = "auto"          # BPF filter: "auto" (the dialogs' SDP ports) or "10000-20000"
+    grace_ms = 2000         # callee media this soon after the 200 OK: billed from the 200
+    silence_share = 0.95    # callee silent in this share of the call: FAS (credited)
+    end_without_media_s = 0 # end answered calls with no callee media after this (0: never)
+    buffer_mb = 64          # kernel capture buffer
+
     [alerts]
     webhook = ""            # POSTed JSON for low-balance, budget and suspension alerts
 
@@ -59,6 +70,15 @@ class Config:
     rpc_timeout: float = 2.0
     renew_lead_ms: int = 5_000
     min_chunk_seconds: int = 6
+    media_enabled: bool = False
+    media_enforce: bool = True
+    media_interface: str = ""
+    media_peer: str = ""
+    media_ports: str = "auto"
+    media_grace_ms: int = 2_000
+    media_silence_share: float = 0.95
+    media_end_without_media_s: int = 0
+    media_buffer_mb: int = 64
     alert_webhook: str = ""
     recharge_command: tuple[str, ...] = field(default_factory=tuple)
     recharge_webhook: str = ""
@@ -84,6 +104,15 @@ _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
     ("kamailio", "rpc_timeout"): ("rpc_timeout", float),
     ("charging", "renew_lead_ms"): ("renew_lead_ms", int),
     ("charging", "min_chunk_seconds"): ("min_chunk_seconds", int),
+    ("media", "enabled"): ("media_enabled", bool),
+    ("media", "enforce"): ("media_enforce", bool),
+    ("media", "interface"): ("media_interface", str),
+    ("media", "peer"): ("media_peer", str),
+    ("media", "ports"): ("media_ports", str),
+    ("media", "grace_ms"): ("media_grace_ms", int),
+    ("media", "silence_share"): ("media_silence_share", float),
+    ("media", "end_without_media_s"): ("media_end_without_media_s", int),
+    ("media", "buffer_mb"): ("media_buffer_mb", int),
     ("alerts", "webhook"): ("alert_webhook", str),
     ("recharge", "command"): ("recharge_command", list),
     ("recharge", "webhook"): ("recharge_webhook", str),
@@ -101,7 +130,8 @@ _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
 }
 
 # Integer keys that make no sense below a bound (a negative due date, a negative count).
-_MINIMUM = {"invoice_due_days": 0, "invoice_detail_csv_over": 0}
+_MINIMUM = {"invoice_due_days": 0, "invoice_detail_csv_over": 0, "media_grace_ms": 0,
+            "media_end_without_media_s": 0, "media_buffer_mb": 1}
 
 
 def load_config(path: str | Path) -> Config:
@@ -133,5 +163,26 @@ def load_config(path: str | Path) -> Config:
                 value = tuple(value)
             if name in _MINIMUM and value < _MINIMUM[name]:
                 raise ConfigError(f"{p}: [{section}] {key} must be at least {_MINIMUM[name]}")
+            if name == "media_silence_share" and not 0 < value <= 1:
+                raise ConfigError(f"{p}: [{section}] {key} must be a share in (0, 1]")
+            if name == "media_ports" and not _port_range_ok(value):
+                raise ConfigError(f"{p}: [{section}] {key} must be \"auto\" or a range "
+                                  f"like \"10000-20000\", not {value!r}")
             values[name] = value
     return Config(**values)
+
+
+def port_range(text: str) -> tuple[int, int] | None:
+    """``"10000-20000"`` as (10000, 20000); None for ``"auto"``."""
+    if text == "auto":
+        return None
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def _port_range_ok(text: str) -> bool:
+    try:
+        r = port_range(text)
+    except ValueError:
+        return False
+    return r is None or 1 <= r[0] <= r[1] <= 65535

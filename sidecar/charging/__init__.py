@@ -11,12 +11,14 @@ from .model import (
     CdrWritten,
     Disposition,
     EndCall,
+    MediaOutcome,
     Recharge,
     Settlement,
 )
 
 __all__ = [
     "REASON_CREDIT", "Account", "AccountKind", "Action", "Alert", "AuthDecision", "CallSession",
-    "Cdr", "CdrWritten", "Charger", "ChargingConfig", "Disposition", "EndCall", "PlanRates",
+    "Cdr", "CdrWritten", "Charger", "ChargingConfig", "Disposition", "EndCall", "MediaOutcome",
+    "PlanRates",
     "Recharge", "Settlement",
 ]

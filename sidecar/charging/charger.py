@@ -35,6 +35,7 @@ from .model import (
     CdrWritten,
     Disposition,
     EndCall,
+    MediaOutcome,
     Recharge,
 )
 from .ports import Ledger
@@ -83,6 +84,7 @@ class CallSession:
     origin: str
     offered_ms: int
     max_seconds: int
+    ringing_ms: int | None = None
     answered_ms: int | None = None
     billable_ms: int | None = None
     paid_seconds: int = 0
@@ -169,12 +171,21 @@ class Charger:
                  line.destination, max_seconds)
         return AuthDecision(True, 200, "", max_seconds, acc.code, line.destination, line.prefix)
 
-    def answer(self, call_ref: str, now_ms: int, billable_ms: int | None = None) -> list[Action]:
+    def ringing(self, call_ref: str, now_ms: int) -> None:
+        """The first provisional reply (18x): the end of the post-dial delay."""
+        s = self.sessions.get(call_ref)
+        if s is not None and s.ringing_ms is None and s.answered_ms is None:
+            s.ringing_ms = now_ms
+
+    def answer(self, call_ref: str, now_ms: int, billable_ms: int | None = None,
+               route: str = "") -> list[Action]:
         """The call was answered at ``now_ms``; billing starts at ``billable_ms``
         (default: the answer). Reserves the first chunk."""
         s = self.sessions.get(call_ref)
         if s is None or s.answered_ms is not None:
             return []  # unknown, ended, or a duplicate answer
+        if route:
+            s.meta["route"] = route
         s.answered_ms = now_ms
         s.billable_ms = billable_ms if billable_ms is not None else now_ms
         self._by_account.setdefault(s.account, set()).add(call_ref)
@@ -264,21 +275,65 @@ class Charger:
             self._reserve_next(s, now_ms, actions)
         return actions
 
+    def stop(self, call_ref: str, reason: str, now_ms: int) -> list[Action]:
+        """End a call for a reason other than credit (e.g. no media): an EndCall for the
+        edge, and the reason kept for the CDR."""
+        s = self.sessions.get(call_ref)
+        if s is None or s.ending:
+            return []
+        s.ending = True
+        s.end_reason = reason
+        s.timer_gen += 1
+        log.info("ending %s: %s", call_ref, reason)
+        return [EndCall(call_ref, reason, now_ms)]
+
+    def rebase(self, call_ref: str, billable_ms: int, now_ms: int) -> list[Action]:
+        """Media confirmed the answer late: billing starts at ``billable_ms`` instead, so
+        the paid time (and the credit cut-off) moves with it."""
+        s = self.sessions.get(call_ref)
+        if s is None or s.billable_ms is None or s.ending or billable_ms <= s.billable_ms:
+            return []
+        s.billable_ms = billable_ms
+        paid_until = s.paid_until_ms
+        assert paid_until is not None
+        actions: list[Action] = []
+        if s.final:
+            self._schedule(s, paid_until)
+        elif paid_until - self.config.renew_lead_ms > now_ms:
+            self._schedule(s, paid_until - self.config.renew_lead_ms)
+        else:
+            self._reserve_next(s, now_ms, actions)
+        return actions
+
     def end(self, call_ref: str, now_ms: int, *, ended_by: str = "", reason: str = "",
-            sip_code: int | None = None, lost: bool = False) -> list[Action]:
+            sip_code: int | None = None, lost: bool = False, route: str = "",
+            media: MediaOutcome | None = None) -> list[Action]:
         """The dialog ended (BYE, timeout, failure). Settles the call once.
 
         ``lost``: the end itself was not seen (the call vanished while the sidecar was
-        disconnected): it is billed at most up to its paid time."""
+        disconnected): it is billed at most up to its paid time. ``media``: what media
+        supervision found (billing start, FAS verdict); None bills from the answer."""
         s = self.sessions.pop(call_ref, None)
         if s is None:
             return []  # duplicate or unknown: never charged twice
         self._forget(s)
-        if s.answered_ms is None:
+        if route:
+            s.meta["route"] = route
+        if media is not None and s.answered_ms is not None and media.billable_ms is None:
+            # Answered without media: FAS, nothing is billed.
+            cdr = self._cdr(s, Disposition.NO_MEDIA, now_ms)
+            cdr.sip_code = 200
+            cdr.billable_ms = None
+            self._media(cdr, media)
+        elif s.answered_ms is None:
             cdr = self._cdr(s, Disposition.FAILED, now_ms)
             cdr.sip_code = sip_code
+            if media is not None:
+                self._media(cdr, media)
         else:
             assert s.billable_ms is not None
+            if media is not None and media.billable_ms is not None:
+                s.billable_ms = max(s.answered_ms, media.billable_ms)
             duration = max(0, now_ms - s.billable_ms)
             if lost or (s.ending and s.end_reason == REASON_CREDIT):
                 # The sidecar cut the call at the paid time; the BYE's latency is ours.
@@ -292,13 +347,24 @@ class Charger:
             cdr.billed_seconds = p.billed_seconds
             cdr.usage, cdr.connection_fee = p.usage, p.connection_fee
             cdr.surcharge, cdr.minimum_uplift, cdr.cost = p.surcharge, p.minimum_uplift, p.cost
+            if media is not None:
+                self._media(cdr, media)
+                if media.credit:
+                    cdr.credited = cdr.cost  # the ledger credits what it charged
         cdr.ended_by = ended_by
         cdr.end_reason = s.end_reason or reason
         return self._settle(cdr, now_ms)
 
-    def fail(self, call_ref: str, now_ms: int, code: int, reason: str = "") -> list[Action]:
+    def fail(self, call_ref: str, now_ms: int, code: int, reason: str = "", route: str = "",
+             media: MediaOutcome | None = None) -> list[Action]:
         """The INVITE failed (final negative reply or CANCEL): a zero-cost CDR."""
-        return self.end(call_ref, now_ms, ended_by="", reason=reason or "failed", sip_code=code)
+        return self.end(call_ref, now_ms, ended_by="", reason=reason or "failed", sip_code=code,
+                        route=route, media=media)
+
+    @staticmethod
+    def _media(cdr: Cdr, media: MediaOutcome) -> None:
+        cdr.fas_verdict, cdr.fas_reasons = media.verdict, media.reasons
+        cdr.media_ms, cdr.media = media.media_ms, media.evidence
 
     # --- internals -----------------------------------------------------------------
     def _reject(self, call_ref: str, call_id: str, acc: Account | None, code: int, why: str,
@@ -322,8 +388,8 @@ class Charger:
             caller=s.caller, callee=s.number, destination=s.line.destination,
             prefix=s.line.prefix, origin=s.origin, rate=s.line.rate,
             increment=str(s.line.increment), currency=s.line.currency,
-            offered_ms=s.offered_ms, answered_ms=s.answered_ms, billable_ms=s.billable_ms,
-            ended_ms=now_ms, route=s.meta.get("route", ""))
+            offered_ms=s.offered_ms, ringing_ms=s.ringing_ms, answered_ms=s.answered_ms,
+            billable_ms=s.billable_ms, ended_ms=now_ms, route=s.meta.get("route", ""))
 
     def _settle(self, cdr: Cdr, now_ms: int) -> list[Action]:
         res = self.ledger.settle(cdr, now_ms)

@@ -97,8 +97,10 @@ class Cdr:
     increment: str = ""
     currency: str = ""
     offered_ms: int | None = None
+    ringing_ms: int | None = None  # the first 18x
     answered_ms: int | None = None  # the 200 OK
     billable_ms: int | None = None  # billing start: answer confirmed by media
+    media_ms: int | None = None  # the callee's first media after the 200 OK
     ended_ms: int | None = None
     duration_ms: int = 0  # billable duration
     billed_seconds: int = 0
@@ -116,6 +118,23 @@ class Cdr:
     fas_verdict: str = ""
     fas_reasons: str = ""
     route: str = ""
+    media: str = ""  # media supervision evidence (JSON), "" when not supervised
+
+
+@dataclass(frozen=True)
+class MediaOutcome:
+    """What media supervision decided about an answered call, for settling it.
+
+    ``billable_ms`` None: no callee media, the call is not billed. ``credit``: the answer
+    was false (ringback, silence): the call is rated and charged, and the charge is
+    credited back with ``reasons`` on the CDR and the ledger."""
+
+    billable_ms: int | None
+    verdict: str = ""
+    reasons: str = ""
+    credit: bool = False
+    media_ms: int | None = None
+    evidence: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """The live sidecar: Kamailio's events in, the charging core's decisions out.
 
-    evapi "offer"   -> Charger.authorize -> evapi "auth" (allow N s / reject code)
-    evapi "answer"  -> Charger.answer    -> first chunk reserved
-    credit timer    -> Charger.tick      -> EndCall -> JSON-RPC dlg.end_dlg (retried)
-    evapi "end"     -> Charger.end       -> CDR written once
+    evapi "offer"   -> CallControl (Charger.authorize) -> evapi "auth" (allow N s / reject)
+    evapi "early"   -> ringing time; early-media SDP registered for the capture
+    evapi "answer"  -> Charger.answer    -> first chunk reserved; media grace opens
+    AF_PACKET RTP   -> MediaSupervisor   -> answer confirmed by media, FAS evidence
+    credit timer    -> CallControl.tick  -> EndCall -> JSON-RPC dlg.end_dlg (retried)
+    evapi "end"     -> media verdict + Charger.end -> CDR written once (FAS credited)
     (re)connect     -> dlg.list          -> lost calls settled, running calls adopted
 
 Every decision is logged with its reason.
@@ -30,12 +32,15 @@ from ..charging import (
     PlanRates,
     Recharge,
 )
-from ..config import Config
+from ..config import Config, port_range
 from ..kamailio.evapi import EvapiClient
-from ..kamailio.events import Answer, Early, End, EventError, Failed, Offer, parse_event
+from ..kamailio.events import End, Event, EventError, Failed, Offer, parse_event
 from ..kamailio.rpc import KamailioRpc, RpcError
 from ..store.accounts import SqliteLedger
 from ..store.decks import get_plan, load_table
+from ..supervision.calls import CallControl, ControlConfig
+from ..supervision.media import MediaConfig, MediaSupervisor
+from .media import MediaPump
 from .notify import Notifier, run_recharge
 from .timer import CreditTimer, wall_ms
 
@@ -78,10 +83,24 @@ class Sidecar:
         self.ledger = SqliteLedger(conn)
         self.charger = Charger(self.ledger, PlanCache(conn), ChargingConfig(
             renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds))
+        self.media: MediaSupervisor | None = None
+        if config.media_enabled:
+            self.media = MediaSupervisor(MediaConfig(
+                grace_ms=config.media_grace_ms, silence_share=config.media_silence_share,
+                end_without_media_ms=config.media_end_without_media_s * 1000))
+        self.control = CallControl(self.charger, self.media,
+                                   ControlConfig(enforce=config.media_enforce))
+        self.pump: MediaPump | None = None
+        if self.media is not None:
+            self.pump = MediaPump(self.control, self.media, interface=config.media_interface,
+                                  peer=config.media_peer,
+                                  port_range=port_range(config.media_ports),
+                                  buffer_bytes=config.media_buffer_mb << 20,
+                                  on_actions=self.on_actions)
         self.evapi = EvapiClient(config.evapi_host, config.evapi_port, self.on_message,
                                  self.reconcile)
         self.rpc = KamailioRpc(config.rpc_socket, config.rpc_timeout)
-        self.timer = CreditTimer(self.charger, self.on_actions)
+        self.timer = CreditTimer(self.control, self.on_actions)
         self.notifier = Notifier(config.alert_webhook, config.recharge_command,
                                  config.recharge_webhook)
         self.dialogs: dict[str, tuple[int, int]] = {}  # call_ref -> (h_entry, h_id)
@@ -96,11 +115,15 @@ class Sidecar:
     async def run(self) -> None:
         """Run until cancelled."""
         await self.rpc.open()
+        if self.pump is not None:
+            self.pump.start()  # before evapi: media can beat the answer event
         self.timer.start()
         try:
             await self.evapi.run()
         finally:
             await self.timer.stop()
+            if self.pump is not None:
+                self.pump.stop()
             for t in list(self._tasks):
                 t.cancel()
             self.rpc.close()
@@ -137,18 +160,15 @@ class Sidecar:
             log.exception("failed to handle %s for %s", type(ev).__name__, ev.dialog.call_id)
         self.timer.poke()
 
-    def _dispatch(self, ev: Offer | Early | Answer | End | Failed) -> None:
+    def _dispatch(self, ev: Event) -> None:
         received_us = time.time_ns() // 1000
         d = ev.dialog
         ref = d.call_id
         now = d.ts_ms or wall_ms()
         if d.h_entry or d.h_id:
             self.dialogs[ref] = (d.h_entry, d.h_id)
-        if isinstance(ev, Offer):
-            decision = self.charger.authorize(
-                ref, number=ev.ruri_user, now_ms=now, account_code=ev.account_code,
-                sip_user=ev.from_user, src_ip=ev.src_ip, caller=ev.pai_user or ev.from_user,
-                call_id=ref)
+        decision, actions = self.control.on_event(ev, now)
+        if isinstance(ev, Offer) and decision is not None:
             reply: dict[str, object] = {"event": "auth", "tindex": ev.tindex,
                                         "tlabel": ev.tlabel, "call_id": ref}
             if decision.allow:
@@ -166,15 +186,13 @@ class Sidecar:
             self.auth_local_us.append(sent_us - received_us)
             if d.ts_us:
                 self.auth_total_us.append(sent_us - d.ts_us)
-        elif isinstance(ev, Answer):
-            self.on_actions(self.charger.answer(ref, now))
-        elif isinstance(ev, End):
+            if self.pump is not None and decision.allow:
+                self.pump.flows_changed()
+        elif self.pump is not None:
+            self.pump.flows_changed()
+        if isinstance(ev, End | Failed):
             self.dialogs.pop(ref, None)
-            self.on_actions(self.charger.end(ref, now, ended_by=ev.by, reason=ev.reason))
-        elif isinstance(ev, Failed):
-            self.dialogs.pop(ref, None)
-            self.on_actions(self.charger.fail(ref, now, ev.code, ev.reason))
-        # Early (183 with SDP) matters to media supervision, not to charging.
+        self.on_actions(actions)
 
     # --- decisions out -------------------------------------------------------------
     def on_actions(self, actions: list[Action]) -> None:
@@ -191,10 +209,12 @@ class Sidecar:
                     self.charger.recharged))
             elif isinstance(a, CdrWritten):
                 c = a.cdr
-                log.info("cdr %s account=%s %s duration=%sms billed=%ss cost=%s charged=%s%s",
+                log.info("cdr %s account=%s %s duration=%sms billed=%ss cost=%s charged=%s%s%s",
                          c.call_ref, c.account, c.disposition.value, c.duration_ms,
                          c.billed_seconds, c.cost, c.charged,
-                         f" ended_by={c.ended_by} ({c.end_reason})" if c.ended_by else "")
+                         f" ended_by={c.ended_by} ({c.end_reason})" if c.ended_by else "",
+                         f" FAS {c.fas_verdict}: {c.fas_reasons} credited={c.credited}"
+                         if c.fas_verdict else "")
 
     def _topup(self, code: str, amount: Decimal, note: str) -> None:
         self.ledger.topup(code, amount, wall_ms(), note)
@@ -219,8 +239,7 @@ class Sidecar:
             except RpcError as exc:
                 if exc.code == 404:  # Kamailio no longer has it: the end event was lost
                     log.warning("end %s: dialog already gone; settling", a.call_ref)
-                    self.on_actions(self.charger.end(a.call_ref, wall_ms(), ended_by="proxy",
-                                                     reason="dialog gone", lost=True))
+                    self.on_actions(self.control.end_lost(a.call_ref, wall_ms(), "dialog gone"))
                     return
                 self.counters["rpc_errors"] += 1
                 log.error("end %s: %s (retrying)", a.call_ref, exc)
@@ -248,8 +267,7 @@ class Sidecar:
         stored = {str(r["call_ref"]): r for r in self.ledger.live_calls()}
         for ref in list(self.charger.sessions):
             if ref not in present:
-                self.on_actions(self.charger.end(ref, now, ended_by="proxy",
-                                                 reason="lost while disconnected", lost=True))
+                self.on_actions(self.control.end_lost(ref, now, "lost while disconnected"))
         adopted = settled = 0
         for ref, row in stored.items():
             if ref in self.charger.sessions:
@@ -263,9 +281,7 @@ class Sidecar:
                 adopted += 1
             else:
                 settled += 1
-                self.on_actions(self.charger.end(ref, now, ended_by="proxy",
-                                                 reason="ended while sidecar was down",
-                                                 lost=True))
+                self.on_actions(self.control.end_lost(ref, now, "ended while sidecar was down"))
         # Confirmed dialogs nobody tracks: adopt them from their dialog variables.
         for ref, d in present.items():
             if ref in self.charger.sessions or _state(d) != 4:

@@ -12,8 +12,17 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from ..charging import Action, Charger
+from ..charging import Action
+
+
+class Ticking(Protocol):
+    """A core with deadlines: the charger, or the call control around it."""
+
+    def next_deadline(self) -> int | None: ...
+
+    def tick(self, now_ms: int) -> list[Action]: ...
 
 
 def wall_ms() -> int:
@@ -22,9 +31,9 @@ def wall_ms() -> int:
 
 
 class CreditTimer:
-    """Drive :meth:`Charger.tick` at each deadline."""
+    """Drive the core's ``tick`` at each deadline."""
 
-    def __init__(self, charger: Charger, on_actions: Callable[[list[Action]], None],
+    def __init__(self, charger: Ticking, on_actions: Callable[[list[Action]], None],
                  clock: Callable[[], int] = wall_ms) -> None:
         self.charger = charger
         self.on_actions = on_actions

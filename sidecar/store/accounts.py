@@ -275,9 +275,16 @@ class SqliteLedger:
                 if collectable:
                     self._ledger(now_ms, code, "charge", -collectable, cdr.call_ref)
                     balance -= collectable
+                # A false answer (FAS): what was charged is credited back, with the reason.
+                credit = min(cdr.credited, collectable)
+                cdr.credited = credit
+                if credit:
+                    note = f"FAS {cdr.fas_verdict}: {cdr.fas_reasons}".rstrip(": ")
+                    self._ledger(now_ms, code, "credit", credit, cdr.call_ref, note[:500])
+                    balance += credit
                 today = day_key(now_ms)
-                day_spend = before.day_spend + collectable
-                month_spend = before.month_spend + collectable
+                day_spend = before.day_spend + collectable - credit
+                month_spend = before.month_spend + collectable - credit
                 suspend = False
                 reason = ""
                 if before.kind is AccountKind.POSTPAID and not before.suspended:
@@ -361,18 +368,25 @@ def verify_ledger(conn: sqlite3.Connection) -> list[LedgerCheck]:
     in the ledger = charges on its CDRs; no prepaid balance below zero."""
     out = []
     for acc in list_accounts(conn):
-        rows = conn.execute("SELECT kind, amount FROM ledger WHERE account = ?", (acc.code,))
+        rows = conn.execute("SELECT kind, call_ref, amount FROM ledger WHERE account = ?",
+                            (acc.code,))
         total = ZERO
         charges = ZERO
-        for kind, amount in rows:
+        credits = ZERO
+        for kind, call_ref, amount in rows:
             a = Decimal(str(amount))
             total += a
             if kind == "charge":
                 charges -= a
+            elif kind == "credit" and call_ref is not None:
+                credits += a
         holds = sum((Decimal(str(r[0])) for r in conn.execute(
             "SELECT reserved FROM live_calls WHERE account = ?", (acc.code,))), ZERO)
-        cdr_charges = sum((Decimal(str(r[0])) for r in conn.execute(
-            "SELECT charged FROM cdrs WHERE account = ?", (acc.code,))), ZERO)
+        cdr_charges = cdr_credits = ZERO
+        for charged, credited in conn.execute(
+                "SELECT charged, credited FROM cdrs WHERE account = ?", (acc.code,)):
+            cdr_charges += Decimal(str(charged))
+            cdr_credits += Decimal(str(credited))
         problems = []
         if total != acc.balance:
             problems.append(f"balance {acc.balance} != ledger sum {total}")
@@ -380,6 +394,8 @@ def verify_ledger(conn: sqlite3.Connection) -> list[LedgerCheck]:
             problems.append(f"held {acc.held} != open reservations {holds}")
         if charges != cdr_charges:
             problems.append(f"ledger charges {charges} != CDR charges {cdr_charges}")
+        if credits != cdr_credits:
+            problems.append(f"ledger call credits {credits} != CDR credits {cdr_credits}")
         if acc.kind is AccountKind.PREPAID and acc.balance < 0:
             problems.append(f"prepaid balance below zero: {acc.balance}")
         out.append(LedgerCheck(acc.code, acc.balance, total, acc.held, holds, charges,

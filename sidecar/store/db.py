@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlite_utils
 
 DEFAULT_DB = "sidecar.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -140,8 +140,10 @@ CREATE TABLE IF NOT EXISTS cdrs (
     increment TEXT NOT NULL DEFAULT '',
     currency TEXT NOT NULL DEFAULT '',
     offered_ms INTEGER,
+    ringing_ms INTEGER,
     answered_ms INTEGER,
     billable_ms INTEGER,
+    media_ms INTEGER,
     ended_ms INTEGER,
     duration_ms INTEGER NOT NULL DEFAULT 0,
     billed_seconds INTEGER NOT NULL DEFAULT 0,
@@ -159,8 +161,10 @@ CREATE TABLE IF NOT EXISTS cdrs (
     end_reason TEXT NOT NULL DEFAULT '',
     fas_verdict TEXT NOT NULL DEFAULT '',
     fas_reasons TEXT NOT NULL DEFAULT '',
-    route TEXT NOT NULL DEFAULT ''
+    route TEXT NOT NULL DEFAULT '',
+    media TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS cdrs_route ON cdrs (route, offered_ms);
 CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms);
 
 -- Issued invoices and credit notes. A row is the frozen document: ``data`` is the invoice
@@ -224,11 +228,25 @@ def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
     return conn
 
 
+# Columns added after version 1, for databases created before them.
+_ADDED_COLUMNS = {
+    "cdrs": (("ringing_ms", "INTEGER"), ("media_ms", "INTEGER"),
+             ("media", "TEXT NOT NULL DEFAULT ''")),
+}
+
+
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create missing tables and record the schema version."""
+    """Create missing tables, add columns newer versions need, record the version."""
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if have:  # an older database: bring the table up to date
+            for name, decl in columns:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
     conn.executescript(_SCHEMA)
     conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (str(SCHEMA_VERSION),),
     )
 

@@ -1,0 +1,137 @@
+"""The live media edge: captured RTP into the call control, on the asyncio loop.
+
+The capture socket (:class:`sidecar.media.capture.LiveCapture`) is read when the loop
+says it is readable, in batches; each packet goes to :meth:`CallControl.on_packet` with
+its kernel timestamp. With ``ports = "auto"`` the kernel filter passes only the UDP
+ports the live dialogs' SDP named, and is rebuilt (at most every ``refilter_ms``) as
+dialogs come and go; with a configured range it is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..charging import Action
+from ..media.capture import LiveCapture, interface_towards, port_filter
+from ..supervision.calls import CallControl
+from ..supervision.media import MediaSupervisor
+
+log = logging.getLogger("sidecar.media")
+
+
+class MediaConfigError(RuntimeError):
+    """Media capture cannot start as configured (the message says which key)."""
+
+
+class MediaPump:
+    """Owns the capture socket and feeds the call control."""
+
+    def __init__(self, control: CallControl, media: MediaSupervisor, *, interface: str,
+                 peer: str, port_range: tuple[int, int] | None, buffer_bytes: int,
+                 on_actions: Callable[[list[Action]], None], refilter_ms: int = 20,
+                 report_every_s: float = 60.0) -> None:
+        self.control = control
+        self.media = media
+        self.interface = interface
+        self.peer = peer
+        self.port_range = port_range
+        self.buffer_bytes = buffer_bytes
+        self.on_actions = on_actions
+        self.refilter_ms = refilter_ms
+        self.report_every_s = report_every_s
+        self.capture: LiveCapture | None = None
+        self.packets = 0
+        self._filter_version = -1
+        self._refilter: asyncio.TimerHandle | None = None
+        self._report: asyncio.TimerHandle | None = None
+
+    def _choose_interface(self) -> str:
+        if self.interface:
+            return self.interface
+        if self.peer:
+            return interface_towards(self.peer)
+        raise MediaConfigError("[media] needs 'interface' or 'peer' (an address whose "
+                               "route names the capture interface)")
+
+    def _filter(self) -> str:
+        if self.port_range is not None:
+            lo, hi = self.port_range
+            return f"udp and dst portrange {lo}-{hi}"
+        return port_filter(sorted(self.media.flows.ports()))
+
+    def start(self) -> None:
+        """Open the capture and start reading (raises if it cannot be opened)."""
+        name = self._choose_interface()
+        self._filter_version = self.media.flows.version
+        self.capture = LiveCapture(name, filter=self._filter(),
+                                   buffer_bytes=self.buffer_bytes)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.capture.fileno(), self._readable)
+        self._report = loop.call_later(self.report_every_s, self._report_stats)
+        log.info("media capture on %s, filter %s", name,
+                 "auto (the dialogs' SDP ports)" if self.port_range is None
+                 else self._filter())
+
+    def stop(self) -> None:
+        for h in (self._refilter, self._report):
+            if h is not None:
+                h.cancel()
+        if self.capture is not None:
+            asyncio.get_running_loop().remove_reader(self.capture.fileno())
+            self._report_stats(again=False)
+            self.capture.close()
+            self.capture = None
+
+    def flows_changed(self) -> None:
+        """Dialogs were offered, answered or ended: refresh an automatic filter soon."""
+        if self.port_range is not None or self.capture is None or self._refilter is not None:
+            return
+        if self.media.flows.version == self._filter_version:
+            return
+        self._refilter = asyncio.get_running_loop().call_later(
+            self.refilter_ms / 1000, self._apply_filter)
+
+    def _apply_filter(self) -> None:
+        self._refilter = None
+        if self.capture is None:
+            return
+        self._filter_version = self.media.flows.version
+        try:
+            self.capture.set_filter(self._filter())
+        except Exception:  # a filter that cannot be built must not stop the sidecar
+            log.exception("media capture: could not update the kernel filter")
+
+    def _readable(self) -> None:
+        cap = self.capture
+        if cap is None:
+            return
+        on_packet = self.control.on_packet
+        actions: list[Action] = []
+        for p in cap.read():
+            if p.transport != "udp":
+                continue
+            actions += on_packet(int(p.timestamp * 1000), p.src_ip, p.src_port, p.dst_ip,
+                                 p.dst_port, p.payload)
+            self.packets += 1
+        if actions:
+            self.on_actions(actions)
+
+    def stats(self) -> dict[str, int]:
+        """Capture counters: packets handled, kernel packets and drops, matched RTP."""
+        out = {"packets": self.packets, "rtp_matched": self.media.packets_matched,
+               "unmatched": self.media.packets_unmatched}
+        if self.capture is not None:
+            k = self.capture.kernel_stats()
+            out |= {"kernel_packets": k.received, "kernel_drops": k.dropped}
+        return out
+
+    def _report_stats(self, again: bool = True) -> None:
+        s = self.stats()
+        drops = s.get("kernel_drops", 0)
+        level = logging.WARNING if drops else logging.INFO
+        log.log(level, "media capture: %s", " ".join(f"{k}={v}" for k, v in s.items()))
+        if again and self.capture is not None:
+            self._report = asyncio.get_running_loop().call_later(
+                self.report_every_s, self._report_stats)

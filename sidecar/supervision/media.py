@@ -1,0 +1,428 @@
+"""Media supervision of dialogs: answer confirmed by RTP, and False Answer Supervision.
+
+:class:`MediaSupervisor` is told about each dialog's signalling (offer, provisional
+replies, answer, SDP updates, end) and about every captured UDP packet, with times as
+arguments. At the end of a dialog it gives a :class:`MediaVerdict`:
+
+* **billable start**: the 200 OK, once the callee's media is seen within the grace
+  window (default 2 s) after it; the first callee packet if media starts later; none
+  (not billed) if the callee sent no media after the 200 OK. Early media before the
+  200 OK is never billed.
+* **FAS verdict** with reasons: ``no-media``, ``late-media``, ``ringback`` (a ringing
+  tone in the callee's G.711 stream in the first 10 s after the 200 OK), ``silence``
+  (the callee's stream silent for the whole call or most of it). ``""`` is a clean call.
+
+An instant answer (200 OK within a few hundred ms, no ringing) is recorded as evidence
+but is not a verdict on its own: an IVR answers that way and plays a real prompt. Route
+statistics (:mod:`.routes`) judge instant answers over many calls.
+
+Live, :meth:`MediaSupervisor.tick` also reports answered calls that have had no callee
+media for a configured time, so the sidecar can end them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from ..media.g711 import Codec, codec_for_payload_type
+from ..media.rtp import parse_rtp
+from ..media.sdp import SdpError, SessionDescription, parse_sdp
+from ..media.tones import SAMPLE_RATE, RingbackDetector, SilenceDetector
+from .flows import Address, FlowTable, Party
+
+log = logging.getLogger("sidecar.supervision")
+
+
+class Verdict(StrEnum):
+    CLEAN = ""
+    NO_MEDIA = "no-media"
+    LATE_MEDIA = "late-media"
+    RINGBACK = "ringback"
+    SILENCE = "silence"
+
+
+#: Verdicts whose charge is credited: the answer was false, whatever the duration.
+CREDITED_VERDICTS = frozenset({Verdict.RINGBACK, Verdict.SILENCE})
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Tunables of media supervision (``[media]`` in the configuration)."""
+
+    grace_ms: int = 2_000  # callee media this soon after the 200 OK confirms the answer
+    ringback_window_ms: int = 10_000  # look for ringing tone this long after the 200 OK
+    silence_share: float = 0.95  # silent frames / all frames at or above this: silence
+    silence_min_ms: int = 3_000  # judge silence only on at least this much callee audio
+    instant_answer_ms: int = 300  # 200 OK this soon after the INVITE, with no 18x
+    end_without_media_ms: int = 0  # live: end answered calls with no callee media (0: never)
+
+
+@dataclass(slots=True)
+class Stream:
+    """One direction of a dialog's media."""
+
+    packets: int = 0
+    octets: int = 0  # RTP payload bytes
+    first_ms: int | None = None
+    last_ms: int | None = None
+    first_after_answer_ms: int | None = None
+    before_answer: int = 0  # packets before the 200 OK (early media)
+    max_gap_ms: int = 0  # longest silence between packets after the first
+    lost: int = 0  # sequence numbers skipped
+    ssrcs: int = 0  # distinct SSRCs seen in a row (changes + 1)
+    last_ssrc: int | None = None
+    next_seq: int | None = None
+    next_ts: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"packets": self.packets, "octets": self.octets, "first_ms": self.first_ms,
+                "last_ms": self.last_ms, "first_after_answer_ms": self.first_after_answer_ms,
+                "before_answer": self.before_answer, "max_gap_ms": self.max_gap_ms,
+                "lost": self.lost, "ssrcs": self.ssrcs}
+
+
+@dataclass
+class DialogMedia:
+    """What is known of one dialog's signalling and media."""
+
+    call_ref: str
+    invite_ms: int
+    ringing_ms: int | None = None  # first 18x
+    early_sdp_ms: int | None = None  # first 18x with SDP
+    answer_ms: int | None = None
+    ended_ms: int | None = None
+    codecs: dict[Party, dict[int, Codec]] = field(default_factory=dict)
+    origins: dict[Party, str] = field(default_factory=dict)
+    streams: dict[Party, Stream] = field(
+        default_factory=lambda: {Party.CALLER: Stream(), Party.CALLEE: Stream()})
+    ringback: RingbackDetector | None = None
+    ringback_base_ms: int | None = None  # arrival time of the first sample fed to it
+    ringback_at_ms: int | None = None  # when the ringing run started (ms since the 200 OK)
+    ringback_tone: str = ""
+    silence: SilenceDetector | None = None
+    ended_for_no_media: bool = False
+
+    @property
+    def callee(self) -> Stream:
+        return self.streams[Party.CALLEE]
+
+    @property
+    def caller(self) -> Stream:
+        return self.streams[Party.CALLER]
+
+
+@dataclass(frozen=True)
+class MediaVerdict:
+    """The outcome of a dialog's media supervision."""
+
+    call_ref: str
+    answered: bool
+    billable_ms: int | None  # None: not billed (not answered, or no callee media)
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    evidence: dict[str, Any]
+
+    @property
+    def credited(self) -> bool:
+        """True if the call's charge is to be credited back (a false answer)."""
+        return self.verdict in CREDITED_VERDICTS
+
+    @property
+    def reason_text(self) -> str:
+        return "; ".join(self.reasons)
+
+
+@dataclass(frozen=True)
+class NoMedia:
+    """An answered call has had no callee media for ``for_ms``: end it (live only)."""
+
+    call_ref: str
+    for_ms: int
+    at_ms: int
+
+
+def _addresses(sdp: SessionDescription) -> tuple[list[Address], dict[int, Codec]]:
+    addrs: list[Address] = []
+    codecs: dict[int, Codec] = {}
+    for m in sdp.active_audio:
+        if m.connection_address is None or m.on_hold:
+            continue
+        addrs.append((m.connection_address, m.port))
+        for pt in m.payload_types:
+            codec = m.g711_codec(pt)
+            if codec is not None:
+                codecs[pt] = codec
+    return addrs, codecs
+
+
+def _origin_key(origin: str | None) -> str:
+    """The o= line without its version: stable for one party through a session."""
+    if not origin:
+        return ""
+    parts = origin.split()
+    return " ".join(parts[:2] + parts[3:]) if len(parts) >= 6 else origin
+
+
+class MediaSupervisor:
+    """Media facts and FAS verdicts for every supervised dialog."""
+
+    def __init__(self, config: MediaConfig | None = None) -> None:
+        self.config = config or MediaConfig()
+        self.flows = FlowTable()
+        self.dialogs: dict[str, DialogMedia] = {}
+        self._deadlines: list[tuple[int, str]] = []
+        self.packets_matched = 0
+        self.packets_unmatched = 0
+        self.packets_not_rtp = 0
+        self.bad_sdp = 0
+
+    # --- signalling -------------------------------------------------------------
+    def offer(self, call_ref: str, now_ms: int, sdp: str) -> None:
+        """The INVITE: register the caller's media address at once (media can beat
+        the answer event)."""
+        if call_ref in self.dialogs:
+            return  # a retransmission or a second copy
+        self.dialogs[call_ref] = DialogMedia(call_ref, now_ms)
+        self._sdp(call_ref, Party.CALLER, sdp)
+
+    def provisional(self, call_ref: str, now_ms: int, code: int, sdp: str) -> None:
+        """An 18x: ringing starts; with SDP, early media may flow from the callee."""
+        d = self.dialogs.get(call_ref)
+        if d is None or d.answer_ms is not None:
+            return
+        if d.ringing_ms is None and 180 <= code < 200:
+            d.ringing_ms = now_ms
+        if sdp:
+            if d.early_sdp_ms is None:
+                d.early_sdp_ms = now_ms
+            self._sdp(call_ref, Party.CALLEE, sdp)
+
+    def answer(self, call_ref: str, now_ms: int, sdp: str) -> None:
+        """The 200 OK: the grace window for the callee's media starts."""
+        d = self.dialogs.get(call_ref)
+        if d is None or d.answer_ms is not None:
+            return
+        d.answer_ms = now_ms
+        if sdp:
+            self._sdp(call_ref, Party.CALLEE, sdp)
+        d.ringback = RingbackDetector(
+            window_samples=self.config.ringback_window_ms * SAMPLE_RATE // 1000)
+        d.silence = SilenceDetector()
+        if self.config.end_without_media_ms > 0:
+            heapq.heappush(self._deadlines,
+                           (now_ms + self.config.end_without_media_ms, call_ref))
+
+    def update(self, call_ref: str, now_ms: int, side: str, sdp: str) -> None:
+        """New SDP in the dialog (re-INVITE, UPDATE, late-offer ACK). ``side`` may be ""
+        when the sender is unknown: the SDP's origin line then tells whose it is."""
+        d = self.dialogs.get(call_ref)
+        if d is None or not sdp:
+            return
+        party: Party | None = Party(side) if side in ("caller", "callee") else None
+        if party is None:
+            try:
+                key = _origin_key(parse_sdp(sdp).origin)
+            except SdpError:
+                self.bad_sdp += 1
+                return
+            party = next((p for p, o in d.origins.items() if o and o == key), None)
+            if party is None:
+                log.warning("%s: SDP update from an unknown party (origin %r) ignored",
+                            call_ref, key)
+                return
+        self._sdp(call_ref, party, sdp)
+
+    def _sdp(self, call_ref: str, party: Party, text: str) -> None:
+        if not text:
+            return
+        try:
+            sdp = parse_sdp(text)
+        except SdpError as exc:
+            self.bad_sdp += 1
+            log.warning("%s: unusable SDP from the %s: %s", call_ref, party, exc)
+            return
+        addrs, codecs = _addresses(sdp)
+        d = self.dialogs[call_ref]
+        d.codecs.setdefault(party, {}).update(codecs)
+        d.origins[party] = _origin_key(sdp.origin)
+        if addrs:
+            self.flows.register(call_ref, party, addrs)
+
+    # --- media --------------------------------------------------------------------
+    def packet(self, ts_ms: int, src: Address, dst: Address, payload: bytes) -> str | None:
+        """One captured UDP datagram; returns the call it belonged to, if any."""
+        hit = self.flows.classify(src, dst)
+        if hit is None:
+            self.packets_unmatched += 1
+            return None
+        call_ref, sender = hit
+        rtp = parse_rtp(payload)
+        if rtp is None:  # RTCP, STUN, keep-alives: not media
+            self.packets_not_rtp += 1
+            return call_ref
+        d = self.dialogs.get(call_ref)
+        if d is None:
+            return None
+        self.packets_matched += 1
+        s = d.streams[sender]
+        size = rtp.payload_end - rtp.payload_offset
+        s.packets += 1
+        s.octets += size
+        if s.first_ms is None:
+            s.first_ms = ts_ms
+        elif s.last_ms is not None and ts_ms - s.last_ms > s.max_gap_ms:
+            s.max_gap_ms = ts_ms - s.last_ms
+        s.last_ms = ts_ms
+        missing = 0
+        if rtp.ssrc != s.last_ssrc:
+            s.ssrcs += 1
+            s.last_ssrc = rtp.ssrc
+        elif s.next_seq is not None and rtp.sequence != s.next_seq:
+            skipped = (rtp.sequence - s.next_seq) & 0xFFFF
+            if skipped < 0x8000:  # ahead: lost; behind: late or duplicate, ignored
+                s.lost += skipped
+                if s.next_ts is not None:
+                    gap = (rtp.timestamp - s.next_ts) & 0xFFFFFFFF
+                    missing = gap if gap < 10 * SAMPLE_RATE else 0
+            else:
+                return call_ref
+        s.next_seq = (rtp.sequence + 1) & 0xFFFF
+        s.next_ts = (rtp.timestamp + size) & 0xFFFFFFFF
+        if d.answer_ms is None or ts_ms < d.answer_ms:
+            s.before_answer += 1
+            return call_ref
+        if s.first_after_answer_ms is None:
+            s.first_after_answer_ms = ts_ms
+        if sender is Party.CALLEE and size:
+            codec = d.codecs.get(Party.CALLEE, {}).get(rtp.payload_type) or \
+                d.codecs.get(Party.CALLER, {}).get(rtp.payload_type) or \
+                codec_for_payload_type(rtp.payload_type)
+            if codec is not None:
+                self._audio(d, ts_ms, payload[rtp.payload_offset:rtp.payload_end], codec,
+                            missing)
+        return call_ref
+
+    def _audio(self, d: DialogMedia, ts_ms: int, audio: bytes, codec: Codec,
+               missing: int) -> None:
+        ring = d.ringback
+        if ring is not None and not ring.finished:
+            if d.ringback_base_ms is None:
+                d.ringback_base_ms = ts_ms
+            if missing:
+                ring.discontinuity(missing)
+            found = ring.feed(audio, codec)
+            if found is not None:
+                assert d.answer_ms is not None
+                d.ringback_at_ms = d.ringback_base_ms + round(found.start_ms) - d.answer_ms
+                d.ringback_tone = found.tone.name
+        silence = d.silence
+        if silence is not None:
+            if missing:
+                silence.discontinuity(missing)
+            silence.feed(audio, codec)
+
+    # --- time and endings -----------------------------------------------------------
+    def tick(self, now_ms: int) -> list[NoMedia]:
+        """Answered calls still without callee media ``end_without_media_ms`` after the
+        200 OK (only when that option is on)."""
+        out: list[NoMedia] = []
+        while self._deadlines and self._deadlines[0][0] <= now_ms:
+            _, ref = heapq.heappop(self._deadlines)
+            d = self.dialogs.get(ref)
+            if d is None or d.answer_ms is None or d.ended_for_no_media:
+                continue
+            if d.callee.first_after_answer_ms is None:
+                d.ended_for_no_media = True
+                out.append(NoMedia(ref, now_ms - d.answer_ms, now_ms))
+        return out
+
+    def next_deadline(self) -> int | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def end(self, call_ref: str, now_ms: int) -> MediaVerdict | None:
+        """The dialog ended (BYE or failure): its verdict. None if it was never offered."""
+        d = self.dialogs.pop(call_ref, None)
+        if d is None:
+            return None
+        self.flows.forget(call_ref)
+        d.ended_ms = now_ms
+        return judge(d, self.config)
+
+    def peek(self, call_ref: str, now_ms: int) -> MediaVerdict | None:
+        """The verdict so far of a dialog still in progress (for status views)."""
+        d = self.dialogs.get(call_ref)
+        if d is None:
+            return None
+        saved = d.ended_ms
+        d.ended_ms = now_ms
+        try:
+            return judge(d, self.config)
+        finally:
+            d.ended_ms = saved
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:.2f} s"
+
+
+def judge(d: DialogMedia, config: MediaConfig) -> MediaVerdict:
+    """The verdict on one dialog from its recorded facts (pure)."""
+    callee, caller = d.callee, d.caller
+    evidence: dict[str, Any] = {
+        "invite_ms": d.invite_ms, "ringing_ms": d.ringing_ms, "early_sdp_ms": d.early_sdp_ms,
+        "answer_ms": d.answer_ms, "ended_ms": d.ended_ms,
+        "caller": caller.to_dict(), "callee": callee.to_dict(),
+    }
+    if d.answer_ms is None:
+        return MediaVerdict(d.call_ref, False, None, Verdict.CLEAN, (), evidence)
+    answer = d.answer_ms
+    reasons: list[str] = []
+    answer_delay = answer - d.invite_ms
+    instant = d.ringing_ms is None and answer_delay <= config.instant_answer_ms
+    evidence["answer_delay_ms"] = answer_delay
+    evidence["instant_answer"] = instant
+    first = callee.first_after_answer_ms
+    if first is None:
+        what = (f"{caller.packets} packets from the caller" if caller.packets
+                else "none from the caller either")
+        reasons.append(f"no media from the callee after the 200 OK ({what})")
+        if callee.before_answer:
+            reasons.append(f"only early media before the 200 OK ({callee.before_answer} "
+                           f"packets)")
+        return MediaVerdict(d.call_ref, True, None, Verdict.NO_MEDIA, tuple(reasons), evidence)
+    delay = first - answer
+    evidence["media_delay_ms"] = delay
+    verdict = Verdict.CLEAN
+    billable = answer
+    if delay > config.grace_ms:
+        verdict = Verdict.LATE_MEDIA
+        billable = first
+        reasons.append(f"callee media started {_seconds(delay)} after the 200 OK (grace "
+                       f"{_seconds(config.grace_ms)}): billed from the first media packet")
+    if d.ringback_at_ms is not None:
+        verdict = Verdict.RINGBACK
+        tone = {"NORTH_AMERICA": "440+480 Hz", "UK": "400+450 Hz",
+                "EUROPE": "425 Hz"}.get(d.ringback_tone, d.ringback_tone)
+        evidence["ringback_tone"] = d.ringback_tone
+        evidence["ringback_at_ms"] = d.ringback_at_ms
+        reasons.insert(0, f"ringing tone ({tone}) in the callee's media "
+                          f"{_seconds(max(0, d.ringback_at_ms))} after the 200 OK")
+    silence = d.silence
+    if silence is not None and silence.frames:
+        frame_ms = 20
+        heard_ms = silence.frames * frame_ms
+        share = silence.silent_frames / silence.frames
+        evidence["silent_frames"] = silence.silent_frames
+        evidence["voiced_frames"] = silence.voiced_frames
+        if heard_ms >= config.silence_min_ms and share >= config.silence_share and \
+                verdict is not Verdict.RINGBACK:
+            verdict = Verdict.SILENCE
+            reasons.insert(0, f"callee's media silent in {share:.0%} of "
+                              f"{silence.frames} frames ({_seconds(heard_ms)} heard)")
+    if instant:
+        evidence["note"] = f"answered {answer_delay} ms after the INVITE with no ringing"
+    return MediaVerdict(d.call_ref, True, billable, verdict, tuple(reasons), evidence)

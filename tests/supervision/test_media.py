@@ -1,0 +1,216 @@
+"""Media supervision core: billable start and FAS verdicts from synthetic dialogs."""
+
+from __future__ import annotations
+
+from sidecar.media.g711 import Codec
+from sidecar.supervision.flows import FlowTable, Party
+from sidecar.supervision.media import MediaConfig, MediaSupervisor, Verdict
+
+from .media_gen import packets, quiet, rtp, sdp, speech_like, tone
+
+CALLER = ("127.0.0.1", 6000)
+CALLEE = ("127.0.0.1", 7000)
+
+
+def feed(sup: MediaSupervisor, pkts: list[tuple[int, bytes]], src: tuple[str, int],
+         dst: tuple[str, int]) -> None:
+    for ts, data in pkts:
+        sup.packet(ts, src, dst, data)
+
+
+def run(callee_audio: list[tuple[int, bytes]] | None, *, answer_ms: int | None = 3000,
+        ringing_ms: int | None = 100, end_ms: int = 9000, codec: Codec = Codec.PCMA,
+        config: MediaConfig | None = None, early: list[tuple[int, bytes]] | None = None,
+        caller_audio: bool = True, ref: str = "c1") -> tuple[MediaSupervisor, object]:
+    sup = MediaSupervisor(config)
+    sup.offer(ref, 0, sdp(*CALLER, codec=codec, origin="alice 11 1"))
+    if ringing_ms is not None:
+        sup.provisional(ref, ringing_ms, 180, "")
+    if early is not None:
+        sup.provisional(ref, 400, 183, sdp(*CALLEE, codec=codec, origin="bob 22 1"))
+        feed(sup, early, CALLEE, CALLER)
+    if answer_ms is not None:
+        sup.answer(ref, answer_ms, sdp(*CALLEE, codec=codec, origin="bob 22 1"))
+        if caller_audio:
+            feed(sup, packets(speech_like(end_ms / 1000 - 3.1, seed=9), answer_ms + 10, codec,
+                              ssrc=0x99), CALLER, CALLEE)
+    if callee_audio:
+        feed(sup, callee_audio, CALLEE, CALLER)
+    return sup, sup.end(ref, end_ms)
+
+
+def test_normal_call_is_billed_from_the_200_ok() -> None:
+    _, v = run(packets(speech_like(5.5), 3020))
+    assert v.verdict is Verdict.CLEAN and v.billable_ms == 3000 and not v.credited
+    assert v.evidence["callee"]["packets"] == 275
+    assert v.evidence["media_delay_ms"] == 20
+    assert v.reasons == ()
+
+
+def test_answer_without_media_is_not_billed() -> None:
+    _, v = run(None)
+    assert v.answered and v.billable_ms is None and v.verdict is Verdict.NO_MEDIA
+    assert "no media from the callee" in v.reason_text
+    assert "packets from the caller" in v.reason_text
+
+
+def test_media_within_the_grace_window_bills_from_the_answer() -> None:
+    _, v = run(packets(speech_like(3.0), 4900))
+    assert v.verdict is Verdict.CLEAN and v.billable_ms == 3000
+
+
+def test_late_media_moves_the_billable_start_to_the_first_packet() -> None:
+    _, v = run(packets(speech_like(2.0), 8000), end_ms=10_500)
+    assert v.verdict is Verdict.LATE_MEDIA and v.billable_ms == 8000
+    assert "5.00 s after the 200 OK" in v.reason_text and not v.credited
+
+
+def test_grace_window_is_configurable() -> None:
+    _, v = run(packets(speech_like(3.0), 4900), config=MediaConfig(grace_ms=1000))
+    assert v.verdict is Verdict.LATE_MEDIA and v.billable_ms == 4900
+
+
+def test_ringback_after_answer_pcma_425() -> None:
+    audio = packets(tone((425,), 1.0) + quiet(4.0), 3020)
+    _, v = run(audio)
+    assert v.verdict is Verdict.RINGBACK and v.credited
+    assert v.billable_ms == 3000
+    assert "425 Hz" in v.reason_text
+    assert 0 <= v.evidence["ringback_at_ms"] < 300
+
+
+def test_ringback_after_answer_pcmu_440_480() -> None:
+    audio = packets(tone((440, 480), 2.0) + quiet(3.0), 3020, Codec.PCMU)
+    _, v = run(audio, codec=Codec.PCMU)
+    assert v.verdict is Verdict.RINGBACK and "440+480 Hz" in v.reason_text
+
+
+def test_ringback_after_the_first_ten_seconds_is_not_looked_for() -> None:
+    audio = packets(speech_like(11.0) + tone((425,), 2.0), 3020)
+    _, v = run(audio, end_ms=16_500)
+    assert v.verdict is Verdict.CLEAN
+
+
+def test_silent_callee_is_fas_silence() -> None:
+    _, v = run(packets(quiet(5.5), 3020))
+    assert v.verdict is Verdict.SILENCE and v.credited
+    assert "silent in 100%" in v.reason_text
+
+
+def test_speech_is_not_silence_and_short_calls_are_not_judged() -> None:
+    _, v = run(packets(quiet(4.0) + speech_like(1.5), 3020))
+    assert v.verdict is Verdict.CLEAN
+    _, short = run(packets(quiet(2.0), 3020), end_ms=5100)
+    assert short.verdict is Verdict.CLEAN  # 2 s of audio is too little to judge
+
+
+def test_early_media_then_answer_bills_from_the_answer_and_ignores_early_ringback() -> None:
+    early = packets(tone((425,), 2.5), 420, ssrc=0x55)
+    audio = packets(speech_like(5.5), 3010, ssrc=0x55, seq0=300)
+    _, v = run(audio, early=early)
+    assert v.verdict is Verdict.CLEAN and v.billable_ms == 3000
+    assert v.evidence["callee"]["before_answer"] == len(early)
+    assert v.evidence["early_sdp_ms"] == 400
+
+
+def test_early_media_then_failure_is_not_answered() -> None:
+    early = packets(speech_like(2.0), 420)
+    _, v = run(None, early=early, answer_ms=None)
+    assert not v.answered and v.billable_ms is None and v.verdict is Verdict.CLEAN
+    assert v.evidence["callee"]["before_answer"] == len(early)
+
+
+def test_only_early_media_and_none_after_the_answer_is_no_media() -> None:
+    early = packets(tone((425,), 2.5), 420)
+    _, v = run(None, early=early)
+    assert v.verdict is Verdict.NO_MEDIA and "only early media" in v.reason_text
+
+
+def test_instant_answer_with_real_media_is_not_fas() -> None:
+    _, v = run(packets(speech_like(5.0), 60), answer_ms=40, ringing_ms=None, end_ms=5100)
+    assert v.verdict is Verdict.CLEAN and v.billable_ms == 40
+    assert v.evidence["instant_answer"] is True
+
+
+def test_callee_sending_from_another_port_is_latched() -> None:
+    sup = MediaSupervisor()
+    sup.offer("c1", 0, sdp(*CALLER))
+    sup.answer("c1", 1000, sdp(*CALLEE))
+    nat = ("127.0.0.1", 40000)  # the callee's real source port
+    feed(sup, packets(speech_like(1.0), 1020), nat, CALLER)
+    # The caller's media sent back to the latched address is recognised as the caller's.
+    feed(sup, packets(speech_like(1.0), 1020, ssrc=7), CALLER, nat)
+    d = sup.dialogs["c1"]
+    assert d.callee.packets == 50 and d.caller.packets == 50
+
+
+def test_symmetric_rtp_to_an_unknown_destination_is_classified_by_source() -> None:
+    table = FlowTable()
+    table.register("c1", Party.CALLEE, [CALLEE])
+    assert table.classify(CALLEE, ("10.9.9.9", 5004)) == ("c1", Party.CALLEE)
+    assert table.classify(("10.1.1.1", 1), ("10.2.2.2", 2)) is None
+
+
+def test_reinvite_moves_a_party_and_the_old_address_is_dropped() -> None:
+    sup = MediaSupervisor()
+    sup.offer("c1", 0, sdp(*CALLER, origin="alice 11 1"))
+    sup.answer("c1", 1000, sdp(*CALLEE, origin="bob 22 1"))
+    moved = ("127.0.0.1", 7100)
+    # Whose SDP it is comes from the origin line when the event does not say.
+    sup.update("c1", 2000, "", sdp(*moved, origin="bob 22 2"))
+    assert sup.flows.addresses("c1").keys() == {CALLER, moved}
+    sup.update("c1", 2100, "caller", sdp("127.0.0.1", 6100, origin="alice 11 2"))
+    assert ("127.0.0.1", 6100) in sup.flows.addresses("c1")
+    assert CALLER not in sup.flows.addresses("c1")
+
+
+def test_port_reuse_new_dialog_wins_and_old_one_forgets_only_its_own() -> None:
+    sup = MediaSupervisor()
+    sup.offer("old", 0, sdp(*CALLER))
+    sup.offer("new", 10, sdp(*CALLER))
+    sup.end("old", 20)
+    assert sup.flows.classify(CALLEE, CALLER) == ("new", Party.CALLEE)
+
+
+def test_rtcp_and_junk_on_a_flow_are_not_media() -> None:
+    sup = MediaSupervisor()
+    sup.offer("c1", 0, sdp(*CALLER))
+    sup.answer("c1", 1000, sdp(*CALLEE))
+    sup.packet(1100, CALLEE, CALLER, b"\x80\xc8" + b"\x00" * 26)  # RTCP sender report
+    sup.packet(1100, CALLEE, CALLER, b"garbage")
+    v = sup.end("c1", 5000)
+    assert v is not None and v.verdict is Verdict.NO_MEDIA
+    assert sup.packets_not_rtp == 2
+
+
+def test_lost_packets_and_gaps_are_measured() -> None:
+    audio = packets(speech_like(5.0), 3020)
+    del audio[100:110]  # 200 ms lost
+    _, v = run(audio)
+    callee = v.evidence["callee"]
+    assert callee["lost"] == 10 and callee["max_gap_ms"] == 220
+
+
+def test_no_media_deadline_reports_answered_calls_without_callee_media() -> None:
+    sup = MediaSupervisor(MediaConfig(end_without_media_ms=5000))
+    for ref in ("quiet", "talking"):
+        sup.offer(ref, 0, sdp(*CALLER) if ref == "quiet" else sdp("127.0.0.1", 6002))
+        sup.answer(ref, 1000, sdp(*CALLEE) if ref == "quiet" else sdp("127.0.0.1", 7002))
+    feed(sup, packets(speech_like(1.0), 1100), ("127.0.0.1", 7002), ("127.0.0.1", 6002))
+    assert sup.tick(5999) == []
+    ended = sup.tick(6000)
+    assert [n.call_ref for n in ended] == ["quiet"] and ended[0].for_ms == 5000
+    assert sup.tick(7000) == []
+
+
+def test_bad_sdp_is_counted_and_does_not_break_the_dialog() -> None:
+    sup = MediaSupervisor()
+    sup.offer("c1", 0, "v=0\r\nm=audio notaport RTP/AVP 0\r\n")
+    sup.answer("c1", 1000, sdp(*CALLEE))
+    feed(sup, packets(speech_like(4.0), 1020), CALLEE, ("127.0.0.1", 1))
+    v = sup.end("c1", 5100)
+    assert sup.bad_sdp == 1 and v is not None and v.verdict is Verdict.CLEAN
+
+
+def test_rtp_header_helper_round_trips() -> None:
+    assert rtp(1, 2, 3, 8, b"x")[:2] == b"\x80\x08"
