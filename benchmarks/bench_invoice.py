@@ -119,6 +119,10 @@ def main() -> None:
         pdf = renderer.render(issued, "pdf")
         t_pdf = time.perf_counter() - t
         t = time.perf_counter()
+        both = renderer.render(issued, "both")  # what `sidecar invoice --format both` does
+        t_both = time.perf_counter() - t
+        assert both.pdf and both.html and both.csv
+        t = time.perf_counter()
         rec = reconcile(conn, issued.invoice)
         t_rec = time.perf_counter() - t
         inv = issued.invoice
@@ -129,8 +133,9 @@ def main() -> None:
               f"KiB, CSV {len(html.csv) // 1024} KiB)")
         print(f"PDF render, summary + detail CSV attached: {t_pdf:.2f} s "
               f"({len(pdf.pdf) // 1024} KiB)")
-        print(f"HTML + PDF: {t_html + t_pdf:.2f} s (target < 10 s); with issuing "
-              f"{t_issue + t_html + t_pdf:.2f} s")
+        print(f"HTML + PDF rendered separately: {t_html + t_pdf:.2f} s (target < 10 s)")
+        print(f"HTML + PDF + CSV in one pass (--format both): {t_both:.2f} s; with issuing "
+              f"{t_issue + t_both:.2f} s")
         print(f"reconcile against {rec.cdrs:,} CDRs and the ledger: {t_rec:.2f} s")
         if args.out:
             html.pdf = pdf.pdf

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..invoices import (
     InvoiceError,
+    InvoiceNotFound,
     InvoiceSettings,
     Period,
     PeriodError,
@@ -32,7 +33,7 @@ from ..invoices import (
 )
 from ..invoices.analytics import SPEND_BY, route_stats, route_stats_json, spend, spend_json
 from ..invoices.model import to_json
-from ..invoices.records import cdr_json, iso, query_cdrs
+from ..invoices.records import UnknownAccount, cdr_json, check_account, iso, query_cdrs
 from ..invoices.render import detail_csv, file_stem
 from ..store.accounts import AccountNotFound, SqliteLedger, get_account, list_accounts
 from ..store.decks import PlanNotFound, deck_versions, get_plan, list_plans, load_table
@@ -82,12 +83,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except BadRequest as exc:
         return _error(400, str(exc))
-    except (NotFound, AccountNotFound, PlanNotFound) as exc:
+    except (NotFound, AccountNotFound, PlanNotFound, InvoiceNotFound, UnknownAccount) as exc:
         return _error(404, str(exc))
-    except InvoiceError as exc:
-        # Not found, or a stored document that fails its hash check (a conflict).
-        message = str(exc)
-        return _error(404 if "not found" in message else 409, message)
+    except InvoiceError as exc:  # e.g. a stored document that fails its hash check
+        return _error(409, str(exc))
 
 
 def _time_param(request: web.Request, name: str) -> int | None:
@@ -101,6 +100,22 @@ def _time_param(request: web.Request, name: str) -> int | None:
     if dt.tzinfo is None:  # naive means UTC, as on the command line
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
+
+
+def _range(request: web.Request) -> tuple[int | None, int | None]:
+    """The ``from`` / ``to`` window on the calls' end time (``to`` after ``from``)."""
+    start, end = _time_param(request, "from"), _time_param(request, "to")
+    if start is not None and end is not None and end <= start:
+        raise BadRequest("to must be after from")
+    return start, end
+
+
+def _account(request: web.Request) -> str | None:
+    """The ``account`` filter; a code no account or CDR has is 404, not an empty list."""
+    code = request.query.get("account") or None
+    if code is not None:
+        check_account(request.app[CONN], code)
+    return code
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -134,9 +149,9 @@ async def cdrs_list(request: web.Request) -> web.Response:
     """CDRs oldest first; page with ``after_id`` = the previous page's ``next_after_id``."""
     limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
     after = _int_param(request, "after_id", 0, 0, 2**63 - 1)
+    start, end = _range(request)
     rows = [cdr_json(r) for r in query_cdrs(
-        request.app[CONN], account=request.query.get("account") or None,
-        from_ms=_time_param(request, "from"), to_ms=_time_param(request, "to"),
+        request.app[CONN], account=_account(request), from_ms=start, to_ms=end,
         after_id=after, limit=limit)]
     nxt = rows[-1]["id"] if len(rows) == limit else None
     return web.json_response({"cdrs": rows, "next_after_id": nxt})
@@ -252,14 +267,14 @@ async def stats_spend(request: web.Request) -> web.Response:
     by = request.query.get("by", "destination")
     if by not in SPEND_BY:
         raise BadRequest(f"by must be one of {', '.join(SPEND_BY)}")
-    rows = spend(request.app[CONN], by, account=request.query.get("account") or None,
-                 from_ms=_time_param(request, "from"), to_ms=_time_param(request, "to"))
+    start, end = _range(request)
+    rows = spend(request.app[CONN], by, account=_account(request), from_ms=start, to_ms=end)
     return web.json_response({"by": by, "rows": spend_json(rows)})
 
 
 async def stats_routes(request: web.Request) -> web.Response:
-    rows = route_stats(request.app[CONN], account=request.query.get("account") or None,
-                       from_ms=_time_param(request, "from"), to_ms=_time_param(request, "to"))
+    start, end = _range(request)
+    rows = route_stats(request.app[CONN], account=_account(request), from_ms=start, to_ms=end)
     return web.json_response({"routes": route_stats_json(rows)})
 
 

@@ -41,6 +41,8 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 _ERR = {"401": {"$ref": "#/components/responses/Unauthorized"}}
 _ERR404 = {**_ERR, "404": {"$ref": "#/components/responses/NotFound"}}
 _ERR400 = {**_ERR, "400": {"$ref": "#/components/responses/BadRequest"}}
+# A stored document whose data no longer matches its SHA-256 is refused, never served.
+_ERR_DOC = {**_ERR404, "409": {"$ref": "#/components/responses/Conflict"}}
 
 _ACCOUNT_Q = _q("account", "Only this account.")
 _FROM_Q = _q("from", "Calls that ended at or after this time (ISO 8601; naive means UTC).",
@@ -155,9 +157,15 @@ _SCHEMAS: dict[str, Any] = {
         "route": {"type": "string"}, "attempts": {"type": "integer"},
         "answered": {"type": "integer"}, "no_media": {"type": "integer"},
         "asr": {"type": ["string", "null"], "description": "answered / attempts (0..1)"},
-        "acd_seconds": {"type": ["string", "null"]},
-        "pdd_mean_ms": {"type": ["integer", "null"]},
-        "pdd_p95_ms": {"type": ["integer", "null"]}}},
+        "acd_seconds": {"type": ["string", "null"],
+                        "description": "mean billable duration of calls answered with media"},
+        "pdd_mean_ms": {"type": ["integer", "null"],
+                        "description": "post-dial delay: first ringing (18x) - offer; null "
+                                       "while CDRs carry no ringing time"},
+        "pdd_p95_ms": {"type": ["integer", "null"]},
+        "answer_delay_mean_ms": {"type": ["integer", "null"],
+                                 "description": "answer (200 OK) - offer of answered calls"},
+        "answer_delay_p95_ms": {"type": ["integer", "null"]}}},
 }
 
 _PATHS: dict[str, Any] = {
@@ -176,7 +184,7 @@ _PATHS: dict[str, Any] = {
                           {"type": "integer", "minimum": 1, "maximum": 10000})],
         "responses": {"200": _json({"type": "object", "properties": {
             "cdrs": {"type": "array", "items": _ref("Cdr")},
-            "next_after_id": {"type": ["integer", "null"]}}}), **_ERR400}}},
+            "next_after_id": {"type": ["integer", "null"]}}}), **_ERR400, **_ERR404}}},
     "/v1/cdrs/{call_ref}": {"get": {
         "summary": "One CDR by call reference.",
         "parameters": [_p("call_ref", "The call's reference.")],
@@ -210,27 +218,27 @@ _PATHS: dict[str, Any] = {
         "summary": "An issued document's frozen data and SHA-256.",
         "parameters": [_p("number", "Invoice or credit note number.")],
         "responses": {"200": _json({"type": "object", "properties": {
-            "sha256": {"type": "string"}, "invoice": _ref("Invoice")}}), **_ERR404}}},
+            "sha256": {"type": "string"}, "invoice": _ref("Invoice")}}), **_ERR_DOC}}},
     "/v1/invoices/{number}/html": {"get": {
         "summary": "The document as HTML.", "parameters": [_p("number", "Document number.")],
         "responses": {"200": {"description": "OK", "content": {"text/html": {}}},
-                      **_ERR404}}},
+                      **_ERR_DOC}}},
     "/v1/invoices/{number}/pdf": {"get": {
         "summary": "The document as PDF (large call detail attached as CSV).",
         "parameters": [_p("number", "Document number.")],
         "responses": {"200": {"description": "OK", "content": {"application/pdf": {}}},
-                      **_ERR404}}},
+                      **_ERR_DOC}}},
     "/v1/invoices/{number}/calls.csv": {"get": {
         "summary": "The document's call detail as CSV (spreadsheet-safe).",
         "parameters": [_p("number", "Document number.")],
         "responses": {"200": {"description": "OK", "content": {"text/csv": {}}},
-                      **_ERR404}}},
+                      **_ERR_DOC}}},
     "/v1/reconcile": {"get": {
         "summary": "Prove the invoice of an account and month against CDRs and ledger "
                    "(the issued one, else a draft).",
         "parameters": [_q("account", "Account code.", required=True),
                        _q("period", "Month, e.g. 2026-11.", required=True)],
-        "responses": {"200": _json(_ref("Reconciliation")), **_ERR404, **_ERR400}}},
+        "responses": {"200": _json(_ref("Reconciliation")), **_ERR_DOC, **_ERR400}}},
     "/v1/stats/spend": {"get": {
         "summary": "Spend (what the ledger charged) grouped by destination, day, account, "
                    "customer (departments rolled up) or route.",
@@ -240,12 +248,13 @@ _PATHS: dict[str, Any] = {
                        _FROM_Q, _TO_Q],
         "responses": {"200": _json({"type": "object", "properties": {
             "by": {"type": "string"},
-            "rows": {"type": "array", "items": _ref("SpendRow")}}}), **_ERR400}}},
+            "rows": {"type": "array", "items": _ref("SpendRow")}}}), **_ERR400, **_ERR404}}},
     "/v1/stats/routes": {"get": {
-        "summary": "ASR, ACD and PDD per route.",
+        "summary": "ASR, ACD, PDD and answer delay per route.",
         "parameters": [_ACCOUNT_Q, _FROM_Q, _TO_Q],
         "responses": {"200": _json({"type": "object", "properties": {
-            "routes": {"type": "array", "items": _ref("RouteStats")}}}), **_ERR400}}},
+            "routes": {"type": "array", "items": _ref("RouteStats")}}}),
+            **_ERR400, **_ERR404}}},
 }
 
 _DOCUMENT: dict[str, Any] = {
@@ -267,6 +276,8 @@ _DOCUMENT: dict[str, Any] = {
             "Unauthorized": _json(_ref("Error"), "Missing or wrong bearer token."),
             "NotFound": _json(_ref("Error"), "No such thing."),
             "BadRequest": _json(_ref("Error"), "A parameter is wrong; the message says which."),
+            "Conflict": _json(_ref("Error"), "The stored document does not match its SHA-256 "
+                                             "(it was altered): refused."),
         },
     },
 }

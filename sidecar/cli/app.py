@@ -70,6 +70,16 @@ def cli(click_ctx: click.Context, db: str | None) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from . import accounts, api, cdrs, decks, invoices, rate, run  # noqa: F401  (registers the subcommands)
+    from . import (  # noqa: F401  (registers the subcommands)
+        accounts,
+        api,
+        cdrs,
+        decks,
+        fas,
+        invoices,
+        rate,
+        replay,
+        run,
+    )
 
     cli()

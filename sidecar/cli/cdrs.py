@@ -10,9 +10,18 @@ from rich.console import Console
 from rich.table import Table
 
 from ..invoices.analytics import SPEND_BY, route_stats, route_stats_json, spend, spend_json
-from ..invoices.records import CSV_HEADER, cdr_csv_rows, cdr_json, iso, query_cdrs, write_csv
+from ..invoices.records import (
+    CSV_HEADER,
+    UnknownAccount,
+    cdr_csv_rows,
+    cdr_json,
+    check_account,
+    iso,
+    query_cdrs,
+    write_csv,
+)
 from ..money import fmt
-from .app import Context, cli, emit_json, parse_when, pass_ctx
+from .app import Context, cli, emit_json, fail, parse_when, pass_ctx
 
 _FROM_HELP = "Calls that ended at or after this time (ISO 8601 date or date-time, UTC)."
 _TO_HELP = "Calls that ended before this time (ISO 8601 date or date-time, UTC)."
@@ -24,6 +33,16 @@ def _range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
     if f is not None and t is not None and t <= f:
         raise click.BadParameter("--to must be after --from", param_hint="--to")
     return f, t
+
+
+def _check_account(ctx: Context, account: str | None) -> None:
+    """A mistyped ``--account`` is an error (exit 1), not an empty report."""
+    if account is None:
+        return
+    try:
+        check_account(ctx.conn, account)
+    except UnknownAccount as exc:
+        fail(str(exc))
 
 
 @cli.command("cdrs")
@@ -42,6 +61,7 @@ def cdrs(ctx: Context, account: str | None, start: str | None, end: str | None,
     CSV cells that a spreadsheet would run as a formula (starting with = + - @, tab or
     CR) are prefixed with a single quote: caller names come from the wire."""
     f, t = _range(start, end)
+    _check_account(ctx, account)
     rows = query_cdrs(ctx.conn, account=account, from_ms=f, to_ms=t, limit=limit or None)
     if out_format == "csv":
         write_csv(sys.stdout, CSV_HEADER, cdr_csv_rows(rows))
@@ -89,6 +109,7 @@ def stats_spend(ctx: Context, by: str, account: str | None, start: str | None,
                 end: str | None, as_json: bool) -> None:
     """What the ledger charged, grouped by destination, day, account, customer or route."""
     f, t = _range(start, end)
+    _check_account(ctx, account)
     rows = spend(ctx.conn, by, account=account, from_ms=f, to_ms=t)
     if as_json:
         emit_json(spend_json(rows))
@@ -114,18 +135,25 @@ def stats_spend(ctx: Context, by: str, account: str | None, start: str | None,
 @pass_ctx
 def stats_routes(ctx: Context, account: str | None, start: str | None, end: str | None,
                  as_json: bool) -> None:
-    """ASR (answered / attempts), ACD and PDD (answer - offer) per route."""
+    """ASR (answered / attempts), ACD, PDD (first ringing - offer) and answer delay
+    (200 OK - offer) per route. PDD is blank while the CDRs carry no ringing time."""
     f, t = _range(start, end)
+    _check_account(ctx, account)
     rows = route_stats(ctx.conn, account=account, from_ms=f, to_ms=t)
     if as_json:
         emit_json(route_stats_json(rows))
         return
     table = Table("route", "attempts", "answered", "no media (FAS)", "ASR", "ACD",
-                  "PDD mean", "PDD p95", title="Route quality")
+                  "PDD mean", "PDD p95", "answer delay mean", "answer delay p95",
+                  title="Route quality")
+
+    def ms(v: int | None) -> str:
+        return "" if v is None else f"{v} ms"
+
     for r in rows:
         table.add_row(r.route or "(none)", str(r.attempts), str(r.answered), str(r.no_media),
                       "" if r.asr is None else f"{r.asr * 100:.1f}%",
                       "" if r.acd_seconds is None else f"{r.acd_seconds} s",
-                      "" if r.pdd_mean_ms is None else f"{r.pdd_mean_ms} ms",
-                      "" if r.pdd_p95_ms is None else f"{r.pdd_p95_ms} ms")
+                      ms(r.pdd_mean_ms), ms(r.pdd_p95_ms), ms(r.answer_delay_mean_ms),
+                      ms(r.answer_delay_p95_ms))
     Console(markup=False, highlight=False).print(table)

@@ -57,12 +57,25 @@ def _summary(issued: Issued, paths: list[Path]) -> dict[str, object]:
             "files": [str(p) for p in paths]}
 
 
-def _render(issued: Issued, cfg: Config, fmt: str, out: Path) -> list[Path]:
+def _renderer(cfg: Config) -> Renderer:
+    """The renderer, its templates checked before anything is issued (exit 2 if broken)."""
     try:
         renderer = Renderer(cfg.invoice_template_dir or None)
+        renderer.check()
+    except InvoiceError as exc:
+        fail(str(exc), 2)
+        raise
+    return renderer
+
+
+def _render(issued: Issued, renderer: Renderer, fmt: str, out: Path) -> list[Path]:
+    try:
         return write_rendered(renderer.render(issued, fmt), out)
     except InvoiceError as exc:
         fail(str(exc))
+        raise
+    except OSError as exc:
+        fail(f"cannot write to {out}: {exc.strerror}")
         raise
 
 
@@ -90,6 +103,7 @@ def invoice(ctx: Context, account: str | None, period: str | None, number: str |
     detail goes into the document, or into NUMBER-calls.csv (attached to the PDF) when
     the period has more calls than [invoice] detail_csv_over."""
     cfg = _config(config_path)
+    renderer = _renderer(cfg)
     try:
         if number:
             if account or period or draft or reissue:
@@ -107,14 +121,14 @@ def invoice(ctx: Context, account: str | None, period: str | None, number: str |
     except (InvoiceError, PeriodError) as exc:
         fail(str(exc))
         return
-    paths = _render(issued, cfg, fmt, out)
+    paths = _render(issued, renderer, fmt, out)
     if as_json:
         emit_json(_summary(issued, paths))
         return
     inv = issued.invoice
     what = "draft" if inv.draft else ("issued" if issued.new else "already issued, re-rendered")
     click.echo(f"{inv.number} {what}: {inv.account} {inv.period}, {inv.calls} calls, "
-               f"net {inv.net} + {inv.tax_label.lower()} {inv.tax} = total {inv.total} "
+               f"net {inv.net} + {inv.tax_label} {inv.tax} = total {inv.total} "
                f"{inv.currency}")
     for path in paths:
         click.echo(f"  {path}")
@@ -155,6 +169,7 @@ def credit_note(ctx: Context, number: str, reason: str, amount: str | None, fmt:
                 out: Path, config_path: str | None, date: str | None, as_json: bool) -> None:
     """Correct issued invoice NUMBER with a credit note (the invoice never changes)."""
     cfg = _config(config_path)
+    renderer = _renderer(cfg)
     try:
         value = None if amount is None else parse_amount(amount)
     except MoneyError as exc:
@@ -165,13 +180,13 @@ def credit_note(ctx: Context, number: str, reason: str, amount: str | None, fmt:
     except InvoiceError as exc:
         fail(str(exc))
         return
-    paths = _render(issued, cfg, fmt, out)
+    paths = _render(issued, renderer, fmt, out)
     if as_json:
         emit_json(_summary(issued, paths))
         return
     inv = issued.invoice
     click.echo(f"{inv.number} issued: credits {inv.refers_to} net {-inv.net} + "
-               f"{inv.tax_label.lower()} {-inv.tax} = {-inv.total} {inv.currency}")
+               f"{inv.tax_label} {-inv.tax} = {-inv.total} {inv.currency}")
     for path in paths:
         click.echo(f"  {path}")
 

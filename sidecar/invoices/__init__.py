@@ -6,7 +6,7 @@ and WeasyPrint to PDF (:mod:`.render`), and prove it against the CDRs and the le
 (:mod:`.reconcile`). The rounding rule is documented in :mod:`.model`.
 """
 
-from .build import InvoiceError, InvoiceSettings, build_invoice
+from .build import InvoiceError, InvoiceNotFound, InvoiceSettings, build_invoice
 from .issue import (
     Issued,
     draft_invoice,
@@ -22,7 +22,8 @@ from .reconcile import Reconciliation, reconcile, reconciliation_json
 from .render import Rendered, Renderer, write_rendered
 
 __all__ = [
-    "Invoice", "InvoiceError", "InvoiceSettings", "Issued", "Line", "Period", "PeriodError",
+    "Invoice", "InvoiceError", "InvoiceNotFound", "InvoiceSettings", "Issued", "Line", "Period",
+    "PeriodError",
     "Reconciliation", "Rendered", "Renderer", "build_invoice", "draft_invoice", "find_invoice",
     "issue_credit_note", "issue_invoice", "list_invoices", "load_invoice", "open_amount",
     "reconcile", "reconciliation_json", "write_rendered",

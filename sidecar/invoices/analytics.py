@@ -1,5 +1,5 @@
 """Cost analytics from the CDRs: spend by destination, day, account, customer or route, and
-route quality (ASR, ACD, PDD).
+route quality (ASR, ACD, PDD, answer delay).
 
 Spend is what the ledger took (``charged``), exact at the money scale, rounded to the
 currency's minor unit only in ``amount``. Calls belong to the time they ended.
@@ -35,8 +35,16 @@ class SpendRow:
 
 @dataclass(frozen=True)
 class RouteStats:
-    """Quality of one route: ASR = answered / attempts, ACD = mean billable duration of
-    answered calls, PDD = answer time - offer time of answered calls."""
+    """Quality of one route.
+
+    * ASR = answered / attempts (calls we rejected never reached a route: not attempts).
+    * ACD = mean billable duration of the calls answered with media.
+    * PDD (post-dial delay, RFC 6076 SRD) = first ringing (18x) - offer, over every attempt
+      that rang (``cdrs.ringing_ms``); ``None`` when no call of the route rang.
+    * Answer delay = answer (200 OK) - offer of the answered calls: PDD plus the time the
+      callee took to pick up. A route whose answer delay is near zero for many calls
+      answers instantly, one of the signatures of false answer supervision.
+    """
 
     route: str
     attempts: int  # calls offered to the route (rejected-by-us calls never left)
@@ -46,6 +54,8 @@ class RouteStats:
     acd_seconds: Decimal | None
     pdd_mean_ms: int | None
     pdd_p95_ms: int | None
+    answer_delay_mean_ms: int | None = None
+    answer_delay_p95_ms: int | None = None
 
 
 def account_tree(conn: sqlite3.Connection) -> dict[str, str | None]:
@@ -139,20 +149,31 @@ def spend(conn: sqlite3.Connection, by: str, *, account: str | None = None,
     return rows
 
 
+def _mean_p95(values: list[int]) -> tuple[int | None, int | None]:
+    """The mean (rounded to the ms) and the 95th percentile (nearest rank) of ``values``."""
+    if not values:
+        return None, None
+    ordered = sorted(values)
+    return round(sum(ordered) / len(ordered)), ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
 def route_stats(conn: sqlite3.Connection, *, account: str | None = None,
                 from_ms: int | None = None, to_ms: int | None = None) -> list[RouteStats]:
-    """ASR, ACD and PDD per route (``cdrs.route``; '' when the route is not known)."""
+    """ASR, ACD, PDD and answer delay per route (``cdrs.route``; '' when not known)."""
     where, args = _where(conn, account, from_ms, to_ms, True)
     attempts: dict[str, int] = defaultdict(int)
     answered: dict[str, int] = defaultdict(int)
     no_media: dict[str, int] = defaultdict(int)
     talk: dict[str, list[int]] = defaultdict(list)
     pdd: dict[str, list[int]] = defaultdict(list)
-    for route, disp, offered, answered_ms, duration in conn.execute(
-            "SELECT route, disposition, offered_ms, answered_ms, duration_ms FROM cdrs "
-            f"WHERE {where} AND disposition != 'rejected'", args):
+    answer_delay: dict[str, list[int]] = defaultdict(list)
+    for route, disp, offered, ringing_ms, answered_ms, duration in conn.execute(
+            "SELECT route, disposition, offered_ms, ringing_ms, answered_ms, duration_ms "
+            f"FROM cdrs WHERE {where} AND disposition != 'rejected'", args):
         r = str(route)
         attempts[r] += 1
+        if offered is not None and ringing_ms is not None:
+            pdd[r].append(int(ringing_ms) - int(offered))
         if answered_ms is None:
             continue
         answered[r] += 1
@@ -161,18 +182,19 @@ def route_stats(conn: sqlite3.Connection, *, account: str | None = None,
         if disp == "answered":
             talk[r].append(int(duration))
         if offered is not None:
-            pdd[r].append(int(answered_ms) - int(offered))
+            answer_delay[r].append(int(answered_ms) - int(offered))
     out = []
     for r in sorted(attempts):
         n, a = attempts[r], answered[r]
-        durations, delays = talk[r], sorted(pdd[r])
+        durations = talk[r]
+        pdd_mean, pdd_p95 = _mean_p95(pdd[r])
+        delay_mean, delay_p95 = _mean_p95(answer_delay[r])
         out.append(RouteStats(
             r, n, a, no_media[r],
             (Decimal(a) / n).quantize(Decimal("0.0001"), ROUND_HALF_UP) if n else None,
             (Decimal(sum(durations)) / len(durations) / 1000).quantize(
                 Decimal("0.1"), ROUND_HALF_UP) if durations else None,
-            round(sum(delays) / len(delays)) if delays else None,
-            delays[max(0, math.ceil(0.95 * len(delays)) - 1)] if delays else None))
+            pdd_mean, pdd_p95, delay_mean, delay_p95))
     return out
 
 
@@ -188,4 +210,6 @@ def route_stats_json(rows: list[RouteStats]) -> list[dict[str, object]]:
     return [{"route": r.route, "attempts": r.attempts, "answered": r.answered,
              "no_media": r.no_media, "asr": None if r.asr is None else str(r.asr),
              "acd_seconds": None if r.acd_seconds is None else str(r.acd_seconds),
-             "pdd_mean_ms": r.pdd_mean_ms, "pdd_p95_ms": r.pdd_p95_ms} for r in rows]
+             "pdd_mean_ms": r.pdd_mean_ms, "pdd_p95_ms": r.pdd_p95_ms,
+             "answer_delay_mean_ms": r.answer_delay_mean_ms,
+             "answer_delay_p95_ms": r.answer_delay_p95_ms} for r in rows]

@@ -36,6 +36,10 @@ class InvoiceError(ValueError):
     """An invoice that cannot be built, issued or found; the message says why."""
 
 
+class InvoiceNotFound(InvoiceError):
+    """The account or the issued document named does not exist."""
+
+
 @dataclass(frozen=True)
 class InvoiceSettings:
     """The operator's invoice settings (``[invoice]`` in the TOML config)."""
@@ -82,7 +86,7 @@ def _customer(conn: sqlite3.Connection, code: str) -> tuple[Party, str, str, Dec
     row = conn.execute("SELECT name, address, tax_number, currency, kind, tax_rate "
                        "FROM accounts WHERE code = ?", (code,)).fetchone()
     if row is None:
-        raise InvoiceError(f"account '{code}' not found")
+        raise InvoiceNotFound(f"account '{code}' not found")
     name, address, tax_number, currency, kind, tax_rate = row
     party = Party(str(name) or code, str(address), str(tax_number), "", code)
     return party, str(currency), str(kind), Decimal(str(tax_rate))
@@ -104,8 +108,17 @@ def build_invoice(
     start, end = period.start_ms, period.end_ms
     ndays = (end - start) // DAY_MS
 
-    usage: dict[tuple[str, str, str, str], _Acc] = defaultdict(_Acc)
-    fees: dict[tuple[str, str, str], _Acc] = defaultdict(_Acc)
+    # Keyed by the price as a number: '0.3' and '0.30000000' are one rate, as in reconcile.
+    usage: dict[tuple[str, str, Decimal, str], _Acc] = defaultdict(_Acc)
+    fees: dict[tuple[str, str, Decimal], _Acc] = defaultdict(_Acc)
+    prices: dict[str, Decimal] = {}  # stored text -> its value (few distinct prices)
+
+    def num(text: str) -> Decimal:
+        v = prices.get(text)
+        if v is None:
+            v = prices[text] = Decimal(text).normalize()
+        return v
+
     surcharges: dict[tuple[str, str], _Acc] = defaultdict(_Acc)
     minimums: dict[tuple[str, str], _Acc] = defaultdict(_Acc)
     written_off = _Acc()
@@ -126,12 +139,12 @@ def build_invoice(
         billable = disp == "answered" or (cost not in ("0", "") and Decimal(cost) != 0)
         if billable:
             answered += 1
-            a = usage[(dest, origin, rate, inc)]
+            a = usage[(dest, origin, num(rate), inc)]
             a.calls += 1
             a.seconds += billed
             a.exact += Decimal(u)
             if fee != "0" and (f := Decimal(fee)):
-                fa = fees[(dest, origin, fee)]
+                fa = fees[(dest, origin, num(fee))]
                 fa.calls += 1
                 fa.exact += f
             if sur != "0" and (s := Decimal(sur)):
@@ -165,13 +178,10 @@ def build_invoice(
                     present(exact, currency))
 
     lines: list[Line] = []
-    for (dest, origin, rate, inc), a in sorted(usage.items(),
-                                                key=lambda kv: (kv[0][0], kv[0][1],
-                                                                Decimal(kv[0][2]), kv[0][3])):
-        lines.append(line("usage", dest, origin, a, Decimal(rate), inc))
-    for (dest, origin, fee), a in sorted(fees.items(),
-                                         key=lambda kv: (kv[0][0], kv[0][1], Decimal(kv[0][2]))):
-        lines.append(line("connection_fee", dest, origin, a, Decimal(fee)))
+    for (dest, origin, rate_v, inc), a in sorted(usage.items(), key=lambda kv: kv[0]):
+        lines.append(line("usage", dest, origin, a, rate_v, inc))
+    for (dest, origin, fee_v), a in sorted(fees.items(), key=lambda kv: kv[0]):
+        lines.append(line("connection_fee", dest, origin, a, fee_v))
     for (dest, origin), a in sorted(surcharges.items()):
         lines.append(line("surcharge", dest, origin, a))
     for (dest, origin), a in sorted(minimums.items()):
@@ -219,8 +229,12 @@ def _credits(conn: sqlite3.Connection, account: str, start: int, end: int,
             "WHERE l.account = ? AND l.kind = 'credit' AND l.ts_ms >= ? AND l.ts_ms < ? "
             "ORDER BY l.ts_ms, l.id", (account, start, end)):
         exact = Decimal(amount)
-        out.append(Credit(ts, ref, callee, note or _fas_reason(verdict, reasons), verdict,
-                          "ledger", exact, present(exact, currency)))
+        # A call's FAS credit reads as what was found (the verdict and its evidence); the
+        # row's note is for any other credit (goodwill, or a call credited by hand).
+        fas = bool(ref) and verdict not in ("", "clean")
+        reason = _fas_reason(verdict, reasons) if fas else (note or "Credit")
+        out.append(Credit(ts, ref, callee, reason, verdict, "ledger", exact,
+                          present(exact, currency)))
     if cdr_credits:
         in_ledger = {r[0] for r in conn.execute(
             "SELECT DISTINCT call_ref FROM ledger WHERE account = ? AND kind = 'credit' "
@@ -234,11 +248,11 @@ def _credits(conn: sqlite3.Connection, account: str, start: int, end: int,
 
 
 def _fas_reason(verdict: str, reasons: str) -> str:
-    if reasons:
-        return f"False answer supervision: {reasons}"
-    if verdict:
-        return f"False answer supervision ({verdict})"
-    return "Credit"
+    """How a FAS credit reads on the invoice: ``False answer supervision (ringback): ...``."""
+    if not verdict and not reasons:
+        return "Credit"
+    head = "False answer supervision" + (f" ({verdict})" if verdict else "")
+    return f"{head}: {reasons}" if reasons else head
 
 
 def _ledger(conn: sqlite3.Connection, account: str, start: int, end: int,

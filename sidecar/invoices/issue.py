@@ -19,7 +19,7 @@ from decimal import Decimal
 
 from ..money import ZERO
 from ..store.db import transaction
-from .build import InvoiceError, InvoiceSettings, build_invoice
+from .build import InvoiceError, InvoiceNotFound, InvoiceSettings, build_invoice
 from .model import Invoice, Line, Period, Statement, from_json, present, to_json
 from .records import CallRow
 
@@ -139,7 +139,7 @@ def load_invoice(conn: sqlite3.Connection, number: str) -> Issued:
     row = conn.execute("SELECT data, detail, sha256 FROM invoices WHERE number = ?",
                        (number,)).fetchone()
     if row is None:
-        raise InvoiceError(f"invoice '{number}' not found")
+        raise InvoiceNotFound(f"invoice '{number}' not found")
     data, blob, sha = str(row[0]), row[1], str(row[2])
     detail_json = zlib.decompress(blob) if blob else b"[]"
     if content_sha256(data, detail_json) != sha:
@@ -175,7 +175,7 @@ def open_amount(conn: sqlite3.Connection, number: str) -> Decimal:
     """What of an invoice's net its credit notes have not yet credited."""
     row = conn.execute("SELECT net FROM invoices WHERE number = ?", (number,)).fetchone()
     if row is None:
-        raise InvoiceError(f"invoice '{number}' not found")
+        raise InvoiceNotFound(f"invoice '{number}' not found")
     return Decimal(row[0]) + sum((n for n, _t in _credit_notes(conn, number)), ZERO)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ FORMAT_VERSION = 1  # layout of the frozen JSON; bump (and keep a reader) if it 
 
 LineKind = Literal["usage", "connection_fee", "surcharge", "minimum", "written_off", "credit"]
 DocKind = Literal["invoice", "credit_note"]
+
+
+_PERIOD = re.compile(r"([0-9]{4})-([0-9]{2})", re.ASCII)
 
 
 class PeriodError(ValueError):
@@ -51,14 +55,10 @@ class Period:
     @classmethod
     def parse(cls, text: str) -> Period:
         """``2026-11`` -> Period(2026, 11); anything else is a :class:`PeriodError`."""
-        try:
-            if len(text) != 7 or text[4] != "-":
-                raise ValueError
-            year, month = int(text[:4]), int(text[5:])
-            datetime(year, month, 1)
-        except ValueError as exc:
-            raise PeriodError(f"period '{text}' is not a month like 2026-11") from exc
-        return cls(year, month)
+        m = _PERIOD.fullmatch(text)
+        if m is None or not 1 <= int(m[2]) <= 12 or int(m[1]) < 1:
+            raise PeriodError(f"period '{text}' is not a month like 2026-11")
+        return cls(int(m[1]), int(m[2]))
 
     @property
     def start(self) -> datetime:
@@ -221,8 +221,10 @@ def present(value: Decimal, currency: str) -> Decimal:
 def totals(lines: typing.Iterable[Line], credits: typing.Iterable[Credit], tax_rate: Decimal,
            currency: str) -> tuple[Decimal, Decimal, Decimal, Decimal, Decimal]:
     """(charges, credits_total, net, tax, total) under the invoice rounding rule."""
-    charges = sum((ln.amount for ln in lines), ZERO)
-    credited = sum((c.amount for c in credits), ZERO)
+    # Sums of amounts in minor units: present() only gives an empty sum the currency's
+    # scale (0.00, not 0); it never rounds here.
+    charges = present(sum((ln.amount for ln in lines), ZERO), currency)
+    credited = present(sum((c.amount for c in credits), ZERO), currency)
     net = charges - credited
     tax = present(net * tax_rate, currency)
     return charges, credited, net, tax, net + tax

@@ -18,30 +18,49 @@ from typing import IO, NamedTuple
 # Every column of the cdrs table, in table order (the API and CSV export show them all).
 CDR_COLUMNS = (
     "id", "call_ref", "call_id", "account", "plan", "caller", "callee", "destination",
-    "prefix", "origin", "rate", "increment", "currency", "offered_ms", "answered_ms",
-    "billable_ms", "ended_ms", "duration_ms", "billed_seconds", "usage", "connection_fee",
-    "surcharge", "minimum_uplift", "cost", "charged", "written_off", "credited",
-    "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict", "fas_reasons", "route",
+    "prefix", "origin", "rate", "increment", "currency", "offered_ms", "ringing_ms",
+    "answered_ms", "billable_ms", "media_ms", "ended_ms", "duration_ms", "billed_seconds",
+    "usage", "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
+    "credited", "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict",
+    "fas_reasons", "route", "media",
 )
 MONEY_COLUMNS = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
                            "cost", "charged", "written_off", "credited"})
-TIME_COLUMNS = ("offered_ms", "answered_ms", "billable_ms", "ended_ms")
+TIME_COLUMNS = ("offered_ms", "ringing_ms", "answered_ms", "billable_ms", "media_ms",
+                "ended_ms")
 
 # OWASP CSV injection: a cell a spreadsheet would read as a formula (or DDE) starts with
 # one of these. Caller names and numbers come from the wire and are attacker-controlled.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Some spreadsheets skip leading blanks before looking for a formula: look past them too.
+_BLANKS = " \t\r\n\x0b\x0c\u00a0\u3000"
+
+
+class UnknownAccount(LookupError):
+    """An account code that neither the accounts table nor any CDR knows."""
+
+
+def check_account(conn: sqlite3.Connection, code: str) -> None:
+    """Raise :class:`UnknownAccount` unless ``code`` is an account (or a CDR names it), so a
+    typo in ``--account`` is an error rather than an empty report."""
+    if conn.execute("SELECT 1 FROM accounts WHERE code = ?", (code,)).fetchone() is None and \
+            conn.execute("SELECT 1 FROM cdrs WHERE account = ? LIMIT 1",
+                         (code,)).fetchone() is None:
+        raise UnknownAccount(f"account '{code}' not found")
 
 
 def safe_cell(value: object) -> object:
-    """A CSV cell that no spreadsheet evaluates: text starting with ``= + - @``, tab or CR
-    gets a leading single quote. Numbers we formatted ourselves (int, Decimal) are left
-    alone: a plain number is never a formula."""
+    """A CSV cell that no spreadsheet evaluates: text starting (after any blanks) with
+    ``= + - @``, tab or CR gets a leading single quote. Numbers we formatted ourselves
+    (int, Decimal) are left alone: a plain number is never a formula."""
     if value is None:
         return ""
     if isinstance(value, int | Decimal) and not isinstance(value, bool):
         return value
     text = str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    if text.startswith(_FORMULA_START) or text.lstrip(_BLANKS).startswith(_FORMULA_START):
+        return "'" + text
+    return text
 
 
 def write_csv(out: IO[str], header: Sequence[str], rows: Iterable[Sequence[object]]) -> int:
@@ -115,6 +134,8 @@ def cdr_json(row: dict[str, object]) -> dict[str, object]:
         "prefix", "origin", "route", "disposition", "sip_code", "ended_by", "end_reason",
         "duration_ms", "billed_seconds", "charged", "written_off", "credited", "fas_verdict",
         "fas_reasons")}
+    # Media supervision's evidence (JSON text as stored); null when the call had none.
+    out["media_evidence"] = row["media"] or None
     for col in TIME_COLUMNS:
         v = row[col]
         out[col] = v
@@ -142,11 +163,12 @@ def cdr_csv_rows(rows: Iterable[dict[str, object]]) -> Iterator[list[object]]:
         yield out
 
 
-_CSV_TIME = {"start": "offered_ms", "answer": "answered_ms", "billing_start": "billable_ms",
-             "end": "ended_ms"}
+_CSV_TIME = {"start": "offered_ms", "ringing": "ringing_ms", "answer": "answered_ms",
+             "media_start": "media_ms", "billing_start": "billable_ms", "end": "ended_ms"}
 CSV_HEADER = (
     "id", "call_ref", "account", "caller", "callee", "destination", "prefix", "origin",
-    "route", "disposition", "sip_code", "start", "answer", "billing_start", "end",
+    "route", "disposition", "sip_code", "start", "ringing", "answer", "media_start",
+    "billing_start", "end",
     "duration_ms", "billed_seconds", "rate", "increment", "currency", "usage",
     "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "fas_verdict", "fas_reasons", "ended_by", "end_reason",

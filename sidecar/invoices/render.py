@@ -52,6 +52,22 @@ def fmt_exact(value: Decimal | str, places: int = 2) -> str:
     return f"{whole}.{frac}" if frac else whole
 
 
+FIGURE_SPACE = "\u2007"  # as wide as a digit: pads decimals so that points line up
+
+
+def fmt_exact_column(value: Decimal | str, places: int = 2, width: int = 8) -> str:
+    """An exact amount for a column of them (:func:`fmt_exact`), its decimals padded with
+    figure spaces to ``width`` so that the decimal points line up when right-aligned."""
+    s = fmt_exact(value, places)
+    decimals = len(s.partition(".")[2])
+    return s + FIGURE_SPACE * (max(width, places) - decimals)
+
+
+def minor_unit_name(places: int) -> str:
+    """How the document names the currency's minor unit, for the rounding notes."""
+    return {2: "cent", 0: "whole unit", 3: "thousandth"}.get(places, "minor unit")
+
+
 def fmt_date(ms: int) -> str:
     """A document date: ``21 Nov 2026``."""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%d %b %Y")
@@ -111,10 +127,12 @@ def environment(template_dir: str | Path | None = None) -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
-    env.filters.update(money=fmt_money, exact=fmt_exact, date=fmt_date, time=fmt_time,
+    env.filters.update(money=fmt_money, exact=fmt_exact, exact_column=fmt_exact_column,
+                       date=fmt_date, time=fmt_time,
                        clock=fmt_clock,
                        duration=fmt_duration, minutes=fmt_minutes, percent=fmt_percent,
                        nonzero=is_nonzero)
+    env.tests["nonzero"] = is_nonzero
     return env
 
 
@@ -148,17 +166,37 @@ class Renderer:
     def __init__(self, template_dir: str | Path | None = None) -> None:
         self.env = environment(template_dir)
 
+    def check(self) -> None:
+        """Load (compile) every document template, so that a broken operator template is
+        found before an invoice is issued rather than after."""
+        for name in ("invoice.html.j2", "credit_note.html.j2"):
+            try:
+                self.env.get_template(name)
+            except jinja2.TemplateSyntaxError as exc:
+                raise InvoiceError(f"template {exc.filename or exc.name or name} line "
+                                   f"{exc.lineno}: {exc.message}") from exc
+            except jinja2.TemplateError as exc:
+                raise InvoiceError(f"template {name}: {exc}") from exc
+
     def html(self, issued: Issued) -> str:
         """The document as a standalone HTML page (inline CSS and SVG, no scripts)."""
         doc = issued.invoice
         name = "credit_note.html.j2" if doc.is_credit_note else "invoice.html.j2"
-        template = self.env.get_template(name)
         places = doc.minor_units
-        return template.render(
-            inv=doc, places=places,
-            detail=issued.detail if doc.detail_in_document else [],
-            csv_name=f"{file_stem(doc)}-calls.csv",
-            chart=daily_spend_svg(doc.days, doc.currency, places) if doc.days else Markup(""))
+        try:
+            template = self.env.get_template(name)
+            return template.render(
+                inv=doc, places=places, minor_unit=minor_unit_name(places),
+                detail=issued.detail if doc.detail_in_document else [],
+                csv_name=f"{file_stem(doc)}-calls.csv",
+                chart=daily_spend_svg(doc.days, doc.currency, places) if doc.days
+                else Markup(""))
+        except jinja2.TemplateSyntaxError as exc:
+            # An operator's template: say which file and line, not a traceback.
+            raise InvoiceError(f"template {exc.filename or exc.name or name} line "
+                               f"{exc.lineno}: {exc.message}") from exc
+        except jinja2.TemplateError as exc:
+            raise InvoiceError(f"template {name}: {exc}") from exc
 
     def pdf(self, html: str, attachments: Sequence[tuple[str, bytes]] = (),
             epoch_s: int = 0) -> bytes:

@@ -29,7 +29,6 @@ from ..charging import (
     Charger,
     ChargingConfig,
     EndCall,
-    PlanRates,
     Recharge,
 )
 from ..config import Config, port_range
@@ -37,7 +36,7 @@ from ..kamailio.evapi import EvapiClient
 from ..kamailio.events import End, Event, EventError, Failed, Offer, parse_event
 from ..kamailio.rpc import KamailioRpc, RpcError
 from ..store.accounts import SqliteLedger
-from ..store.decks import get_plan, load_table
+from ..store.decks import PlanCache
 from ..supervision.calls import CallControl, ControlConfig
 from ..supervision.media import MediaConfig, MediaSupervisor
 from .media import MediaPump
@@ -47,31 +46,6 @@ from .timer import CreditTimer, wall_ms
 log = logging.getLogger("sidecar.live")
 
 END_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
-
-
-class PlanCache:
-    """Rate plans loaded once and reloaded when a new deck version is imported."""
-
-    def __init__(self, conn: sqlite3.Connection, check_every: float = 1.0) -> None:
-        self.conn = conn
-        self.check_every = check_every
-        self._plans: dict[str, PlanRates] = {}
-        self._stamp: object = None
-        self._checked = 0.0
-
-    def __call__(self, name: str) -> PlanRates:
-        now = time.monotonic()
-        if now - self._checked > self.check_every:
-            self._checked = now
-            stamp = self.conn.execute("SELECT MAX(id) FROM deck_versions").fetchone()[0]
-            if stamp != self._stamp:
-                self._plans.clear()
-                self._stamp = stamp
-        rates = self._plans.get(name)
-        if rates is None:
-            rates = PlanRates(load_table(self.conn, name), get_plan(self.conn, name).chunk_seconds)
-            self._plans[name] = rates
-        return rates
 
 
 class Sidecar:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from ..charging import PlanRates
 from ..money import check_currency, fmt, to_text
 from ..numbers import NumberPlan
 from ..rating import DeckError, DeckProblem, Increment, RateLine, RateTable, SecondRounding
@@ -282,3 +284,28 @@ def deck_versions(conn: sqlite3.Connection, plan: str) -> list[dict[str, object]
         {"version": v, "imported": datetime.fromtimestamp(ms / 1000, UTC).isoformat(
             timespec="seconds"), "source": s, "sha256": h, "lines": n}
         for v, ms, s, h, n in rows]
+
+
+class PlanCache:
+    """Rate plans loaded once and reloaded when a new deck version is imported."""
+
+    def __init__(self, conn: sqlite3.Connection, check_every: float = 1.0) -> None:
+        self.conn = conn
+        self.check_every = check_every
+        self._plans: dict[str, PlanRates] = {}
+        self._stamp: object = None
+        self._checked = 0.0
+
+    def __call__(self, name: str) -> PlanRates:
+        now = time.monotonic()
+        if now - self._checked > self.check_every:
+            self._checked = now
+            stamp = self.conn.execute("SELECT MAX(id) FROM deck_versions").fetchone()[0]
+            if stamp != self._stamp:
+                self._plans.clear()
+                self._stamp = stamp
+        rates = self._plans.get(name)
+        if rates is None:
+            rates = PlanRates(load_table(self.conn, name), get_plan(self.conn, name).chunk_seconds)
+            self._plans[name] = rates
+        return rates

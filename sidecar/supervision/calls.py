@@ -36,6 +36,9 @@ class ControlConfig:
     supervision would do before trusting it."""
 
     enforce: bool = True
+    #: Supervise the media of calls the charger rejected too (replay: the capture shows
+    #: them connected whatever today's balances say).
+    supervise_rejected: bool = False
 
 
 class CallControl:
@@ -60,7 +63,7 @@ class CallControl:
                 ref, number=ev.ruri_user, now_ms=now_ms, account_code=ev.account_code,
                 sip_user=ev.from_user, src_ip=ev.src_ip, caller=ev.pai_user or ev.from_user,
                 call_id=ref)
-            if decision.allow and media is not None:
+            if media is not None and (decision.allow or self.config.supervise_rejected):
                 media.offer(ref, now_ms, ev.sdp)
             return decision, []
         if isinstance(ev, Early):

@@ -153,6 +153,10 @@ def test_cdrs_carry_their_rating_as_exact_strings_and_page_by_id(sim: Sim) -> No
         assert "ISO 8601" in bad["error"]
         assert "between 1 and 10000" in (await get_json(http, base + "/v1/cdrs?limit=0",
                                                         400))["error"]
+        assert (await get_json(http, base + "/v1/cdrs?account=NOPE", 404))["error"] == \
+            "account 'NOPE' not found"
+        assert (await get_json(http, base + "/v1/cdrs?from=2026-12-01&to=2026-11-01",
+                               400))["error"] == "to must be after from"
     with_server(sim, test)
 
 
@@ -183,6 +187,9 @@ def test_balances_decks_live_calls_and_stats(sim: Sim) -> None:
             ("carrier-a", 5, "0.8000")
         assert "by must be one of" in (await get_json(
             http, base + "/v1/stats/spend?by=planet", 400))["error"]
+        assert (await get_json(http, base + "/v1/stats/routes?account=NOPE", 404))["error"] \
+            == "account 'NOPE' not found"
+        assert routes[0]["answer_delay_mean_ms"] == 2000 and routes[0]["pdd_mean_ms"] is None
     with_server(sim, test)
 
 

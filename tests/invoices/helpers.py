@@ -9,6 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from sidecar.charging.model import MediaOutcome
 from sidecar.invoices import InvoiceSettings, Period
 from sidecar.money import to_text
 from sidecar.store.db import transaction
@@ -48,31 +49,45 @@ def add_customer(sim: Sim, code: str = "ACME", balance: str = "1000", **kw: Any)
 
 
 def call(sim: Sim, ref: str, number: str, seconds_ms: int, *, account: str = "ACME",
-         caller: str = "+4915112345678", pdd_ms: int = 2000, route: str = "",
-         gap_ms: int = 60_000) -> None:
-    """One answered call through the core: offer, answer after ``pdd_ms``, talk, BYE."""
+         caller: str = "+4915112345678", pdd_ms: int = 2000, ringing_ms: int | None = None,
+         route: str = "", gap_ms: int = 60_000, media: MediaOutcome | None = None) -> None:
+    """One answered call through the core: offer, ringing after ``ringing_ms`` (if given),
+    answer ``pdd_ms`` after the offer, talk, BYE (with media supervision's ``media``)."""
     d = sim.charger.authorize(ref, number=number, now_ms=sim.now, account_code=account,
                               caller=caller)
     assert d.allow, d.reason
     if route:
         sim.charger.sessions[ref].meta["route"] = route
-    sim.advance_to(sim.now + pdd_ms)
+    offered = sim.now
+    if ringing_ms is not None:
+        sim.advance_to(offered + ringing_ms)
+        sim.charger.ringing(ref, sim.now)
+    sim.advance_to(offered + pdd_ms)
     sim.answer(ref)
     sim.advance_to(sim.now + seconds_ms)
-    sim.end(ref, ended_by="caller")
+    sim.end(ref, ended_by="caller", media=media)
     sim.advance_to(sim.now + gap_ms)
 
 
 def failed_call(sim: Sim, ref: str, number: str, *, account: str = "ACME", route: str = "",
-                code: int = 486) -> None:
-    """An unanswered attempt (busy)."""
+                code: int = 486, ringing_ms: int | None = None) -> None:
+    """An unanswered attempt (busy), that rang after ``ringing_ms`` if given."""
     d = sim.charger.authorize(ref, number=number, now_ms=sim.now, account_code=account)
     assert d.allow, d.reason
     if route:
         sim.charger.sessions[ref].meta["route"] = route
+    if ringing_ms is not None:
+        sim.advance_to(sim.now + ringing_ms)
+        sim.charger.ringing(ref, sim.now)
     sim.advance_to(sim.now + 3000)
     sim.charger.fail(ref, sim.now, code)
     sim.advance_to(sim.now + 10_000)
+
+
+def fas(verdict: str, reasons: str) -> MediaOutcome:
+    """Media supervision's finding of a false answer: billed from the answer, then the
+    charge credited back (how the live sidecar records a FAS credit)."""
+    return MediaOutcome(billable_ms=0, verdict=verdict, reasons=reasons, credit=True)
 
 
 def random_calls(sim: Sim, n: int, seed: int = 1, account: str = "ACME") -> None:
@@ -89,11 +104,12 @@ def fas_credit(sim: Sim, ref: str, amount: str, reasons: str, *, ledger: bool = 
     """Credit a call back as false answer supervision: the CDR's ``credited`` and FAS
     fields, and (``ledger``) a ``credit`` ledger row with the call reference.
 
-    Stands in for the media work's FAS crediting, which has no store function yet."""
+    A hand-made credit (the live path is :func:`fas` passed to :func:`call`): for a CDR
+    credited without a ledger row, and for a credit given after the call settled."""
     conn = sim.conn
     with transaction(conn):
         row = conn.execute("SELECT account FROM cdrs WHERE call_ref = ?", (ref,)).fetchone()
-        conn.execute("UPDATE cdrs SET credited = ?, fas_verdict = 'fas', fas_reasons = ? "
+        conn.execute("UPDATE cdrs SET credited = ?, fas_verdict = 'silence', fas_reasons = ? "
                      "WHERE call_ref = ?", (amount, reasons, ref))
         if ledger:
             conn.execute("INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "

@@ -43,7 +43,7 @@ def test_spend_by_destination_day_account_and_customer_with_departments() -> Non
     assert [r.key for r in spend(sim.conn, "day", from_ms=T0 + DAY)] == ["2026-11-22"]
 
 
-def test_asr_acd_and_pdd_per_route() -> None:
+def test_asr_acd_and_answer_delay_per_route() -> None:
     sim = new_sim()
     add_customer(sim)
     call(sim, "a1", NUMBERS[0], 30_000, route="alpha", pdd_ms=1_000)
@@ -55,6 +55,22 @@ def test_asr_acd_and_pdd_per_route() -> None:
     assert (alpha.route, alpha.attempts, alpha.answered, alpha.asr) == \
         ("alpha", 4, 2, Decimal("0.5000"))
     assert alpha.acd_seconds == Decimal("60.0")  # (30 + 90) / 2
-    assert (alpha.pdd_mean_ms, alpha.pdd_p95_ms) == (2_000, 3_000)
-    assert (beta.attempts, beta.answered, beta.asr, beta.acd_seconds, beta.pdd_mean_ms) == \
-        (1, 1, Decimal("1.0000"), Decimal("10.0"), 5_000)
+    # Offer -> 200 OK: PDD plus the time the callee took to pick up.
+    assert (alpha.answer_delay_mean_ms, alpha.answer_delay_p95_ms) == (2_000, 3_000)
+    assert (beta.attempts, beta.answered, beta.asr, beta.acd_seconds,
+            beta.answer_delay_mean_ms) == (1, 1, Decimal("1.0000"), Decimal("10.0"), 5_000)
+    # No call rang (no 18x): no PDD, blank rather than a made-up figure.
+    assert (alpha.pdd_mean_ms, alpha.pdd_p95_ms, beta.pdd_mean_ms) == (None, None, None)
+
+
+def test_pdd_is_first_ringing_minus_offer_over_every_attempt_that_rang() -> None:
+    sim = new_sim()
+    add_customer(sim)
+    call(sim, "a1", NUMBERS[0], 30_000, route="alpha", ringing_ms=800, pdd_ms=4_000)
+    call(sim, "a2", NUMBERS[0], 30_000, route="alpha", ringing_ms=1_500, pdd_ms=9_000)
+    failed_call(sim, "a3", NUMBERS[0], route="alpha", ringing_ms=2_200)
+    failed_call(sim, "a4", NUMBERS[0], route="alpha")  # never rang: no PDD sample
+    (alpha,) = route_stats(sim.conn)
+    assert (alpha.pdd_mean_ms, alpha.pdd_p95_ms) == (1_500, 2_200)  # (800+1500+2200)/3
+    assert (alpha.answer_delay_mean_ms, alpha.answer_delay_p95_ms) == (6_500, 9_000)
+    assert (alpha.attempts, alpha.answered) == (4, 2)

@@ -124,5 +124,67 @@ def test_stats_commands(tmp_path: Path, sim: Sim) -> None:
     routes = json.loads(run(tmp_path, "stats", "routes", "--json").stdout)
     assert [(r["route"], r["attempts"], r["answered"], r["asr"]) for r in routes] == [
         ("carrier-a", 2, 2, "1.0000"), ("carrier-b", 2, 1, "0.5000")]
+    assert routes[0]["answer_delay_mean_ms"] == 2000 and routes[0]["pdd_mean_ms"] is None
     table = run(tmp_path, "stats", "routes").stdout
     assert "carrier-b" in table and "50.0%" in table and "2000 ms" in table
+    assert "answer delay" in table
+
+
+def test_unknown_account_and_bad_input_are_errors_that_change_nothing(tmp_path: Path,
+                                                                     sim: Sim) -> None:
+    def counts() -> tuple[int, int, int]:
+        c = sim.conn
+        return (c.execute("SELECT COUNT(*) FROM invoices").fetchone()[0],
+                c.execute("SELECT COUNT(*) FROM ledger").fetchone()[0],
+                c.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0])
+
+    before = counts()
+    for args, message in [
+        (("cdrs", "--account", "NOPE"), "account 'NOPE' not found"),
+        (("stats", "spend", "--account", "NOPE"), "account 'NOPE' not found"),
+        (("stats", "routes", "--account", "NOPE"), "account 'NOPE' not found"),
+        (("invoice", "--account", "NOPE", "--period", "2026-11", "--date", "2026-12-02"),
+         "account 'NOPE' not found"),
+        (("invoice", "--account", "ACME", "--period", "2026-1 "), "'2026-1 ' is not a month"),
+        (("invoice", "--account", "ACME", "--period", "26-11"), "'26-11' is not a month"),
+        (("invoice", "--account", "ACME", "--period", "2026-11", "--date", "tomorrow"),
+         "'tomorrow' is not an ISO 8601"),
+        (("cdrs", "--from", "last week"), "'last week' is not an ISO 8601"),
+        (("reconcile", "--account", "ACME", "--period", "2026-00"), "not a month"),
+        (("invoice", "--number", "INV-000042"), "invoice 'INV-000042' not found"),
+        (("credit-note", "INV-000042", "--reason", "x"), "invoice 'INV-000042' not found"),
+        (("credit-note", "INV-000042", "--reason", "x", "--amount", "1,50"),
+         "not a decimal number"),
+    ]:
+        p = run(tmp_path, *args, ok=False)
+        assert p.returncode != 0, args
+        assert message in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr, p.stderr
+    assert counts() == before
+    assert list(tmp_path.glob("*.pdf")) == [] and list(tmp_path.glob("*.html")) == []
+
+
+def test_a_broken_operator_template_is_refused_before_anything_is_issued(
+        tmp_path: Path, sim: Sim) -> None:
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "invoice.html.j2").write_text("{% extends 'layout.html.j2' %}\n{% block content %}"
+                                         "{{ inv.total | money(places) }\n{% endblock %}")
+    (tmp_path / "sidecar.toml").write_text(f'[invoice]\ntemplate_dir = "{tpl}"\n')
+    p = run(tmp_path, "invoice", "--account", "ACME", "--period", "2026-11", "--config",
+            "sidecar.toml", "--date", "2026-12-02", ok=False)
+    assert p.returncode == 2 and "invoice.html.j2 line 2" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert sim.conn.execute("SELECT COUNT(*) FROM invoices").fetchone()[0] == 0
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted() -> None:
+    from sidecar.invoices.records import safe_cell
+
+    for hostile in ("=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1", " =1+1", "\n@x",
+                    "\u00a0=HYPERLINK(\"x\")"):
+        assert safe_cell(hostile) == "'" + hostile, repr(hostile)
+    for plain in ("ACME", "493012345678", "0.60000000", "a=b", ""):
+        assert safe_cell(plain) == plain
+    assert safe_cell(Decimal("-0.5")) == Decimal("-0.5")  # a number we formatted
+    assert safe_cell(None) == ""

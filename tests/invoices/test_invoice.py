@@ -37,6 +37,7 @@ from tests.invoices.helpers import (
     call,
     cents,
     failed_call,
+    fas,
     fas_credit,
     new_sim,
     pdf_text,
@@ -125,6 +126,16 @@ def test_pdf_lines_totals_and_detail_match_the_cdrs(tmp_path: Path) -> None:
     assert "0.010450" not in detail and "0.01045" in detail  # 66 s x 0.0095/60, exact
     assert reconcile(sim.conn, inv).ok
 
+    # Every page: the provider and document number in the footer, "Page N of M"; from the
+    # second page on, a header naming the document and the customer.
+    pages = [pg.extract_text() for pg in PdfReader(tmp_path / f"{inv.number}.pdf").pages]
+    assert len(pages) >= 2
+    for n, page in enumerate(pages, 1):
+        assert f"Page {n} of {len(pages)}" in page
+        assert f"Example Carrier Ltd · Tax no. GB999999973 · Invoice {inv.number}" in page
+        header = f"Invoice {inv.number} · ACME Telecom GmbH · 01 Nov 2026 – 30 Nov 2026"
+        assert (header in page) == (n > 1), (n, page[:300])
+
 
 def test_hostile_names_are_escaped_in_html() -> None:
     sim = new_sim()
@@ -133,7 +144,8 @@ def test_hostile_names_are_escaped_in_html() -> None:
     hostile = "\"<script>alert('x')</script>\" <sip:evil@example.com>"
     call(sim, "h1", NUMBERS[0], 20_000, caller=hostile)
     call(sim, "h2", NUMBERS[1], 20_000, caller="=HYPERLINK(\"http://evil\")")
-    html = Renderer().html(issue_invoice(sim.conn, "ACME", PERIOD, SETTINGS, now_ms=AFTER))
+    issued = issue_invoice(sim.conn, "ACME", PERIOD, SETTINGS, now_ms=AFTER)
+    html = Renderer().html(issued)
     assert "<script" not in html.lower() and "<img" not in html
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html
@@ -141,6 +153,11 @@ def test_hostile_names_are_escaped_in_html() -> None:
     # Self-contained: no external resource (the SVG namespace is a name, not a fetch).
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
     assert "<svg" in html and "<rect" in html  # the daily chart, inline
+    # In the PDF the names are printed as the text they are.
+    pdf = PdfReader(io.BytesIO(Renderer().render(issued, "pdf").pdf))
+    text = "".join((pg.extract_text() or "") for pg in pdf.pages)
+    assert "<img src=x onerror=alert(1)>" in text
+    assert "alert('x')" in " ".join(text.split()).replace(" ", "")
 
 
 def test_issued_invoice_is_frozen_and_rerenders_identically() -> None:
@@ -271,29 +288,37 @@ def test_large_period_puts_the_call_detail_in_an_attached_csv(tmp_path: Path) ->
 def test_fas_credits_and_goodwill_credits_are_shown_with_their_reason(tmp_path: Path) -> None:
     sim = new_sim()
     add_customer(sim)
-    for ref in ("ok", "dead1", "dead2"):
-        call(sim, ref, NUMBERS[2], 61_000)
-    fas_credit(sim, "dead1", "0.60", "no RTP for 61 s after 200 OK")
-    fas_credit(sim, "dead2", "0.60", "ringback tone after answer", ledger=False)
+    call(sim, "ok", NUMBERS[2], 61_000)
+    # The live path: media supervision finds ringback after the 200 OK; the call is rated,
+    # charged, and its charge credited back (a ledger credit row naming the call).
+    call(sim, "dead1", NUMBERS[2], 61_000, media=fas("ringback", "425 Hz tone 0.4-3.1 s"))
+    call(sim, "dead2", NUMBERS[2], 61_000)
+    # A CDR credited without a ledger row (as an older release recorded it).
+    fas_credit(sim, "dead2", "0.60", "silence for 58 s after answer", ledger=False)
     sim.ledger.topup("ACME", Decimal("1.50"), sim.now, "service outage 2026-11-22",
                      kind="credit")
     issued = issue_invoice(sim.conn, "ACME", PERIOD, SETTINGS, now_ms=AFTER)
     inv = issued.invoice
-    # In time order: dead2's credit dates from its call; the others from their ledger rows.
+    # In time order: dead1's credit from its settlement, dead2's from its call's end.
     assert [(c.call_ref, c.amount, c.source) for c in inv.credits] == [
-        ("dead2", Decimal("0.60"), "cdr"), ("dead1", Decimal("0.60"), "ledger"),
+        ("dead1", Decimal("0.60"), "ledger"), ("dead2", Decimal("0.60"), "cdr"),
         ("", Decimal("1.50"), "ledger")]
     assert inv.charges == Decimal("1.80") and inv.credits_total == Decimal("2.70")
     assert inv.net == Decimal("-0.90") and inv.tax == Decimal("-0.17")
     assert inv.statement.credits == Decimal("2.10")  # what the ledger gave back
     write_rendered(Renderer().render(issued, "pdf"), tmp_path)
     text = " ".join(pdf_text(tmp_path / "INV-000001.pdf").split())
-    assert "False answer supervision: no RTP for 61 s after 200 OK -0.60" in text
-    assert "False answer supervision: ringback tone after answer -0.60" in text
+    assert "False answer supervision (ringback): 425 Hz tone 0.4-3.1 s -0.60" in text
+    # (pdftotext puts a wrapped cell's last word after the row's other cells)
+    assert "False answer supervision (silence): silence for 58 s after -0.60 answer" in text
     assert "service outage 2026-11-22 -1.50" in text
     assert "Credits -2.70" in text and "Total USD -1.07" in text
+    # The call detail shows each credited call's credit next to its cost.
+    detail = text.split("CALL DETAIL", 1)[1]
+    assert detail.count("-0.6") == 2, detail
     rec = reconcile(sim.conn, inv)
     assert rec.ok and any("dead2" in n for n in rec.notes)
+    assert rec.notes == [n for n in rec.notes if "dead2" in n]  # dead1 is in the ledger
 
 
 def test_written_off_charges_are_shown_as_not_collected() -> None:

@@ -1,0 +1,161 @@
+"""``sidecar replay``: a capture in, the CDRs and FAS verdicts the live path would give."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from ..charging import Charger, ChargingConfig
+from ..charging.model import AccountKind
+from ..media.pcap import CaptureError, read_capture
+from ..money import round_currency
+from ..replay.run import Replay, ReplayResult
+from ..replay.signalling import SipTracker
+from ..store.accounts import SqliteLedger, add_account
+from ..store.db import connect
+from ..store.decks import PlanCache, PlanNotFound
+from ..supervision.calls import CallControl, ControlConfig
+from ..supervision.media import MediaConfig, MediaSupervisor
+from .app import Context, cli, emit_json, fail, pass_ctx
+
+REPLAY_ACCOUNT = "replay"
+# A what-if account that can always pay: rating, not credit control, is the point.
+_UNLIMITED = Decimal("1000000000")
+
+
+def _what_if_db(source: Path, plan: str) -> sqlite3.Connection:
+    """An in-memory database holding one plan of ``source`` and an unlimited account."""
+    if not source.exists():
+        raise click.UsageError(f"database {source} does not exist (needed for --plan)")
+    mem = connect(":memory:")
+    mem.execute("ATTACH DATABASE ? AS src", (f"file:{source}?mode=ro",))
+    try:
+        if mem.execute("SELECT 1 FROM src.plans WHERE name = ?", (plan,)).fetchone() is None:
+            raise PlanNotFound(f"no plan '{plan}' in {source}")
+        mem.execute("INSERT INTO plans SELECT * FROM src.plans WHERE name = ?", (plan,))
+        mem.execute("INSERT INTO deck_versions SELECT * FROM src.deck_versions WHERE plan = ?",
+                    (plan,))
+        mem.execute("INSERT INTO rates SELECT * FROM src.rates WHERE plan = ?", (plan,))
+    finally:
+        mem.execute("DETACH DATABASE src")
+    add_account(mem, REPLAY_ACCOUNT, plan, AccountKind.POSTPAID, credit_limit=_UNLIMITED,
+                now_ms=0)
+    return mem
+
+
+def _fmt_ms(ms: int | None, base: int | None = None) -> str:
+    if ms is None:
+        return "-"
+    if base is not None:
+        return f"+{(ms - base) / 1000:.3f}"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _table(result: ReplayResult, console: Console) -> None:
+    t = Table(title=f"{len(result.calls)} calls", show_lines=False)
+    for col in ("Call-ID", "caller", "callee", "INVITE (UTC)", "ringing", "200 OK",
+                "media caller", "media callee", "billable", "secs", "cost", "verdict",
+                "reasons"):
+        t.add_column(col, overflow="fold")
+    for r in result.calls:
+        base = r.invite_ms
+        cost = "-" if r.cost is None else str(round_currency(r.cost, r.currency or "USD"))
+        verdict = r.verdict or ("ok" if r.answer_ms is not None else f"{r.final_code or '-'}")
+        t.add_row(r.call_id[:24], r.caller, r.callee, _fmt_ms(r.invite_ms),
+                  _fmt_ms(r.ringing_ms, base), _fmt_ms(r.answer_ms, base),
+                  _fmt_ms(r.caller_media_ms, base), _fmt_ms(r.callee_media_ms, base),
+                  _fmt_ms(r.billable_ms, base), str(r.billable_seconds), cost, verdict,
+                  "; ".join(x for x in (r.reasons, r.auth and f"not charged: {r.auth}",
+                                        r.would_end and f"live would end: {r.would_end}")
+                            if x))
+    console.print(t)
+
+
+def _summary(result: ReplayResult) -> dict[str, object]:
+    cap = result.capture
+    return {"packets": result.packets, "rtp_packets": result.rtp_packets,
+            "frames_read": cap.packets_read, "frames_skipped": dict(cap.skipped),
+            "truncated_file": cap.truncated_file, "sip": {
+                "messages": result.sip.messages, "duplicates": result.sip.duplicates,
+                "dialogs": result.sip.dialogs, "bad": dict(result.sip.bad)},
+            "cdrs_written": len(result.cdrs)}
+
+
+def replay_file(path: Path, control: CallControl, *, account_override: str = "",
+                sip_ports: frozenset[int] = frozenset({5060}), show_progress: bool = False
+                ) -> ReplayResult:
+    """Replay one capture through ``control`` (raises CaptureError for a bad file)."""
+    reader = read_capture(path)
+    replay = Replay(control, SipTracker(sip_ports=sip_ports), account_override=account_override)
+    if not show_progress:
+        return replay.run(reader, reader.stats)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"replaying {path.name}", total=reader.size)
+        result = replay.run(reader, reader.stats,
+                            progress=lambda: bar.update(task, completed=reader.position))
+    return result
+
+
+@cli.command("replay")
+@click.argument("capture", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--plan", default=None,
+              help="Price every call with this plan (read from the database); nothing is "
+                   "written: a what-if.")
+@click.option("--db", "write_db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the CDRs the live sidecar would, to this database (accounts "
+                   "resolved as live). With --plan: only where the plan is read from.")
+@click.option("--grace-ms", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Callee media this soon after the 200 OK confirms the answer.")
+@click.option("--sip-port", "sip_ports", type=click.IntRange(1, 65535), multiple=True,
+              help="Port(s) carrying SIP over TCP (default 5060); UDP SIP is found anywhere.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: calls and counters.")
+@pass_ctx
+def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: Path | None,
+               grace_ms: int, sip_ports: tuple[int, ...], as_json: bool) -> None:
+    """Replay a pcap/pcapng CAPTURE: per call its signalling and media times, billable
+    start and seconds, cost and False Answer Supervision verdict, from the same code the
+    live sidecar runs."""
+    account_override = ""
+    try:
+        if plan is not None:
+            conn = _what_if_db(write_db or ctx.path, plan)
+            account_override = REPLAY_ACCOUNT
+        elif write_db is not None:
+            conn = connect(write_db)
+        else:
+            conn = connect(":memory:")  # verdicts only: no plan, no accounts
+    except PlanNotFound as exc:
+        fail(str(exc))
+        return
+    charger = Charger(SqliteLedger(conn), PlanCache(conn), ChargingConfig())
+    control = CallControl(charger, MediaSupervisor(MediaConfig(grace_ms=grace_ms)),
+                          ControlConfig(supervise_rejected=True))
+    try:
+        result = replay_file(capture, control, account_override=account_override,
+                             sip_ports=frozenset(sip_ports or (5060,)),
+                             show_progress=not as_json and sys.stderr.isatty())
+    except CaptureError as exc:
+        fail(str(exc))
+        return
+    if as_json:
+        emit_json({"file": str(capture), "calls": [r.to_dict() for r in result.calls],
+                   "summary": _summary(result)})
+        return
+    console = Console()
+    _table(result, console)
+    s = _summary(result)
+    skipped = sum(result.capture.skipped.values())
+    console.print(f"{s['packets']} payloads ({s['rtp_packets']} RTP), {skipped} frames "
+                  f"skipped, {result.sip.messages} SIP messages, "
+                  f"{len(result.cdrs)} CDRs" + (f" written to {write_db}"
+                                                 if write_db and not plan else ""))
+
