@@ -11,7 +11,6 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-from rich.table import Table
 
 from ..charging import Charger, ChargingConfig
 from ..charging.model import AccountKind
@@ -51,32 +50,38 @@ def _what_if_db(source: Path, plan: str) -> sqlite3.Connection:
     return mem
 
 
-def _fmt_ms(ms: int | None, base: int | None = None) -> str:
-    if ms is None:
+def _rel(ms: int | None, base: int | None) -> str:
+    if ms is None or base is None:
         return "-"
-    if base is not None:
-        return f"+{(ms - base) / 1000:.3f}"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+    return f"+{(ms - base) / 1000:.3f} s"
 
 
-def _table(result: ReplayResult, console: Console) -> None:
-    t = Table(title=f"{len(result.calls)} calls", show_lines=False)
-    for col in ("Call-ID", "caller", "callee", "INVITE (UTC)", "ringing", "200 OK",
-                "media caller", "media callee", "billable", "secs", "cost", "verdict",
-                "reasons"):
-        t.add_column(col, overflow="fold")
+def _print_calls(result: ReplayResult, show_auth: bool) -> None:
+    """One block per call: readable in any terminal width, and greppable."""
     for r in result.calls:
         base = r.invite_ms
-        cost = "-" if r.cost is None else str(round_currency(r.cost, r.currency or "USD"))
-        verdict = r.verdict or ("ok" if r.answer_ms is not None else f"{r.final_code or '-'}")
-        t.add_row(r.call_id[:24], r.caller, r.callee, _fmt_ms(r.invite_ms),
-                  _fmt_ms(r.ringing_ms, base), _fmt_ms(r.answer_ms, base),
-                  _fmt_ms(r.caller_media_ms, base), _fmt_ms(r.callee_media_ms, base),
-                  _fmt_ms(r.billable_ms, base), str(r.billable_seconds), cost, verdict,
-                  "; ".join(x for x in (r.reasons, r.auth and f"not charged: {r.auth}",
-                                        r.would_end and f"live would end: {r.would_end}")
-                            if x))
-    console.print(t)
+        when = "-" if base is None else datetime.fromtimestamp(base / 1000, UTC).strftime(
+            "%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+        click.echo(f"call {r.call_id}  {r.caller or '?'} -> {r.callee or '?'}"
+                   + (f"  route {r.route}" if r.route else ""))
+        end = "ended" if r.answer_ms is not None else f"final {r.final_code or '-'}"
+        click.echo(f"  INVITE {when}  ringing {_rel(r.ringing_ms, base)}  200 OK "
+                   f"{_rel(r.answer_ms, base)}  {end} {_rel(r.ended_ms, base)}")
+        click.echo(f"  first media: caller {_rel(r.caller_media_ms, base)}, callee "
+                   f"{_rel(r.callee_media_ms, base)}")
+        if r.billable_ms is not None:
+            cost = "" if r.cost is None else \
+                f"  cost {r.currency} {round_currency(r.cost, r.currency or 'USD')}"
+            click.echo(f"  billable from {_rel(r.billable_ms, base)}: {r.billable_seconds} s"
+                       + cost)
+        else:
+            click.echo(f"  not billed ({r.disposition})")
+        verdict = r.verdict or "ok"
+        click.echo(f"  FAS verdict: {verdict}" + (f" - {r.reasons}" if r.reasons else ""))
+        if show_auth and r.auth:
+            click.echo(f"  not charged: {r.auth}")
+        if r.would_end:
+            click.echo(f"  the live sidecar would have ended it: {r.would_end}")
 
 
 def _summary(result: ReplayResult) -> dict[str, object]:
@@ -96,11 +101,11 @@ def replay_file(path: Path, control: CallControl, *, account_override: str = "",
     reader = read_capture(path)
     replay = Replay(control, SipTracker(sip_ports=sip_ports), account_override=account_override)
     if not show_progress:
-        return replay.run(reader, reader.stats)
+        return replay.run(reader)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(f"replaying {path.name}", total=reader.size)
-        result = replay.run(reader, reader.stats,
+        result = replay.run(reader,
                             progress=lambda: bar.update(task, completed=reader.position))
     return result
 
@@ -150,12 +155,11 @@ def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: Path | N
         emit_json({"file": str(capture), "calls": [r.to_dict() for r in result.calls],
                    "summary": _summary(result)})
         return
-    console = Console()
-    _table(result, console)
+    _print_calls(result, show_auth=plan is not None or write_db is not None)
     s = _summary(result)
     skipped = sum(result.capture.skipped.values())
-    console.print(f"{s['packets']} payloads ({s['rtp_packets']} RTP), {skipped} frames "
-                  f"skipped, {result.sip.messages} SIP messages, "
+    click.echo(f"{len(result.calls)} calls, {s['packets']} payloads ({s['rtp_packets']} RTP), "
+               f"{skipped} frames skipped, {result.sip.messages} SIP messages, "
                   f"{len(result.cdrs)} CDRs" + (f" written to {write_db}"
                                                  if write_db and not plan else ""))
 

@@ -20,6 +20,7 @@ from typing import Any
 from ..charging import Action, Cdr, CdrWritten, EndCall
 from ..kamailio.events import Answer, Dialog, Early, End, Event, Failed, Offer
 from ..media.pcap import CapturedPayload, CaptureStats
+from ..money import fmt
 from ..supervision.calls import CallControl
 from ..supervision.media import MediaVerdict
 from .signalling import SipStats, SipTracker
@@ -53,7 +54,7 @@ class CallReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "evidence"}
-        d["cost"] = None if self.cost is None else str(self.cost)
+        d["cost"] = None if self.cost is None else fmt(self.cost)
         d["evidence"] = self.evidence
         return d
 
@@ -86,8 +87,9 @@ class Replay:
         self.first_ts: float | None = None
         self.last_ts: float | None = None
 
-    def run(self, payloads: Iterable[CapturedPayload], capture_stats: CaptureStats,
+    def run(self, payloads: Iterable[CapturedPayload],
             progress: Callable[[], None] | None = None, every: int = 65536) -> ReplayResult:
+        """Replay every payload; a reader's ``stats`` (read after the loop) are reported."""
         control = self.control
         on_packet = control.on_packet
         tracker = self.tracker
@@ -128,6 +130,9 @@ class Replay:
                 self._event(End(Dialog(ref, 0, 0, last_ms * 1000), "", "capture ended",
                                 r.answer_ms or 0))
         self.packets, self.rtp_packets = count, rtp
+        capture_stats = getattr(payloads, "stats", None)
+        if not isinstance(capture_stats, CaptureStats):
+            capture_stats = CaptureStats()
         return ReplayResult(list(self.reports.values()), self.cdrs, capture_stats,
                             tracker.stats, count, rtp, self.first_ts, self.last_ts)
 

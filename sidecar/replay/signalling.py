@@ -381,9 +381,7 @@ class SipTracker:
                 self.stats.skip("internal_error")
                 log.exception("replay: cannot handle a SIP message from %s:%s",
                               packet.src_ip, packet.src_port)
-        for ev in out:
-            name = type(ev).__name__
-            self.stats.events[name] = self.stats.events.get(name, 0) + 1
+        self._count(out)
         return out
 
     def finish(self) -> list[Event]:
@@ -407,10 +405,14 @@ class SipTracker:
                 self.stats.skip("tcp_incomplete")
         self._streams.clear()
         out.sort(key=lambda ev: ev.dialog.ts_us)
-        for ev in out:
-            name = type(ev).__name__
-            self.stats.events[name] = self.stats.events.get(name, 0) + 1
+        self._count(out)
         return out
+
+    def _count(self, events: list[Event]) -> None:
+        counts = self.stats.events
+        for ev in events:
+            name = type(ev).__name__
+            counts[name] = counts.get(name, 0) + 1
 
     # --- parsing -----------------------------------------------------------------
     def _parse(self, data: bytes) -> _Msg:
@@ -751,12 +753,13 @@ class SipTracker:
             out.append(End(self._dialog(call, ts), by, reason, call.answer_ms))
             self._done(call, ts)
             return
-        # INVITE, UPDATE or ACK carrying SDP in an established dialog. An ACK with SDP
-        # answers a late offer (the initial INVITE's, or a re-INVITE's without SDP).
+        # INVITE, UPDATE or ACK carrying SDP inside the dialog, early (an UPDATE while
+        # ringing) or confirmed: kamailio.cfg's MEDIA_UPDATE sends `media` for the same.
+        # An ACK with SDP answers a late offer (the initial INVITE's or a re-INVITE's).
         if not msg.sdp:
             return
-        if call.state != _ANSWERED:
-            raise _Skip("sdp_outside_dialog", bad=False)  # e.g. an UPDATE while ringing
+        if call.state not in (_OFFERED, _ANSWERED):
+            raise _Skip("sdp_after_end", bad=False)
         key = hash((msg.method, msg.from_tag, msg.cseq))
         if key in call.seen:
             self.stats.duplicates += 1
@@ -768,7 +771,7 @@ class SipTracker:
         self, msg: _Msg, call: _Call, packet: CapturedPayload, out: list[Event]
     ) -> None:
         # A 2xx with SDP to an in-dialog INVITE or UPDATE: the SDP is the other side's.
-        if call.state != _ANSWERED:
+        if call.state not in (_OFFERED, _ANSWERED):
             return
         key = hash((msg.status, msg.method, msg.from_tag, msg.cseq, msg.to_tag))
         if key in call.seen:

@@ -397,6 +397,19 @@ def test_update_from_caller_and_its_200() -> None:
         ("caller", SDP_CALLER), ("callee", SDP_CALLEE_2)]
 
 
+def test_update_while_ringing_is_a_media_update_as_live() -> None:
+    call = ProxiedCall()
+    events = run([
+        *call.invite(T0),
+        *call.reply(T0 + 0.5, 183, "Session Progress", sdp=SDP_CALLEE),
+        *call.caller_request(T0 + 1, "UPDATE", 2, sdp=SDP_CALLER),
+        *call.reply(T0 + 1.1, 200, "OK", sdp=SDP_CALLEE_2, method="UPDATE", cseq=2),
+        *call.reply(T0 + 3, 200, "OK", sdp=SDP_CALLEE_2),
+    ])
+    assert kinds(events) == ["Offer", "Early", "MediaUpdate", "MediaUpdate", "Answer"]
+    assert [e.side for e in events if isinstance(e, MediaUpdate)] == ["caller", "callee"]
+
+
 def test_bye_from_callee() -> None:
     call = ProxiedCall()
     events = run([
