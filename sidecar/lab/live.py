@@ -28,7 +28,7 @@ class LiveLab:
 
     def __init__(self, run_dir: Path, db: Path, *, fail_open: bool = False,
                  auth_timeout_ms: int = 2000, log_events: bool = False,
-                 pre_answer_timeout_ms: int = 60_000) -> None:
+                 pre_answer_timeout_ms: int = 60_000, extra_config: str = "") -> None:
         self.run_dir = Path(run_dir).resolve()
         self.db = Path(db).resolve()
         self.uas_port = free_port("udp", HOST)
@@ -40,6 +40,7 @@ class LiveLab:
         self.kam = KamailioProcess(self.run_dir / "kamailio", self.settings)
         self.sipp = Sipp(self.run_dir / "sipp", host=HOST)
         self.config_path = self.run_dir / "sidecar.toml"
+        self.extra_config = extra_config  # more TOML for sidecar.toml (e.g. a [media] table)
         self.sidecar_log = self.run_dir / "sidecar.log"
         self._sidecar: subprocess.Popen[bytes] | None = None
         self._stack = contextlib.ExitStack()
@@ -57,7 +58,7 @@ class LiveLab:
             "[kamailio]\n"
             f'evapi_host = "{self.settings.evapi_ip}"\n'
             f"evapi_port = {self.settings.evapi_port}\n"
-            f'rpc_socket = "{self.kam.rpc_socket}"\n')
+            f'rpc_socket = "{self.kam.rpc_socket}"\n' + self.extra_config)
         self._stack.enter_context(self.kam)
         self._stack.callback(self.stop_sidecar)
         self.start_sidecar()
