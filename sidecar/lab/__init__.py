@@ -87,10 +87,13 @@ def free_port_block(host: str = "127.0.0.1", size: int = 4, step: int = 2) -> in
     raise RuntimeError(f"no block of {size} free UDP ports found on {host}")
 
 
-def _proc_net_entries(transport: Transport) -> list[tuple[str, int, str]]:
-    """(local IPv4 address, port, state) of every IPv4 socket in /proc/net/{udp,tcp}."""
+def _proc_net_entries(transport: Transport, pid: int | None = None
+                      ) -> list[tuple[str, int, str]]:
+    """(local IPv4 address, port, state) of every IPv4 socket in /proc/net/{udp,tcp}, or
+    in the network namespace of process ``pid`` (/proc/PID/net/...)."""
     entries: list[tuple[str, int, str]] = []
-    with open(f"/proc/net/{transport}", encoding="ascii") as fh:
+    base = "/proc/net" if pid is None else f"/proc/{pid}/net"
+    with open(f"{base}/{transport}", encoding="ascii") as fh:
         next(fh)  # header
         for line in fh:
             fields = line.split()
@@ -100,14 +103,15 @@ def _proc_net_entries(transport: Transport) -> list[tuple[str, int, str]]:
     return entries
 
 
-def port_is_bound(transport: Transport, host: str, port: int) -> bool:
-    """Whether some socket is bound to ``host:port`` (a TCP one must be listening).
+def port_is_bound(transport: Transport, host: str, port: int, pid: int | None = None) -> bool:
+    """Whether some socket is bound to ``host:port`` (a TCP one must be listening), in
+    this network namespace or in that of process ``pid``.
 
     Reads /proc/net instead of trying to bind, so that a check never steals the port
     from the process that is about to bind it.
     """
     tcp_listen = "0A"
-    for addr, bound_port, state in _proc_net_entries(transport):
+    for addr, bound_port, state in _proc_net_entries(transport, pid):
         if bound_port != port or addr not in (host, "0.0.0.0"):
             continue
         if transport == "udp" or state == tcp_listen:

@@ -18,6 +18,7 @@ from typing import Any, Self
 
 from . import free_port
 from .kamailio import KamailioProcess, KamailioSettings
+from .netns import VethNamespace
 from .sipp import Sipp, SippProcess
 
 HOST = "127.0.0.1"
@@ -28,17 +29,25 @@ class LiveLab:
 
     def __init__(self, run_dir: Path, db: Path, *, fail_open: bool = False,
                  auth_timeout_ms: int = 2000, log_events: bool = False,
-                 pre_answer_timeout_ms: int = 60_000, extra_config: str = "") -> None:
+                 pre_answer_timeout_ms: int = 60_000, extra_config: str = "",
+                 carrier: VethNamespace | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.db = Path(db).resolve()
-        self.uas_port = free_port("udp", HOST)
+        # With ``carrier``, the callee (SIPp UAS) runs in that network namespace, reached
+        # over its veth pair: Kamailio and the caller use the host end's address.
+        self.carrier = carrier
+        sip_ip = carrier.host_ip if carrier else HOST
+        uas_ip = carrier.ns_ip if carrier else HOST
+        self.uas_port = 5060 if carrier else free_port("udp", HOST)
         self.settings = KamailioSettings(
-            sip_ip=HOST, sip_port=free_port("udp", HOST), evapi_ip=HOST,
-            evapi_port=free_port("tcp", HOST), dest=f"sip:{HOST}:{self.uas_port}",
+            sip_ip=sip_ip, sip_port=free_port("udp", sip_ip), evapi_ip=HOST,
+            evapi_port=free_port("tcp", HOST), dest=f"sip:{uas_ip}:{self.uas_port}",
             children=4, log_events=log_events, fail_open=fail_open,
             auth_timeout_ms=auth_timeout_ms, pre_answer_timeout_ms=pre_answer_timeout_ms)
         self.kam = KamailioProcess(self.run_dir / "kamailio", self.settings)
-        self.sipp = Sipp(self.run_dir / "sipp", host=HOST)
+        self.sipp = Sipp(self.run_dir / "sipp", host=sip_ip)
+        self.uas_sipp = Sipp(self.run_dir / "sipp-carrier", host=uas_ip,
+                             command_prefix=carrier.command() if carrier else ())
         self.config_path = self.run_dir / "sidecar.toml"
         self.extra_config = extra_config  # more TOML for sidecar.toml (e.g. a [media] table)
         self.sidecar_log = self.run_dir / "sidecar.log"
@@ -104,7 +113,8 @@ class LiveLab:
 
     def uas(self, scenario: str = "uas.xml", **kw: Any) -> SippProcess:
         """Start the callee (the carrier) at Kamailio's destination."""
-        return self._stack.enter_context(self.sipp.start_uas(scenario, port=self.uas_port, **kw))
+        return self._stack.enter_context(self.uas_sipp.start_uas(scenario, port=self.uas_port,
+                                                                 **kw))
 
     def uac(self, scenario: str = "uac.xml", **kw: Any) -> SippProcess:
         """Start a caller through Kamailio (in the background)."""

@@ -232,8 +232,10 @@ class SippProcess:
         sip_port: int,
         media_port: int,
         timeout_s: float,
+        in_namespace: bool = False,
     ) -> None:
         self.name = name
+        self.in_namespace = in_namespace  # bound ports are looked up in SIPp's namespace
         self.argv = list(argv)
         self.run_dir = run_dir
         self.files = dict(files)
@@ -267,7 +269,8 @@ class SippProcess:
         if not wait_bound:
             return
         deadline = time.monotonic() + 5.0
-        while not port_is_bound("udp", self.sip_host, self.sip_port):
+        pid = self._proc.pid if self.in_namespace else None
+        while not port_is_bound("udp", self.sip_host, self.sip_port, pid):
             if not self.running():
                 raise SippError(
                     f"{self.name}: sipp exited at once ({self._proc.poll()}):\n"
@@ -337,9 +340,13 @@ class Sipp:
         host: str = "127.0.0.1",
         scenario_dir: Path = SCENARIO_DIR,
         sipp_bin: str = "sipp",
+        command_prefix: Sequence[str] = (),
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.host = host
+        # E.g. ["ip", "netns", "exec", NAME]: SIPp runs in a network namespace of its own,
+        # where the ports are the lab's alone (5060, 6000, 8888 by default).
+        self.command_prefix = list(command_prefix)
         self.scenario_dir = Path(scenario_dir)
         self.sipp_bin = sipp_bin
         self._count = 0
@@ -371,14 +378,20 @@ class Sipp:
         self._count += 1
         name = name or f"{role}{self._count}"
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        sip_port = port if port is not None else free_port("udp", self.host)
-        ensure_port_free("udp", self.host, sip_port, f"SIPp {name} SIP port")
-        if media_port is None:
-            media_port = free_port_block(self.host)
+        if self.command_prefix:  # a namespace of its own: nothing else binds there
+            sip_port = port if port is not None else 5060
+            media_port = media_port if media_port is not None else 6000
+            control_port = 8888
         else:
-            for offset in (0, 2):
-                ensure_port_free("udp", self.host, media_port + offset, f"SIPp {name} media")
-        control_port = free_port("udp", self.host)
+            sip_port = port if port is not None else free_port("udp", self.host)
+            ensure_port_free("udp", self.host, sip_port, f"SIPp {name} SIP port")
+            if media_port is None:
+                media_port = free_port_block(self.host)
+            else:
+                for offset in (0, 2):
+                    ensure_port_free("udp", self.host, media_port + offset,
+                                     f"SIPp {name} media")
+            control_port = free_port("udp", self.host)
         files = {
             "out": self.run_dir / f"{name}.out",
             "stat": self.run_dir / f"{name}.stat.csv",
@@ -391,6 +404,7 @@ class Sipp:
         for path in files.values():
             path.unlink(missing_ok=True)
         argv = [
+            *self.command_prefix,
             self.sipp_bin,
             "-sf", os.fspath(self._scenario(scenario)),
             "-i", self.host,
@@ -424,6 +438,7 @@ class Sipp:
             sip_port=sip_port,
             media_port=media_port,
             timeout_s=timeout_s,
+            in_namespace=bool(self.command_prefix),
         )
 
     def start_uas(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ..charging import Action
 from ..media.capture import LiveCapture, interface_towards, port_filter
@@ -51,7 +52,9 @@ class MediaPump:
         if self.interface:
             return self.interface
         if self.peer:
-            return interface_towards(self.peer)
+            # pyroute2's synchronous IPRoute runs its own event loop: not on this one.
+            with ThreadPoolExecutor(1) as pool:
+                return pool.submit(interface_towards, self.peer).result()
         raise MediaConfigError("[media] needs 'interface' or 'peer' (an address whose "
                                "route names the capture interface)")
 

@@ -242,12 +242,14 @@ def compile_filter(expression: str, *, linktype: int, snaplen: int) -> bytes:
     return code
 
 
-def port_filter(ports: Iterable[int], *, max_ports: int = 256) -> str:
+def port_filter(ports: Iterable[int], *, max_ports: int = 64) -> str:
     """A filter expression for UDP datagrams to any of ``ports``.
 
     ``"udp and (dst port 4000 or dst port 4002)"`` (sorted, without duplicates); past
-    ``max_ports`` ports, ``"udp and dst portrange MIN-MAX"`` instead, because the program
-    tests ports one after another and the kernel caps its length. An empty set gives
+    ``max_ports`` ports, ``"udp and dst portrange MIN-MAX"`` instead. The bound is set
+    by libpcap's optimizer, whose time grows much faster than the port count (measured
+    here: 64 ports 3 ms, 128 ports 25 ms, 256 ports 0.14 s, 512 ports 0.8 s, 3,000 ports
+    minutes), and a filter is recompiled whenever calls come or go. An empty set gives
     ``"less 1"``, which matches no packet (libpcap refuses expressions it can prove
     reject everything, such as ``"udp and not udp"``).
     """
@@ -480,7 +482,9 @@ class LiveCapture:
     def read(self, max_packets: int = 8192) -> list[CapturedPayload]:
         """Decode up to ``max_packets`` queued frames without blocking; their payloads.
 
-        Timestamps are the kernel's receive times. Frames that carry no UDP/TCP payload
+        Timestamps are the kernel's receive times (with ``recv``, the first packets after
+        the socket opens may be stamped when read: the kernel switches receive
+        timestamps on lazily). Frames that carry no UDP/TCP payload
         are counted in :attr:`stats` and left out, so the list may be shorter.
         """
         if self._ring is not None:

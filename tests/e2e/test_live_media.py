@@ -151,3 +151,27 @@ def test_live_and_replay_give_the_same_cdr(tmp_path: Path, db: sqlite3.Connectio
     for key in ("offered_ms", "ringing_ms", "answered_ms", "billable_ms", "media_ms",
                 "ended_ms"):
         assert abs(int(str(rep[key])) - int(str(live[key]))) < 50, (key, rep[key], live[key])
+
+
+def test_carrier_in_its_own_namespace_media_seen_on_the_veth(tmp_path: Path,
+                                                              db: sqlite3.Connection) -> None:
+    """The carrier (SIPp UAS) lives in a network namespace joined by a veth pair; the
+    sidecar picks the capture interface from the route towards it (``peer``)."""
+    from sidecar.lab.netns import VethNamespace
+
+    account(db, "ACME", "10")
+    with VethNamespace.create("carr") as carrier:
+        extra = f'peer = "{carrier.ns_ip}"\n'
+        with LiveLab(tmp_path / "lab", tmp_path / "sidecar.db", carrier=carrier,
+                     extra_config='[media]\nenabled = true\n' + extra) as lab:
+            for uas in ("uas.xml", "uas_ringback.xml"):
+                call(lab, uas, talk_ms=3500)
+            wait_for(lambda: len(cdrs(db, "ACME")) == 2)
+            log = lab.sidecar_log.read_text()
+    assert f"media capture on {carrier.host_if}" in log
+    first, second = cdrs(db, "ACME")
+    assert first["fas_verdict"] == "" and first["disposition"] == "answered"
+    assert first["route"] == f"{carrier.ns_ip}:5060"
+    assert json.loads(str(first["media"]))["callee"]["packets"] >= 90
+    assert second["fas_verdict"] == "ringback"
+    assert Decimal(str(second["credited"])) == Decimal(str(second["charged"])) > 0

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from sidecar.media import capture
 from sidecar.media.capture import (
     DLT_RAW,
     CaptureError,
@@ -101,14 +102,18 @@ def test_port_filter_sorts_deduplicates_and_falls_back_to_a_range() -> None:
     assert port_filter([]) == "less 1"
     with pytest.raises(ValueError):
         port_filter([0])
-    for expression in (port_filter(range(10000, 10512, 2)), port_filter([]), port_filter([1])):
+    assert port_filter(range(10000, 10128, 2)).count("dst port") == 64
+    assert port_filter(range(10000, 10130, 2)) == "udp and dst portrange 10000-10128"
+    for expression in (port_filter(range(10000, 10128, 2)), port_filter([]), port_filter([1])):
         compile_filter(expression, linktype=LINKTYPE_ETHERNET, snaplen=2048)
 
 
-def test_too_long_a_program_is_refused() -> None:
-    expression = "udp and (" + " or ".join(f"dst port {p}" for p in range(10000, 13000)) + ")"
+def test_too_long_a_program_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A program past the kernel's 4,096 instructions takes libpcap minutes to optimize:
+    # lower the limit instead (31 instructions for 16 ports).
+    monkeypatch.setattr(capture, "_BPF_MAXINSNS", 20)
     with pytest.raises(CaptureError, match="port range"):
-        compile_filter(expression, linktype=LINKTYPE_ETHERNET, snaplen=2048)
+        compile_filter(port_filter(range(4000, 4016)), linktype=LINKTYPE_ETHERNET, snaplen=2048)
 
 
 def test_interface_towards_loopback() -> None:
@@ -140,14 +145,19 @@ def test_loopback_each_packet_once_and_only_the_filtered_port(mechanism: Mechani
                     sender.sendto(b"out %d" % i, ("127.0.0.1", other_port))
             after = time.time()
             got = collect(cap, sent)
+            read = time.time()
             stats = cap.kernel_stats()
     assert [p.payload for p in got] == [b"in %d" % i for i in range(sent)]
     assert {(p.src_ip, p.src_port, p.dst_ip, p.dst_port, p.transport) for p in got} == {
         ("127.0.0.1", sender_port, "127.0.0.1", port, "udp")
     }
     timestamps = [p.timestamp for p in got]
-    assert before - 0.01 <= timestamps[0] and timestamps[-1] <= after + 0.01
-    assert timestamps == sorted(timestamps)
+    assert before - 0.01 <= min(timestamps) and max(timestamps) <= read + 0.01
+    if mechanism == "ring":
+        # The ring stamps every packet on arrival. recvmsg may stamp the first few at read
+        # time: the kernel turns receive timestamps on lazily, from a work queue.
+        assert timestamps[-1] <= after + 0.01
+        assert timestamps == sorted(timestamps)
     # The outgoing copies and the other port never reach the socket, not even as counts.
     assert (stats.received, stats.dropped) == (sent, 0)
     assert stats.decoder.packets_read == sent and stats.decoder.payloads_yielded == sent
