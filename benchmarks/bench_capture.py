@@ -97,24 +97,29 @@ def build_capture(path: Path) -> tuple[int, list[int]]:
     for call in range(CALLS):
         caller = (CALLER_NET + 1 + call).packed
         callee = (CALLEE_NET + 1 + call).packed
-        legs.append((caller, callee, CALLER_PORT + 2 * call, CALLEE_PORT + 2 * call, call))
-        legs.append((callee, caller, CALLEE_PORT + 2 * call, CALLER_PORT + 2 * call, call))
+        legs.append((caller, callee, CALLER_PORT + 2 * call, CALLEE_PORT + 2 * call))
+        legs.append((callee, caller, CALLEE_PORT + 2 * call, CALLER_PORT + 2 * call))
     ticks = round(1 / PACKET_INTERVAL)
     count = 0
     with path.open("wb") as f:
         f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
         for tick in range(ticks):
-            for leg, (src, dst, sport, dport, call) in enumerate(legs):
+            for leg, (src, dst, sport, dport) in enumerate(legs):
                 # Spread the legs over the 20 ms so the file replays evenly at any rate.
                 at = tick * PACKET_INTERVAL + leg * PACKET_INTERVAL / len(legs)
                 rtp = struct.pack("!BBHII", 0x80, 8, tick, tick * 160, 0x1000 + leg)
                 frame = _frame(src, dst, sport, dport, rtp + bytes(RTP_PAYLOAD), count)
                 seconds = int(at)
-                f.write(struct.pack("<IIII", seconds, round((at - seconds) * 1e6), len(frame), len(frame)))
+                f.write(
+                    struct.pack(
+                        "<IIII", seconds, round((at - seconds) * 1e6), len(frame), len(frame)
+                    )
+                )
                 f.write(frame)
                 count += 1
-            del call
-    return count, sorted({CALLER_PORT + 2 * c for c in range(CALLS)} | {CALLEE_PORT + 2 * c for c in range(CALLS)})
+    return count, sorted(
+        {CALLER_PORT + 2 * c for c in range(CALLS)} | {CALLEE_PORT + 2 * c for c in range(CALLS)}
+    )
 
 
 @dataclass
@@ -164,7 +169,9 @@ def replay(
         children_before = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
         self_before = _cpu(resource.getrusage(resource.RUSAGE_SELF))
         start = time.monotonic()
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         seen = 0
         finished_at: float | None = None
         read = cap.read
@@ -182,7 +189,9 @@ def replay(
                     if proc.poll() is not None:
                         finished_at = time.monotonic()
                     elif time.monotonic() > deadline:
-                        raise RuntimeError(f"tcpreplay did not finish within {deadline - start:.0f} s")
+                        raise RuntimeError(
+                            f"tcpreplay did not finish within {deadline - start:.0f} s"
+                        )
                 elif time.monotonic() - finished_at > 0.3 and not payloads:
                     break  # tcpreplay is done and the ring has handed over its last block
         finally:
@@ -278,8 +287,9 @@ def main() -> int:
                 )
                 runs.append(run)
                 print(
-                    f"{run.mechanism:<9} {run.rate:>8,} {run.sent:>10,} {run.tcpreplay_rate:>11,.0f} "
-                    f"{run.seen:>10,} {run.dropped:>8,} {100 * run.drop_fraction:>7.3f} "
+                    f"{run.mechanism:<9} {run.rate:>8,} {run.sent:>10,} "
+                    f"{run.tcpreplay_rate:>11,.0f} {run.seen:>10,} {run.dropped:>8,} "
+                    f"{100 * run.drop_fraction:>7.3f} "
                     f"{run.capture_cpu:>9.2f} {run.capture_cpu / (run.sent / run.rate):>8.2f} "
                     f"{run.tcpreplay_cpu:>12.2f}",
                     flush=True,
@@ -287,7 +297,8 @@ def main() -> int:
         print()
         for mechanism in mechanisms:
             over = [
-                r for r in runs
+                r
+                for r in runs
                 if r.mechanism == mechanism
                 and (r.drop_fraction > DROP_THRESHOLD or r.seen < r.sent * (1 - DROP_THRESHOLD))
             ]

@@ -44,9 +44,7 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
 
     with IPRoute() as ipr:
         return [
-            ipaddress.IPv4Interface(
-                f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-            ).network
+            ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
             for a in ipr.get_addr(family=2)
         ]
 

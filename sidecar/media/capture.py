@@ -551,7 +551,9 @@ class LiveCapture:
             for _ in range(take):
                 next_offset, seconds, nanoseconds, caplen, mac = unpack_packet(ring, offset)
                 start = offset + mac
-                result = decode(seconds + nanoseconds * 1e-9, linktype, ring[start : start + caplen])
+                result = decode(
+                    seconds + nanoseconds * 1e-9, linktype, ring[start : start + caplen]
+                )
                 if result is not None:
                     append(result)
                 offset += next_offset

@@ -167,11 +167,14 @@ def test_loopback_each_packet_once_and_only_the_filtered_port(mechanism: Mechani
 @needs_root
 def test_loopback_ipv6() -> None:
     receiver, port = udp_port(socket.AF_INET6, "::1")
-    with receiver, socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender:
-        with LiveCapture(interface_towards("::1"), filter=port_filter([port])) as cap:
-            for i in range(50):
-                sender.sendto(b"v6 %d" % i, ("::1", port))
-            got = collect(cap, 50)
+    with (
+        receiver,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender,
+        LiveCapture(interface_towards("::1"), filter=port_filter([port])) as cap,
+    ):
+        for i in range(50):
+            sender.sendto(b"v6 %d" % i, ("::1", port))
+        got = collect(cap, 50)
     assert len(got) == 50
     assert {(p.src_ip, p.dst_ip, p.dst_port) for p in got} == {("::1", "::1", port)}
 
@@ -179,14 +182,17 @@ def test_loopback_ipv6() -> None:
 @needs_root
 def test_kernel_stats_accumulate_across_reads() -> None:
     receiver, port = udp_port(socket.AF_INET, "127.0.0.1")
-    with receiver, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        with LiveCapture("lo", filter=port_filter([port])) as cap:
-            for round_ in (1, 2):
-                for _ in range(40):
-                    sender.sendto(b"x", ("127.0.0.1", port))
-                assert len(collect(cap, 40)) == 40
-                # PACKET_STATISTICS resets on every read: the totals must still grow.
-                assert cap.kernel_stats().received == 40 * round_
+    with (
+        receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        LiveCapture("lo", filter=port_filter([port])) as cap,
+    ):
+        for round_ in (1, 2):
+            for _ in range(40):
+                sender.sendto(b"x", ("127.0.0.1", port))
+            assert len(collect(cap, 40)) == 40
+            # PACKET_STATISTICS resets on every read: the totals must still grow.
+            assert cap.kernel_stats().received == 40 * round_
 
 
 @needs_root
@@ -194,45 +200,55 @@ def test_kernel_stats_accumulate_across_reads() -> None:
 def test_set_filter_swaps_the_kernel_filter(mechanism: Mechanism) -> None:
     first, port_a = udp_port(socket.AF_INET, "127.0.0.1")
     second, port_b = udp_port(socket.AF_INET, "127.0.0.1")
-    with first, second, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        with LiveCapture("lo", filter=port_filter([port_a]), mechanism=mechanism) as cap:
-            for _ in range(20):
-                sender.sendto(b"a", ("127.0.0.1", port_a))
-                sender.sendto(b"b", ("127.0.0.1", port_b))
-            assert {p.dst_port for p in collect(cap, 20)} == {port_a}
-            cap.set_filter(port_filter([port_b]))
-            with pytest.raises(CaptureError, match="dst port nonsense"):
-                cap.set_filter("udp and dst port nonsense")  # the old filter stays
-            for _ in range(20):
-                sender.sendto(b"a", ("127.0.0.1", port_a))
-                sender.sendto(b"b", ("127.0.0.1", port_b))
-            got = collect(cap, 20)
-            assert cap.filter == port_filter([port_b])
+    with (
+        first,
+        second,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        LiveCapture("lo", filter=port_filter([port_a]), mechanism=mechanism) as cap,
+    ):
+        for _ in range(20):
+            sender.sendto(b"a", ("127.0.0.1", port_a))
+            sender.sendto(b"b", ("127.0.0.1", port_b))
+        assert {p.dst_port for p in collect(cap, 20)} == {port_a}
+        cap.set_filter(port_filter([port_b]))
+        with pytest.raises(CaptureError, match="dst port nonsense"):
+            cap.set_filter("udp and dst port nonsense")  # the old filter stays
+        for _ in range(20):
+            sender.sendto(b"a", ("127.0.0.1", port_a))
+            sender.sendto(b"b", ("127.0.0.1", port_b))
+        got = collect(cap, 20)
+        assert cap.filter == port_filter([port_b])
     assert len(got) == 20 and {p.dst_port for p in got} == {port_b}
 
 
 @needs_root
 def test_nothing_is_read_when_nothing_matches() -> None:
     receiver, port = udp_port(socket.AF_INET, "127.0.0.1")
-    with receiver, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        with LiveCapture("lo", filter=port_filter([])) as cap:
-            for _ in range(20):
-                sender.sendto(b"x", ("127.0.0.1", port))
-            time.sleep(0.1)
-            assert cap.read() == []
-            assert select.select([cap], [], [], 0)[0] == []
-            assert cap.kernel_stats().received == 0
+    with (
+        receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        LiveCapture("lo", filter=port_filter([])) as cap,
+    ):
+        for _ in range(20):
+            sender.sendto(b"x", ("127.0.0.1", port))
+        time.sleep(0.1)
+        assert cap.read() == []
+        assert select.select([cap], [], [], 0)[0] == []
+        assert cap.kernel_stats().received == 0
 
 
 @needs_root
 def test_read_respects_max_packets_and_resumes_mid_block() -> None:
     receiver, port = udp_port(socket.AF_INET, "127.0.0.1")
-    with receiver, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        with LiveCapture("lo", filter=port_filter([port])) as cap:
-            for i in range(100):
-                sender.sendto(b"%d" % i, ("127.0.0.1", port))
-            time.sleep(0.1)
-            chunks = [cap.read(max_packets=7) for _ in range(20)]
+    with (
+        receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        LiveCapture("lo", filter=port_filter([port])) as cap,
+    ):
+        for i in range(100):
+            sender.sendto(b"%d" % i, ("127.0.0.1", port))
+        time.sleep(0.1)
+        chunks = [cap.read(max_packets=7) for _ in range(20)]
     assert all(len(chunk) <= 7 for chunk in chunks)
     assert [p.payload for chunk in chunks for p in chunk] == [b"%d" % i for i in range(100)]
 
@@ -282,20 +298,21 @@ def test_veth_sees_received_and_sent_packets_once(
     assert interface == lab.host_if
     receiver, port = udp_port(socket.AF_INET, lab.host_ip)
     inbound, outbound = 120, 80
-    with receiver, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        with LiveCapture(
-            interface, filter=port_filter([port, 40000]), mechanism=mechanism
-        ) as cap:
-            assert not cap.loopback
-            lab.run(
-                [sys.executable, "-c", SENDER, lab.host_ip, str(port), str(inbound)],
-                check=True,
-                timeout=30,
-            )
-            for i in range(outbound):
-                sender.sendto(b"host %d" % i, (lab.ns_ip, 40000))
-            got = collect(cap, inbound + outbound)
-            stats = cap.kernel_stats()
+    with (
+        receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        LiveCapture(interface, filter=port_filter([port, 40000]), mechanism=mechanism) as cap,
+    ):
+        assert not cap.loopback
+        lab.run(
+            [sys.executable, "-c", SENDER, lab.host_ip, str(port), str(inbound)],
+            check=True,
+            timeout=30,
+        )
+        for i in range(outbound):
+            sender.sendto(b"host %d" % i, (lab.ns_ip, 40000))
+        got = collect(cap, inbound + outbound)
+        stats = cap.kernel_stats()
     received = [p for p in got if p.dst_ip == lab.host_ip]
     sent = [p for p in got if p.dst_ip == lab.ns_ip]
     assert [p.payload for p in received] == [b"ns %d" % i for i in range(inbound)]
