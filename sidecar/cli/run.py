@@ -72,4 +72,10 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
         logging.getLogger("sidecar").info("sidecar stopped: %s", dict(sidecar.counters))
         logging.getLogger("sidecar").info("%s", sidecar.latency_summary())
 
-    asyncio.run(main())
+    from ..live.media import MediaConfigError
+    from ..media.capture import CaptureError
+
+    try:
+        asyncio.run(main())
+    except (MediaConfigError, CaptureError) as exc:
+        fail(f"media capture: {exc}", 2)

@@ -75,3 +75,20 @@ def test_answer_and_end() -> None:
 def test_bad_events_are_named(payload: bytes, needle: str) -> None:
     with pytest.raises(EventError, match=needle):
         parse_event(payload)
+
+
+def test_media_update_early_without_sdp_and_routes_parse() -> None:
+    from sidecar.kamailio.events import Early, Failed, MediaUpdate
+
+    m = parse_event(json.dumps({"event": "media", "call_id": "c", "side": "callee",
+                                "sdp": "v=0\r\n", "ts": 1.5}))
+    assert isinstance(m, MediaUpdate) and m.side == "callee" and m.dialog.ts_ms == 1500
+    e = parse_event(json.dumps({"event": "early", "call_id": "c", "code": 180, "sdp": ""}))
+    assert isinstance(e, Early) and e.code == 180 and e.sdp == ""
+    a = parse_event(json.dumps({"event": "answer", "call_id": "c", "route": "10.0.0.9:5060"}))
+    assert isinstance(a, Answer) and a.route == "10.0.0.9:5060"
+    f = parse_event(json.dumps({"event": "failed", "call_id": "c", "code": 486,
+                                "reason": "Busy", "route": "carrier-b"}))
+    assert isinstance(f, Failed) and f.route == "carrier-b"
+    with pytest.raises(EventError, match="'side' must be caller or callee"):
+        parse_event(json.dumps({"event": "media", "call_id": "c", "side": "proxy"}))
