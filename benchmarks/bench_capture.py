@@ -17,7 +17,14 @@ instead of answering each with an ICMP port unreachable.
 
 The consumer is pluggable: ``--consumer MODULE:FACTORY`` names a function that returns a
 ``Callable[[CapturedPayload], None]`` (called once per payload). The default counts
-packets per flow in a dict.
+packets per flow in a dict. ``--consumer supervisor`` is the sidecar's own media path:
+the 1,000 calls are offered and answered (SDP naming the capture's addresses) in a
+``CallControl`` with a ``MediaSupervisor``, and every payload goes to
+``CallControl.on_packet`` as the live sidecar sends it: flows, counters, silence
+detection. The calls were answered a minute before (ringback is looked for only in the
+first 10 s after a 200 OK, which at any moment is a small share of the calls running);
+``supervisor-fresh`` answers them all at the start, so every callee packet is also
+screened for ringback: the worst case.
 
 Needs root. Usage:
     python benchmarks/bench_capture.py [--rates 25000,50000,100000,150000,200000]
@@ -139,6 +146,16 @@ class Run:
     def drop_fraction(self) -> float:
         return self.dropped / self.received if self.received else 0.0
 
+    @property
+    def cores(self) -> float:
+        """Capture CPU per second of replay, at the rate tcpreplay really reached."""
+        seconds = self.sent / self.tcpreplay_rate if self.tcpreplay_rate else self.wall
+        return self.capture_cpu / seconds if seconds else 0.0
+
+    @property
+    def microseconds_per_packet(self) -> float:
+        return 1e6 * self.capture_cpu / self.seen if self.seen else 0.0
+
 
 def _cpu(usage: resource.struct_rusage) -> float:
     return usage.ru_utime + usage.ru_stime
@@ -224,10 +241,50 @@ def replay(
     )
 
 
+def _sdp(ip: ipaddress.IPv4Address, port: int) -> str:
+    return (f"v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n")
+
+
+def supervisor(answered_ago_ms: int = 60_000) -> Consumer:
+    """The sidecar's media path with the benchmark's 1,000 calls answered."""
+    from sidecar.charging import Charger
+    from sidecar.kamailio.events import Answer, Dialog, Offer
+    from sidecar.store.accounts import SqliteLedger
+    from sidecar.store.db import connect
+    from sidecar.store.decks import PlanCache
+    from sidecar.supervision.calls import CallControl, ControlConfig
+    from sidecar.supervision.media import MediaSupervisor
+
+    conn = connect(":memory:")
+    control = CallControl(Charger(SqliteLedger(conn), PlanCache(conn)), MediaSupervisor(),
+                          ControlConfig(supervise_rejected=True))
+    now = int(time.time() * 1000) - answered_ago_ms
+    for call in range(CALLS):
+        ref = f"bench-{call}"
+        caller, callee = CALLER_NET + 1 + call, CALLEE_NET + 1 + call
+        offer = Offer(Dialog(ref, 0, 0, now * 1000), 0, 0, "a", "", "", "b", "sip:b", "b", "",
+                      str(caller), 5060, _sdp(caller, CALLER_PORT + 2 * call))
+        control.on_event(offer, now)
+        control.on_event(Answer(Dialog(ref, 0, 0, now * 1000),
+                                _sdp(callee, CALLEE_PORT + 2 * call)), now + 100)
+    on_packet = control.on_packet
+
+    def consume(p: CapturedPayload) -> None:
+        on_packet(int(p.timestamp * 1000), p.src_ip, p.src_port, p.dst_ip, p.dst_port,
+                  p.payload)
+
+    return consume
+
+
 def load_consumer(spec: str | None) -> Consumer:
     """``MODULE:FACTORY`` -> ``FACTORY()``; the default flow counter when ``None``."""
     if spec is None:
         return flow_counter()
+    if spec == "supervisor":
+        return supervisor()
+    if spec == "supervisor-fresh":
+        return supervisor(answered_ago_ms=0)
     module_name, _, attribute = spec.partition(":")
     factory = getattr(importlib.import_module(module_name), attribute or "consumer")
     consumer: Consumer = factory()
@@ -268,8 +325,9 @@ def main() -> int:
         )
         print(f"{os.cpu_count()} CPUs; {args.duration:g} s per rate on {args.interface}\n")
         header = (
-            f"{'mechanism':<9} {'rate/s':>8} {'sent':>10} {'tcpreplay/s':>11} {'seen':>10} "
-            f"{'drops':>8} {'drop %':>7} {'cap CPU s':>9} {'cap core':>8} {'replay CPU s':>12}"
+            f"{'mechanism':<9} {'rate/s':>8} {'sent':>10} {'actual/s':>9} {'seen':>10} "
+            f"{'drops':>8} {'drop %':>7} {'cap CPU s':>9} {'cap core':>8} {'us/pkt':>6} "
+            f"{'replay CPU s':>12}"
         )
         print(header)
         print("-" * len(header), flush=True)
@@ -288,10 +346,9 @@ def main() -> int:
                 runs.append(run)
                 print(
                     f"{run.mechanism:<9} {run.rate:>8,} {run.sent:>10,} "
-                    f"{run.tcpreplay_rate:>11,.0f} {run.seen:>10,} {run.dropped:>8,} "
-                    f"{100 * run.drop_fraction:>7.3f} "
-                    f"{run.capture_cpu:>9.2f} {run.capture_cpu / (run.sent / run.rate):>8.2f} "
-                    f"{run.tcpreplay_cpu:>12.2f}",
+                    f"{run.tcpreplay_rate:>9,.0f} {run.seen:>10,} {run.dropped:>8,} "
+                    f"{100 * run.drop_fraction:>7.3f} {run.capture_cpu:>9.2f} {run.cores:>8.2f} "
+                    f"{run.microseconds_per_packet:>6.2f} {run.tcpreplay_cpu:>12.2f}",
                     flush=True,
                 )
         print()
@@ -311,8 +368,10 @@ def main() -> int:
             else:
                 print(f"{mechanism}: no rate tried exceeded 0.1 % drops (up to {max(rates):,}/s)")
         print(
-            "\n'cap core' is capture CPU seconds per second of replay. 'seen' counts payloads "
-            "handed to the consumer; with no kernel drops it equals 'sent'."
+            "\n'actual/s' is the rate tcpreplay reached; 'cap core' is capture CPU seconds per "
+            "second of replay at that rate, 'us/pkt' capture CPU per payload seen.\n'seen' "
+            "counts payloads handed to the consumer: 'sent' minus drops, plus any other UDP "
+            "traffic on the interface in the filter's port range."
         )
     finally:
         if args.keep is None:

@@ -8,6 +8,10 @@ Used by the end-to-end tests (``tests/lab``) and the demo, never by the sidecar 
 - :mod:`sidecar.lab.sipp`: :class:`~sidecar.lab.sipp.Sipp` starts the scenarios of
   ``kamailio/sipp/`` (a UAS in the background, a UAC to completion) and reads back
   SIPp's own statistics and message traces.
+- :mod:`sidecar.lab.live`: the whole live path in a box (Kamailio + ``sidecar run`` + SIPp).
+- :mod:`sidecar.lab.netns`: a network namespace joined by a veth pair (a carrier "host").
+- :mod:`sidecar.lab.audio` and :mod:`sidecar.lab.record`: the FAS scenarios' audio and the
+  recorder of the reference captures in ``pcaps/``.
 
 This module holds the few port helpers both need. Everything here is Linux-only
 (``/proc/net``), like the rest of the lab.

@@ -114,9 +114,14 @@ class VethNamespace:
             raise
         return lab
 
+    @property
+    def exec_prefix(self) -> list[str]:
+        """The command prefix that runs a program inside the namespace."""
+        return ["ip", "netns", "exec", self.ns_name]
+
     def command(self, *argv: str) -> list[str]:
         """``argv`` prefixed to run inside the namespace (``ip netns exec NAME ...``)."""
-        return ["ip", "netns", "exec", self.ns_name, *argv]
+        return [*self.exec_prefix, *argv]
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
         """Run ``argv`` in the namespace to completion (``subprocess.run`` arguments)."""

@@ -11,8 +11,11 @@ not pull in the others or dpkt):
 * :mod:`sidecar.media.tones` - streaming ringback (Goertzel-style projection, the published
   10x / 8-block rule) and silence (mean |sample| < 512) detectors.
 * :mod:`sidecar.media.pcap` - the capture edge: pcap/pcapng files to UDP/TCP payloads
-  (``read_capture``), with the sans-IO ``FrameDecoder`` a live capture can reuse.
+  (``read_capture``), with the sans-IO ``FrameDecoder`` the live capture reuses.
+* :mod:`sidecar.media.capture` - the live edge: an AF_PACKET socket (TPACKET_V3 ring) with
+  a libpcap-compiled kernel filter, loopback de-duplication and kernel drop counters
+  (``LiveCapture``, ``interface_towards``, ``port_filter``).
 
-Everything except ``pcap.CaptureReader`` is pure: no sockets, no clocks, no asyncio.
+Everything except ``pcap.CaptureReader`` and ``capture`` is pure: no sockets, no clocks, no asyncio.
 Times are sample counts or capture timestamps passed in by the caller.
 """

@@ -8,8 +8,9 @@ and it needs ``CAP_NET_RAW`` (root).
 The socket
     Created with protocol 0 (receives nothing), then the compiled filter is attached,
     then it is bound to the interface with ``ETH_P_ALL``: no unfiltered packet can be
-    queued in between. The filter comes from a tcpdump expression compiled by libpcap
-    (:func:`compile_filter`, via ``ctypes`` on ``libpcap.so.0.8``); :func:`port_filter`
+    queued in between (a drain before the bind makes sure of it). The filter comes from
+    a tcpdump expression compiled by libpcap (:func:`compile_filter`, via ``ctypes`` on
+    ``libpcap.so.0.8``); :func:`port_filter`
     writes the expression for a set of RTP ports, and :meth:`LiveCapture.set_filter`
     swaps it atomically as calls come and go (``SO_ATTACH_FILTER`` replaces the old one).
 
@@ -31,26 +32,44 @@ Loopback's double copies
 Why a ``PACKET_MMAP`` ring (``TPACKET_V3``) and not ``recv`` per packet
     Both are implemented (``mechanism="ring"`` / ``"recv"``) and measured by
     ``benchmarks/bench_capture.py``: 1,000 simultaneous G.711 calls (both directions,
-    20 ms, 172-byte UDP payloads) replayed by tcpreplay on ``lo`` at rising rates on a
-    2-core machine, every payload decoded and handed to a per-flow counter. Figures
-    measured here (unique packets/s offered, CPU of the capture process, kernel drops):
+    20 ms, 172-byte UDP payloads, a port per leg) replayed by tcpreplay on ``lo`` for 10 s
+    per rate on a 2-core machine (tcpreplay busy-waits on one core), every payload
+    decoded and handed to a per-flow counter. Capture-process CPU per second and kernel
+    drops, over two runs (the recv drops vary with other load on the machine):
 
-    ========== =================== ===================
-    offered    ring (TPACKET_V3)   recvmsg per packet
-    ========== =================== ===================
-    50 k/s     0.23 core, 0 drops  0.47 core, 0 drops
-    100 k/s    0.45 core, 0 drops  0.93 core, 0 drops
-    150 k/s    0.67 core, 0 drops  1.0 core, 18 % drops
-    ========== =================== ===================
+    ========== ===================== ==================================
+    offered    ring (TPACKET_V3)     recvmsg per packet
+    ========== ===================== ==================================
+    25 k/s     0.06 core, none       0.32-0.37 core, none
+    50 k/s     0.13 core, none       0.53-0.55 core, none
+    100 k/s    0.17-0.23 core, none  0.65-0.73 core, none
+    150 k/s    0.30-0.37 core, none  0.67-0.90 core, 0-0.37 % dropped
+    200 k/s    0.36-0.41 core, none  0.61-0.98 core, 0-40 % dropped
+    ========== ===================== ==================================
 
     The ring costs no system call per packet: the kernel fills 256 KiB blocks in a
     shared mapping and hands a block over when it is full or ``block_timeout_ms`` old;
-    Python walks its packets with one ``struct`` unpack each, and the kernel timestamps
-    (nanoseconds) come in the packet headers. ``recvmsg`` needs a system call and an
-    ancillary-data parse per packet for the same timestamp, about twice the CPU, and
-    saturates a core just above the 100,000 packets/s target. The ring reaches the
-    target at under half a core, so it is the default. Its cost is latency: a quiet
-    interface delivers a block only when its timeout expires (10 ms by default).
+    Python walks its packets with one ``struct`` unpack each (about 2-2.5 µs per packet
+    with decoding and the consumer, so about 400,000 packets/s per core), and the kernel
+    timestamps (nanoseconds) come in the packet headers. ``recvmsg`` needs a system call,
+    a wake-up and an ancillary-data parse per packet for the same timestamp: three to
+    four times the CPU, a saturated core near 150,000 packets/s, and little left for the
+    supervisor at the 100,000 packets/s target. The ring is the default. Its cost is
+    latency: on a quiet interface a block is handed over only when its timeout expires
+    (10 ms by default). tcpreplay itself tops out near 230,000 packets/s here, so the
+    ring's own limit was not reached.
+
+Using it
+    ::
+
+        cap = LiveCapture(interface_towards(media_peer), filter=port_filter(rtp_ports))
+        loop.add_reader(cap.fileno(), lambda: supervisor.feed(cap.read()))
+        ...
+        cap.set_filter(port_filter(new_rtp_ports))  # as calls start and end
+
+    :meth:`LiveCapture.set_filter` compiles with libpcap, whose optimizer is slow for long
+    port lists (see :func:`port_filter`); ctypes releases the GIL during the compile, so
+    a busy service can call it from an executor, and should not call it per packet.
 
 What is not done here
     No RTP parsing and no flow table: that is the supervisor's job. Non-first IP

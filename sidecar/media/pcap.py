@@ -37,7 +37,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Final, Literal, NamedTuple
+from typing import Any, BinaryIO, Final, Literal, NamedTuple, cast
 
 import dpkt
 
@@ -71,6 +71,7 @@ __all__ = [
     "CaptureStats",
     "CapturedPayload",
     "FrameDecoder",
+    "PayloadFields",
     "Transport",
     "read_capture",
 ]
@@ -146,6 +147,10 @@ _ADDRESS_CACHE_LIMIT: Final = 65536
 
 class CaptureError(Exception):
     """A file that cannot be read as a capture at all (missing, unreadable, wrong format)."""
+
+
+#: :class:`CapturedPayload`'s fields as a plain tuple (see :meth:`CaptureReader.tuples`).
+PayloadFields = tuple[float, str, int, str, int, Transport, bytes]
 
 
 class CapturedPayload(NamedTuple):
@@ -642,6 +647,24 @@ class CaptureReader:
         return f.tell()
 
     def __iter__(self) -> Iterator[CapturedPayload]:
+        return cast(Iterator[CapturedPayload], self._iterate(CapturedPayload))
+
+    def tuples(self) -> Iterator[PayloadFields]:
+        """The same payloads as plain tuples in :class:`CapturedPayload`'s field order.
+
+        For loops that unpack each payload at once (``sidecar replay``): building a plain
+        tuple costs about half what a NamedTuple instance does, at up to 10^6 packets/s.
+        Payloads decoded off the fast path may still come as :class:`CapturedPayload`.
+        """
+        return self._iterate(tuple)
+
+    def _iterate(self, kind: type[tuple[Any, ...]]) -> Iterator[PayloadFields]:
+        # One generator per format, not one delegating to another: ``yield from`` costs
+        # about 0.1 us per payload.
+        return self._iter_pcap(kind) if self.format == "pcap" else self._iter_pcapng()
+
+    def _start(self) -> tuple[BinaryIO, FrameDecoder]:
+        """Fresh stats and decoder, and the file opened (at the start of an iteration)."""
         self.stats = CaptureStats()
         decoder = FrameDecoder(
             self.stats,
@@ -649,20 +672,14 @@ class CaptureReader:
             max_pending_datagrams=self._max_pending,
         )
         try:
-            f = open(self.path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 (closed below)
+            f = open(self.path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 (closed by caller)
         except OSError as e:
             raise CaptureError(f"{self.path}: cannot read capture: {e.strerror or e}") from e
         self._file = f
-        try:
-            if self.format == "pcap":
-                yield from self._iter_pcap(f, decoder)
-            else:
-                yield from self._iter_pcapng(f, decoder)
-            decoder.finish()
-        finally:
-            f.close()
+        return f, decoder
 
-    def _iter_pcap(self, f: BinaryIO, decoder: FrameDecoder) -> Iterator[CapturedPayload]:
+    def _iter_pcap(self, kind: type[tuple[Any, ...]]) -> Iterator[PayloadFields]:
+        f, decoder = self._start()
         stats = self.stats
         header = f.read(24)
         order, nano, record_size = _PCAP_MAGICS[struct.unpack_from("<I", header)[0]]
@@ -677,58 +694,85 @@ class CaptureReader:
         decode_slow = decoder.decode_slow
         addresses = decoder._addresses
         address = decoder.address
+        new = tuple.__new__
         ethernet = linktype == LINKTYPE_ETHERNET
-        while True:
-            record = read(record_size)
-            if len(record) < record_size:
-                if record:
-                    stats.packets_read += 1
-                    stats.skip(SKIP_TRUNCATED_RECORD)
-                    stats.truncated_file = True
-                return
-            stats.packets_read += 1
-            seconds, fraction, caplen = unpack_record(record)
-            if caplen > limit:
-                # The length is garbage, so where the next record starts is unknown.
-                stats.skip(SKIP_CORRUPT_RECORD)
-                return
-            frame = read(caplen)
-            if len(frame) < caplen:
-                stats.skip(SKIP_TRUNCATED_RECORD)
-                stats.truncated_file = True
-                return
-            timestamp = seconds + fraction * scale
-            # The Ethernet/IPv4/UDP fast path of FrameDecoder.decode, inlined: a method
-            # call per packet is a measurable share of the per-packet budget.
-            if ethernet and caplen >= _ETH_IPV4_UDP_END:
-                (ethertype, ver_ihl, total, flags_frag, proto, src, dst, sport, dport, ulen) = (
-                    _unpack_eth_ipv4_udp(frame, 12)
-                )
-                if (
-                    ethertype == _ETHERTYPE_IPV4
-                    and ver_ihl == 0x45
-                    and proto == _PROTO_UDP
-                    and not flags_frag & 0x3FFF
-                    and 8 <= ulen <= total - 20
-                    and total + 14 <= caplen
-                ):
-                    stats.payloads_yielded += 1
-                    yield CapturedPayload(
-                        timestamp,
-                        addresses.get(src) or address(src),
-                        sport,
-                        addresses.get(dst) or address(dst),
-                        dport,
-                        "udp",
-                        frame[42 : 34 + ulen],
-                    )
-                    continue
-            result = decode_slow(timestamp, linktype, frame)
-            if result is not None:
-                stats.payloads_yielded += 1
-                yield result
+        # Records are cut out of 1 MiB chunks with unpack_from at an offset rather than
+        # read one by one: two read() calls per record cost more than the rest of the
+        # fast path. Counters are kept in locals and added to ``stats`` at the end.
+        buf = b""
+        size = pos = 0
+        records = yielded = 0
+        try:
+            while True:
+                start = pos + record_size
+                if start > size:
+                    buf = buf[pos:] + read(_READ_BUFFER)
+                    size, pos, start = len(buf), 0, record_size
+                    if start > size:
+                        if buf:
+                            records += 1
+                            stats.skip(SKIP_TRUNCATED_RECORD)
+                            stats.truncated_file = True
+                        break
+                records += 1
+                seconds, fraction, caplen = unpack_record(buf, pos)
+                if caplen > limit:
+                    # The length is garbage, so where the next record starts is unknown.
+                    stats.skip(SKIP_CORRUPT_RECORD)
+                    break
+                end = start + caplen
+                if end > size:
+                    buf = buf[pos:] + read(max(_READ_BUFFER, end - size))
+                    size, pos, start, end = len(buf), 0, record_size, record_size + caplen
+                    if end > size:
+                        stats.skip(SKIP_TRUNCATED_RECORD)
+                        stats.truncated_file = True
+                        break
+                pos = end
+                timestamp = seconds + fraction * scale
+                # The Ethernet/IPv4/UDP fast path of FrameDecoder.decode, inlined: a method
+                # call per packet is a measurable share of the per-packet budget.
+                if ethernet and caplen >= _ETH_IPV4_UDP_END:
+                    (ethertype, ver_ihl, total, flags_frag, proto, src, dst, sport, dport,
+                     ulen) = _unpack_eth_ipv4_udp(buf, start + 12)
+                    if (
+                        ethertype == _ETHERTYPE_IPV4
+                        and ver_ihl == 0x45
+                        and proto == _PROTO_UDP
+                        and not flags_frag & 0x3FFF
+                        and 8 <= ulen <= total - 20
+                        and total + 14 <= caplen
+                    ):
+                        yielded += 1
+                        yield new(kind, (
+                            timestamp,
+                            addresses.get(src) or address(src),
+                            sport,
+                            addresses.get(dst) or address(dst),
+                            dport,
+                            "udp",
+                            buf[start + 42 : start + 34 + ulen],
+                        ))
+                        continue
+                result = decode_slow(timestamp, linktype, buf[start:end])
+                if result is not None:
+                    yielded += 1
+                    yield result
+            decoder.finish()
+        finally:
+            stats.packets_read += records
+            stats.payloads_yielded += yielded
+            f.close()
 
-    def _iter_pcapng(self, f: BinaryIO, decoder: FrameDecoder) -> Iterator[CapturedPayload]:
+    def _iter_pcapng(self) -> Iterator[PayloadFields]:
+        f, decoder = self._start()
+        try:
+            yield from self._pcapng_payloads(f, decoder)
+            decoder.finish()
+        finally:
+            f.close()
+
+    def _pcapng_payloads(self, f: BinaryIO, decoder: FrameDecoder) -> Iterator[PayloadFields]:
         stats = self.stats
         read = f.read
         decode = decoder.decode

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..charging import Action, Cdr, CdrWritten, EndCall
 from ..kamailio.events import Answer, Dialog, Early, End, Event, Failed, Offer
-from ..media.pcap import CapturedPayload, CaptureStats
+from ..media.pcap import CapturedPayload, CaptureReader, CaptureStats, PayloadFields
 from ..money import fmt
 from ..supervision.calls import CallControl
 from ..supervision.media import MediaVerdict
@@ -97,26 +97,32 @@ class Replay:
         deadline = control.next_deadline()
         count = rtp = 0
         last_ms = 0
-        for p in payloads:
+        first_ts = self.first_ts
+        # A capture file's own iterator of plain tuples: no NamedTuple per packet.
+        source: Iterable[PayloadFields] = (
+            payloads.tuples() if isinstance(payloads, CaptureReader) else payloads)
+        for p in source:
+            timestamp, src_ip, src_port, dst_ip, dst_port, transport, payload = p
             count += 1
-            payload = p.payload
-            ts_ms = int(p.timestamp * 1000)
+            ts_ms = int(timestamp * 1000)
             if deadline is not None and ts_ms >= deadline:
                 self._tick(ts_ms)
                 deadline = control.next_deadline()
             last_ms = ts_ms
-            if p.transport == "udp" and payload and 0x80 <= payload[0] <= 0xBF:
+            if payload and 0x80 <= payload[0] <= 0xBF and transport == "udp":
                 rtp += 1
-                actions = on_packet(ts_ms, p.src_ip, p.src_port, p.dst_ip, p.dst_port, payload)
+                actions = on_packet(ts_ms, src_ip, src_port, dst_ip, dst_port, payload)
                 if actions:
                     self._actions(actions)
                     deadline = control.next_deadline()
-            elif looks_like_sip(p):
-                for ev in tracker.feed(p):
-                    self._event(ev)
-                deadline = control.next_deadline()
-            if self.first_ts is None:
-                self.first_ts = p.timestamp
+            else:
+                captured = p if isinstance(p, CapturedPayload) else CapturedPayload(*p)
+                if looks_like_sip(captured):
+                    for ev in tracker.feed(captured):
+                        self._event(ev)
+                    deadline = control.next_deadline()
+            if first_ts is None:
+                first_ts = self.first_ts = timestamp
             if progress is not None and count % every == 0:
                 progress()
         if count:

@@ -126,7 +126,7 @@ class CallControl:
         media = self.media
         if media is None:
             return []
-        ref = media.packet(ts_ms, (src_ip, src_port), (dst_ip, dst_port), payload)
+        ref = media.datagram(ts_ms, src_ip, src_port, dst_ip, dst_port, payload)
         if ref is None or ref not in self._unconfirmed:
             return []
         first = media.dialogs[ref].callee.first_after_answer_ms

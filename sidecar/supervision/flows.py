@@ -50,6 +50,9 @@ class FlowTable:
         self._by_call: dict[str, set[Address]] = {}
         self._latched: dict[tuple[str, Party], int] = {}
         self.version = 0  # bumped when the set of SDP addresses changes (capture filters)
+        # Bumped on every change of the address -> owner map, latching included: a cache
+        # of classify() results is valid while this is unchanged.
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._owners)
@@ -71,6 +74,7 @@ class FlowTable:
             self._owners[addr] = Owner(call_ref, party, False)
             mine.add(addr)
         self.version += 1
+        self.generation += 1
 
     def classify(self, src: Address, dst: Address) -> tuple[str, Party] | None:
         """The dialog and the *sending* party of a packet, or None if it is not ours."""
@@ -94,6 +98,7 @@ class FlowTable:
         self._latched[key] = count + 1
         self._owners[addr] = Owner(call_ref, party, True)
         self._by_call.setdefault(call_ref, set()).add(addr)
+        self.generation += 1
 
     def forget(self, call_ref: str) -> None:
         """The dialog ended: drop its addresses (those no newer dialog took over)."""
@@ -104,6 +109,7 @@ class FlowTable:
         for party in Party:
             self._latched.pop((call_ref, party), None)
         self.version += 1
+        self.generation += 1
 
     def addresses(self, call_ref: str) -> dict[Address, Owner]:
         """The addresses currently mapped to a dialog (for diagnostics and tests)."""
