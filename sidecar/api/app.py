@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from ..store.routes import route_calls
+from ..supervision.routes import PatternConfig, score_routes
 from ..invoices import (
     InvoiceError,
     InvoiceNotFound,
@@ -278,6 +280,14 @@ async def stats_routes(request: web.Request) -> web.Response:
     return web.json_response({"routes": route_stats_json(rows)})
 
 
+async def fas_routes(request: web.Request) -> web.Response:
+    start, end = _range(request)
+    min_calls = _int_param(request, "min_calls", 20, 1, 1_000_000)
+    calls = route_calls(request.app[CONN], from_ms=start, to_ms=end, account=_account(request))
+    scores = score_routes(calls, PatternConfig(min_calls=min_calls))
+    return web.json_response({"routes": [r.to_dict() for r in scores]})
+
+
 ROUTES: tuple[tuple[str, Handler], ...] = (
     ("/health", health),
     ("/openapi.json", openapi),
@@ -296,6 +306,7 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
     ("/v1/reconcile", reconcile_one),
     ("/v1/stats/spend", stats_spend),
     ("/v1/stats/routes", stats_routes),
+    ("/v1/fas/routes", fas_routes),
 )
 
 

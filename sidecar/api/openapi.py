@@ -153,6 +153,18 @@ _SCHEMAS: dict[str, Any] = {
         "key": {"type": "string"}, "currency": {"type": "string"}, "calls": {"type": "integer"},
         "billed_seconds": {"type": "integer"}, "exact": _ref("Money"), "amount": _ref("Money"),
         "parent": {"type": "string"}}},
+    "FasRoute": {"type": "object", "properties": {
+        "route": {"type": "string"}, "attempts": {"type": "integer"},
+        "answered": {"type": "integer"},
+        "fas_calls": {"type": "object", "additionalProperties": {"type": "integer"},
+                      "description": "Answered calls per FAS verdict."},
+        "instant_answers": {"type": "integer"}, "short_calls": {"type": "integer"},
+        "uniform_calls": {"type": "integer"},
+        "answer_delay_p10_ms": {"type": ["integer", "null"]},
+        "answer_delay_p90_ms": {"type": ["integer", "null"]},
+        "judged": {"type": "boolean", "description": "Enough answered calls to judge."},
+        "score": {"type": "integer", "minimum": 0, "maximum": 100},
+        "reasons": {"type": "array", "items": {"type": "string"}}}},
     "RouteStats": {"type": "object", "properties": {
         "route": {"type": "string"}, "attempts": {"type": "integer"},
         "answered": {"type": "integer"}, "no_media": {"type": "integer"},
@@ -254,6 +266,16 @@ _PATHS: dict[str, Any] = {
         "parameters": [_ACCOUNT_Q, _FROM_Q, _TO_Q],
         "responses": {"200": _json({"type": "object", "properties": {
             "routes": {"type": "array", "items": _ref("RouteStats")}}}),
+            **_ERR400, **_ERR404}}},
+    "/v1/fas/routes": {"get": {
+        "summary": "False Answer Supervision score per route (most suspicious first): FAS "
+                   "verdicts, instant answers, short calls, uniform durations, machine-like "
+                   "answer delays, each with its evidence.",
+        "parameters": [_ACCOUNT_Q, _FROM_Q, _TO_Q,
+                       _q("min_calls", "Answered calls a route needs to be judged (20).",
+                          {"type": "integer", "minimum": 1})],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "routes": {"type": "array", "items": _ref("FasRoute")}}}),
             **_ERR400, **_ERR404}}},
 }
 

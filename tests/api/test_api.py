@@ -190,6 +190,14 @@ def test_balances_decks_live_calls_and_stats(sim: Sim) -> None:
         assert (await get_json(http, base + "/v1/stats/routes?account=NOPE", 404))["error"] \
             == "account 'NOPE' not found"
         assert routes[0]["answer_delay_mean_ms"] == 2000 and routes[0]["pdd_mean_ms"] is None
+        fas = (await get_json(http, base + "/v1/fas/routes?min_calls=1"))["routes"]
+        carrier = next(r for r in fas if r["route"] == "carrier-a")
+        assert carrier["judged"] and carrier["answered"] == 4 and carrier["attempts"] == 5
+        assert isinstance(carrier["score"], int) and isinstance(carrier["reasons"], list)
+        unjudged = (await get_json(http, base + "/v1/fas/routes"))["routes"]
+        assert all(not r["judged"] and r["score"] == 0 for r in unjudged)
+        assert "min_calls" in (await get_json(http, base + "/v1/fas/routes?min_calls=0",
+                                               400))["error"]
     with_server(sim, test)
 
 
