@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ..store.routes import route_calls
-from ..supervision.routes import PatternConfig, score_routes
 from ..invoices import (
     InvoiceError,
     InvoiceNotFound,
@@ -39,6 +37,8 @@ from ..invoices.records import UnknownAccount, cdr_json, check_account, iso, que
 from ..invoices.render import detail_csv, file_stem
 from ..store.accounts import AccountNotFound, SqliteLedger, get_account, list_accounts
 from ..store.decks import PlanNotFound, deck_versions, get_plan, list_plans, load_table
+from ..store.routes import route_calls
+from ..supervision.routes import PatternConfig, score_routes
 from .openapi import openapi_document
 
 CONN = web.AppKey("conn", sqlite3.Connection)
