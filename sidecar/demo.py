@@ -5,7 +5,8 @@
 Starts Kamailio with the shipped configuration and ``sidecar run`` on a fresh SQLite
 database holding the sample deck and a few accounts, places a handful of calls through
 Kamailio (answered with media, refused for lack of credit, cut when credit runs out,
-answered without media, unknown account) and prints what was billed.
+answered without media, ringback after answer, unknown account) and prints what was
+billed. Media supervision is on: the sidecar captures the calls' RTP on ``lo``.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main() -> None:
         db = run / "demo.db"
         db.unlink(missing_ok=True)
         conn = _prepare(db)
-        with LiveLab(run / "lab", db) as lab:
+        media = '[media]\nenabled = true\ninterface = "lo"\n'
+        with LiveLab(run / "lab", db, extra_config=media) as lab:
             console.print(f"Kamailio on {lab.target} (pid {lab.kam.pid}), sidecar connected "
                           f"over evapi :{lab.settings.evapi_port}")
             _call(lab, "1. ACME calls Berlin: answered with media, 3 s", "uas.xml",
@@ -86,10 +88,13 @@ def main() -> None:
                   account_code="BROKE", dialled="+4930123456")
             _call(lab, "3. TIGHT calls the premium route for 15 s: cut when credit runs out",
                   "uas.xml", account_code="TIGHT", dialled="+999123456", duration_ms=15_000)
-            _call(lab, "4. ACME calls the UK: answered, but the carrier sends no media",
-                  "uas_nomedia.xml", account_code="ACME", dialled="+447700900123",
-                  duration_ms=2000)
-            _call(lab, "5. An unknown account code -> 403", None,
+            _call(lab, "4. ACME calls the UK: answered, but the carrier sends no media "
+                       "-> not billed", "uas_nomedia.xml", account_code="ACME",
+                  dialled="+447700900123", duration_ms=2000)
+            _call(lab, "5. ACME calls Berlin: the carrier answers, then plays ringback "
+                       "-> FAS, charge credited", "uas_ringback.xml", account_code="ACME",
+                  dialled="+4930123456", duration_ms=4000)
+            _call(lab, "6. An unknown account code -> 403", None,
                   account_code="NOBODY", dialled="+4930123456")
             time.sleep(0.5)  # let the last end event land
         _report(conn)
@@ -100,13 +105,16 @@ def main() -> None:
 def _report(conn: sqlite3.Connection) -> None:
     console.rule("CDRs")
     t = Table("account", "callee", "destination", "result", "SIP", "duration", "billed",
-              "cost", "charged", "ended by")
+              "cost", "charged", "credited", "FAS", "ended by")
     for row in conn.execute(
             "SELECT account, callee, destination, disposition, sip_code, duration_ms, "
-            "billed_seconds, cost, charged, ended_by, end_reason FROM cdrs ORDER BY id"):
-        acc, callee, dest, disp, code, dur, billed, cost, charged, by, reason = row
+            "billed_seconds, cost, charged, credited, fas_verdict, fas_reasons, ended_by, "
+            "end_reason FROM cdrs ORDER BY id"):
+        (acc, callee, dest, disp, code, dur, billed, cost, charged, credited, fas, why, by,
+         reason) = row
         t.add_row(acc or "-", callee, dest, disp, str(code or ""), f"{dur / 1000:.3f} s",
-                  f"{billed} s", cost, charged, f"{by} ({reason})" if by else reason[:40])
+                  f"{billed} s", cost, charged, credited,
+                  f"{fas}: {why}"[:60] if fas else "", f"{by} ({reason})" if by else reason[:40])
     console.print(t)
     b = Table("account", "balance", "held")
     for code, bal, held in conn.execute("SELECT code, balance, held FROM accounts ORDER BY code"):

@@ -44,6 +44,9 @@ class FlowTable:
     #: At most this many learnt addresses per party of a dialog (a misbehaving sender
     #: hopping ports must not grow the table without bound).
     MAX_LATCHED = 4
+    #: More changed addresses than this between two take_changes() calls and the change
+    #: set is dropped: the consumer then treats every address as changed.
+    MAX_CHANGES = 4096
 
     def __init__(self) -> None:
         self._owners: dict[Address, Owner] = {}
@@ -51,8 +54,10 @@ class FlowTable:
         self._latched: dict[tuple[str, Party], int] = {}
         self.version = 0  # bumped when the set of SDP addresses changes (capture filters)
         # Bumped on every change of the address -> owner map, latching included: a cache
-        # of classify() results is valid while this is unchanged.
+        # of classify() results is valid while this is unchanged, and take_changes() says
+        # which addresses changed.
         self.generation = 0
+        self._changed: set[Address] | None = set()
 
     def __len__(self) -> int:
         return len(self._owners)
@@ -65,6 +70,7 @@ class FlowTable:
             if addr not in addresses:
                 del self._owners[addr]
                 mine.discard(addr)
+                self._changes(addr)
         for addr in addresses:
             previous = self._owners.get(addr)
             if previous is not None and previous.call_ref != call_ref:
@@ -73,6 +79,7 @@ class FlowTable:
                     other.discard(addr)
             self._owners[addr] = Owner(call_ref, party, False)
             mine.add(addr)
+            self._changes(addr)
         self.version += 1
         self.generation += 1
 
@@ -98,6 +105,7 @@ class FlowTable:
         self._latched[key] = count + 1
         self._owners[addr] = Owner(call_ref, party, True)
         self._by_call.setdefault(call_ref, set()).add(addr)
+        self._changes(addr)
         self.generation += 1
 
     def forget(self, call_ref: str) -> None:
@@ -106,10 +114,29 @@ class FlowTable:
             owner = self._owners.get(addr)
             if owner is not None and owner.call_ref == call_ref:
                 del self._owners[addr]
+                self._changes(addr)
         for party in Party:
             self._latched.pop((call_ref, party), None)
         self.version += 1
         self.generation += 1
+
+    def _changes(self, addr: Address) -> None:
+        changed = self._changed
+        if changed is not None:
+            changed.add(addr)
+            if len(changed) > self.MAX_CHANGES:
+                self._changed = None
+
+    def take_changes(self) -> set[Address] | None:
+        """Addresses whose owner changed (set, replaced or removed) since the last call,
+        or None if too many to list: then any address may have changed.
+
+        For one cache of :meth:`classify` results (the media supervisor's): a result for
+        (src, dst) stays right while neither address is in the set.
+        """
+        changed = self._changed
+        self._changed = set()
+        return changed
 
     def addresses(self, call_ref: str) -> dict[Address, Owner]:
         """The addresses currently mapped to a dialog (for diagnostics and tests)."""

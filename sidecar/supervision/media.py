@@ -40,6 +40,7 @@ log = logging.getLogger("sidecar.supervision")
 _unpack_rtp = struct.Struct("!BBHII").unpack_from  # the RTP fixed header (see media.rtp)
 #: More cached flows than this (a sender hopping ports) and the cache starts afresh.
 _FLOW_CACHE_LIMIT = 8192
+_FlowKey = tuple[str, int, str, int]  # src ip, src port, dst ip, dst port
 
 
 class Verdict(StrEnum):
@@ -110,6 +111,10 @@ class DialogMedia:
     ringback_tone: str = ""
     silence: SilenceDetector | None = None
     ended_for_no_media: bool = False
+    # RTP payload type -> codec (None: not G.711), looked up from ``codecs`` when first
+    # seen; cleared whenever an SDP of the dialog is read.
+    payload_codecs: dict[int, Codec | None] = field(default_factory=dict, repr=False,
+                                                    compare=False)
 
     @property
     def callee(self) -> Stream:
@@ -153,20 +158,19 @@ class NoMedia:
 class _Flow:
     """A (source, destination) pair known to carry one party's media in one dialog.
 
-    Cached by :class:`MediaSupervisor` so a packet of a known flow skips the flow table,
-    the dialog lookup and the codec lookup. Valid while :attr:`FlowTable.generation` is
-    unchanged and no SDP or dialog ended in between (the supervisor clears the cache).
+    Cached by :class:`MediaSupervisor` so a packet of a known flow skips the flow table
+    and the dialog lookup. An entry is dropped as soon as the owner of its source or its
+    destination address changes in the flow table (:meth:`FlowTable.take_changes`): a
+    new SDP, a latched address, a port taken over by another dialog, or the dialog's end.
     """
 
-    __slots__ = ("call_ref", "callee", "codec", "dialog", "payload_type", "stream")
+    __slots__ = ("call_ref", "callee", "dialog", "stream")
 
     def __init__(self, call_ref: str, dialog: DialogMedia, sender: Party) -> None:
         self.call_ref = call_ref
         self.dialog = dialog
         self.stream = dialog.streams[sender]
         self.callee = sender is Party.CALLEE
-        self.payload_type = -1  # the payload type ``codec`` was looked up for
-        self.codec: Codec | None = None
 
 
 def _addresses(sdp: SessionDescription) -> tuple[list[Address], dict[int, Codec]]:
@@ -203,9 +207,11 @@ class MediaSupervisor:
         self.packets_unmatched = 0
         self.packets_not_rtp = 0
         self.bad_sdp = 0
-        # (src ip, src port, dst ip, dst port) -> its flow, for flows.generation below.
-        self._flow_cache: dict[tuple[str, int, str, int], _Flow] = {}
-        self._flow_generation = -1
+        # (src ip, src port, dst ip, dst port) -> its flow; and address -> the cached
+        # flows it is part of, so a change of one address drops just those.
+        self._flow_cache: dict[_FlowKey, _Flow] = {}
+        self._flows_of: dict[Address, set[_FlowKey]] = {}
+        self._flow_generation = self.flows.generation
 
     # --- signalling -------------------------------------------------------------
     def offer(self, call_ref: str, now_ms: int, sdp: str) -> None:
@@ -274,7 +280,7 @@ class MediaSupervisor:
             return
         addrs, codecs = _addresses(sdp)
         d = self.dialogs[call_ref]
-        self._flow_cache.clear()  # codecs change even when addresses do not
+        d.payload_codecs.clear()
         d.codecs.setdefault(party, {}).update(codecs)
         d.origins[party] = _origin_key(sdp.origin)
         if addrs:
@@ -293,14 +299,14 @@ class MediaSupervisor:
         known flow is found in one dict lookup, and the RTP header is read inline.
         """
         flows = self.flows
-        cache = self._flow_cache
         if self._flow_generation != flows.generation:
-            cache.clear()
+            self._forget_flows(flows.take_changes())
             self._flow_generation = flows.generation
         key = (src_ip, src_port, dst_ip, dst_port)
-        flow = cache.get(key)
+        flow = self._flow_cache.get(key)
         if flow is None:
-            hit = flows.classify((src_ip, src_port), (dst_ip, dst_port))
+            src, dst = (src_ip, src_port), (dst_ip, dst_port)
+            hit = flows.classify(src, dst)
             if hit is None:
                 self.packets_unmatched += 1
                 return None
@@ -311,10 +317,14 @@ class MediaSupervisor:
                     self.packets_not_rtp += 1
                     return call_ref
                 return None
-            if self._flow_generation != flows.generation or len(cache) >= _FLOW_CACHE_LIMIT:
-                cache.clear()  # classify latched an address: other flows may move
+            if self._flow_generation != flows.generation:  # classify latched an address
+                self._forget_flows(flows.take_changes())
                 self._flow_generation = flows.generation
-            flow = cache[key] = _Flow(call_ref, d, sender)
+            if len(self._flow_cache) >= _FLOW_CACHE_LIMIT:
+                self._forget_flows(None)
+            flow = self._flow_cache[key] = _Flow(call_ref, d, sender)
+            self._flows_of.setdefault(src, set()).add(key)
+            self._flows_of.setdefault(dst, set()).add(key)
         else:
             call_ref = flow.call_ref
             d = flow.dialog
@@ -368,15 +378,37 @@ class MediaSupervisor:
         if s.first_after_answer_ms is None:
             s.first_after_answer_ms = ts_ms
         if flow.callee and size:
-            if payload_type != flow.payload_type:
-                flow.codec = d.codecs.get(Party.CALLEE, {}).get(payload_type) or \
-                    d.codecs.get(Party.CALLER, {}).get(payload_type) or \
-                    codec_for_payload_type(payload_type)
-                flow.payload_type = payload_type
-            codec = flow.codec
+            codecs = d.payload_codecs
+            codec = codecs.get(payload_type)
+            if codec is None and payload_type not in codecs:
+                codec = codecs[payload_type] = (
+                    d.codecs.get(Party.CALLEE, {}).get(payload_type)
+                    or d.codecs.get(Party.CALLER, {}).get(payload_type)
+                    or codec_for_payload_type(payload_type))
             if codec is not None:
                 self._audio(d, ts_ms, payload[offset:end], codec, missing)
         return call_ref
+
+    def _forget_flows(self, addresses: set[Address] | None) -> None:
+        """Drop the cached flows through ``addresses`` (None: every cached flow)."""
+        if addresses is None:
+            self._flow_cache.clear()
+            self._flows_of.clear()
+            return
+        cache = self._flow_cache
+        flows_of = self._flows_of
+        for addr in addresses:
+            for key in flows_of.pop(addr, ()):
+                del cache[key]
+                # ... and from the index of its other address (a key is in the cache
+                # exactly when it is in the sets of both its addresses).
+                src, dst = (key[0], key[1]), (key[2], key[3])
+                other_addr = dst if src == addr else src
+                other = flows_of.get(other_addr)
+                if other is not None:
+                    other.discard(key)
+                    if not other:
+                        del flows_of[other_addr]
 
     def _audio(self, d: DialogMedia, ts_ms: int, audio: bytes, codec: Codec,
                missing: int) -> None:
@@ -420,8 +452,7 @@ class MediaSupervisor:
         d = self.dialogs.pop(call_ref, None)
         if d is None:
             return None
-        self.flows.forget(call_ref)
-        self._flow_cache.clear()
+        self.flows.forget(call_ref)  # drops the dialog's cached flows with its addresses
         d.ended_ms = now_ms
         return judge(d, self.config)
 
