@@ -10,7 +10,13 @@ RTP ports), then times:
   detectors on the callee's audio);
 * ``tshark -r FILE -Y 'sip || rtp'`` on the same file (wall and CPU time of tshark).
 
-Usage: python benchmarks/bench_pcap.py [--packets N] [--keep DIR] [--no-tshark]
+Calls last 10 s by default, so the ringback detector (which looks at the first 10 s after
+the 200 OK) analyses every callee packet: a worst case. ``--call-seconds 60-120`` gives
+each call a length drawn (seeded) from that range, closer to real traffic: most callee
+packets are then past the ringback window and only the silence detector sees them.
+
+Usage: python benchmarks/bench_pcap.py [--packets N] [--call-seconds S|MIN-MAX]
+                                       [--keep DIR] [--no-tshark]
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import random
 import resource
 import shutil
 import struct
@@ -35,7 +42,8 @@ from sidecar.media.pcap import read_capture
 from sidecar.media.rtp import parse_rtp
 
 PAYLOAD_BYTES = 160  # 20 ms of PCMA
-PACKETS_PER_CALL_LEG = 500  # 10 s of media per direction
+PACKETS_PER_SECOND = 50  # 20 ms packets
+DEFAULT_CALL_SECONDS = (10.0, 10.0)  # 500 packets of media per direction
 
 
 def _checksum(header: bytes) -> int:
@@ -80,15 +88,20 @@ def _sip(method_or_status: str, call: int, rtp_port: int) -> bytes:
     ).encode()
 
 
-def build_capture(path: Path, packets: int) -> int:
+def build_capture(path: Path, packets: int,
+                  call_seconds: tuple[float, float] = DEFAULT_CALL_SECONDS) -> int:
     """Write about ``packets`` packets; return how many were written."""
-    calls = max(1, packets // (2 * PACKETS_PER_CALL_LEG + 2))
+    rnd = random.Random(1)
     # Calls overlap: every call starts 0.2 s after the previous one.
     written = 0
     payload = b"\xd5" * PAYLOAD_BYTES
     records: list[tuple[float, bytes]] = []
     t0 = 1_700_000_000.0
-    for call in range(calls):
+    call = 0
+    while True:
+        legs = round(rnd.uniform(*call_seconds) * PACKETS_PER_SECOND)
+        if call and written + 2 + 2 * legs > packets:
+            break  # only whole calls
         start = t0 + call * 0.2
         caller_port = 20000 + 4 * (call % 5000)
         callee_port = 40000 + 4 * (call % 5000)
@@ -105,7 +118,7 @@ def build_capture(path: Path, packets: int) -> int:
             )
         )
         ssrc_a, ssrc_b = 0x10000000 + call, 0x20000000 + call
-        for i in range(PACKETS_PER_CALL_LEG):
+        for i in range(legs):
             ts = start + 0.06 + i * 0.02
             rtp_a = struct.pack("!BBHII", 0x80, 8, i, i * 160, ssrc_a) + payload
             rtp_b = struct.pack("!BBHII", 0x80, 8, i, i * 160, ssrc_b) + payload
@@ -113,6 +126,8 @@ def build_capture(path: Path, packets: int) -> int:
             records.append(
                 (ts + 0.0001, _frame("10.0.0.2", "10.0.0.1", callee_port, caller_port, rtp_b, i))
             )
+        written += 2 + 2 * legs
+        call += 1
     records.sort(key=lambda r: r[0])
     with path.open("wb") as f:
         writer = dpkt.pcap.Writer(f, snaplen=65535)
@@ -175,18 +190,23 @@ def time_tshark(path: Path) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=500_000)
+    parser.add_argument("--call-seconds", default="10",
+                        help="length of every call (10: the worst case), or MIN-MAX")
     parser.add_argument("--keep", type=Path, help="write the capture here and keep it")
     parser.add_argument("--no-tshark", action="store_true")
     args = parser.parse_args()
+    low, _, high = args.call_seconds.partition("-")
+    call_seconds = (float(low), float(high or low))
 
     with tempfile.TemporaryDirectory() as tmp:
         path = (args.keep or Path(tmp)) / "bench.pcap"
         path.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        count = build_capture(path, args.packets)
+        count = build_capture(path, args.packets, call_seconds)
         size = os.path.getsize(path)
         print(
-            f"capture: {count:,} packets, {size / 1e6:.1f} MB, "
+            f"capture: {count:,} packets, {size / 1e6:.1f} MB, calls of "
+            f"{args.call_seconds} s, "
             f"built in {time.perf_counter() - start:.1f} s ({path})"
         )
 

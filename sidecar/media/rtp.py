@@ -17,6 +17,7 @@ RTP_VERSION = 2
 _FIXED = struct.Struct("!BBHII")
 _unpack_fixed = _FIXED.unpack_from
 _unpack_u16 = struct.Struct("!H").unpack_from
+_new = tuple.__new__  # RtpHeader(...) runs a Python-level __new__; this is the C one
 
 # RFC 5761 section 4: with RTP and RTCP on one port, an RTCP packet type (192..223: SR 200,
 # RR 201, SDES 202, BYE 203, APP 204, RTPFB 205, PSFB 206, XR 207, ...) reads as an RTP
@@ -57,9 +58,11 @@ def parse_rtp(data: bytes) -> RtpHeader | None:
     if size < 12:
         return None
     b0, b1, sequence, timestamp, ssrc = _unpack_fixed(data)
-    if b0 & 0xC0 != 0x80:
-        return None
     if _RTCP_FIRST <= b1 <= _RTCP_LAST:
+        return None
+    if b0 == 0x80:  # no CSRC, extension or padding: the usual case
+        return _new(RtpHeader, (b1 & 0x7F, b1 > 0x7F, sequence, timestamp, ssrc, 12, size))
+    if b0 & 0xC0 != 0x80:
         return None
     offset = 12 + ((b0 & 0x0F) << 2)
     if b0 & 0x10:
@@ -75,7 +78,7 @@ def parse_rtp(data: bytes) -> RtpHeader | None:
         end -= padding
     if offset > end:
         return None
-    return RtpHeader(b1 & 0x7F, b1 > 0x7F, sequence, timestamp, ssrc, offset, end)
+    return _new(RtpHeader, (b1 & 0x7F, b1 > 0x7F, sequence, timestamp, ssrc, offset, end))
 
 
 def is_rtcp(data: bytes) -> bool:

@@ -54,10 +54,12 @@ from __future__ import annotations
 
 import cmath
 import enum
+import functools
 import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from zlib import adler32
 
 from sidecar.media.g711 import ALAW_TO_LINEAR, ULAW_TO_LINEAR, Codec
 
@@ -304,7 +306,7 @@ _ABS_TABLES: dict[Codec, tuple[bytes, bytes]] = {
 _UNPACK_BLOCK = struct.Struct(f"<{BLOCK_SAMPLES}h").unpack_from
 
 
-def _to_int16(payload: bytes, codec: Codec) -> bytearray:
+def _to_int16(payload: bytes | bytearray, codec: Codec) -> bytearray:
     low, high = _INT16_TABLES[codec]
     out = bytearray(2 * len(payload))
     out[0::2] = payload.translate(low)
@@ -312,9 +314,31 @@ def _to_int16(payload: bytes, codec: Codec) -> bytearray:
     return out
 
 
+# Adler-32's first half is 1 + the sum of the bytes modulo 65521: exact for up to 256
+# bytes (1 + 256 * 255 < 65521), and a C loop ~10x faster than sum() over bytes.
+_ADLER_EXACT = 256
+
+
+def _byte_sum(data: bytes) -> int:
+    if len(data) <= _ADLER_EXACT:
+        return (adler32(data) & 0xFFFF) - 1
+    return sum(data)
+
+
 def _absolute_sum(payload: bytes, codec: Codec) -> int:
     low, high = _ABS_TABLES[codec]
-    return sum(payload.translate(high)) * 256 + sum(payload.translate(low))
+    return _byte_sum(payload.translate(high)) * 256 + _byte_sum(payload.translate(low))
+
+
+@functools.cache
+def _loud_table(codec: Codec, min_mean_square: float) -> bytes:
+    """byte -> 1 if its sample's square reaches ``min_mean_square``, else 0.
+
+    A block none of whose samples is loud has energy below ``min_mean_square * n``
+    (``E <= sum(x**2) < n * min_mean_square``), so the ringing test rejects it without
+    looking further: :meth:`RingbackDetector.feed` skips such blocks undecoded.
+    """
+    return bytes(1 if v * v >= min_mean_square else 0 for v in codec.table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,18 +385,27 @@ class RingbackDetector:
         self._blocks = blocks
         self._min_mean_square = min_mean_square
         self._min_share = min_component_share
-        self._pending = bytearray()  # decoded int16 samples not yet in a block
+        self._pending = bytearray()  # G.711 bytes (one per sample) not yet in a block
+        # Stream sample index of the last loud sample fed (see _loud_table), -1 if none:
+        # a block starting after it cannot ring and is skipped undecoded.
+        self._last_loud = -1
         self._block_start = 0  # stream sample index of the first pending sample
+        # (first stream sample, codec) for each change of codec; the last one is current.
+        self._codecs: list[tuple[int, Codec]] = []
+        self._codec: Codec | None = None  # the current codec, and its _loud_table
+        self._loud = b""
         # Tone -> (consecutive ringing blocks, absolute-phase phasors of the last one).
         self._runs: dict[RingbackTone, tuple[int, tuple[complex, ...]]] = {}
         self.detection: RingbackDetection | None = None
         self.blocks_analysed = 0
         self.samples_fed = 0
+        #: True once ringback was found or the window is used up (an attribute, not a
+        #: property: the media supervisor reads it for every callee packet).
+        self.finished = False
+        self._update_finished()
 
-    @property
-    def finished(self) -> bool:
-        """True once ringback was found or the window is used up."""
-        return self.detection is not None or (
+    def _update_finished(self) -> None:
+        self.finished = self.detection is not None or (
             self._window is not None and self._block_start >= self._window
         )
 
@@ -381,15 +414,69 @@ class RingbackDetector:
         self.samples_fed += len(payload)
         if self.finished:
             return None
-        self._pending += _to_int16(payload, codec)
-        return self._drain()
+        pending = self._pending
+        if codec is not self._codec:
+            self._codec = codec
+            self._codecs.append((self._block_start + len(pending), codec))
+            self._loud = _loud_table(codec, self._min_mean_square)
+        # Kept as G.711 bytes: a block is decoded only if it may hold a loud sample.
+        loud = payload.translate(self._loud).rfind(1)
+        if loud >= 0:
+            self._last_loud = self._block_start + len(pending) + loud
+        pending += payload
+        count = len(pending)
+        if count < BLOCK_SAMPLES:
+            return None
+        start = self._block_start
+        if self._last_loud >= start:
+            return self._drain()
+        # Nothing loud pending (the usual case, and the whole of a silent stream): every
+        # complete block is below the energy floor and rings for no tone, as _drain would
+        # find one by one. Count them, drop them undecoded, and end the runs.
+        blocks = count // BLOCK_SAMPLES
+        window = self._window
+        if window is not None and start + blocks * BLOCK_SAMPLES > window:
+            blocks = -(-(window - start) // BLOCK_SAMPLES)  # those starting in the window
+        self.blocks_analysed += blocks
+        start += blocks * BLOCK_SAMPLES
+        self._block_start = start
+        if self._runs:
+            self._runs = {}
+        del pending[: blocks * BLOCK_SAMPLES]
+        if len(self._codecs) > 1:
+            self._prune_codecs()
+        if window is not None and start >= window:
+            self.finished = True
+            pending.clear()
+        return None
+
+    def _prune_codecs(self) -> None:
+        codecs = self._codecs
+        while len(codecs) > 1 and codecs[1][0] <= self._block_start:
+            del codecs[0]  # no pending sample is in the oldest codec any more
 
     def discontinuity(self, missing_samples: int) -> None:
         """Note ``missing_samples`` lost (or not sent): the partial block and runs reset."""
         self.samples_fed += missing_samples
-        self._block_start += len(self._pending) // 2 + missing_samples
+        self._block_start += len(self._pending) + missing_samples
         self._pending.clear()
         self._runs.clear()
+        self._update_finished()
+
+    def _decode(self, start: int, offset: int) -> tuple[int, ...]:
+        """Linear samples of the block at stream sample ``start`` (``offset`` in pending)."""
+        raw = self._pending[offset : offset + BLOCK_SAMPLES]
+        codecs = self._codecs
+        if codecs[-1][0] <= start:  # one codec for the whole block: the usual case
+            return _UNPACK_BLOCK(_to_int16(raw, codecs[-1][1]))
+        samples = bytearray()
+        end = start + BLOCK_SAMPLES
+        for i, (first, codec) in enumerate(codecs):
+            upto = codecs[i + 1][0] if i + 1 < len(codecs) else end
+            lo, hi = max(first, start), min(upto, end)
+            if lo < hi:
+                samples += _to_int16(raw[lo - start : hi - start], codec)
+        return _UNPACK_BLOCK(samples)
 
     def _extend(
         self, tone: RingbackTone, start: int, relative: tuple[complex, ...]
@@ -411,17 +498,24 @@ class RingbackDetector:
 
     def _drain(self) -> RingbackDetection | None:
         pending = self._pending
-        step = 2 * BLOCK_SAMPLES
+        window = self._window
         offset = 0
         result: RingbackDetection | None = None
-        while len(pending) - offset >= step:
-            if self._window is not None and self._block_start >= self._window:
-                break
-            block = _UNPACK_BLOCK(pending, offset)
-            offset += step
+        while len(pending) - offset >= BLOCK_SAMPLES:
             start = self._block_start
-            self._block_start += BLOCK_SAMPLES
+            if window is not None and start >= window:
+                break
+            self._block_start = start + BLOCK_SAMPLES
             self.blocks_analysed += 1
+            if self._last_loud < start:
+                # No loud sample: below the energy floor, the block rings for no tone
+                # (what _analyse would find), so every run ends here.
+                offset += BLOCK_SAMPLES
+                if self._runs:
+                    self._runs = {}
+                continue
+            block = self._decode(start, offset)
+            offset += BLOCK_SAMPLES
             _, ringing, _, phasors = _analyse(
                 block, self._ratio, self._min_mean_square, self._min_share
             )
@@ -438,7 +532,10 @@ class RingbackDetector:
                 self.detection = result
                 break
         del pending[:offset]
-        if result is not None or self.finished:
+        if len(self._codecs) > 1:
+            self._prune_codecs()
+        if result is not None or (window is not None and self._block_start >= window):
+            self.finished = True
             pending.clear()
         return result
 
@@ -478,6 +575,10 @@ class SilenceDetector:
         self._limit = threshold * frame_samples  # compare sums, not means: no division
         self._partial_sum = 0
         self._partial_count = 0
+        self._codec: Codec | None = None
+        self._abs_low = self._abs_high = b""  # _ABS_TABLES of the last codec fed
+        self._whole_frames = frame_samples <= _ADLER_EXACT  # feed's one-frame shortcut
+        self._surely_silent = self._limit - 255 * frame_samples  # whatever the low bytes
         self.silent_frames = 0
         self.voiced_frames = 0
         self.first_voiced_sample: int | None = None  # start of the first voiced frame
@@ -490,9 +591,29 @@ class SilenceDetector:
 
     def feed(self, payload: bytes, codec: Codec) -> None:
         """Add one packet's payload."""
-        position = 0
         size = len(payload)
         frame = self._frame
+        if size == frame and self._whole_frames and not self._partial_count:
+            # One packet, one frame (20 ms packets): decide from the high bytes of the
+            # absolute samples when they settle it, as sum = 256 * high + low with
+            # 0 <= low <= 255 * size. Sums of up to 256 bytes by Adler-32 (_byte_sum).
+            if codec is not self._codec:
+                self._codec = codec
+                self._abs_low, self._abs_high = _ABS_TABLES[codec]
+            upper = ((adler32(payload.translate(self._abs_high)) & 0xFFFF) - 1) << 8
+            limit = self._limit
+            if upper < self._surely_silent or (
+                upper < limit
+                and upper + (adler32(payload.translate(self._abs_low)) & 0xFFFF) - 1 < limit
+            ):
+                self.silent_frames += 1
+            else:
+                if self.first_voiced_sample is None:
+                    self.first_voiced_sample = self.samples_fed
+                self.voiced_frames += 1
+            self.samples_fed += size
+            return
+        position = 0
         while position < size:
             take = min(frame - self._partial_count, size - position)
             self._partial_sum += _absolute_sum(payload[position : position + take], codec)

@@ -132,7 +132,7 @@ class Replay:
         # Calls still up at the end of the capture end there.
         for ref in list(self.reports):
             r = self.reports[ref]
-            if r.ended_ms is None and r.final_code is None:
+            if r.ended_ms is None:  # answered and still up, or still ringing
                 self._event(End(Dialog(ref, 0, 0, last_ms * 1000), "", "capture ended",
                                 r.answer_ms or 0))
         self.packets, self.rtp_packets = count, rtp

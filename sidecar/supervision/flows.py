@@ -15,6 +15,7 @@ dialog forgets only the addresses that still point at it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -44,20 +45,16 @@ class FlowTable:
     #: At most this many learnt addresses per party of a dialog (a misbehaving sender
     #: hopping ports must not grow the table without bound).
     MAX_LATCHED = 4
-    #: More changed addresses than this between two take_changes() calls and the change
-    #: set is dropped: the consumer then treats every address as changed.
-    MAX_CHANGES = 4096
 
     def __init__(self) -> None:
         self._owners: dict[Address, Owner] = {}
         self._by_call: dict[str, set[Address]] = {}
         self._latched: dict[tuple[str, Party], int] = {}
         self.version = 0  # bumped when the set of SDP addresses changes (capture filters)
-        # Bumped on every change of the address -> owner map, latching included: a cache
-        # of classify() results is valid while this is unchanged, and take_changes() says
-        # which addresses changed.
-        self.generation = 0
-        self._changed: set[Address] | None = set()
+        # Called with each address whose owner is set, replaced or removed (latching
+        # included): a cache of classify() results for (src, dst) stays right until it is
+        # called with src or dst. The media supervisor keeps such a cache.
+        self.on_change: Callable[[Address], None] | None = None
 
     def __len__(self) -> int:
         return len(self._owners)
@@ -81,7 +78,6 @@ class FlowTable:
             mine.add(addr)
             self._changes(addr)
         self.version += 1
-        self.generation += 1
 
     def classify(self, src: Address, dst: Address) -> tuple[str, Party] | None:
         """The dialog and the *sending* party of a packet, or None if it is not ours."""
@@ -106,7 +102,6 @@ class FlowTable:
         self._owners[addr] = Owner(call_ref, party, True)
         self._by_call.setdefault(call_ref, set()).add(addr)
         self._changes(addr)
-        self.generation += 1
 
     def forget(self, call_ref: str) -> None:
         """The dialog ended: drop its addresses (those no newer dialog took over)."""
@@ -118,25 +113,10 @@ class FlowTable:
         for party in Party:
             self._latched.pop((call_ref, party), None)
         self.version += 1
-        self.generation += 1
 
     def _changes(self, addr: Address) -> None:
-        changed = self._changed
-        if changed is not None:
-            changed.add(addr)
-            if len(changed) > self.MAX_CHANGES:
-                self._changed = None
-
-    def take_changes(self) -> set[Address] | None:
-        """Addresses whose owner changed (set, replaced or removed) since the last call,
-        or None if too many to list: then any address may have changed.
-
-        For one cache of :meth:`classify` results (the media supervisor's): a result for
-        (src, dst) stays right while neither address is in the set.
-        """
-        changed = self._changed
-        self._changed = set()
-        return changed
+        if self.on_change is not None:
+            self.on_change(addr)
 
     def addresses(self, call_ref: str) -> dict[Address, Owner]:
         """The addresses currently mapped to a dialog (for diagnostics and tests)."""

@@ -160,8 +160,8 @@ class _Flow:
 
     Cached by :class:`MediaSupervisor` so a packet of a known flow skips the flow table
     and the dialog lookup. An entry is dropped as soon as the owner of its source or its
-    destination address changes in the flow table (:meth:`FlowTable.take_changes`): a
-    new SDP, a latched address, a port taken over by another dialog, or the dialog's end.
+    destination address changes in the flow table (:attr:`FlowTable.on_change`): a new
+    SDP, a latched address, a port taken over by another dialog, or the dialog's end.
     """
 
     __slots__ = ("call_ref", "callee", "dialog", "stream")
@@ -211,7 +211,7 @@ class MediaSupervisor:
         # flows it is part of, so a change of one address drops just those.
         self._flow_cache: dict[_FlowKey, _Flow] = {}
         self._flows_of: dict[Address, set[_FlowKey]] = {}
-        self._flow_generation = self.flows.generation
+        self.flows.on_change = self._forget_flows
 
     # --- signalling -------------------------------------------------------------
     def offer(self, call_ref: str, now_ms: int, sdp: str) -> None:
@@ -298,15 +298,11 @@ class MediaSupervisor:
         The per-packet path of the sidecar (up to 10^5 packets/s live, 10^6 in replay): a
         known flow is found in one dict lookup, and the RTP header is read inline.
         """
-        flows = self.flows
-        if self._flow_generation != flows.generation:
-            self._forget_flows(flows.take_changes())
-            self._flow_generation = flows.generation
         key = (src_ip, src_port, dst_ip, dst_port)
         flow = self._flow_cache.get(key)
         if flow is None:
             src, dst = (src_ip, src_port), (dst_ip, dst_port)
-            hit = flows.classify(src, dst)
+            hit = self.flows.classify(src, dst)
             if hit is None:
                 self.packets_unmatched += 1
                 return None
@@ -317,11 +313,9 @@ class MediaSupervisor:
                     self.packets_not_rtp += 1
                     return call_ref
                 return None
-            if self._flow_generation != flows.generation:  # classify latched an address
-                self._forget_flows(flows.take_changes())
-                self._flow_generation = flows.generation
             if len(self._flow_cache) >= _FLOW_CACHE_LIMIT:
-                self._forget_flows(None)
+                self._flow_cache.clear()
+                self._flows_of.clear()
             flow = self._flow_cache[key] = _Flow(call_ref, d, sender)
             self._flows_of.setdefault(src, set()).add(key)
             self._flows_of.setdefault(dst, set()).add(key)
@@ -330,12 +324,14 @@ class MediaSupervisor:
             d = flow.dialog
         # The RTP header, read here rather than by parse_rtp for the common case: version
         # 2, no padding, extension or CSRCs (first byte 0x80), not RTCP.
-        size = len(payload)
-        if size >= 12 and payload[0] == 0x80 and not 192 <= payload[1] <= 223:
-            _, b1, sequence, timestamp, ssrc = _unpack_rtp(payload)
+        end = len(payload)
+        try:
+            b0, b1, sequence, timestamp, ssrc = _unpack_rtp(payload)
+        except struct.error:  # under 12 bytes
+            b0 = b1 = 0
+        if b0 == 0x80 and not 192 <= b1 <= 223:
             payload_type = b1 & 0x7F
             offset = 12
-            end = size
         else:
             rtp = parse_rtp(payload)
             if rtp is None:  # RTCP, STUN, keep-alives: not media
@@ -350,9 +346,9 @@ class MediaSupervisor:
         s.packets += 1
         s.octets += size
         last_ms = s.last_ms
-        if s.first_ms is None:
+        if last_ms is None:  # the first packet (first_ms and last_ms are set together)
             s.first_ms = ts_ms
-        elif last_ms is not None and ts_ms - last_ms > s.max_gap_ms:
+        elif ts_ms - last_ms > s.max_gap_ms:
             s.max_gap_ms = ts_ms - last_ms
         s.last_ms = ts_ms
         missing = 0
@@ -386,48 +382,43 @@ class MediaSupervisor:
                     or d.codecs.get(Party.CALLER, {}).get(payload_type)
                     or codec_for_payload_type(payload_type))
             if codec is not None:
-                self._audio(d, ts_ms, payload[offset:end], codec, missing)
+                # The callee's G.711 audio to the FAS detectors (inline: this runs for
+                # half of all packets).
+                audio = payload[offset:end]
+                ring = d.ringback
+                if ring is not None and not ring.finished:
+                    if d.ringback_base_ms is None:
+                        d.ringback_base_ms = ts_ms
+                    if missing:
+                        ring.discontinuity(missing)
+                    found = ring.feed(audio, codec)
+                    if found is not None:
+                        d.ringback_at_ms = (d.ringback_base_ms + round(found.start_ms)
+                                            - answer_ms)
+                        d.ringback_tone = found.tone.name
+                silence = d.silence
+                if silence is not None:
+                    if missing:
+                        silence.discontinuity(missing)
+                    silence.feed(audio, codec)
         return call_ref
 
-    def _forget_flows(self, addresses: set[Address] | None) -> None:
-        """Drop the cached flows through ``addresses`` (None: every cached flow)."""
-        if addresses is None:
-            self._flow_cache.clear()
-            self._flows_of.clear()
-            return
+    def _forget_flows(self, addr: Address) -> None:
+        """The owner of ``addr`` changed in the flow table: drop the cached flows through
+        it (FlowTable.on_change)."""
         cache = self._flow_cache
         flows_of = self._flows_of
-        for addr in addresses:
-            for key in flows_of.pop(addr, ()):
-                del cache[key]
-                # ... and from the index of its other address (a key is in the cache
-                # exactly when it is in the sets of both its addresses).
-                src, dst = (key[0], key[1]), (key[2], key[3])
-                other_addr = dst if src == addr else src
-                other = flows_of.get(other_addr)
-                if other is not None:
-                    other.discard(key)
-                    if not other:
-                        del flows_of[other_addr]
-
-    def _audio(self, d: DialogMedia, ts_ms: int, audio: bytes, codec: Codec,
-               missing: int) -> None:
-        ring = d.ringback
-        if ring is not None and not ring.finished:
-            if d.ringback_base_ms is None:
-                d.ringback_base_ms = ts_ms
-            if missing:
-                ring.discontinuity(missing)
-            found = ring.feed(audio, codec)
-            if found is not None:
-                assert d.answer_ms is not None
-                d.ringback_at_ms = d.ringback_base_ms + round(found.start_ms) - d.answer_ms
-                d.ringback_tone = found.tone.name
-        silence = d.silence
-        if silence is not None:
-            if missing:
-                silence.discontinuity(missing)
-            silence.feed(audio, codec)
+        for key in flows_of.pop(addr, ()):
+            del cache[key]
+            # ... and from the index of its other address (a key is in the cache exactly
+            # when it is in the sets of both its addresses).
+            src, dst = (key[0], key[1]), (key[2], key[3])
+            other_addr = dst if src == addr else src
+            other = flows_of.get(other_addr)
+            if other is not None:
+                other.discard(key)
+                if not other:
+                    del flows_of[other_addr]
 
     # --- time and endings -----------------------------------------------------------
     def tick(self, now_ms: int) -> list[NoMedia]:

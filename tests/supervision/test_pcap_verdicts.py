@@ -164,3 +164,31 @@ def test_capture_with_garbage_packets_still_replays(tmp_path: Path) -> None:
     (call,) = result.calls
     assert call.verdict == "" and call.billable_ms == call.answer_ms
     assert result.capture.packets_skipped > 0
+
+
+def test_call_still_up_when_the_capture_ends_is_ended_there(tmp_path: Path) -> None:
+    import dpkt
+
+    cut = tmp_path / "cut.pcap"
+    last = 0.0
+    with (PCAPS / "normal.pcap").open("rb") as f, cut.open("wb") as g:
+        reader = dpkt.pcap.Reader(f)
+        writer = dpkt.pcap.Writer(g, linktype=reader.datalink())
+        for ts, frame in reader:
+            if b"BYE sip:" in frame:
+                break
+            writer.writepkt(frame, ts)
+            last = ts
+    result, sim = replay_file(cut, charged_sim())
+    (call,) = result.calls
+    assert call.answer_ms is not None and call.ended_ms == int(last * 1000)
+    assert call.verdict == "" and call.billable_ms == call.answer_ms
+    (cdr,) = [dict(r) for r in sim.cdrs()]
+    assert cdr["disposition"] == "answered" and cdr["end_reason"] == "capture ended"
+    assert Decimal(cdr["charged"]) > 0
+
+
+def replay_file(path: Path, sim: Sim) -> tuple[object, Sim]:
+    control = CallControl(sim.charger, MediaSupervisor(), ControlConfig(supervise_rejected=True))
+    reader = read_capture(path)
+    return Replay(control).run(reader), sim
