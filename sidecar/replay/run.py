@@ -104,6 +104,8 @@ class Replay:
         for p in source:
             timestamp, src_ip, src_port, dst_ip, dst_port, transport, payload = p
             count += 1
+            if first_ts is None:
+                first_ts = self.first_ts = timestamp
             ts_ms = int(timestamp * 1000)
             if deadline is not None and ts_ms >= deadline:
                 self._tick(ts_ms)
@@ -121,9 +123,7 @@ class Replay:
                     for ev in tracker.feed(captured):
                         self._event(ev)
                     deadline = control.next_deadline()
-            if first_ts is None:
-                first_ts = self.first_ts = timestamp
-            if progress is not None and count % every == 0:
+            if progress is not None and not count % every:
                 progress()
         if count:
             self.last_ts = last_ms / 1000

@@ -27,6 +27,7 @@ from .media import MediaSupervisor, MediaVerdict
 log = logging.getLogger("sidecar.supervision")
 
 REASON_NO_MEDIA = "no media"
+_NONE: list[Action] = []  # the usual answer of on_packet; callers never modify it
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ class CallControl:
             return []
         ref = media.datagram(ts_ms, src_ip, src_port, dst_ip, dst_port, payload)
         if ref is None or ref not in self._unconfirmed:
-            return []
+            return _NONE
         first = media.dialogs[ref].callee.first_after_answer_ms
         if first is None:
             return []
