@@ -31,13 +31,19 @@ from ..invoices import (
     reconcile,
     reconciliation_json,
 )
-from ..invoices.analytics import SPEND_BY, route_stats, route_stats_json, spend, spend_json
+from ..invoices.analytics import (
+    SPEND_BY,
+    route_calls,
+    route_stats,
+    route_stats_json,
+    spend,
+    spend_json,
+)
 from ..invoices.model import to_json
 from ..invoices.records import UnknownAccount, cdr_json, check_account, iso, query_cdrs
 from ..invoices.render import detail_csv, file_stem
 from ..store.accounts import AccountNotFound, SqliteLedger, get_account, list_accounts
 from ..store.decks import PlanNotFound, deck_versions, get_plan, list_plans, load_table
-from ..store.routes import route_calls
 from ..supervision.routes import PatternConfig, score_routes
 from .openapi import openapi_document
 

@@ -35,7 +35,7 @@ def _range(start: str | None, end: str | None) -> tuple[int | None, int | None]:
     return f, t
 
 
-def _check_account(ctx: Context, account: str | None) -> None:
+def check_account_option(ctx: Context, account: str | None) -> None:
     """A mistyped ``--account`` is an error (exit 1), not an empty report."""
     if account is None:
         return
@@ -61,7 +61,7 @@ def cdrs(ctx: Context, account: str | None, start: str | None, end: str | None,
     CSV cells that a spreadsheet would run as a formula (starting with = + - @, tab or
     CR) are prefixed with a single quote: caller names come from the wire."""
     f, t = _range(start, end)
-    _check_account(ctx, account)
+    check_account_option(ctx, account)
     rows = query_cdrs(ctx.conn, account=account, from_ms=f, to_ms=t, limit=limit or None)
     if out_format == "csv":
         write_csv(sys.stdout, CSV_HEADER, cdr_csv_rows(rows))
@@ -109,7 +109,7 @@ def stats_spend(ctx: Context, by: str, account: str | None, start: str | None,
                 end: str | None, as_json: bool) -> None:
     """What the ledger charged, grouped by destination, day, account, customer or route."""
     f, t = _range(start, end)
-    _check_account(ctx, account)
+    check_account_option(ctx, account)
     rows = spend(ctx.conn, by, account=account, from_ms=f, to_ms=t)
     if as_json:
         emit_json(spend_json(rows))
@@ -138,7 +138,7 @@ def stats_routes(ctx: Context, account: str | None, start: str | None, end: str 
     """ASR (answered / attempts), ACD, PDD (first ringing - offer) and answer delay
     (200 OK - offer) per route. PDD is blank while the CDRs carry no ringing time."""
     f, t = _range(start, end)
-    _check_account(ctx, account)
+    check_account_option(ctx, account)
     rows = route_stats(ctx.conn, account=account, from_ms=f, to_ms=t)
     if as_json:
         emit_json(route_stats_json(rows))

@@ -6,9 +6,17 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..store.routes import route_calls
+from ..invoices.analytics import route_calls
+from ..invoices.records import query_cdrs
 from ..supervision.routes import PatternConfig, score_routes
 from .app import Context, cli, emit_json, parse_when, pass_ctx
+from .cdrs import check_account_option
+
+
+def _range(from_: str | None, to: str | None) -> tuple[int | None, int | None]:
+    """``--from``/``--to`` as Unix ms (calls belong to the time they ended)."""
+    return (int(parse_when(from_, "--from").timestamp() * 1000) if from_ else None,
+            int(parse_when(to, "--to").timestamp() * 1000) if to else None)
 
 
 @cli.group("fas")
@@ -17,8 +25,8 @@ def fas_group() -> None:
 
 
 @fas_group.command("routes")
-@click.option("--from", "from_", default=None, help="Offered at or after (ISO 8601).")
-@click.option("--to", default=None, help="Offered before (ISO 8601).")
+@click.option("--from", "from_", default=None, help="Ended at or after (ISO 8601).")
+@click.option("--to", default=None, help="Ended before (ISO 8601).")
 @click.option("--account", default=None, help="Only this account's calls.")
 @click.option("--min-calls", type=click.IntRange(min=1), default=20, show_default=True,
               help="Answered calls a route needs before it is judged.")
@@ -27,8 +35,8 @@ def fas_group() -> None:
 def routes_cmd(ctx: Context, from_: str | None, to: str | None, account: str | None,
                min_calls: int, as_json: bool) -> None:
     """Score each route for FAS patterns (most suspicious first), with the evidence."""
-    from_ms = int(parse_when(from_, "--from").timestamp() * 1000) if from_ else None
-    to_ms = int(parse_when(to, "--to").timestamp() * 1000) if to else None
+    check_account_option(ctx, account)
+    from_ms, to_ms = _range(from_, to)
     scores = score_routes(route_calls(ctx.conn, from_ms=from_ms, to_ms=to_ms, account=account),
                           PatternConfig(min_calls=min_calls))
     if as_json:
@@ -55,22 +63,13 @@ def routes_cmd(ctx: Context, from_: str | None, to: str | None, account: str | N
 def calls_cmd(ctx: Context, from_: str | None, to: str | None, account: str | None,
               as_json: bool) -> None:
     """Calls with a FAS verdict: what was credited and why."""
-    where: list[str] = ["fas_verdict != ''"]
-    args: list[object] = []
-    if from_:
-        where.append("ended_ms >= ?")
-        args.append(int(parse_when(from_, "--from").timestamp() * 1000))
-    if to:
-        where.append("ended_ms < ?")
-        args.append(int(parse_when(to, "--to").timestamp() * 1000))
-    if account:
-        where.append("account = ?")
-        args.append(account)
-    cur = ctx.conn.execute(
-        "SELECT call_id, account, callee, route, disposition, fas_verdict, cost, credited, "
-        f"fas_reasons FROM cdrs WHERE {' AND '.join(where)} ORDER BY ended_ms", args)
-    names = [d[0] for d in cur.description]
-    rows = [dict(zip(names, r, strict=True)) for r in cur]
+    check_account_option(ctx, account)
+    from_ms, to_ms = _range(from_, to)
+    names = ("call_id", "account", "callee", "route", "disposition", "fas_verdict", "cost",
+             "credited", "fas_reasons")
+    rows = [{n: r[n] for n in names}
+            for r in query_cdrs(ctx.conn, account=account, from_ms=from_ms, to_ms=to_ms)
+            if r["fas_verdict"]]
     if as_json:
         emit_json(rows)
         return

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from ..money import ZERO
+from ..supervision.routes import RouteCall
 from .model import present
 
 SPEND_BY = ("destination", "day", "account", "customer", "route")
@@ -155,6 +156,19 @@ def _mean_p95(values: list[int]) -> tuple[int | None, int | None]:
         return None, None
     ordered = sorted(values)
     return round(sum(ordered) / len(ordered)), ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def route_calls(conn: sqlite3.Connection, *, account: str | None = None,
+                from_ms: int | None = None, to_ms: int | None = None) -> list[RouteCall]:
+    """The calls that reached a route (not rejected by us), as the FAS route patterns of
+    :mod:`sidecar.supervision.routes` read them; same selection as :func:`route_stats`."""
+    where, args = _where(conn, account, from_ms, to_ms, True)
+    rows = conn.execute(
+        "SELECT route, offered_ms, ringing_ms, answered_ms, ended_ms, fas_verdict FROM cdrs "
+        f"WHERE {where} AND disposition != 'rejected' AND offered_ms IS NOT NULL "
+        "ORDER BY offered_ms", args)
+    return [RouteCall(str(r[0] or ""), int(r[1]), r[2], r[3], int(r[4] or r[1]), str(r[5] or ""))
+            for r in rows]
 
 
 def route_stats(conn: sqlite3.Connection, *, account: str | None = None,
