@@ -1,10 +1,17 @@
 """Online charging: authorize, reserve credit in chunks, end calls when it is gone, settle.
 
-The :class:`Charger` is driven by events (offer, answer, end, failure, time advancing)
-and answers with decisions and actions. It never reads a clock: every method takes
-``now_ms``. Money moves only through the :class:`~sidecar.charging.ports.Ledger`, whose
-every reservation is one atomic store transaction, so concurrent calls on one account
-can never overdraw it.
+The :class:`Charger` is driven by events (offer, answer, end, failure, time advancing,
+the store's answers) and answers with decisions and actions. It never reads a clock:
+every method takes ``now_ms``. It never waits on its store either: it decides from the
+accounts it holds (:class:`~sidecar.charging.book.AccountBook`) and sends commands
+(reserve, settle, top up: ``commands.py``) to a store edge, whose outcomes come back
+through :meth:`Charger.on_results`, as a timer's do through :meth:`Charger.tick`. The
+store applies the same rules atomically against its own state, so concurrent calls
+(and other processes) can never overdraw an account: a reservation the store cannot
+cover comes back smaller and the call is shortened.
+
+Synchronous use (tests, replay, the demo): ``Charger(SqliteLedger(conn), plans)`` applies
+each command at once in its own transaction and reads accounts through from the store.
 
 Timeline of an answered prepaid call::
 
@@ -25,6 +32,8 @@ from decimal import Decimal
 from ..money import ZERO, to_text
 from ..numbers import InvalidNumber, normalize, origin_class
 from ..rating import NoRate, RateLine, RateTable, affordable_seconds, price
+from .book import AccountBook
+from .commands import BatchResult, Outcome, Reserve, Settle, StoreCommand, Topup
 from .model import (
     Account,
     AccountKind,
@@ -38,11 +47,13 @@ from .model import (
     MediaOutcome,
     Recharge,
 )
-from .ports import Ledger
+from .ports import StoreExecutor, StorePort
+from .settle import Effect, grant, reserve_effect, settle_amounts
 
 log = logging.getLogger("sidecar.charging")
 
 REASON_CREDIT = "credit exhausted"
+REASON_STORE = "store unavailable: credit could not be reserved"
 
 
 @dataclass(frozen=True)
@@ -102,22 +113,49 @@ class CallSession:
         return self.billable_ms + self.paid_seconds * 1000
 
 
-class Charger:
-    """The charging core for all calls of one sidecar."""
+class _Immediate:
+    """Synchronous store use: each command applied at once in its own transaction and
+    its outcome handed straight back to the charger."""
 
-    def __init__(self, ledger: Ledger, plans: Callable[[str], PlanRates],
-                 config: ChargingConfig | None = None) -> None:
-        self.ledger = ledger
+    def __init__(self, executor: StoreExecutor, charger: Charger) -> None:
+        self.executor = executor
+        self.charger = charger
+
+    def submit(self, cmd: StoreCommand) -> None:
+        self.charger._on_batch(self.executor.execute([cmd]), cmd.now_ms)
+
+
+class Charger:
+    """The charging core for all calls of one sidecar.
+
+    ``Charger(ledger, plans)``: synchronous, on a store that executes commands and reads
+    accounts (``SqliteLedger``). ``Charger(port, plans, book=book)``: the live form;
+    ``port.submit`` queues commands to a store edge and ``book`` is fed by it."""
+
+    def __init__(self, store: StoreExecutor | StorePort, plans: Callable[[str], PlanRates],
+                 config: ChargingConfig | None = None, *, book: AccountBook | None = None
+                 ) -> None:
         self.plans = plans
         self.config = config or ChargingConfig()
+        if book is None:
+            assert hasattr(store, "execute") and hasattr(store, "account")
+            self.book = AccountBook(source=store)  # type: ignore[arg-type]
+            self.port: StorePort = _Immediate(store, self)  # type: ignore[arg-type]
+        else:
+            self.book = book
+            self.port = store  # type: ignore[assignment]
         self.sessions: dict[str, CallSession] = {}
         self._by_account: dict[str, set[str]] = {}
         self._timers: list[tuple[int, int, str]] = []  # (deadline, generation, call_ref)
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._recharge_pending: set[str] = set()
-        # The latest snapshot of each account with live calls, refreshed by every store
-        # operation; used only to size chunks (the store decides what is granted).
-        self._accounts: dict[str, Account] = {}
+        self._seq = 0
+        self._inflight: dict[int, StoreCommand] = {}
+        self._out: list[Action] = []
+        #: False after the store failed to commit, until it commits again: new calls are
+        #: refused (503) meanwhile.
+        self.store_ok = True
+        self.store_error = ""
 
     # --- events --------------------------------------------------------------------
     def authorize(
@@ -140,13 +178,18 @@ class Charger:
                                 existing.line.destination, existing.line.prefix)
         if call_ref in self._ended:
             return AuthDecision(False, 403, "call already ended")
-        acc, how = self.ledger.resolve(account_code, sip_user, src_ip, now_ms)
+        if not self.store_ok:  # nothing could be reserved or settled: fail closed
+            return self._reject(call_ref, call_id, None, 503,
+                                f"store unavailable ({self.store_error})", caller, number,
+                                now_ms)
+        acc, how = self.book.resolve(account_code, sip_user, src_ip, now_ms)
         if acc is None:
             return self._reject(call_ref, call_id, None, 403, how, caller, number, now_ms)
         if acc.suspended:
-            return self._reject(call_ref, call_id, acc, 403,
-                                f"account {acc.code} suspended: {acc.suspend_reason}".rstrip(": "),
-                                caller, number, now_ms)
+            return self._reject(
+                call_ref, call_id, acc, 403,
+                f"account {acc.code} suspended: {acc.suspend_reason}".rstrip(": "),
+                caller, number, now_ms)
         rates = self.plans(acc.plan)
         table = rates.table
         try:
@@ -156,19 +199,21 @@ class Charger:
             if line is None:
                 raise NoRate(f"no rate for {digits} in plan {acc.plan}")
         except (NoRate, InvalidNumber) as exc:
-            return self._reject(call_ref, call_id, acc, 404, str(exc), caller, number, now_ms)
+            return self._reject(call_ref, call_id, acc, 404, str(exc), caller, number,
+                                now_ms)
         seconds = affordable_seconds(line, acc.available())
         if seconds <= 0:
-            return self._reject(call_ref, call_id, acc, 402,
-                                f"account {acc.code} has no credit for {line.destination}",
-                                caller, digits, now_ms, line)
+            return self._reject(
+                call_ref, call_id, acc, 402,
+                f"account {acc.code} has no credit for {line.destination}",
+                caller, digits, now_ms, line)
         max_seconds = min(seconds, acc.max_call_seconds)
-        self._accounts[acc.code] = acc
         self.sessions[call_ref] = CallSession(
             call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller, origin,
             now_ms, max_seconds)
-        log.info("authorized %s account=%s via %s dest=%s max=%ss", call_ref, acc.code, how,
-                 line.destination, max_seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("authorized %s account=%s via %s dest=%s max=%ss", call_ref, acc.code,
+                      how, line.destination, max_seconds)
         return AuthDecision(True, 200, "", max_seconds, acc.code, line.destination, line.prefix)
 
     def ringing(self, call_ref: str, now_ms: int) -> None:
@@ -189,14 +234,13 @@ class Charger:
         s.answered_ms = now_ms
         s.billable_ms = billable_ms if billable_ms is not None else now_ms
         self._by_account.setdefault(s.account, set()).add(call_ref)
-        actions: list[Action] = []
-        self._reserve_next(s, now_ms, actions)
-        return actions
+        self._reserve_next(s, now_ms, self._out)
+        return self._take()
 
     def tick(self, now_ms: int) -> list[Action]:
         """Time advanced to ``now_ms``: reserve chunks that are due, end calls whose paid
         time is over."""
-        actions: list[Action] = []
+        actions = self._out
         timers = self._timers
         while timers and timers[0][0] <= now_ms:
             _deadline, gen, ref = heapq.heappop(timers)
@@ -215,7 +259,7 @@ class Charger:
                          s.paid_seconds)
             else:
                 self._schedule(s, paid_until)
-        return actions
+        return self._take()
 
     def next_deadline(self) -> int | None:
         """When :meth:`tick` next has something to do (ms), or None."""
@@ -237,7 +281,7 @@ class Charger:
         (unless ``supervise`` is False: the call is only being settled)."""
         if call_ref in self.sessions:
             return []
-        acc = self.ledger.account(account, now_ms)
+        acc = self.book.get(account, now_ms)
         if acc is None:
             log.error("cannot adopt %s: account %s not found", call_ref, account)
             return []
@@ -257,7 +301,6 @@ class Charger:
                         origin, answered_ms or now_ms, acc.max_call_seconds,
                         paid_seconds=paid_seconds, reserved=reserved)
         self.sessions[call_ref] = s
-        self._accounts[acc.code] = acc
         log.info("adopted %s account=%s paid=%ss answered=%s", call_ref, acc.code, paid_seconds,
                  answered_ms)
         if answered_ms is None:
@@ -266,14 +309,13 @@ class Charger:
         if not supervise:  # adopted only to be settled: reserve nothing more
             return []
         self._by_account.setdefault(acc.code, set()).add(call_ref)
-        actions: list[Action] = []
         paid_until = s.paid_until_ms
         assert paid_until is not None
         if paid_until - self.config.renew_lead_ms > now_ms:
             self._schedule(s, paid_until - self.config.renew_lead_ms)
         else:
-            self._reserve_next(s, now_ms, actions)
-        return actions
+            self._reserve_next(s, now_ms, self._out)
+        return self._take()
 
     def stop(self, call_ref: str, reason: str, now_ms: int) -> list[Action]:
         """End a call for a reason other than credit (e.g. no media): an EndCall for the
@@ -285,7 +327,8 @@ class Charger:
         s.end_reason = reason
         s.timer_gen += 1
         log.info("ending %s: %s", call_ref, reason)
-        return [EndCall(call_ref, reason, now_ms)]
+        self._out.append(EndCall(call_ref, reason, now_ms))
+        return self._take()
 
     def rebase(self, call_ref: str, billable_ms: int, now_ms: int) -> list[Action]:
         """Media confirmed the answer late: billing starts at ``billable_ms`` instead, so
@@ -296,14 +339,13 @@ class Charger:
         s.billable_ms = billable_ms
         paid_until = s.paid_until_ms
         assert paid_until is not None
-        actions: list[Action] = []
         if s.final:
             self._schedule(s, paid_until)
         elif paid_until - self.config.renew_lead_ms > now_ms:
             self._schedule(s, paid_until - self.config.renew_lead_ms)
         else:
-            self._reserve_next(s, now_ms, actions)
-        return actions
+            self._reserve_next(s, now_ms, self._out)
+        return self._take()
 
     def end(self, call_ref: str, now_ms: int, *, ended_by: str = "", reason: str = "",
             sip_code: int | None = None, lost: bool = False, route: str = "",
@@ -353,7 +395,8 @@ class Charger:
                     cdr.credited = cdr.cost  # the ledger credits what it charged
         cdr.ended_by = ended_by
         cdr.end_reason = s.end_reason or reason
-        return self._settle(cdr, now_ms)
+        self._settle(cdr, now_ms, s.reserved)
+        return self._take()
 
     def fail(self, call_ref: str, now_ms: int, code: int, reason: str = "", route: str = "",
              media: MediaOutcome | None = None) -> list[Action]:
@@ -378,8 +421,7 @@ class Charger:
         if line is not None:
             cdr.destination, cdr.prefix, cdr.rate = line.destination, line.prefix, line.rate
             cdr.increment = str(line.increment)
-        self.ledger.settle(cdr, now_ms)
-        self._remember_ended(call_ref)
+        self._settle(cdr, now_ms, ZERO)
         return AuthDecision(False, code, why, 0, acc.code if acc else None)
 
     def _cdr(self, s: CallSession, disposition: Disposition, now_ms: int) -> Cdr:
@@ -391,27 +433,38 @@ class Charger:
             offered_ms=s.offered_ms, ringing_ms=s.ringing_ms, answered_ms=s.answered_ms,
             billable_ms=s.billable_ms, ended_ms=now_ms, route=s.meta.get("route", ""))
 
-    def _settle(self, cdr: Cdr, now_ms: int) -> list[Action]:
-        res = self.ledger.settle(cdr, now_ms)
+    def _settle(self, cdr: Cdr, now_ms: int, held: Decimal) -> None:
+        """Send the CDR to the store; the account's view moves as the store will move it."""
         self._remember_ended(cdr.call_ref)
-        if res.duplicate:
-            return []
-        actions: list[Action] = [CdrWritten(cdr)]
+        seq = self._next_seq()
+        acc = self.book.get(cdr.account, now_ms) if cdr.account else None
+        if acc is not None:
+            amounts = settle_amounts(acc, held, cdr.cost, cdr.credited)
+            self.book.apply(seq, acc.code, amounts.effect)
+        self._submit(Settle(seq, cdr, now_ms))
+
+    def _on_settled(self, cmd: Settle, o: Outcome, actions: list[Action]) -> None:
+        cdr = cmd.cdr
+        if not o.ok:
+            if o.journaled:
+                log.warning("call %s: store unavailable, settlement kept in the journal",
+                            cdr.call_ref)
+            else:
+                log.error("call %s: settlement NOT recorded: %s", cdr.call_ref, o.error)
+            return
+        res = o.settlement
+        if res is None or res.duplicate:
+            return
+        actions.append(CdrWritten(cdr))
         if cdr.written_off:
             log.warning("call %s: %s written off (account %s could not cover it)",
                         cdr.call_ref, cdr.written_off, cdr.account)
-        if res.after is not None:
-            if res.after.code in self._by_account:
-                self._accounts[res.after.code] = res.after
-            else:
-                self._accounts.pop(res.after.code, None)
         if res.before is not None and res.after is not None:
-            self._thresholds(res.before, res.after, now_ms, actions)
+            self._thresholds(res.before, res.after, cmd.now_ms, actions)
             if res.suspended_now:
                 actions.append(Alert("suspended", res.after.code,
                                      f"account {res.after.code} suspended: "
-                                     f"{res.after.suspend_reason}", now_ms))
-        return actions
+                                     f"{res.after.suspend_reason}", cmd.now_ms))
 
     def _remember_ended(self, call_ref: str) -> None:
         self._ended[call_ref] = None
@@ -442,11 +495,14 @@ class Charger:
         return base
 
     def _reserve_next(self, s: CallSession, now_ms: int, actions: list[Action]) -> None:
-        """Reserve chunks until the paid time reaches past the renewal lead, or credit ends."""
+        """Reserve chunks until the paid time reaches past the renewal lead, or credit ends.
+
+        Decided from the account's view; the store applies the same rule to its own
+        state and answers through :meth:`on_results`."""
         assert s.billable_ms is not None
         line = s.line
         while True:
-            acc = self._accounts.get(s.account) or self.ledger.account(s.account, now_ms)
+            acc = self.book.get(s.account, now_ms)
             chunk = self._chunk_seconds(s, acc)
             paid = s.paid_seconds
             target = line.increment.billed(paid + chunk)
@@ -458,19 +514,24 @@ class Charger:
                 d = affordable_seconds(line, avail, paid)
                 return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
 
-            live = {"number": s.number, "destination": line.destination, "prefix": line.prefix,
-                    "rate": to_text(line.rate), "increment": str(line.increment),
-                    "answered_ms": s.billable_ms, "paid_seconds": paid,
-                    "reserved": to_text(s.reserved)}
-            granted, seconds, after = self.ledger.reserve(
-                s.account, s.call_ref, (want, target), fit, now_ms, live)
-            s.paid_seconds = seconds
+            if acc is None:  # the account is gone: nothing more can be reserved
+                granted, seconds = ZERO, paid
+            else:
+                granted, seconds = grant(acc, want, target, fit, paid)
+            if granted > 0:
+                seq = self._next_seq()
+                after = self.book.apply(seq, s.account, reserve_effect(granted))
+                live = {"number": s.number, "destination": line.destination,
+                        "prefix": line.prefix, "rate": to_text(line.rate),
+                        "increment": str(line.increment), "answered_ms": s.billable_ms}
+                s.paid_seconds = seconds
+                s.reserved += granted
+                self._submit(Reserve(seq, s.account, s.call_ref, granted, seconds, paid, fit,
+                                     live, now_ms))
+                if acc is not None and after is not None:
+                    self._thresholds(acc, after, now_ms, actions)
             if seconds < target:
                 s.final = True
-            s.reserved += granted
-            self._accounts[s.account] = after
-            if acc is not None:
-                self._thresholds(acc, after, now_ms, actions)
             paid_until = s.paid_until_ms
             assert paid_until is not None
             if s.final or s.paid_seconds >= s.max_seconds:
@@ -488,6 +549,113 @@ class Charger:
             if renew_at > now_ms:
                 self._schedule(s, renew_at)
                 return
+            if s.ending:  # the store's answer (in synchronous use) ended it meanwhile
+                return
+
+    def _on_reserved(self, cmd: Reserve, o: Outcome, now_ms: int,
+                     actions: list[Action]) -> None:
+        s = self.sessions.get(cmd.call_ref)
+        if s is None:
+            return  # already settled: the settlement released whatever was held
+        if not o.ok:
+            s.reserved -= cmd.amount
+            if s.ending:
+                return
+            acc = self.book.get(s.account, now_ms)
+            if acc is None or acc.kind is AccountKind.PREPAID:
+                # Never let a prepaid call run on credit the store has not recorded.
+                s.paid_seconds = min(s.paid_seconds, cmd.paid_before)
+                s.final = True
+                s.ending = True
+                s.end_reason = REASON_STORE
+                s.timer_gen += 1
+                log.error("ending %s: %s (%s)", s.call_ref, REASON_STORE, o.error)
+                actions.append(EndCall(s.call_ref, REASON_STORE, now_ms))
+            return
+        if o.seconds >= cmd.seconds:
+            return
+        # The store had less than the view showed (a change made elsewhere): the call
+        # gets what the store granted, and ends when that is used.
+        s.reserved -= cmd.amount - o.granted
+        s.paid_seconds = min(s.paid_seconds, o.seconds)
+        s.final = True
+        log.warning("call %s: store granted %s s where %s s were expected", s.call_ref,
+                    o.seconds, cmd.seconds)
+        if s.ending:
+            return
+        paid_until = s.paid_until_ms
+        assert paid_until is not None
+        if paid_until <= now_ms:
+            s.ending = True
+            s.end_reason = REASON_CREDIT
+            s.timer_gen += 1
+            actions.append(EndCall(s.call_ref, REASON_CREDIT, now_ms))
+        else:
+            self._schedule(s, paid_until)
+
+    # --- the store ---------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _submit(self, cmd: StoreCommand) -> None:
+        self._inflight[cmd.seq] = cmd
+        self.port.submit(cmd)
+
+    def _take(self) -> list[Action]:
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    def on_results(self, batch: BatchResult, now_ms: int) -> list[Action]:
+        """The store answered a batch of commands (or failed to commit it)."""
+        self._on_batch(batch, now_ms)
+        return self._take()
+
+    def _on_batch(self, batch: BatchResult, now_ms: int) -> None:
+        done: list[tuple[str, int]] = []
+        actions = self._out
+        for o in batch.outcomes:
+            cmd = self._inflight.get(o.seq)
+            if cmd is None:
+                continue
+            code = cmd.cdr.account if isinstance(cmd, Settle) else cmd.account
+            if not o.journaled:  # a journaled command stays pending until it is applied
+                del self._inflight[o.seq]
+                if code:
+                    done.append((code, o.seq))
+            if isinstance(cmd, Reserve):
+                self._on_reserved(cmd, o, now_ms, actions)
+            elif isinstance(cmd, Settle):
+                self._on_settled(cmd, o, actions)
+            elif not o.ok and not o.journaled:
+                log.error("top-up of %s %s on %s NOT recorded: %s", cmd.amount, cmd.note,
+                          cmd.account, o.error)
+        self.book.committed(done, batch.accounts)
+        if batch.error:
+            if self.store_ok:
+                log.error("store failed: %s; refusing new calls until it recovers",
+                          batch.error)
+            self.store_ok = False
+            self.store_error = batch.error
+        elif not self.store_ok:
+            log.warning("store recovered: accepting new calls")
+            self.store_ok = True
+            self.store_error = ""
+
+    def inflight(self) -> int:
+        """Commands sent to the store and not yet answered (or kept in its journal)."""
+        return len(self._inflight)
+
+    def topup(self, code: str, amount: Decimal, now_ms: int, note: str = "",
+              key: str = "") -> None:
+        """Credit a payment (an automatic recharge) to an account, through the store."""
+        seq = self._next_seq()
+        self.book.apply(seq, code, Effect(balance=amount))
+        self._submit(Topup(seq, code, amount, note, key or f"topup-{code}-{now_ms}-{seq}",
+                           now_ms))
 
     def _thresholds(self, before: Account, after: Account, now_ms: int,
                     actions: list[Action]) -> None:

@@ -29,6 +29,7 @@ class Account:
     monthly_cap: Decimal | None = None
     day_spend: Decimal = ZERO  # charged today (UTC)
     month_spend: Decimal = ZERO
+    day_key: str = ""  # the UTC day (YYYY-MM-DD) day_spend belongs to; month = its [:7]
     chunk_seconds: int | None = None  # overrides the plan's chunk
     max_call_seconds: int = 14_400
     low_balance: Decimal | None = None

@@ -1,27 +1,23 @@
-"""What the charging core needs from its store (implemented by ``store.SqliteLedger``)."""
+"""What the charging core needs from its store edge."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from decimal import Decimal
+from collections.abc import Sequence
 from typing import Protocol
 
-from .model import Account, Cdr, Settlement
+from .commands import BatchResult, StoreCommand
 
 
-class Ledger(Protocol):
-    """Accounts and money. Each method that moves money is atomic in the store."""
+class StorePort(Protocol):
+    """Where the core sends its commands (the live edge queues them to a writer)."""
 
-    def account(self, code: str, now_ms: int) -> Account | None: ...
+    def submit(self, cmd: StoreCommand) -> None: ...
 
-    def resolve(self, account_code: str, sip_user: str, src_ip: str, now_ms: int
-                ) -> tuple[Account | None, str]: ...
 
-    def reserve(self, code: str, call_ref: str, want: tuple[Decimal, int],
-                fit: Callable[[Decimal], tuple[Decimal, int]], now_ms: int,
-                live: dict[str, object]) -> tuple[Decimal, int, Account]:
-        """Atomically reserve ``want`` (amount, paid seconds) or ``fit(available)``;
-        ``live["paid_seconds"]`` is the call's paid time before this reservation."""
-        ...
+class StoreExecutor(Protocol):
+    """A store that applies commands: all of one call in one transaction, in order.
 
-    def settle(self, cdr: Cdr, now_ms: int) -> Settlement: ...
+    A failure to commit is reported in the result (``error``, outcomes not ``ok``),
+    never raised."""
+
+    def execute(self, cmds: Sequence[StoreCommand]) -> BatchResult: ...

@@ -8,15 +8,15 @@ account's ledger rows; :func:`verify_ledger` proves it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
 
+from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreCommand, Topup
 from ..charging.model import Account, AccountKind, Cdr, Settlement
+from ..charging.settle import day_key, grant, settle_amounts
 from ..money import ZERO, check_currency, to_text
 from .db import transaction
 from .decks import get_plan
@@ -39,16 +39,6 @@ def _d(v: object) -> Decimal | None:
     return None if v is None or v == "" else Decimal(str(v))
 
 
-def day_key(now_ms: int) -> str:
-    """The UTC day of a timestamp, ``YYYY-MM-DD`` (spend caps reset when it changes)."""
-    return _day_key(now_ms // 86_400_000)
-
-
-@functools.lru_cache(maxsize=64)
-def _day_key(day: int) -> str:
-    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
-
-
 def _row_to_account(r: tuple[object, ...], now_ms: int | None = None) -> Account:
     (code, plan, ccy, kind, bal, held, limit, dcap, mcap, dkey, dspend, mkey, mspend, chunk,
      maxs, low, rbelow, ramount, susp, sreason, name) = r
@@ -58,7 +48,7 @@ def _row_to_account(r: tuple[object, ...], now_ms: int | None = None) -> Account
         balance=Decimal(str(bal)), held=Decimal(str(held)), credit_limit=Decimal(str(limit)),
         daily_cap=_d(dcap), monthly_cap=_d(mcap),
         day_spend=Decimal(str(dspend)) if dkey == today else ZERO,
-        month_spend=Decimal(str(mspend)) if mkey == today[:7] else ZERO,
+        month_spend=Decimal(str(mspend)) if mkey == today[:7] else ZERO, day_key=today,
         chunk_seconds=int(str(chunk)) if chunk is not None else None,
         max_call_seconds=int(str(maxs)), low_balance=_d(low), recharge_below=_d(rbelow),
         recharge_amount=_d(ramount), suspended=bool(susp), suspend_reason=str(sreason),
@@ -202,111 +192,128 @@ class SqliteLedger:
             "INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "
             "VALUES (?, ?, ?, ?, ?, ?)", (now_ms, code, kind, to_text(amount), call_ref, note))
 
-    def reserve(
-        self,
-        code: str,
-        call_ref: str,
-        want: tuple[Decimal, int],
-        fit: Callable[[Decimal], tuple[Decimal, int]],
-        now_ms: int,
-        live: dict[str, object],
-    ) -> tuple[Decimal, int, Account]:
-        """Reserve ``want`` = (amount, paid seconds it brings the call to) or, when the
-        account cannot cover it, ``fit(available)``: the largest (amount, seconds) worth
-        reserving. Records the hold and the live call. Returns (granted amount, paid
-        seconds, account after)."""
-        with transaction(self.conn):
-            acc = self._load_for_update(code, now_ms)
-            avail = acc.available()
-            granted, seconds = want if want[0] <= avail else fit(avail)
-            if granted > avail:  # the fit function must never exceed what is available
-                granted, seconds = ZERO, int(str(live["paid_seconds"]))
-            if granted > 0:
-                self._ledger(now_ms, code, "reserve", -granted, call_ref)
-                self.conn.execute(
-                    "UPDATE accounts SET balance = ?, held = ? WHERE code = ?",
-                    (to_text(acc.balance - granted), to_text(acc.held + granted), code))
-            reserved_total = Decimal(str(live["reserved"]))
+    def execute(self, cmds: Sequence[StoreCommand]) -> BatchResult:
+        """Apply commands in order in ONE transaction (group commit) and answer each.
+
+        A failure to commit (disk full, locked, gone) rolls the whole batch back and is
+        reported in the result, never raised: the caller decides what happens to it."""
+        touched: dict[str, int] = {}
+        outcomes: list[Outcome] = []
+        try:
+            with transaction(self.conn):
+                for cmd in cmds:
+                    if isinstance(cmd, Reserve):
+                        outcomes.append(self._reserve(cmd))
+                        touched[cmd.account] = cmd.now_ms
+                    elif isinstance(cmd, Settle):
+                        outcomes.append(Outcome(cmd.seq, True,
+                                                settlement=self._settle(cmd.cdr, cmd.now_ms)))
+                        if cmd.cdr.account:
+                            touched[cmd.cdr.account] = cmd.now_ms
+                    else:
+                        outcomes.append(Outcome(cmd.seq, True,
+                                                settlement=self._topup_once(cmd)))
+                        touched[cmd.account] = cmd.now_ms
+                accounts = self._accounts(touched)
+        except sqlite3.Error as exc:
+            err = f"{type(exc).__name__}: {exc}"
+            return BatchResult([Outcome(c.seq, False, error=err) for c in cmds], {}, err)
+        return BatchResult(outcomes, accounts)
+
+    def _accounts(self, touched: dict[str, int]) -> dict[str, Account]:
+        out: dict[str, Account] = {}
+        for code, now_ms in touched.items():
+            r = self.conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
+                                  (code,)).fetchone()
+            if r is not None:
+                out[code] = _row_to_account(r, now_ms)
+        return out
+
+    def _reserve(self, cmd: Reserve) -> Outcome:
+        """Hold what the core asked for, or what the account can still cover; record
+        the live call (its paid time and holds) for a restart to adopt."""
+        acc = self._load_for_update(cmd.account, cmd.now_ms)
+        granted, seconds = grant(acc, cmd.amount, cmd.seconds, cmd.fit, cmd.paid_before)
+        if granted > 0:
+            self._ledger(cmd.now_ms, cmd.account, "reserve", -granted, cmd.call_ref)
             self.conn.execute(
-                "INSERT INTO live_calls (call_ref, account, number, destination, prefix, rate, "
-                "increment, answered_ms, paid_seconds, reserved, updated_ms) "
-                "VALUES (:call_ref, :account, :number, :destination, :prefix, :rate, "
-                ":increment, :answered_ms, :paid_seconds, :reserved, :updated_ms) "
-                "ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
-                "reserved = excluded.reserved, updated_ms = excluded.updated_ms",
-                {**live, "account": code, "call_ref": call_ref, "paid_seconds": seconds,
-                 "reserved": to_text(reserved_total + granted), "updated_ms": now_ms})
-            after = dataclasses.replace(acc, balance=acc.balance - granted,
-                                        held=acc.held + granted) if granted else acc
-        return granted, seconds, after
+                "UPDATE accounts SET balance = ?, held = ? WHERE code = ?",
+                (to_text(acc.balance - granted), to_text(acc.held + granted), cmd.account))
+        held = self._call_held(cmd.call_ref) + granted
+        self.conn.execute(
+            "INSERT INTO live_calls (call_ref, account, number, destination, prefix, rate, "
+            "increment, answered_ms, paid_seconds, reserved, updated_ms) "
+            "VALUES (:call_ref, :account, :number, :destination, :prefix, :rate, "
+            ":increment, :answered_ms, :paid_seconds, :reserved, :updated_ms) "
+            "ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
+            "reserved = excluded.reserved, updated_ms = excluded.updated_ms",
+            {**cmd.live, "account": cmd.account, "call_ref": cmd.call_ref,
+             "paid_seconds": seconds, "reserved": to_text(held), "updated_ms": cmd.now_ms})
+        return Outcome(cmd.seq, True, granted, seconds)
 
     def settle(self, cdr: Cdr, now_ms: int) -> Settlement:
         """Write the CDR and, for a billed call, release its holds and charge its cost —
-        once. A second settle of the same call changes nothing (``duplicate``).
-
-        A prepaid account is never taken below zero: what the holds and the balance
-        cannot cover is written off on the CDR."""
+        once, in its own transaction. A second settle of the same call changes nothing
+        (``duplicate``)."""
         with transaction(self.conn):
-            if self.conn.execute("SELECT 1 FROM cdrs WHERE call_ref = ?",
-                                 (cdr.call_ref,)).fetchone():
-                return Settlement(ZERO, ZERO, True, None, None)
-            before = after = None
-            suspended_now = False
-            row = None if cdr.account is None else self.conn.execute(
-                f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
-                (cdr.account,)).fetchone()
-            if row is not None:
-                before = _row_to_account(row, now_ms)
-                code = before.code
-                held = self._call_held(cdr.call_ref)
-                balance = before.balance
-                acc_held = before.held
-                if held:
-                    self._ledger(now_ms, code, "release", held, cdr.call_ref)
-                    balance += held
-                    acc_held -= held
-                cost = cdr.cost
-                if before.kind is AccountKind.PREPAID:
-                    collectable = min(cost, max(balance, ZERO))
-                else:
-                    collectable = min(cost, max(balance + before.credit_limit, ZERO))
-                cdr.charged = collectable
-                cdr.written_off = cost - collectable
-                if collectable:
-                    self._ledger(now_ms, code, "charge", -collectable, cdr.call_ref)
-                    balance -= collectable
-                # A false answer (FAS): what was charged is credited back, with the reason.
-                credit = min(cdr.credited, collectable)
-                cdr.credited = credit
-                if credit:
-                    note = f"FAS {cdr.fas_verdict}: {cdr.fas_reasons}".rstrip(": ")
-                    self._ledger(now_ms, code, "credit", credit, cdr.call_ref, note[:500])
-                    balance += credit
-                today = day_key(now_ms)
-                day_spend = before.day_spend + collectable - credit
-                month_spend = before.month_spend + collectable - credit
-                suspend = False
-                reason = ""
-                if before.kind is AccountKind.POSTPAID and not before.suspended:
-                    if before.daily_cap is not None and day_spend >= before.daily_cap:
-                        suspend, reason = True, f"daily cap {before.daily_cap} reached"
-                    elif before.monthly_cap is not None and month_spend >= before.monthly_cap:
-                        suspend, reason = True, f"monthly cap {before.monthly_cap} reached"
-                self.conn.execute(
-                    "UPDATE accounts SET balance = ?, held = ?, day_key = ?, day_spend = ?, "
-                    "month_key = ?, month_spend = ?, suspended = MAX(suspended, ?), "
-                    "suspend_reason = CASE WHEN ? THEN ? ELSE suspend_reason END "
-                    "WHERE code = ?",
-                    (to_text(balance), to_text(acc_held), today, to_text(day_spend), today[:7],
-                     to_text(month_spend), int(suspend), int(suspend), reason, code))
-                suspended_now = suspend
-                after = dataclasses.replace(
-                    before, balance=balance, held=acc_held, day_spend=day_spend,
-                    month_spend=month_spend, suspended=before.suspended or suspend,
-                    suspend_reason=reason if suspend else before.suspend_reason)
-            self.conn.execute("DELETE FROM live_calls WHERE call_ref = ?", (cdr.call_ref,))
-            _insert_cdr(self.conn, cdr)
+            return self._settle(cdr, now_ms)
+
+    def _settle(self, cdr: Cdr, now_ms: int) -> Settlement:
+        """Settle inside the caller's transaction (see :func:`settle_amounts`: a prepaid
+        account is never taken below zero; what it cannot cover is written off)."""
+        if self.conn.execute("SELECT 1 FROM cdrs WHERE call_ref = ?",
+                             (cdr.call_ref,)).fetchone():
+            return Settlement(ZERO, ZERO, True, None, None)
+        before = after = None
+        suspended_now = False
+        row = None if cdr.account is None else self.conn.execute(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
+            (cdr.account,)).fetchone()
+        if row is not None:
+            before = _row_to_account(row, now_ms)
+            code = before.code
+            held = self._call_held(cdr.call_ref)
+            amounts = settle_amounts(before, held, cdr.cost, cdr.credited)
+            if held:
+                self._ledger(now_ms, code, "release", held, cdr.call_ref)
+            cdr.charged = amounts.charged
+            cdr.written_off = amounts.written_off
+            cdr.credited = amounts.credited
+            if amounts.charged:
+                self._ledger(now_ms, code, "charge", -amounts.charged, cdr.call_ref)
+            if amounts.credited:  # a false answer (FAS): given back, with the reason
+                note = f"FAS {cdr.fas_verdict}: {cdr.fas_reasons}".rstrip(": ")
+                self._ledger(now_ms, code, "credit", amounts.credited, cdr.call_ref,
+                             note[:500])
+            after = amounts.effect.apply(before)
+            suspend = amounts.effect.suspend_reason
+            today = day_key(now_ms)
+            self.conn.execute(
+                "UPDATE accounts SET balance = ?, held = ?, day_key = ?, day_spend = ?, "
+                "month_key = ?, month_spend = ?, suspended = MAX(suspended, ?), "
+                "suspend_reason = CASE WHEN ? THEN ? ELSE suspend_reason END "
+                "WHERE code = ?",
+                (to_text(after.balance), to_text(after.held), today, to_text(after.day_spend),
+                 today[:7], to_text(after.month_spend), int(bool(suspend)),
+                 int(bool(suspend)), suspend, code))
+            suspended_now = bool(suspend)
+        self.conn.execute("DELETE FROM live_calls WHERE call_ref = ?", (cdr.call_ref,))
+        _insert_cdr(self.conn, cdr)
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended_now)
+
+    def _topup_once(self, cmd: Topup) -> Settlement:
+        """A recharge, applied once per ``key`` (a replayed journal applies it again)."""
+        if self.conn.execute("SELECT 1 FROM applied_keys WHERE key = ?",
+                             (cmd.key,)).fetchone():
+            return Settlement(ZERO, ZERO, True, None, None)
+        self.conn.execute("INSERT INTO applied_keys (key, applied_ms) VALUES (?, ?)",
+                          (cmd.key, cmd.now_ms))
+        before = self._load_for_update(cmd.account, cmd.now_ms)
+        self._ledger(cmd.now_ms, cmd.account, "topup", cmd.amount, None, cmd.note)
+        self.conn.execute("UPDATE accounts SET balance = ? WHERE code = ?",
+                          (to_text(before.balance + cmd.amount), cmd.account))
+        after = dataclasses.replace(before, balance=before.balance + cmd.amount)
+        return Settlement(ZERO, ZERO, False, before, after)
 
     def _call_held(self, call_ref: str) -> Decimal:
         r = self.conn.execute("SELECT reserved FROM live_calls WHERE call_ref = ?",

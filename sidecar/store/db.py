@@ -16,7 +16,7 @@ from pathlib import Path
 import sqlite_utils
 
 DEFAULT_DB = "sidecar.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -31,9 +31,14 @@ CREATE TABLE IF NOT EXISTS plans (
     national_prefix TEXT NOT NULL DEFAULT '',
     country_code TEXT NOT NULL DEFAULT '',
     strip_prefixes TEXT NOT NULL DEFAULT '',
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 0  -- bumped by every change of the settings above
 );
 
+-- A deck version is written 'staged' (invisible to every reader), its rates in batches of
+-- short transactions, then made 'active' at once. 'dropping': a failed or abandoned
+-- import whose rates are being deleted. While staged, started_ms is when the import
+-- started or last committed a batch, and importer the importing process (host:pid).
 CREATE TABLE IF NOT EXISTS deck_versions (
     id INTEGER PRIMARY KEY,
     plan TEXT NOT NULL REFERENCES plans(name),
@@ -42,6 +47,9 @@ CREATE TABLE IF NOT EXISTS deck_versions (
     source TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     lines INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active',
+    started_ms INTEGER,
+    importer TEXT,
     UNIQUE (plan, version)
 );
 
@@ -123,6 +131,12 @@ CREATE TABLE IF NOT EXISTS live_calls (
     paid_seconds INTEGER NOT NULL,
     reserved TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Keys of commands applied once whatever replays them (a journaled top-up).
+CREATE TABLE IF NOT EXISTS applied_keys (
+    key TEXT PRIMARY KEY,
+    applied_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS cdrs (
@@ -228,10 +242,15 @@ def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
     return conn
 
 
-# Columns added after version 1, for databases created before them.
+# Columns added after version 1, for databases created before them. Columns of plans and
+# deck_versions are added at the end, in the order of _SCHEMA, so that both kinds of
+# database have the same column order (``sidecar replay`` copies rows between them).
 _ADDED_COLUMNS = {
     "cdrs": (("ringing_ms", "INTEGER"), ("media_ms", "INTEGER"),
              ("media", "TEXT NOT NULL DEFAULT ''")),
+    "plans": (("revision", "INTEGER NOT NULL DEFAULT 0"),),
+    "deck_versions": (("state", "TEXT NOT NULL DEFAULT 'active'"), ("started_ms", "INTEGER"),
+                      ("importer", "TEXT")),
 }
 
 

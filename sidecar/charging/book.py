@@ -1,0 +1,144 @@
+"""The accounts as the charging core sees them: the store's last word plus the core's own
+commands that the store has not confirmed yet (pure).
+
+    view(account) = base (as of the store's last commit the core heard of)
+                    + effects of pending commands (sent, not yet answered)
+
+Authorization and chunk sizing read views from memory, so a decision never waits on the
+store. The store stays the authority: every command's outcome and a fresh copy of each
+touched account come back with its batch, and whole snapshots arrive when something
+else (the CLI, another process) changed the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from .model import Account
+from .settle import Effect, rolled
+
+
+class AccountSource(Protocol):
+    """Reads accounts from a store (synchronous use: tests, replay, the CLI)."""
+
+    def account(self, code: str, now_ms: int) -> Account | None: ...
+
+    def resolve(self, account_code: str, sip_user: str, src_ip: str, now_ms: int
+                ) -> tuple[Account | None, str]: ...
+
+
+class AccountBook:
+    """Accounts and SIP mappings in memory, coherent with the store.
+
+    With a ``source``, every read goes to the store first (read-through: the synchronous
+    mode, where each command is applied before the next decision). Without one, the book
+    is fed by :meth:`load` and :meth:`committed` (the live sidecar)."""
+
+    def __init__(self, source: AccountSource | None = None) -> None:
+        self.source = source
+        self._base: dict[str, Account] = {}
+        self._view: dict[str, Account] = {}
+        self._pending: dict[str, dict[int, Effect]] = {}
+        self._sip: dict[tuple[str, str], str] = {}
+
+    # --- reads -------------------------------------------------------------------
+    def get(self, code: str, now_ms: int) -> Account | None:
+        """The account as the core should see it now, or None if unknown."""
+        if self.source is not None:
+            acc = self.source.account(code, now_ms)
+            if acc is None:
+                return None
+            self._set_base(acc)
+        view = self._view.get(code)
+        if view is None:
+            return None
+        r = rolled(view, now_ms)
+        if r is not view:  # a new UTC day: spend restarts (the store does the same)
+            self._base[code] = rolled(self._base[code], now_ms)
+            self._view[code] = r
+        return r
+
+    def resolve(self, account_code: str, sip_user: str, src_ip: str, now_ms: int
+                ) -> tuple[Account | None, str]:
+        """The account of a call: its account code, else its SIP user's, else its source
+        IP's. Returns (account or None, how it was found or why not)."""
+        if self.source is not None:
+            acc, how = self.source.resolve(account_code, sip_user, src_ip, now_ms)
+            if acc is None:
+                return None, how
+            self._set_base(acc)
+            return self.get(acc.code, now_ms), how
+        if account_code:
+            acc = self.get(account_code, now_ms)
+            return acc, "account code" if acc else f"unknown account code '{account_code}'"
+        for kind, value in (("user", sip_user), ("ip", src_ip)):
+            if value:
+                code = self._sip.get((kind, value))
+                if code is not None:
+                    return self.get(code, now_ms), f"SIP {kind} {value}"
+        return None, f"no account for SIP user '{sip_user}' or source IP '{src_ip}'"
+
+    def pending(self) -> int:
+        """Commands sent to the store and not confirmed yet."""
+        return sum(len(p) for p in self._pending.values())
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    # --- the core's own commands -----------------------------------------------------
+    def apply(self, seq: int, code: str, effect: Effect) -> Account | None:
+        """Record a command's effect ahead of the store's answer; returns the new view."""
+        view = self._view.get(code)
+        if view is None:
+            return None
+        self._pending.setdefault(code, {})[seq] = effect
+        view = effect.apply(view)
+        self._view[code] = view
+        return view
+
+    # --- what the store says ---------------------------------------------------------
+    def committed(self, done: Iterable[tuple[str, int]], accounts: Mapping[str, Account],
+                  ) -> None:
+        """A batch came back: ``done`` (account, seq) were applied or dropped for good;
+        ``accounts`` are fresh copies of the touched accounts after the commit."""
+        touched: set[str] = set()
+        for code, seq in done:
+            p = self._pending.get(code)
+            if p is not None and p.pop(seq, None) is not None:
+                touched.add(code)
+                if not p:
+                    del self._pending[code]
+        for code, acc in accounts.items():
+            self._base[code] = acc
+            touched.add(code)
+        for code in touched:
+            self._recompute(code)
+
+    def load(self, accounts: Iterable[Account], sip: Mapping[tuple[str, str], str] | None,
+             *, complete: bool = True) -> None:
+        """A snapshot of the store (every account when ``complete``): views become the
+        snapshot plus whatever the store has not confirmed yet."""
+        fresh = {a.code: a for a in accounts}
+        if complete:
+            for code in list(self._base):
+                if code not in fresh and code not in self._pending:
+                    del self._base[code]
+                    self._view.pop(code, None)
+        self._base.update(fresh)
+        for code in fresh:
+            self._recompute(code)
+        if sip is not None:
+            self._sip = dict(sip)
+
+    def _set_base(self, acc: Account) -> None:
+        self._base[acc.code] = acc
+        self._recompute(acc.code)
+
+    def _recompute(self, code: str) -> None:
+        view = self._base.get(code)
+        if view is None:
+            return
+        for effect in self._pending.get(code, {}).values():
+            view = effect.apply(view)
+        self._view[code] = view

@@ -1,0 +1,84 @@
+"""What the charging core asks of its store, and what comes back (sans-IO).
+
+The core decides from the state it holds (:class:`~sidecar.charging.book.AccountBook`)
+and emits commands, each with a sequence number. A store edge applies them in order,
+many to a transaction (group commit), and answers with a :class:`BatchResult`: one
+:class:`Outcome` per command plus the touched accounts as they stand after the commit.
+The store applies the same rules (``settle.py``) against its own state, so it stays the
+authority: a reservation the store cannot cover in full comes back smaller, and the core
+shortens the call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from ..money import ZERO
+from .model import Account, Cdr, Settlement
+from .settle import Fit
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """Hold ``amount`` on ``account`` for a call, bringing it to ``seconds`` paid; if the
+    store has less available than the core thought, it grants ``fit(available)``."""
+
+    seq: int
+    account: str
+    call_ref: str
+    amount: Decimal
+    seconds: int
+    paid_before: int
+    fit: Fit
+    live: dict[str, object]  # the live call's row: number, destination, prefix, rate, ...
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Write the CDR once; for a billed call release its holds and charge its cost."""
+
+    seq: int
+    cdr: Cdr
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Topup:
+    """A payment (an automatic recharge) credited to the account; ``key`` makes it
+    apply once, however often it is replayed."""
+
+    seq: int
+    account: str
+    amount: Decimal
+    note: str
+    key: str
+    now_ms: int
+
+
+StoreCommand = Reserve | Settle | Topup
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The store's answer to one command. ``ok`` False: it was not applied (the store
+    failed); ``journaled``: it will be, from the local journal, once the store is back."""
+
+    seq: int
+    ok: bool
+    granted: Decimal = ZERO  # Reserve: what was held
+    seconds: int = 0  # Reserve: the paid seconds it brings the call to
+    settlement: Settlement | None = None  # Settle, Topup
+    journaled: bool = False
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One transaction's worth of outcomes, in command order, and each touched account
+    as the store holds it after the commit."""
+
+    outcomes: list[Outcome]
+    accounts: dict[str, Account] = field(default_factory=dict)
+    error: str = ""  # the store's failure, when the batch could not be committed

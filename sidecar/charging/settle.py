@@ -1,0 +1,109 @@
+"""The arithmetic of money moving on an account (pure): one rule for reserving and one for
+settling, used by the charging core to decide from the state it holds and by the store
+to apply the same decision atomically against the state it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from ..money import ZERO
+from .model import Account, AccountKind
+
+
+def day_key(now_ms: int) -> str:
+    """The UTC day of a timestamp, ``YYYY-MM-DD`` (spend caps restart when it changes)."""
+    return _day_key(now_ms // 86_400_000)
+
+
+@functools.lru_cache(maxsize=64)
+def _day_key(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m-%d")
+
+
+def rolled(acc: Account, now_ms: int) -> Account:
+    """The account as of ``now_ms``: daily (monthly) spend restarts on a new UTC day (month)."""
+    today = day_key(now_ms)
+    if acc.day_key == today:
+        return acc
+    month_same = acc.day_key[:7] == today[:7]
+    return dataclasses.replace(acc, day_key=today, day_spend=ZERO,
+                               month_spend=acc.month_spend if month_same else ZERO)
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What one command does to an account: changes of balance, holds and spend, and a
+    suspension it causes (a postpaid cap reached)."""
+
+    balance: Decimal = ZERO
+    held: Decimal = ZERO
+    spend: Decimal = ZERO
+    suspend_reason: str = ""
+
+    def apply(self, acc: Account) -> Account:
+        susp = self.suspend_reason
+        return dataclasses.replace(
+            acc, balance=acc.balance + self.balance, held=acc.held + self.held,
+            day_spend=acc.day_spend + self.spend, month_spend=acc.month_spend + self.spend,
+            suspended=acc.suspended or bool(susp),
+            suspend_reason=susp if susp and not acc.suspended else acc.suspend_reason)
+
+
+Fit = Callable[[Decimal], tuple[Decimal, int]]
+
+
+def grant(acc: Account, want: Decimal, want_seconds: int, fit: Fit, paid_before: int
+          ) -> tuple[Decimal, int]:
+    """What a reservation takes from ``acc``: ``want`` (bringing the call to
+    ``want_seconds`` paid) when the account can cover it, else ``fit(available)``: the
+    most worth reserving. Never more than is available."""
+    avail = acc.available()
+    granted, seconds = (want, want_seconds) if want <= avail else fit(avail)
+    if granted > avail or granted < 0:
+        return ZERO, paid_before
+    return granted, seconds
+
+
+def reserve_effect(amount: Decimal) -> Effect:
+    return Effect(balance=-amount, held=amount)
+
+
+@dataclass(frozen=True, slots=True)
+class SettleAmounts:
+    """Settling one call: its holds released, its cost charged (what the account can
+    cover; the rest written off), and a FAS credit given back."""
+
+    charged: Decimal
+    written_off: Decimal
+    credited: Decimal
+    effect: Effect
+
+
+def settle_amounts(acc: Account, held: Decimal, cost: Decimal, credit: Decimal
+                   ) -> SettleAmounts:
+    """Release ``held`` and charge ``cost`` on ``acc`` (as of the settlement's day).
+
+    A prepaid account is never taken below zero; a postpaid one not below its credit
+    limit: what it cannot cover is written off. ``credit`` (a false answer) gives back
+    at most what was charged. A postpaid account whose daily or monthly spend reaches
+    its cap is suspended."""
+    balance = acc.balance + held
+    floor = ZERO if acc.kind is AccountKind.PREPAID else -acc.credit_limit
+    collectable = min(cost, max(balance - floor, ZERO))
+    credited = min(credit, collectable)
+    spend = collectable - credited
+    reason = ""
+    if acc.kind is AccountKind.POSTPAID and not acc.suspended:
+        if acc.daily_cap is not None and acc.day_spend + spend >= acc.daily_cap:
+            reason = f"daily cap {acc.daily_cap} reached"
+        elif acc.monthly_cap is not None and acc.month_spend + spend >= acc.monthly_cap:
+            reason = f"monthly cap {acc.monthly_cap} reached"
+    return SettleAmounts(collectable, cost - collectable, credited,
+                         Effect(balance=held - collectable + credited, held=-held, spend=spend,
+                                suspend_reason=reason))
