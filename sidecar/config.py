@@ -4,12 +4,15 @@ Example (every key optional; these are the defaults)::
 
     [database]
     path = "sidecar.db"
+    journal = ""            # settlements kept while the store fails; "" = PATH.journal
+                            # (better on another filesystem than the database)
 
     [kamailio]
     evapi_host = "127.0.0.1"
     evapi_port = 8448
     rpc_socket = "/run/kamailio/kamailio_rpc.sock"   # jsonrpcs datagram socket
     rpc_timeout = 2.0
+    shed_after_ms = 30      # an offer that waited longer gets a fast 503 (0: never)
 
     [charging]
     renew_lead_ms = 5000
@@ -64,10 +67,12 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     db: str = "sidecar.db"
+    journal: str = ""
     evapi_host: str = "127.0.0.1"
     evapi_port: int = 8448
     rpc_socket: str = "/run/kamailio/kamailio_rpc.sock"
     rpc_timeout: float = 2.0
+    shed_after_ms: int = 30
     renew_lead_ms: int = 5_000
     min_chunk_seconds: int = 6
     media_enabled: bool = False
@@ -98,10 +103,12 @@ class Config:
 
 _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
     ("database", "path"): ("db", str),
+    ("database", "journal"): ("journal", str),
     ("kamailio", "evapi_host"): ("evapi_host", str),
     ("kamailio", "evapi_port"): ("evapi_port", int),
     ("kamailio", "rpc_socket"): ("rpc_socket", str),
     ("kamailio", "rpc_timeout"): ("rpc_timeout", float),
+    ("kamailio", "shed_after_ms"): ("shed_after_ms", int),
     ("charging", "renew_lead_ms"): ("renew_lead_ms", int),
     ("charging", "min_chunk_seconds"): ("min_chunk_seconds", int),
     ("media", "enabled"): ("media_enabled", bool),
@@ -130,8 +137,8 @@ _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
 }
 
 # Integer keys that make no sense below a bound (a negative due date, a negative count).
-_MINIMUM = {"invoice_due_days": 0, "invoice_detail_csv_over": 0, "media_grace_ms": 0,
-            "media_end_without_media_s": 0, "media_buffer_mb": 1}
+_MINIMUM = {"shed_after_ms": 0, "invoice_due_days": 0, "invoice_detail_csv_over": 0,
+            "media_grace_ms": 0, "media_end_without_media_s": 0, "media_buffer_mb": 1}
 
 
 def load_config(path: str | Path) -> Config:

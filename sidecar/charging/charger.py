@@ -306,9 +306,20 @@ class Charger:
         if answered_ms is None:
             return []
         s.answered_ms = s.billable_ms = answered_ms
-        if not supervise:  # adopted only to be settled: reserve nothing more
+        if not supervise:  # to be settled, or resumed once Kamailio confirms it is up
             return []
-        self._by_account.setdefault(acc.code, set()).add(call_ref)
+        return self.resume(call_ref, now_ms)
+
+    def resume(self, call_ref: str, now_ms: int) -> list[Action]:
+        """Credit control of an adopted, answered call starts (again) now: the next chunk
+        is reserved when its paid time runs low."""
+        s = self.sessions.get(call_ref)
+        if s is None or s.billable_ms is None or s.ending:
+            return []
+        live = self._by_account.setdefault(s.account, set())
+        if call_ref in live:
+            return []
+        live.add(call_ref)
         paid_until = s.paid_until_ms
         assert paid_until is not None
         if paid_until - self.config.renew_lead_ms > now_ms:

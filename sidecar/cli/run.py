@@ -14,7 +14,6 @@ from pathlib import Path
 import click
 
 from ..config import Config, ConfigError, load_config
-from ..store.db import connect
 from .app import Context, cli, fail, pass_ctx
 
 
@@ -56,10 +55,10 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     setup_logging(log_format, log_level)
     # --db / $SIDECAR_DB win over the file, so one config serves several databases.
     db = ctx.path if ctx.explicit or not config_path else Path(config.db)
-    from ..live.service import Sidecar
+    from ..live.service import Sidecar, StoreStartError
 
     async def main() -> None:
-        sidecar = Sidecar(config, connect(db))
+        sidecar = Sidecar(config, db)
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -79,3 +78,5 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
         asyncio.run(main())
     except (MediaConfigError, CaptureError) as exc:
         fail(f"media capture: {exc}", 2)
+    except StoreStartError as exc:
+        fail(f"store {db}: {exc}", 2)

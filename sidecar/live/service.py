@@ -6,9 +6,14 @@
     AF_PACKET RTP   -> MediaSupervisor   -> answer confirmed by media, FAS evidence
     credit timer    -> CallControl.tick  -> EndCall -> JSON-RPC dlg.end_dlg (retried)
     evapi "end"     -> media verdict + Charger.end -> CDR written once (FAS credited)
-    (re)connect     -> dlg.list          -> lost calls settled, running calls adopted
+    (re)connect     -> events Kamailio kept while no sidecar was connected (replayed)
+                    -> dlg.list          -> lost calls settled, running calls adopted
 
-Every decision is logged with its reason.
+The charging core decides from memory; its store commands go to a writer thread
+(``store/writer.py``) that commits them in batches and answers through the loop, so the
+loop never waits on the disk. Offers that waited longer than ``shed_after_ms`` in
+Kamailio's queue and ours get a fast 503 instead of a late answer. Rejections and CDRs
+are logged with their reasons (allowed offers at debug level).
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import Counter, deque
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from ..charging import (
@@ -29,14 +34,19 @@ from ..charging import (
     Charger,
     ChargingConfig,
     EndCall,
+    PlanRates,
     Recharge,
 )
+from ..charging.book import AccountBook
+from ..charging.commands import BatchResult
 from ..config import Config, port_range
 from ..kamailio.evapi import EvapiClient
 from ..kamailio.events import End, Event, EventError, Failed, Offer, parse_event
 from ..kamailio.rpc import KamailioRpc, RpcError
-from ..store.accounts import SqliteLedger
-from ..store.decks import PlanCache
+from ..rating import RateTable
+from ..store.decks import PlanLoader
+from ..store.journal import default_journal
+from ..store.writer import Snapshot, StoreWriter, WriterEvent
 from ..supervision.calls import CallControl, ControlConfig
 from ..supervision.media import MediaConfig, MediaSupervisor
 from .media import MediaPump
@@ -51,12 +61,20 @@ END_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 class Sidecar:
     """One live sidecar process."""
 
-    def __init__(self, config: Config, conn: sqlite3.Connection) -> None:
+    def __init__(self, config: Config, db: str | Path) -> None:
         self.config = config
-        self.conn = conn
-        self.ledger = SqliteLedger(conn)
-        self.charger = Charger(self.ledger, PlanCache(conn), ChargingConfig(
-            renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds))
+        self.db = db
+        self.book = AccountBook()
+        self.plan_map: dict[str, PlanRates] = {}
+        self.writer = StoreWriter(db, config.journal or default_journal(db), PlanLoader(),
+                                  self._from_writer)
+        self.charger = Charger(self.writer, self._plan, ChargingConfig(
+            renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds),
+            book=self.book)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = asyncio.Event()
+        self._stored_calls: list[dict[str, object]] = []  # the store's live calls at start
+        self._unsupervised: set[str] = set()  # adopted from the store, not yet reconciled
         self.media: MediaSupervisor | None = None
         if config.media_enabled:
             self.media = MediaSupervisor(MediaConfig(
@@ -83,16 +101,25 @@ class Sidecar:
         # our reply written, and our own share of it (message in -> reply out).
         self.auth_total_us: deque[int] = deque(maxlen=200_000)
         self.auth_local_us: deque[int] = deque(maxlen=200_000)
+        self.shed_us: deque[int] = deque(maxlen=200_000)  # offers refused for overload
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -------------------------------------------------------------
     async def run(self) -> None:
         """Run until cancelled."""
-        await self.rpc.open()
-        if self.pump is not None:
-            self.pump.start()  # before evapi: media can beat the answer event
-        self.timer.start()
+        self._loop = asyncio.get_running_loop()
+        self.writer.start()
         try:
+            while not self._ready.is_set():  # the store's first snapshot: accounts, plans
+                if self.writer.start_error is not None:
+                    raise StoreStartError(str(self.writer.start_error))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), 0.05)
+            self._adopt_stored()
+            await self.rpc.open()
+            if self.pump is not None:
+                self.pump.start()  # before evapi: media can beat the answer event
+            self.timer.start()
             await self.evapi.run()
         finally:
             await self.timer.stop()
@@ -101,6 +128,56 @@ class Sidecar:
             for t in list(self._tasks):
                 t.cancel()
             self.rpc.close()
+            await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+            pending = self.charger.inflight()
+            if pending:
+                log.warning("%d store command(s) unanswered at shutdown", pending)
+
+    # --- the store edge ------------------------------------------------------------
+    def _plan(self, name: str) -> PlanRates:
+        rates = self.plan_map.get(name)
+        if rates is None:  # not loaded (yet): no line rates anything, the call gets 404
+            log.error("rate plan %s is not loaded", name)
+            rates = PlanRates(RateTable([], ""), 60)
+        return rates
+
+    def _from_writer(self, ev: WriterEvent) -> None:
+        """Called in the writer thread: hand the event to the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_store, ev)
+
+    def _on_store(self, ev: WriterEvent) -> None:
+        if isinstance(ev, BatchResult):
+            self.on_actions(self.charger.on_results(ev, wall_ms()))
+            self.timer.poke()
+            return
+        assert isinstance(ev, Snapshot)
+        self.book.load(ev.accounts, ev.sip)
+        self.plan_map.update(ev.plans)
+        if ev.plans and not ev.first:
+            log.info("rate plans reloaded: %s", ", ".join(sorted(ev.plans)))
+        if ev.first:
+            self._stored_calls = ev.live_calls
+            log.info("store loaded: %d accounts, %d plans, %d live calls", len(ev.accounts),
+                     len(ev.plans), len(ev.live_calls))
+            self._ready.set()
+
+    def _adopt_stored(self) -> None:
+        """Calls the store holds reservations for (the sidecar restarted): taken in hand
+        at once, so events Kamailio kept for them settle them at their real times; credit
+        control resumes when Kamailio confirms they are still up (reconcile)."""
+        now = wall_ms()
+        for row in self._stored_calls:
+            ref = str(row["call_ref"])
+            self.on_actions(self.charger.adopt(
+                ref, account=str(row["account"]), number=str(row["number"]), caller="",
+                now_ms=now, answered_ms=int(str(row["answered_ms"])),
+                paid_seconds=int(str(row["paid_seconds"])),
+                reserved=Decimal(str(row["reserved"])), supervise=False))
+            if ref in self.charger.sessions:
+                self._unsupervised.add(ref)
+        self._stored_calls = []
 
     def latency_summary(self) -> str:
         """Authorization latency percentiles, for the log and the benchmark."""
@@ -139,6 +216,8 @@ class Sidecar:
         d = ev.dialog
         ref = d.call_id
         now = d.ts_ms or wall_ms()
+        if isinstance(ev, Offer) and self._late(ev, received_us):
+            return
         if d.h_entry or d.h_id:
             self.dialogs[ref] = (d.h_entry, d.h_id)
         decision, actions = self.control.on_event(ev, now)
@@ -151,9 +230,12 @@ class Sidecar:
             else:
                 reply |= {"action": "reject", "code": decision.code,
                           "reason": _reason_phrase(decision.code)}
-            log.info("offer %s from=%s to=%s -> %s", ref, ev.from_user, ev.ruri_user,
-                     f"allow {decision.max_seconds}s account={decision.account}"
-                     if decision.allow else f"reject {decision.code} ({decision.reason})")
+            if not decision.allow:
+                log.info("offer %s from=%s to=%s -> reject %s (%s)", ref, ev.from_user,
+                         ev.ruri_user, decision.code, decision.reason)
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("offer %s from=%s to=%s -> allow %ss account=%s", ref,
+                          ev.from_user, ev.ruri_user, decision.max_seconds, decision.account)
             if not self.evapi.send(reply):
                 log.error("could not answer offer %s: evapi not connected", ref)
             sent_us = time.time_ns() // 1000
@@ -168,6 +250,28 @@ class Sidecar:
             self.dialogs.pop(ref, None)
         self.on_actions(actions)
 
+    def _late(self, ev: Offer, received_us: int) -> bool:
+        """Overload: an offer that already waited longer than ``shed_after_ms`` (in
+        Kamailio's queue and ours, by Kamailio's own timestamp) is refused at once with
+        503, at a fraction of the cost of deciding it, so the offers behind it are
+        answered in time instead of every one of them too late."""
+        limit = self.config.shed_after_ms
+        ts_us = ev.dialog.ts_us
+        if not limit or not ts_us:
+            return False
+        waited_ms = (received_us - ts_us) / 1000
+        if not limit < waited_ms < 60_000:  # beyond a minute: clocks differ, do not judge
+            return False
+        self.counters["shed"] += 1
+        if self.counters["shed"] % 1000 == 1:
+            log.warning("overload: offer %s waited %.0f ms (limit %d ms): 503; %d shed so far",
+                        ev.dialog.call_id, waited_ms, limit, self.counters["shed"])
+        self.evapi.send({"event": "auth", "tindex": ev.tindex, "tlabel": ev.tlabel,
+                         "call_id": ev.dialog.call_id, "action": "reject", "code": 503,
+                         "reason": "Service Unavailable"})
+        self.shed_us.append(time.time_ns() // 1000 - ts_us)
+        return True
+
     # --- decisions out -------------------------------------------------------------
     def on_actions(self, actions: list[Action]) -> None:
         for a in actions:
@@ -176,7 +280,7 @@ class Sidecar:
             elif isinstance(a, Alert):
                 self._spawn(self.notifier.alert(a))
             elif isinstance(a, Recharge):
-                acc = self.ledger.account(a.account, a.at_ms)
+                acc = self.book.get(a.account, a.at_ms)
                 self._spawn(run_recharge(
                     self.notifier, a, acc.currency if acc else "",
                     lambda code, amount, note: self._topup(code, amount, note),
@@ -191,7 +295,7 @@ class Sidecar:
                          if c.fas_verdict else "")
 
     def _topup(self, code: str, amount: Decimal, note: str) -> None:
-        self.ledger.topup(code, amount, wall_ms(), note)
+        self.charger.topup(code, amount, wall_ms(), note)
 
     async def end_call(self, a: EndCall) -> None:
         """Ask Kamailio to end the dialog; retry with backoff until it is gone."""
@@ -237,25 +341,18 @@ class Sidecar:
                 present[cid] = d
                 with contextlib.suppress(TypeError, ValueError):
                     self.dialogs[cid] = (int(d["h_entry"]), int(d["h_id"]))
-        # Calls we track (in memory or in the store) that Kamailio no longer has.
-        stored = {str(r["call_ref"]): r for r in self.ledger.live_calls()}
+        # Calls we track that Kamailio no longer has (their end was not replayed).
+        settled = adopted = 0
         for ref in list(self.charger.sessions):
             if ref not in present:
-                self.on_actions(self.control.end_lost(ref, now, "lost while disconnected"))
-        adopted = settled = 0
-        for ref, row in stored.items():
-            if ref in self.charger.sessions:
-                continue
-            answered = int(str(row["answered_ms"]))
-            self.on_actions(self.charger.adopt(
-                ref, account=str(row["account"]), number=str(row["number"]), caller="",
-                now_ms=now, answered_ms=answered, paid_seconds=int(str(row["paid_seconds"])),
-                reserved=Decimal(str(row["reserved"])), supervise=ref in present))
-            if ref in present:
-                adopted += 1
-            else:
+                self._unsupervised.discard(ref)
                 settled += 1
-                self.on_actions(self.control.end_lost(ref, now, "ended while sidecar was down"))
+                self.on_actions(self.control.end_lost(ref, now, "lost while disconnected"))
+        # Calls adopted from the store at start that are still up: credit control resumes.
+        for ref in sorted(self._unsupervised):
+            adopted += 1
+            self.on_actions(self.charger.resume(ref, now))
+        self._unsupervised.clear()
         # Confirmed dialogs nobody tracks: adopt them from their dialog variables.
         for ref, d in present.items():
             if ref in self.charger.sessions or _state(d) != 4:
@@ -273,6 +370,10 @@ class Sidecar:
         self.timer.poke()
         log.info("reconciled with Kamailio: %d dialogs, %d adopted, %d settled as lost",
                  len(present), adopted, settled)
+
+
+class StoreStartError(RuntimeError):
+    """The store could not be opened or loaded: the sidecar cannot start."""
 
 
 def _state(d: dict[str, Any]) -> int:

@@ -6,11 +6,10 @@ from pathlib import Path
 
 from sidecar.config import Config
 from sidecar.live.service import Sidecar
-from sidecar.store.db import connect
 
 
 def test_garbage_messages_are_counted_not_fatal(tmp_path: Path) -> None:
-    sidecar = Sidecar(Config(), connect(tmp_path / "s.db"))
+    sidecar = Sidecar(Config(), tmp_path / "s.db")
     for payload in (b"not json", b"[]", b'{"event":"bogus","call_id":"x"}',
                     b'{"event":"offer","call_id":"x"}', b"\xff\xfe",
                     b'{"event":"answer","call_id":"unknown","h_entry":1,"h_id":2,"ts":1}',

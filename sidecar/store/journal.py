@@ -1,0 +1,128 @@
+"""The local journal: settlements and top-ups the store could not take, kept on disk until
+it can.
+
+One JSON object per line, appended and ``fsync``'d before the core is told the money is
+safe. When the store is back the entries are applied (each at most once: a CDR's call
+reference is unique, a top-up carries a key) and the file is emptied. A torn last line
+(a crash mid-write) is skipped with a warning. Keep the journal on another filesystem
+than the database: a full disk then still leaves room to journal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from ..charging.commands import Settle, StoreCommand, Topup
+from ..charging.model import Cdr, Disposition
+
+log = logging.getLogger("sidecar.journal")
+
+_CDR_FIELDS = {f.name: f for f in dataclasses.fields(Cdr)}
+_DECIMAL_FIELDS = {n for n, f in _CDR_FIELDS.items() if f.type in ("Decimal", Decimal)}
+
+
+class JournalError(OSError):
+    """The journal could not be written."""
+
+
+def default_journal(db: str | os.PathLike[str]) -> Path:
+    """The journal beside the database, unless configured elsewhere."""
+    return Path(f"{db}.journal")
+
+
+def encode(cmd: StoreCommand) -> dict[str, Any]:
+    """A settlement or a top-up as a JSON-ready object (money as exact strings)."""
+    if isinstance(cmd, Settle):
+        cdr = {k: (str(v) if isinstance(v, Decimal) else v.value if isinstance(v, Enum) else v)
+               for k, v in dataclasses.asdict(cmd.cdr).items()}
+        return {"kind": "settle", "seq": cmd.seq, "now_ms": cmd.now_ms, "cdr": cdr}
+    if isinstance(cmd, Topup):
+        return {"kind": "topup", "seq": cmd.seq, "now_ms": cmd.now_ms, "account": cmd.account,
+                "amount": str(cmd.amount), "note": cmd.note, "key": cmd.key}
+    raise TypeError(f"{type(cmd).__name__} is not journaled")
+
+
+def decode(doc: dict[str, Any]) -> StoreCommand:
+    """The command a journal line holds (raises ValueError/KeyError/TypeError if bad)."""
+    if doc["kind"] == "settle":
+        raw = doc["cdr"]
+        values: dict[str, Any] = {}
+        for k, v in raw.items():
+            if k not in _CDR_FIELDS:
+                continue
+            if k in _DECIMAL_FIELDS:
+                values[k] = Decimal(v)
+            elif k == "disposition":
+                values[k] = Disposition(v)
+            else:
+                values[k] = v
+        return Settle(int(doc["seq"]), Cdr(**values), int(doc["now_ms"]))
+    if doc["kind"] == "topup":
+        return Topup(int(doc["seq"]), str(doc["account"]), Decimal(doc["amount"]),
+                     str(doc["note"]), str(doc["key"]), int(doc["now_ms"]))
+    raise ValueError(f"unknown journal entry kind {doc['kind']!r}")
+
+
+class Journal:
+    """An append-only file of commands waiting for the store."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def append(self, cmds: Sequence[StoreCommand], run: str) -> None:
+        """Write ``cmds`` and ``fsync`` them; raises :class:`JournalError` if that fails
+        (then nothing can be assumed written)."""
+        data = b"".join(json.dumps({**encode(c), "run": run}, separators=(",", ":")).encode()
+                        + b"\n" for c in cmds)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise JournalError(exc.errno, f"journal {self.path}: {exc.strerror}") from exc
+
+    def entries(self) -> list[tuple[str, StoreCommand]]:
+        """Every readable entry, oldest first, with the run that wrote it."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        out: list[tuple[str, StoreCommand]] = []
+        for n, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                out.append((str(doc.get("run", "")), decode(doc)))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("journal %s line %d unreadable, skipped: %s", self.path, n, exc)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.entries())
+
+    def clear(self) -> None:
+        """Empty the journal once every entry is in the store."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.path.unlink(missing_ok=True)

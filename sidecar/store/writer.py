@@ -1,0 +1,267 @@
+"""The live sidecar's store edge: a thread that owns its own SQLite connection.
+
+    event loop                          writer thread
+    Charger ── submit(cmd) ──queue──▶  batch: every command waiting (up to max_batch)
+                                       one transaction (group commit)
+            ◀── deliver(BatchResult) ── outcomes + touched accounts after the commit
+            ◀── deliver(Snapshot) ───── accounts, SIP mappings, changed rate plans, when
+                                        another process changed the store
+                                        (``PRAGMA data_version``)
+
+The loop never waits on the disk or a lock. When a batch cannot be committed (disk full,
+database locked for longer than ``busy_timeout_ms``, gone), its settlements and top-ups
+go to the local :class:`~sidecar.store.journal.Journal` (fsync'd) and are applied once
+the store commits again; reservations fail, and the core ends the prepaid calls that
+needed them. The store is probed every ``probe_s`` meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..charging import PlanRates
+from ..charging.commands import BatchResult, Outcome, Reserve, StoreCommand
+from ..charging.model import Account
+from .accounts import SqliteLedger, list_accounts
+from .db import connect, transaction
+from .journal import Journal, JournalError
+
+log = logging.getLogger("sidecar.store")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The store as it stands: every account, the SIP mappings, and the rate plans that
+    changed (all of them in the first snapshot). ``live_calls``: the calls the store
+    holds reservations for (first snapshot only: a restarted sidecar adopts them)."""
+
+    accounts: list[Account]
+    sip: dict[tuple[str, str], str]
+    plans: dict[str, PlanRates]
+    live_calls: list[dict[str, object]] = field(default_factory=list)
+    first: bool = False
+
+
+WriterEvent = BatchResult | Snapshot
+
+
+class PlanSource(Protocol):
+    """Loads rate plans for the live sidecar (``decks.PlanLoader``)."""
+
+    def load_all(self, conn: sqlite3.Connection) -> dict[str, PlanRates]: ...
+
+    def refresh(self, conn: sqlite3.Connection) -> dict[str, PlanRates]: ...
+
+
+_STOP = object()
+
+
+class StoreWriter:
+    """Applies the charging core's commands off the event loop, in batches."""
+
+    def __init__(self, db: str | Path, journal: str | Path, plans: PlanSource,
+                 deliver: Callable[[WriterEvent], None], *, max_batch: int = 1000,
+                 poll_s: float = 0.1, probe_s: float = 1.0, busy_timeout_ms: int = 2000,
+                 ) -> None:
+        self.db = db
+        self.journal = Journal(journal)
+        self.plans = plans
+        self.deliver = deliver
+        self.max_batch = max_batch
+        self.poll_s = poll_s
+        self.probe_s = probe_s
+        self.busy_timeout_ms = busy_timeout_ms
+        self.run_id = uuid.uuid4().hex
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._memory: list[StoreCommand] = []  # journaled nowhere: the journal failed too
+        self.down = False
+        self.error = ""
+        #: Figures for logs and benchmarks (written by the thread, read anywhere).
+        self.batches = 0
+        self.commands = 0
+        self.journaled = 0
+        self.failed_batches = 0
+        self.started = threading.Event()
+        self.start_error: BaseException | None = None
+
+    # --- the loop's side ---------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, cmd: StoreCommand) -> None:
+        """Queue a command (thread-safe, never blocks)."""
+        self._q.put(cmd)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Apply what is queued, then end the thread."""
+        if self._thread is None:
+            return
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("store writer did not stop within %.0f s", timeout)
+
+    def pending_journal(self) -> int:
+        """Settlements and top-ups waiting for the store (journal and memory)."""
+        return len(self.journal) + len(self._memory)
+
+    # --- the thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            conn = connect(self.db)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            self.ledger = SqliteLedger(conn)
+            self.conn = conn
+            self._apply_journal(startup=True)
+            self._version = self._data_version()
+            self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn),
+                                  self.plans.load_all(conn), self.ledger.live_calls(),
+                                  first=True))
+        except BaseException as exc:  # the sidecar cannot start without its store
+            self.start_error = exc
+            self.started.set()
+            log.error("store writer could not start: %s", exc)
+            return
+        self.started.set()
+        last_check = last_probe = time.monotonic()
+        stopping = False
+        while not stopping:
+            batch: list[StoreCommand] = []
+            try:
+                item = self._q.get(timeout=self.poll_s)
+                while True:
+                    if item is _STOP:
+                        stopping = True
+                    else:
+                        batch.append(item)
+                    if len(batch) >= self.max_batch:
+                        break
+                    item = self._q.get_nowait()
+            except queue.Empty:
+                pass
+            if batch:
+                self._apply(batch)
+            now = time.monotonic()
+            if self.down and now - last_probe >= self.probe_s:
+                last_probe = now
+                self._probe()
+            if now - last_check >= self.poll_s:
+                last_check = now
+                self._check_changes()
+        self.conn.close()
+
+    def _apply(self, batch: list[StoreCommand]) -> None:
+        result = self.ledger.execute(batch)
+        self.batches += 1
+        self.commands += len(batch)
+        if result.error:
+            result = self._failed(batch, result)
+        elif self.down:
+            self._recovered()
+        self.deliver(result)
+
+    def _failed(self, batch: list[StoreCommand], result: BatchResult) -> BatchResult:
+        """The batch was rolled back: keep its money in the journal, fail its holds."""
+        self.failed_batches += 1
+        if not self.down:
+            log.error("store failed (%s): settlements go to the journal %s; new calls are "
+                      "refused until it recovers", result.error, self.journal.path)
+        self.down = True
+        self.error = result.error
+        keep = [c for c in batch if not isinstance(c, Reserve)]
+        where = "journal"
+        if keep:
+            try:
+                self.journal.append(keep, self.run_id)
+                self.journaled += len(keep)
+            except JournalError as exc:
+                where = "memory"
+                self._memory += keep
+                log.critical("cannot write the journal either (%s): %d settlements kept in "
+                             "memory only until the store or the journal recovers", exc,
+                             len(self._memory))
+        kept = {c.seq for c in keep}
+        outcomes = [Outcome(o.seq, False, journaled=o.seq in kept,
+                            error=f"{result.error} (kept in the {where})" if o.seq in kept
+                            else result.error) for o in result.outcomes]
+        return BatchResult(outcomes, {}, result.error)
+
+    def _probe(self) -> None:
+        """Is the store writable again? A real (tiny) write says so; taking the lock
+        alone would not notice a full disk."""
+        try:
+            with transaction(self.conn):
+                self.conn.execute("INSERT INTO meta (key, value) VALUES ('probe', ?) "
+                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                                  (str(_now_ms()),))
+        except sqlite3.Error as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        self._recovered()
+        self.deliver(BatchResult([], {}))
+
+    def _recovered(self) -> None:
+        log.warning("store writable again after: %s", self.error)
+        self.down = False
+        self.error = ""
+        self._apply_journal(startup=False)
+
+    def _apply_journal(self, *, startup: bool) -> None:
+        """Apply what the journal (and memory) holds, then empty it."""
+        entries = self.journal.entries()
+        memory, self._memory = self._memory, []
+        if not entries and not memory:
+            return
+        cmds = [c for _run, c in entries] + memory
+        result = self.ledger.execute(cmds)
+        if result.error:
+            self._memory = memory
+            self.down = True
+            self.error = result.error
+            log.error("journal not applied yet (%s): %d entries wait", result.error, len(cmds))
+            if startup:
+                raise RuntimeError(f"the store cannot take the journal {self.journal.path}: "
+                                   f"{result.error}")
+            return
+        self.journal.clear()
+        log.warning("applied %d journaled settlements/top-ups to the store", len(cmds))
+        if not startup:
+            # Outcomes of this run's commands reach the core; older runs' are not its own.
+            mine = {c.seq for run, c in entries if run == self.run_id} | {c.seq for c in memory}
+            self.deliver(BatchResult([o for o in result.outcomes if o.seq in mine],
+                                     result.accounts))
+
+    def _data_version(self) -> int:
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _check_changes(self) -> None:
+        """Another process committed (a top-up, a new account, a deck): send a snapshot."""
+        try:
+            version = self._data_version()
+            if version == self._version:
+                return
+            self._version = version
+            self.deliver(Snapshot(list_accounts(self.conn, _now_ms()), _sip(self.conn),
+                                  self.plans.refresh(self.conn)))
+        except sqlite3.Error as exc:
+            log.error("could not read the store's changes: %s", exc)
+
+
+def _sip(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
+    return {(str(k), str(v)): str(a)
+            for k, v, a in conn.execute("SELECT kind, value, account FROM sip_accounts")}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
