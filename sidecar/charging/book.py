@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from .model import Account
-from .settle import Effect, rolled
+from .settle import NO_EFFECT, Effect, rolled
 
 
 class AccountSource(Protocol):
@@ -40,6 +40,7 @@ class AccountBook:
         self._base: dict[str, Account] = {}
         self._view: dict[str, Account] = {}
         self._pending: dict[str, dict[int, Effect]] = {}
+        self._totals: dict[str, Effect] = {}  # per account: the sum of its pending effects
         self._sip: dict[tuple[str, str], str] = {}
 
     # --- reads -------------------------------------------------------------------
@@ -93,6 +94,7 @@ class AccountBook:
         if view is None:
             return None
         self._pending.setdefault(code, {})[seq] = effect
+        self._totals[code] = self._totals.get(code, NO_EFFECT).plus(effect)
         view = effect.apply(view)
         self._view[code] = view
         return view
@@ -105,10 +107,16 @@ class AccountBook:
         touched: set[str] = set()
         for code, seq in done:
             p = self._pending.get(code)
-            if p is not None and p.pop(seq, None) is not None:
+            if p is None:
+                continue
+            effect = p.pop(seq, None)
+            if effect is not None:
                 touched.add(code)
-                if not p:
+                if p:
+                    self._totals[code] = self._totals[code].minus(effect)
+                else:
                     del self._pending[code]
+                    del self._totals[code]
         for code, acc in accounts.items():
             self._base[code] = acc
             touched.add(code)
@@ -139,6 +147,5 @@ class AccountBook:
         view = self._base.get(code)
         if view is None:
             return
-        for effect in self._pending.get(code, {}).values():
-            view = effect.apply(view)
-        self._view[code] = view
+        total = self._totals.get(code)
+        self._view[code] = view if total is None else total.apply(view)

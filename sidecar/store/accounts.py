@@ -7,24 +7,20 @@ account's ledger rows; :func:`verify_ledger` proves it.
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import Enum
 
-from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreCommand, Topup
+from ..charging.commands import BatchResult, Outcome, Settle, StoreCommand
 from ..charging.model import Account, AccountKind, Cdr, Settlement
-from ..charging.settle import day_key, grant, settle_amounts
+from ..charging.settle import day_key
 from ..money import ZERO, check_currency, to_text
+from .batch import ACCOUNT_COLUMNS, Batch
 from .db import transaction
 from .decks import get_plan
 
-_ACCOUNT_COLUMNS = (
-    "code, plan, currency, kind, balance, held, credit_limit, daily_cap, monthly_cap, "
-    "day_key, day_spend, month_key, month_spend, chunk_seconds, max_call_seconds, "
-    "low_balance, recharge_below, recharge_amount, suspended, suspend_reason, name")
+_ACCOUNT_COLUMNS = ACCOUNT_COLUMNS
 
 
 class AccountNotFound(LookupError):
@@ -197,123 +193,25 @@ class SqliteLedger:
 
         A failure to commit (disk full, locked, gone) rolls the whole batch back and is
         reported in the result, never raised: the caller decides what happens to it."""
-        touched: dict[str, int] = {}
-        outcomes: list[Outcome] = []
         try:
             with transaction(self.conn):
-                for cmd in cmds:
-                    if isinstance(cmd, Reserve):
-                        outcomes.append(self._reserve(cmd))
-                        touched[cmd.account] = cmd.now_ms
-                    elif isinstance(cmd, Settle):
-                        outcomes.append(Outcome(cmd.seq, True,
-                                                settlement=self._settle(cmd.cdr, cmd.now_ms)))
-                        if cmd.cdr.account:
-                            touched[cmd.cdr.account] = cmd.now_ms
-                    else:
-                        outcomes.append(Outcome(cmd.seq, True,
-                                                settlement=self._topup_once(cmd)))
-                        touched[cmd.account] = cmd.now_ms
-                accounts = self._accounts(touched)
+                batch = Batch(self.conn, cmds, _row_to_account)
+                outcomes = [batch.apply(c) for c in cmds]
+                accounts = batch.flush()
         except sqlite3.Error as exc:
             err = f"{type(exc).__name__}: {exc}"
             return BatchResult([Outcome(c.seq, False, error=err) for c in cmds], {}, err)
         return BatchResult(outcomes, accounts)
-
-    def _accounts(self, touched: dict[str, int]) -> dict[str, Account]:
-        out: dict[str, Account] = {}
-        for code, now_ms in touched.items():
-            r = self.conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
-                                  (code,)).fetchone()
-            if r is not None:
-                out[code] = _row_to_account(r, now_ms)
-        return out
-
-    def _reserve(self, cmd: Reserve) -> Outcome:
-        """Hold what the core asked for, or what the account can still cover; record
-        the live call (its paid time and holds) for a restart to adopt."""
-        acc = self._load_for_update(cmd.account, cmd.now_ms)
-        granted, seconds = grant(acc, cmd.amount, cmd.seconds, cmd.fit, cmd.paid_before)
-        if granted > 0:
-            self._ledger(cmd.now_ms, cmd.account, "reserve", -granted, cmd.call_ref)
-            self.conn.execute(
-                "UPDATE accounts SET balance = ?, held = ? WHERE code = ?",
-                (to_text(acc.balance - granted), to_text(acc.held + granted), cmd.account))
-        held = self._call_held(cmd.call_ref) + granted
-        self.conn.execute(
-            "INSERT INTO live_calls (call_ref, account, number, destination, prefix, rate, "
-            "increment, answered_ms, paid_seconds, reserved, updated_ms) "
-            "VALUES (:call_ref, :account, :number, :destination, :prefix, :rate, "
-            ":increment, :answered_ms, :paid_seconds, :reserved, :updated_ms) "
-            "ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
-            "reserved = excluded.reserved, updated_ms = excluded.updated_ms",
-            {**cmd.live, "account": cmd.account, "call_ref": cmd.call_ref,
-             "paid_seconds": seconds, "reserved": to_text(held), "updated_ms": cmd.now_ms})
-        return Outcome(cmd.seq, True, granted, seconds)
 
     def settle(self, cdr: Cdr, now_ms: int) -> Settlement:
         """Write the CDR and, for a billed call, release its holds and charge its cost —
         once, in its own transaction. A second settle of the same call changes nothing
         (``duplicate``)."""
         with transaction(self.conn):
-            return self._settle(cdr, now_ms)
-
-    def _settle(self, cdr: Cdr, now_ms: int) -> Settlement:
-        """Settle inside the caller's transaction (see :func:`settle_amounts`: a prepaid
-        account is never taken below zero; what it cannot cover is written off)."""
-        if self.conn.execute("SELECT 1 FROM cdrs WHERE call_ref = ?",
-                             (cdr.call_ref,)).fetchone():
-            return Settlement(ZERO, ZERO, True, None, None)
-        before = after = None
-        suspended_now = False
-        row = None if cdr.account is None else self.conn.execute(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
-            (cdr.account,)).fetchone()
-        if row is not None:
-            before = _row_to_account(row, now_ms)
-            code = before.code
-            held = self._call_held(cdr.call_ref)
-            amounts = settle_amounts(before, held, cdr.cost, cdr.credited)
-            if held:
-                self._ledger(now_ms, code, "release", held, cdr.call_ref)
-            cdr.charged = amounts.charged
-            cdr.written_off = amounts.written_off
-            cdr.credited = amounts.credited
-            if amounts.charged:
-                self._ledger(now_ms, code, "charge", -amounts.charged, cdr.call_ref)
-            if amounts.credited:  # a false answer (FAS): given back, with the reason
-                note = f"FAS {cdr.fas_verdict}: {cdr.fas_reasons}".rstrip(": ")
-                self._ledger(now_ms, code, "credit", amounts.credited, cdr.call_ref,
-                             note[:500])
-            after = amounts.effect.apply(before)
-            suspend = amounts.effect.suspend_reason
-            today = day_key(now_ms)
-            self.conn.execute(
-                "UPDATE accounts SET balance = ?, held = ?, day_key = ?, day_spend = ?, "
-                "month_key = ?, month_spend = ?, suspended = MAX(suspended, ?), "
-                "suspend_reason = CASE WHEN ? THEN ? ELSE suspend_reason END "
-                "WHERE code = ?",
-                (to_text(after.balance), to_text(after.held), today, to_text(after.day_spend),
-                 today[:7], to_text(after.month_spend), int(bool(suspend)),
-                 int(bool(suspend)), suspend, code))
-            suspended_now = bool(suspend)
-        self.conn.execute("DELETE FROM live_calls WHERE call_ref = ?", (cdr.call_ref,))
-        _insert_cdr(self.conn, cdr)
-        return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended_now)
-
-    def _topup_once(self, cmd: Topup) -> Settlement:
-        """A recharge, applied once per ``key`` (a replayed journal applies it again)."""
-        if self.conn.execute("SELECT 1 FROM applied_keys WHERE key = ?",
-                             (cmd.key,)).fetchone():
-            return Settlement(ZERO, ZERO, True, None, None)
-        self.conn.execute("INSERT INTO applied_keys (key, applied_ms) VALUES (?, ?)",
-                          (cmd.key, cmd.now_ms))
-        before = self._load_for_update(cmd.account, cmd.now_ms)
-        self._ledger(cmd.now_ms, cmd.account, "topup", cmd.amount, None, cmd.note)
-        self.conn.execute("UPDATE accounts SET balance = ? WHERE code = ?",
-                          (to_text(before.balance + cmd.amount), cmd.account))
-        after = dataclasses.replace(before, balance=before.balance + cmd.amount)
-        return Settlement(ZERO, ZERO, False, before, after)
+            batch = Batch(self.conn, [Settle(0, cdr, now_ms)], _row_to_account)
+            res = batch.settle(cdr, now_ms)
+            batch.flush()
+        return res
 
     def _call_held(self, call_ref: str) -> Decimal:
         r = self.conn.execute("SELECT reserved FROM live_calls WHERE call_ref = ?",
@@ -344,18 +242,6 @@ class SqliteLedger:
             "answered_ms, paid_seconds, reserved, updated_ms FROM live_calls ORDER BY answered_ms")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur]
-
-
-_CDR_FIELDS = tuple(f.name for f in dataclasses.fields(Cdr))
-_CDR_INSERT = (f"INSERT INTO cdrs ({', '.join(_CDR_FIELDS)}) "
-               f"VALUES ({', '.join('?' for _ in _CDR_FIELDS)})")
-
-
-def _insert_cdr(conn: sqlite3.Connection, cdr: Cdr) -> None:
-    values = [getattr(cdr, f) for f in _CDR_FIELDS]
-    conn.execute(_CDR_INSERT, [
-        to_text(v) if isinstance(v, Decimal) else (v.value if isinstance(v, Enum) else v)
-        for v in values])
 
 
 @dataclass(frozen=True)
