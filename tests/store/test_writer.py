@@ -1,0 +1,286 @@
+"""The live store edge: the charging core with its writer thread on a real SQLite file.
+
+Failures are real: a database on a small tmpfs filled to the last byte, and a database
+another process keeps locked. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from sidecar.charging import Action, Charger, ChargingConfig, EndCall, PlanRates
+from sidecar.charging.book import AccountBook
+from sidecar.charging.charger import REASON_STORE
+from sidecar.charging.commands import BatchResult
+from sidecar.charging.model import AccountKind, CdrWritten
+from sidecar.store.accounts import SqliteLedger, add_account, verify_ledger
+from sidecar.store.db import connect
+from sidecar.store.decks import PlanLoader, import_deck
+from sidecar.store.journal import Journal
+from sidecar.store.writer import Snapshot, StoreWriter, WriterEvent
+from tests.charging.harness import DECK, T0
+
+
+def prepare(db: Path, accounts: dict[str, str]) -> None:
+    conn = connect(db)
+    deck = db.parent / "deck.csv"
+    deck.write_text(DECK)
+    import_deck(conn, "retail", deck, as_of=datetime(2026, 11, 1, tzinfo=UTC))
+    for code, balance in accounts.items():
+        add_account(conn, code, "retail", AccountKind.PREPAID, now_ms=T0)
+        SqliteLedger(conn).topup(code, Decimal(balance), T0, "initial")
+    conn.close()
+
+
+class Live:
+    """A charger fed by a real StoreWriter thread, the way ``sidecar run`` wires them."""
+
+    def __init__(self, db: Path, journal: Path, **kw: object) -> None:
+        self.events: queue.SimpleQueue[WriterEvent] = queue.SimpleQueue()
+        self.book = AccountBook()
+        self.plans: dict[str, PlanRates] = {}
+        self.writer = StoreWriter(db, journal, PlanLoader(), self.events.put,
+                                  **kw)  # type: ignore[arg-type]
+        self.charger = Charger(self.writer, lambda n: self.plans[n], ChargingConfig(),
+                               book=self.book)
+        self.actions: list[Action] = []
+        self.results: list[BatchResult] = []
+        self.writer.start()
+        self.wait(lambda: bool(self.plans))
+
+    def handle(self, ev: WriterEvent) -> None:
+        if isinstance(ev, Snapshot):
+            self.book.load(ev.accounts, ev.sip)
+            self.plans.update(ev.plans)
+        else:
+            self.results.append(ev)
+            self.actions += self.charger.on_results(ev, T0)
+
+    def wait(self, cond: object, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():  # type: ignore[operator]
+            assert time.monotonic() < deadline, "timed out"
+            with contextlib.suppress(queue.Empty):
+                self.handle(self.events.get(timeout=0.05))
+
+    def settled(self) -> None:
+        """Until every command has its answer."""
+        self.wait(lambda: self.charger.inflight() == 0)
+
+    def call(self, ref: str, account: str, seconds: int) -> None:
+        now = T0 + 1000
+        d = self.charger.authorize(ref, number="4930123", account_code=account, now_ms=now)
+        assert d.allow, d
+        self.actions += self.charger.answer(ref, now)
+        self.actions += self.charger.end(ref, now + seconds * 1000, ended_by="caller")
+
+    def stop(self) -> None:
+        self.writer.stop()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "live.db"
+    prepare(path, {"acme": "100", "beta": "100"})
+    return path
+
+
+def check(db: Path) -> sqlite3.Connection:
+    conn = connect(db)
+    problems = [c for c in verify_ledger(conn) if c.problems]
+    assert not problems, problems
+    return conn
+
+
+def test_many_calls_are_committed_in_few_transactions(db: Path, tmp_path: Path) -> None:
+    live = Live(db, tmp_path / "j")
+    try:
+        for i in range(500):
+            live.call(f"c{i}", "acme" if i % 2 else "beta", 30)
+        live.settled()
+    finally:
+        live.stop()
+    assert live.writer.commands == 1000  # a reservation and a settlement per call
+    assert live.writer.batches < 200  # many commands per transaction
+    assert sum(isinstance(a, CdrWritten) for a in live.actions) == 500
+    conn = check(db)
+    assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 500
+    # 30 s at 0.06/min = 0.03 each
+    assert conn.execute("SELECT balance FROM accounts WHERE code='acme'").fetchone()[0] == \
+        "92.50000000"
+    # The book agrees with the store once every answer is in.
+    acc = live.book.get("acme", T0)
+    assert acc is not None and acc.balance == Decimal("92.5") and acc.held == 0
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs of the test's own (root is needed to mount it)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Fill the filesystem of ``path`` to the last byte."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError:
+                continue
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_disk_refuses_new_calls_ends_prepaid_ones_and_loses_no_settlement(
+        tmpfs: Path, tmp_path: Path) -> None:
+    db = tmpfs / "live.db"
+    prepare(db, {"acme": "100", "beta": "100"})
+    journal = tmp_path / "journal"  # on another filesystem, as README advises
+    live = Live(db, journal, probe_s=0.2)
+    try:
+        # Calls that were answered while the disk had room: their first chunk is held.
+        now = T0 + 1000
+        for ref in ("up1", "up2"):
+            assert live.charger.authorize(ref, number="4930123", account_code="acme",
+                                          now_ms=now).allow
+            live.actions += live.charger.answer(ref, now)
+        live.settled()
+        filler = fill(tmpfs)
+        # Disk full. A call answered now cannot have its credit recorded: it is ended.
+        assert live.charger.authorize("late", number="4930123", account_code="beta",
+                                      now_ms=now).allow
+        live.actions += live.charger.answer("late", now)
+        live.wait(lambda: any(isinstance(a, EndCall) and a.call_ref == "late"
+                              for a in live.actions))
+        ends = [a for a in live.actions if isinstance(a, EndCall)]
+        assert [(e.call_ref, e.reason) for e in ends] == [("late", REASON_STORE)]
+        # The store is down: new calls are refused at once.
+        d = live.charger.authorize("new", number="4930123", account_code="acme", now_ms=now)
+        assert (d.allow, d.code) == (False, 503)
+        # Calls end meanwhile: their settlements go to the journal, fsync'd.
+        for ref in ("up1", "up2", "late"):
+            live.actions += live.charger.end(ref, now + 20_000, ended_by="caller")
+        live.wait(lambda: live.writer.journaled >= 3)
+        assert len(Journal(journal)) >= 3
+        assert live.writer.down
+        # Space comes back: the journal is applied, the store takes new calls again.
+        filler.unlink()
+        live.wait(lambda: live.charger.store_ok and not journal.exists(), timeout=20)
+        live.wait(lambda: live.charger.inflight() == 0)
+        assert live.charger.authorize("after", number="4930123", account_code="acme",
+                                      now_ms=now).allow
+    finally:
+        live.stop()
+    conn = check(db)
+    rows = dict(conn.execute("SELECT call_ref, disposition FROM cdrs").fetchall())
+    assert rows["up1"] == rows["up2"] == rows["late"] == "answered"
+    assert rows["new"] == "rejected"
+    charged = dict(conn.execute("SELECT call_ref, charged FROM cdrs").fetchall())
+    assert charged["up1"] == charged["up2"] == "0.02000000"  # 20 s at 0.06/min, once each
+    assert conn.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
+
+
+def hold_lock(db: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """Another process keeps the database locked (as a long transaction would)."""
+    code = ("import sqlite3, sys, time\n"
+            f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+            "c.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            f"time.sleep({seconds})\n"
+            "c.execute('COMMIT')\n")
+    p = subprocess.Popen([shutil.which("python3") or "python3", "-c", code],
+                         stdout=subprocess.PIPE)
+    assert p.stdout is not None and p.stdout.readline().strip() == b"locked"
+    return p
+
+
+def test_locked_store_journals_settlements_and_applies_them_once_after_a_restart(
+        db: Path, tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    live = Live(db, journal, busy_timeout_ms=200, probe_s=60)  # no recovery in this run
+    locker = hold_lock(db, 3)
+    try:
+        for i in range(5):
+            now = T0 + 1000
+            assert live.charger.authorize(f"c{i}", number="4930123", account_code="acme",
+                                          now_ms=now).allow
+            live.actions += live.charger.end(f"c{i}", now, ended_by="caller")  # unanswered
+        live.wait(lambda: live.writer.journaled == 5)
+    finally:
+        live.stop()  # the sidecar goes away with its journal not applied
+        locker.wait(10)
+    assert len(Journal(journal)) == 5
+    saved = journal.read_bytes()
+    # A new sidecar applies the journal at start, before anything else.
+    live = Live(db, journal)
+    live.stop()
+    assert not journal.exists()
+    conn = check(db)
+    assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 5
+    # A crash between applying and emptying it: the same journal again changes nothing.
+    journal.write_bytes(saved)
+    live = Live(db, journal)
+    live.stop()
+    assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 5
+
+
+def test_a_store_change_made_elsewhere_reaches_the_book(db: Path, tmp_path: Path) -> None:
+    live = Live(db, tmp_path / "j")
+    try:
+        conn = connect(db)
+        SqliteLedger(conn).topup("acme", Decimal("5"), T0, "card")
+        add_account(conn, "gamma", "retail", AccountKind.PREPAID, now_ms=T0)
+        live.wait(lambda: live.book.get("gamma", T0) is not None)
+        acc = live.book.get("acme", T0)
+        assert acc is not None and acc.balance == Decimal("105")
+    finally:
+        live.stop()
+
+
+def test_reservation_the_store_cannot_cover_shortens_the_call(db: Path, tmp_path: Path
+                                                              ) -> None:
+    """The book thinks there is credit; another process took most of it a moment ago.
+    The store grants what is left and the call is cut when that is used."""
+    live = Live(db, tmp_path / "j", poll_s=30)  # the change is not seen before the answer
+    try:
+        conn = connect(db)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        SqliteLedger(conn).topup("acme", Decimal("-99.99"), T0, "correction",
+                                 kind="adjustment")  # 0.01 left: 10 s at 0.06/min
+        now = T0 + 1000
+        assert live.charger.authorize("c", number="4930123", account_code="acme",
+                                      now_ms=now).allow
+        live.actions += live.charger.answer("c", now)
+        live.wait(lambda: live.charger.inflight() == 0)
+        s = live.charger.sessions["c"]
+        assert s.final and s.paid_seconds == 10
+        assert live.charger.next_deadline() == now + 10_000
+        live.actions += live.charger.end("c", now + 10_000, ended_by="proxy")
+        live.wait(lambda: live.charger.inflight() == 0)
+    finally:
+        live.stop()
+    conn = check(db)
+    balance = conn.execute("SELECT balance FROM accounts WHERE code='acme'").fetchone()[0]
+    assert Decimal(balance) == 0
