@@ -77,6 +77,7 @@ def main() -> None:
         decks,
         fas,
         invoices,
+        journal,
         rate,
         replay,
         run,
