@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..charging.commands import Settle
+from ..charging.commands import Settle, Topup
 from ..money import fmt
 from ..store.journal import Journal, default_journal
 from .app import Context, cli, emit_json, fail
@@ -39,7 +39,7 @@ def journal_cmd(click_ctx: click.Context, path: Path | None, as_json: bool) -> N
             rows.append({"kind": "settle", "call_ref": c.call_ref, "account": c.account,
                          "disposition": c.disposition.value, "cost": str(c.cost),
                          "at_ms": cmd.now_ms})
-        else:
+        elif isinstance(cmd, Topup):
             rows.append({"kind": "topup", "account": cmd.account, "amount": str(cmd.amount),
                          "note": cmd.note, "at_ms": cmd.now_ms})
     if as_json:
