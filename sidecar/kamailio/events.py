@@ -1,14 +1,21 @@
 """Kamailio's evapi events (docs/evapi-events.md) as typed values: parsing and checking.
 
-A message that is not valid JSON, not an object, of an unknown ``event`` or missing a
-field raises :class:`EventError` naming what is wrong; the caller logs and counts it.
+A message that is not valid JSON, not an object, of an unknown ``event``, missing a field,
+or with a field out of its limits (a number not finite, not integral where an integer is
+meant or out of range; a string too long or not valid Unicode; nesting too deep) raises
+:class:`EventError` naming the field and what is wrong; the caller logs and counts it.
+Nothing else escapes :func:`parse_event`, whatever the input.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from .netstring import MAX_FRAME
 
 
 class EventError(ValueError):
@@ -92,53 +99,147 @@ class Failed:
 Event = Offer | Early | Answer | MediaUpdate | End | Failed
 
 
-def _str(doc: dict[str, Any], key: str, default: str | None = "") -> str:
+# Limits (docs/evapi-events.md, "Validation"). Kamailio's own values sit far inside them;
+# anything outside is a broken or hostile message and is refused as a whole.
+MAX_U32 = 2**32 - 1  # h_entry, h_id, tindex, tlabel
+MAX_PORT = 65_535
+MIN_CODE, MAX_CODE = 100, 699  # SIP reply codes
+MAX_TS = 2**33  # seconds: timestamps are 0 (none) or a Unix time before the year 2242
+MAX_TEXT = 1024  # characters in a call id, user, URI, account code, reason, route ...
+MAX_SDP = 65_536  # characters in an SDP body
+MAX_DEPTH = 32  # JSON nesting (events are flat objects)
+MAX_DIGITS = 10  # a number sent as a string of digits (2**32 - 1 has 10)
+
+
+def _show(v: object) -> str:
+    """A short, printable rendering of a refused value for the message."""
+    if isinstance(v, str):
+        return ascii(v[:20]) + ("..." if len(v) > 20 else "")
+    if isinstance(v, float) or (isinstance(v, int) and -10**20 < v < 10**20):
+        return repr(v)
+    if isinstance(v, int):
+        return "a huge integer"
+    return f"a JSON {_JSON_TYPE.get(type(v), type(v).__name__)}"
+
+
+_JSON_TYPE = {dict: "object", list: "array", str: "string", type(None): "null"}
+
+
+def _str(doc: dict[str, Any], key: str, default: str | None = "",
+         limit: int = MAX_TEXT) -> str:
     v = doc.get(key, default)
-    if v is None:
-        raise EventError(f"missing '{key}'")
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        return str(v)
-    if not isinstance(v, str):
-        raise EventError(f"'{key}' must be a string")
+    if type(v) is not str:
+        if v is None:
+            raise EventError(f"missing '{key}'")
+        if type(v) is int:
+            v = str(v)
+        elif type(v) is float and math.isfinite(v):
+            v = repr(v)
+        else:
+            raise EventError(f"'{key}' must be a string, not {_show(v)}")
+    if len(v) > limit:
+        raise EventError(f"'{key}' is longer than {limit} characters ({len(v)})")
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EventError(f"'{key}' is not valid Unicode (lone surrogate "
+                             f"at character {exc.start})") from None
     return v
 
 
-def _int(doc: dict[str, Any], key: str, default: int | None = 0) -> int:
+def _int(doc: dict[str, Any], key: str, default: int | None = 0, lo: int = 0,
+         hi: int = MAX_U32) -> int:
+    """An integer field: a JSON integer, an integral finite float (3.0) or a string of
+    ASCII digits, within ``lo..hi``; absent means ``default`` (``None``: required)."""
     v = doc.get(key, default)
-    if v is None:
-        raise EventError(f"missing '{key}'")
-    if isinstance(v, bool):
-        raise EventError(f"'{key}' must be a number")
-    if isinstance(v, str):
-        v = v.strip()
-        if not v.lstrip("-").isdigit():
-            raise EventError(f"'{key}' must be a number, not '{v[:20]}'")
-        return int(v)
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float):
-        return int(v)
-    raise EventError(f"'{key}' must be a number")
+    if type(v) is not int:
+        if v is None:
+            raise EventError(f"missing '{key}'")
+        if type(v) is float:
+            if not v.is_integer():  # also false for inf and nan
+                raise EventError(f"'{key}' must be an integer, not {_show(v)}")
+            if not lo <= v <= hi:
+                raise EventError(f"'{key}' must be in {lo}..{hi}, not {_show(v)}")
+            return int(v)
+        if type(v) is str:
+            s = v.strip()
+            if not (s.isascii() and s.isdigit() and len(s) <= MAX_DIGITS):
+                raise EventError(f"'{key}' must be a number, not {_show(v)}")
+            v = int(s)
+        else:
+            raise EventError(f"'{key}' must be a number, not {_show(v)}")
+    if not lo <= v <= hi:
+        raise EventError(f"'{key}' must be in {lo}..{hi}, not {_show(v)}")
+    return v
 
 
 def _ts_us(doc: dict[str, Any], key: str) -> int:
+    """A timestamp in seconds (number or numeric string) as Unix microseconds; absent or
+    0 means none (0). Refused unless finite and in ``0 <= ts < MAX_TS``."""
     v = doc.get(key, 0)
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError as exc:
-            raise EventError(f"'{key}' must be a timestamp") from exc
-    if not isinstance(v, int | float) or isinstance(v, bool):
-        raise EventError(f"'{key}' must be a timestamp")
+    if type(v) is not float and type(v) is not int:
+        if type(v) is str and len(v) <= 40:
+            try:
+                v = float(v)
+            except ValueError:
+                raise EventError(f"'{key}' must be a timestamp, not {_show(v)}") from None
+        else:
+            raise EventError(f"'{key}' must be a timestamp, not {_show(v)}")
+    if not 0 <= v < MAX_TS:  # false for nan too
+        raise EventError(f"'{key}' must be a Unix time in seconds in 0..2**33, "
+                         f"not {_show(v)}")
     return round(float(v) * 1_000_000)
+
+
+def _refuse_constant(name: str) -> None:
+    raise EventError(f"not JSON: {name} is not a number")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.S)
+_NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def _too_deep(text: str) -> bool:
+    """True when the brackets outside strings nest deeper than MAX_DEPTH (or do not
+    balance). Each pass drops the innermost pairs, so a document nested at most
+    MAX_DEPTH deep is empty after MAX_DEPTH passes, and a pass that drops nothing
+    leaves brackets that never close. Linear work in C, no recursion."""
+    outside = _JSON_STRING.sub("", text).encode("utf-8", "surrogatepass")
+    b = outside.translate(None, _NOT_BRACKET)
+    for _ in range(MAX_DEPTH):
+        if not b:
+            return False
+        n = len(b)
+        b = b.replace(b"[]", b"").replace(b"{}", b"")
+        if len(b) == n:
+            return True
+    return bool(b)
 
 
 def parse_event(payload: bytes | str) -> Event:
     """Parse one evapi payload into an event, or raise :class:`EventError`."""
+    if len(payload) > MAX_FRAME:
+        raise EventError(f"longer than {MAX_FRAME} bytes")
     try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EventError(f"not JSON: {exc}") from exc
+        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+    except UnicodeDecodeError as exc:
+        raise EventError(f"not JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    # Only a payload with many brackets can nest deeply: the scan is skipped for the rest.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(text):
+        raise EventError(f"not JSON: brackets nested deeper than {MAX_DEPTH} levels "
+                         "or unbalanced")
+    try:
+        doc = _DECODER.decode(text)
+    except EventError:
+        raise
+    except ValueError as exc:
+        raise EventError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise EventError("not JSON: nested too deeply") from None
+    except MemoryError:
+        raise EventError("not JSON: too large to decode") from None
     if not isinstance(doc, dict):
         raise EventError("not a JSON object")
     kind = doc.get("event")
@@ -150,20 +251,30 @@ def parse_event(payload: bytes | str) -> Event:
         return Offer(dialog, _int(doc, "tindex", None), _int(doc, "tlabel", None),
                      _str(doc, "from_user"), _str(doc, "from_display"), _str(doc, "pai_user"),
                      _str(doc, "to_user"), _str(doc, "ruri"), _str(doc, "ruri_user"),
-                     _str(doc, "account_code"), _str(doc, "src_ip"), _int(doc, "src_port"),
-                     _str(doc, "sdp"))
+                     _str(doc, "account_code"), _str(doc, "src_ip"),
+                     _int(doc, "src_port", 0, 0, MAX_PORT), _str(doc, "sdp", limit=MAX_SDP))
     if kind == "early":
-        return Early(dialog, _int(doc, "code"), _str(doc, "sdp"))
+        return Early(dialog, _code(doc), _str(doc, "sdp", limit=MAX_SDP))
     if kind == "answer":
-        return Answer(dialog, _str(doc, "sdp"), _str(doc, "route"))
+        return Answer(dialog, _str(doc, "sdp", limit=MAX_SDP), _str(doc, "route"))
     if kind == "media":
         side = _str(doc, "side")
         if side not in ("caller", "callee", ""):
-            raise EventError(f"'side' must be caller or callee, not '{side[:20]}'")
-        return MediaUpdate(dialog, side, _str(doc, "sdp"))
+            raise EventError(f"'side' must be caller or callee, not {_show(side)}")
+        return MediaUpdate(dialog, side, _str(doc, "sdp", limit=MAX_SDP))
     if kind == "end":
         return End(dialog, _str(doc, "by"), _str(doc, "reason"),
                    _ts_us(doc, "start_ts") // 1000)
     if kind == "failed":
-        return Failed(dialog, _int(doc, "code"), _str(doc, "reason"), _str(doc, "route"))
-    raise EventError(f"unknown event '{str(kind)[:40]}'")
+        return Failed(dialog, _code(doc), _str(doc, "reason"), _str(doc, "route"))
+    if isinstance(kind, str):
+        raise EventError(f"unknown event {_show(kind)}")
+    raise EventError("missing 'event'" if kind is None else
+                     f"'event' must be a string, not {_show(kind)}")
+
+
+def _code(doc: dict[str, Any]) -> int:
+    """A SIP reply code in 100..699; absent means unknown (0)."""
+    if "code" not in doc:
+        return 0
+    return _int(doc, "code", None, MIN_CODE, MAX_CODE)
