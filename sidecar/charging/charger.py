@@ -261,6 +261,10 @@ class Charger:
                 self._schedule(s, paid_until)
         return self._take()
 
+    def knows(self, call_ref: str) -> bool:
+        """True if the call is running here or was settled recently."""
+        return call_ref in self.sessions or call_ref in self._ended
+
     def next_deadline(self) -> int | None:
         """When :meth:`tick` next has something to do (ms), or None."""
         timers = self._timers

@@ -82,10 +82,17 @@ class MediaUpdate:
 
 @dataclass(frozen=True)
 class End:
+    """The dialog ended. ``account``/``callee``/``caller``: the dialog variables set at
+    authorization, so a sidecar that never saw the call answered (it ended while no
+    sidecar was connected) can still settle it."""
+
     dialog: Dialog
     by: str
     reason: str
     start_ts_ms: int
+    account: str = ""
+    callee: str = ""
+    caller: str = ""
 
 
 @dataclass(frozen=True)
@@ -264,7 +271,8 @@ def parse_event(payload: bytes | str) -> Event:
         return MediaUpdate(dialog, side, _str(doc, "sdp", limit=MAX_SDP))
     if kind == "end":
         return End(dialog, _str(doc, "by"), _str(doc, "reason"),
-                   _ts_us(doc, "start_ts") // 1000)
+                   _ts_us(doc, "start_ts") // 1000, _str(doc, "account"), _str(doc, "callee"),
+                   _str(doc, "caller"))
     if kind == "failed":
         return Failed(dialog, _code(doc), _str(doc, "reason"), _str(doc, "route"))
     if isinstance(kind, str):

@@ -85,6 +85,12 @@ class CallControl:
                 media.update(ref, now_ms, ev.side, ev.sdp)
             return None, []
         if isinstance(ev, End):
+            if ev.account and ev.start_ts_ms and not self.charger.knows(ref):
+                # Answered and ended while no sidecar was connected (Kamailio replays
+                # the end): settled from what the event carries.
+                self.charger.adopt(ref, account=ev.account, number=ev.callee,
+                                   caller=ev.caller, now_ms=now_ms,
+                                   answered_ms=ev.start_ts_ms, supervise=False)
             outcome = self._outcome(ref, now_ms)
             return None, self.charger.end(ref, now_ms, ended_by=ev.by, reason=ev.reason,
                                           media=outcome)

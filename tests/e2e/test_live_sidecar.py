@@ -243,3 +243,30 @@ def test_call_that_ends_while_the_sidecar_is_down_is_billed_to_its_real_end(
     assert int(str(cdr["billed_seconds"])) in (3, 4)
     assert db.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
     assert all(not c.problems for c in verify_ledger(db))
+
+
+def test_call_answered_and_ended_while_the_sidecar_is_down_is_billed_from_the_replay(
+    lab: LiveLab, db: sqlite3.Connection
+) -> None:
+    """The sidecar authorizes the call and dies while it rings; the call is answered and
+    hung up while no sidecar is connected. Nothing was reserved, so the store knows
+    nothing of it: the replayed end event (with the account Kamailio kept on the dialog)
+    settles it, billed for its real duration."""
+    account(db, "ACME", "10")
+    uas = lab.uas("uas_ringlong.xml", duration_ms=2_500)  # rings 2.5 s, then answers
+    call = lab.uac(account_code="ACME", dialled=DIALLED, duration_ms=3_000)
+    time.sleep(1.0)  # authorized, still ringing
+    lab.stop_sidecar(kill=True)
+    r = call.wait()
+    uas.wait()
+    assert r.calls_ok
+    assert cdrs(db, "ACME") == []
+    time.sleep(2)
+    lab.start_sidecar()
+    wait_for(lambda: len(cdrs(db, "ACME")) == 1)
+    (cdr,) = cdrs(db, "ACME")
+    assert (cdr["disposition"], cdr["end_reason"], cdr["ended_by"]) == (
+        "answered", "bye", "caller")
+    assert 2_900 <= int(str(cdr["duration_ms"])) <= 4_000
+    assert Decimal(str(cdr["charged"])) > 0
+    assert all(not c.problems for c in verify_ledger(db))
