@@ -287,12 +287,18 @@ class Sidecar:
                     self.charger.recharged))
             elif isinstance(a, CdrWritten):
                 c = a.cdr
-                log.info("cdr %s account=%s %s duration=%sms billed=%ss cost=%s charged=%s%s%s",
-                         c.call_ref, c.account, c.disposition.value, c.duration_ms,
-                         c.billed_seconds, c.cost, c.charged,
-                         f" ended_by={c.ended_by} ({c.end_reason})" if c.ended_by else "",
-                         f" FAS {c.fas_verdict}: {c.fas_reasons} credited={c.credited}"
-                         if c.fas_verdict else "")
+                # An ordinary CDR is in the store; the log tells what needs a look (a FAS
+                # verdict, money written off, a call the sidecar ended) at info level.
+                notable = bool(c.fas_verdict or c.written_off or c.end_reason
+                               and c.ended_by == "proxy")
+                if notable or log.isEnabledFor(logging.DEBUG):
+                    log.log(logging.INFO if notable else logging.DEBUG,
+                            "cdr %s account=%s %s duration=%sms billed=%ss cost=%s "
+                            "charged=%s%s%s", c.call_ref, c.account, c.disposition.value,
+                            c.duration_ms, c.billed_seconds, c.cost, c.charged,
+                            f" ended_by={c.ended_by} ({c.end_reason})" if c.ended_by else "",
+                            f" FAS {c.fas_verdict}: {c.fas_reasons} credited={c.credited}"
+                            if c.fas_verdict else "")
 
     def _topup(self, code: str, amount: Decimal, note: str) -> None:
         self.charger.topup(code, amount, wall_ms(), note)

@@ -9,7 +9,6 @@ credit once a second; this wakes at the deadline itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -31,41 +30,53 @@ def wall_ms() -> int:
 
 
 class CreditTimer:
-    """Drive the core's ``tick`` at each deadline."""
+    """Drive the core's ``tick`` at each deadline.
+
+    One timer handle on the loop, armed for the core's next deadline: :meth:`poke` after
+    feeding the core an event re-arms it only when that deadline moved earlier (a later
+    one is found when the armed handle fires), so events cost a comparison, not a task
+    wake-up."""
 
     def __init__(self, charger: Ticking, on_actions: Callable[[list[Action]], None],
                  clock: Callable[[], int] = wall_ms) -> None:
         self.charger = charger
         self.on_actions = on_actions
         self.clock = clock
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed: int | None = None  # the deadline the handle is set for (ms)
 
     def poke(self) -> None:
         """Call after feeding the core an event: the next deadline may have changed."""
-        self._wake.set()
+        loop = self._loop
+        if loop is None:
+            return
+        deadline = self.charger.next_deadline()
+        if deadline is None or (self._armed is not None and self._armed <= deadline):
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = deadline
+        self._handle = loop.call_later(max(0.0, (deadline - self.clock()) / 1000), self._fire)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="credit-timer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def run(self) -> None:
-        while True:
-            deadline = self.charger.next_deadline()
-            self._wake.clear()
-            if deadline is None:
-                await self._wake.wait()
-                continue
-            delay = (deadline - self.clock()) / 1000
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                continue
-            actions = self.charger.tick(self.clock())
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed = None
+        now = self.clock()
+        deadline = self.charger.next_deadline()
+        if deadline is not None and deadline <= now:
+            actions = self.charger.tick(now)
             if actions:
                 self.on_actions(actions)
+        self.poke()
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.poke()
+
+    async def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        self._armed = None
+        self._loop = None

@@ -70,8 +70,9 @@ class Batch:
         self._ledger: list[tuple[object, ...]] = []
         self._held: dict[str, Decimal] = {}  # call_ref -> what the store holds for it
         self._live: dict[str, dict[str, object]] = {}  # live-call rows to write
-        self._gone: set[str] = set()  # live calls settled in this batch
+        self._gone: set[str] = set()  # stored live calls settled in this batch
         self._cdrs: list[list[object]] = []
+        self._stored: set[str] = set()  # calls with a live_calls row before this batch
         self._settled: set[str] = set()
         self._keys: list[tuple[str, int]] = []
         self._prefetch(cmds)
@@ -101,6 +102,7 @@ class Batch:
                     f"SELECT call_ref, reserved FROM live_calls WHERE call_ref IN "
                     f"({_marks(part)})", part):
                 self._held[str(ref)] = Decimal(str(reserved))
+                self._stored.add(str(ref))
         for part, _ in _chunks((r, 0) for r in settles):
             self._settled.update(str(r[0]) for r in self.conn.execute(
                 f"SELECT call_ref FROM cdrs WHERE call_ref IN ({_marks(part)})", part))
@@ -175,7 +177,8 @@ class Batch:
             self._set(after)
             suspended = bool(amounts.effect.suspend_reason)
         self._live.pop(ref, None)
-        self._gone.add(ref)
+        if ref in self._stored:
+            self._gone.add(ref)
         self._cdrs.append(cdr_row(cdr))
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended)
 

@@ -91,6 +91,7 @@ class StoreWriter:
         self.commands = 0
         self.journaled = 0
         self.failed_batches = 0
+        self.cpu_s = 0.0  # CPU spent applying batches
         self.started = threading.Event()
         self.start_error: BaseException | None = None
 
@@ -162,7 +163,9 @@ class StoreWriter:
         self.conn.close()
 
     def _apply(self, batch: list[StoreCommand]) -> None:
+        t0 = time.thread_time()
         result = self.ledger.execute(batch)
+        self.cpu_s += time.thread_time() - t0
         self.batches += 1
         self.commands += len(batch)
         if result.error:
