@@ -1,7 +1,14 @@
 """An asyncio evapi client: connects to Kamailio, reconnects with backoff, frames messages.
 
-Kamailio drops events while no client is connected, so every (re)connection is reported
-to the owner (``on_connect``), which reconciles its calls with ``dlg.list``.
+Kamailio keeps the ``answer``, ``end`` and ``failed`` events of the time no client is
+connected (``kamailio/kamailio.cfg``). After every (re)connection the client sends
+``{"event":"sync"}`` and reads at once: Kamailio replays the kept events (marked
+``"replayed": true``, in the order they happened), then sends
+``{"event":"synced","replayed":N}``. The replayed events go to ``on_message`` like any
+other; at ``synced`` the read loop awaits ``on_connect`` (the owner reconciles its calls
+with ``dlg.list``) before it reads on, so nothing that follows races the reconciliation.
+A Kamailio that never answers ``synced`` (a configuration without the replay) gets
+``on_connect`` after ``sync_timeout`` seconds without a replayed event.
 """
 
 from __future__ import annotations
@@ -31,16 +38,22 @@ class EvapiClient:
         *,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
+        sync_timeout: float = 2.0,
     ) -> None:
         self.host, self.port = host, port
         self.on_message = on_message
         self.on_connect = on_connect
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
+        self.sync_timeout = sync_timeout
         self._writer: asyncio.StreamWriter | None = None
         self._sock: Any = None
         self.connected = asyncio.Event()
         self.connects = 0
         self.framing_errors = 0
+        #: Events Kamailio replayed at the last ``synced`` (None: no ``synced`` yet).
+        self.replayed: int | None = None
+        #: Connections on which ``synced`` did not come in time.
+        self.sync_timeouts = 0
 
     async def run(self) -> None:
         """Connect, read until the connection drops, back off, repeat (until cancelled)."""
@@ -62,8 +75,7 @@ class EvapiClient:
             self.connected.set()
             log.info("evapi connected to %s:%s", self.host, self.port)
             try:
-                if self.on_connect is not None:
-                    await self.on_connect()
+                self.send({"event": "sync"})
                 await self._read(reader)
             except (ConnectionError, OSError) as exc:
                 log.warning("evapi connection lost: %s", exc)
@@ -76,18 +88,53 @@ class EvapiClient:
             log.warning("evapi disconnected; reconnecting")
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        """Read until the connection drops. Until ``synced`` (or its timeout) the client
+        is syncing: each replayed event moves the deadline on."""
+        loop = asyncio.get_running_loop()
         decoder = Decoder()
+        syncing = True
+        deadline = loop.time() + self.sync_timeout
         while True:
-            data = await reader.read(65536)
+            if syncing:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536),
+                                                  max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    syncing = False
+                    self.sync_timeouts += 1
+                    log.warning("evapi: no 'synced' from Kamailio within %.1f s (a"
+                                " configuration without the replay?); reconciling anyway",
+                                self.sync_timeout)
+                    await self._connected()
+                    continue
+            else:
+                data = await reader.read(65536)
             if not data:
                 return
             _quickack(self._sock)
             for payload in decoder.feed(data):
+                if b'"synced"' in payload and (count := _synced(payload)) is not None:
+                    if syncing:
+                        syncing = False
+                        self.replayed = count
+                        log.info("evapi: Kamailio replayed %d event(s) kept while no"
+                                 " sidecar was connected", count)
+                        await self._connected()
+                    else:
+                        log.warning("evapi: late 'synced' (%d event(s) replayed) ignored",
+                                    count)
+                    continue
+                if syncing and b'"replayed"' in payload:
+                    deadline = loop.time() + self.sync_timeout
                 self.on_message(payload)
             if decoder.errors:
                 self.framing_errors += decoder.errors
                 log.error("evapi: %d malformed frame(s) skipped", decoder.errors)
                 decoder.errors = 0
+
+    async def _connected(self) -> None:
+        if self.on_connect is not None:
+            await self.on_connect()
 
     def send(self, message: dict[str, object]) -> bool:
         """Queue one JSON message to Kamailio; False when not connected (it is lost)."""
@@ -96,6 +143,18 @@ class EvapiClient:
             return False
         w.write(encode(json.dumps(message, separators=(",", ":")).encode()))
         return True
+
+
+def _synced(payload: bytes) -> int | None:
+    """The count of a ``{"event":"synced","replayed":N}`` message, else None."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError, MemoryError):
+        return None  # deep nesting or worse: not ours to judge, parse_event refuses it
+    if not isinstance(doc, dict) or doc.get("event") != "synced":
+        return None
+    count = doc.get("replayed")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 def _tune(sock: Any) -> None:
