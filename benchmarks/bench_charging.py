@@ -106,7 +106,8 @@ def writer_path(db: Path, cycles: int, live: int) -> tuple[float, StoreWriter]:
 
     def handle(ev: WriterEvent) -> None:
         if isinstance(ev, Snapshot):
-            book.load(ev.accounts, ev.sip)
+            if ev.complete:
+                book.load(ev.accounts, ev.sip)
             plans.update(ev.plans)
         else:
             charger.on_results(ev, now)

@@ -12,7 +12,7 @@ Example (every key optional; these are the defaults)::
     evapi_port = 8448
     rpc_socket = "/run/kamailio/kamailio_rpc.sock"   # jsonrpcs datagram socket
     rpc_timeout = 2.0
-    shed_after_ms = 30      # an offer that waited longer gets a fast 503 (0: never)
+    shed_after_ms = 40      # overload: an offer that waited longer gets a fast 503 (0: never)
 
     [charging]
     renew_lead_ms = 5000
@@ -72,7 +72,7 @@ class Config:
     evapi_port: int = 8448
     rpc_socket: str = "/run/kamailio/kamailio_rpc.sock"
     rpc_timeout: float = 2.0
-    shed_after_ms: int = 30
+    shed_after_ms: int = 40
     renew_lead_ms: int = 5_000
     min_chunk_seconds: int = 6
     media_enabled: bool = False

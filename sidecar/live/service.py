@@ -102,6 +102,7 @@ class Sidecar:
         self.auth_total_us: deque[int] = deque(maxlen=200_000)
         self.auth_local_us: deque[int] = deque(maxlen=200_000)
         self.shed_us: deque[int] = deque(maxlen=200_000)  # offers refused for overload
+        self._wait_avg = 0.0  # moving average of offers' waits (ms)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle -------------------------------------------------------------
@@ -153,7 +154,8 @@ class Sidecar:
             self.timer.poke()
             return
         assert isinstance(ev, Snapshot)
-        self.book.load(ev.accounts, ev.sip)
+        if ev.complete:
+            self.book.load(ev.accounts, ev.sip)
         self.plan_map.update(ev.plans)
         if ev.plans and not ev.first:
             log.info("rate plans reloaded: %s", ", ".join(sorted(ev.plans)))
@@ -252,22 +254,29 @@ class Sidecar:
 
     def _late(self, ev: Offer, received_us: int) -> bool:
         """Overload: an offer that already waited longer than ``shed_after_ms`` (in
-        Kamailio's queue and ours, by Kamailio's own timestamp) is refused at once with
-        503, at a fraction of the cost of deciding it, so the offers behind it are
-        answered in time instead of every one of them too late."""
+        Kamailio's queue and ours, by Kamailio's own timestamp) while offers keep
+        waiting is answered ``busy`` at once, at a fraction of the cost of deciding it,
+        so the offers behind it are answered in time instead of every one of them too
+        late. Kamailio then does what it does when the sidecar is silent: 503
+        (fail-closed) or relay (``FAIL_OPEN``)."""
         limit = self.config.shed_after_ms
         ts_us = ev.dialog.ts_us
         if not limit or not ts_us:
             return False
         waited_ms = (received_us - ts_us) / 1000
-        if not limit < waited_ms < 60_000:  # beyond a minute: clocks differ, do not judge
+        if not 0 <= waited_ms < 60_000:  # beyond a minute: clocks differ, do not judge
+            return False
+        # Shed only under sustained lateness (a moving average of the waits), not for one
+        # offer held up by a burst or a scheduling hiccup.
+        self._wait_avg += (min(waited_ms, 2 * limit) - self._wait_avg) * 0.1
+        if waited_ms <= limit or self._wait_avg <= limit / 2:
             return False
         self.counters["shed"] += 1
         if self.counters["shed"] % 1000 == 1:
             log.warning("overload: offer %s waited %.0f ms (limit %d ms): 503; %d shed so far",
                         ev.dialog.call_id, waited_ms, limit, self.counters["shed"])
         self.evapi.send({"event": "auth", "tindex": ev.tindex, "tlabel": ev.tlabel,
-                         "call_id": ev.dialog.call_id, "action": "reject", "code": 503,
+                         "call_id": ev.dialog.call_id, "action": "busy", "code": 503,
                          "reason": "Service Unavailable"})
         self.shed_us.append(time.time_ns() // 1000 - ts_us)
         return True
@@ -289,8 +298,8 @@ class Sidecar:
                 c = a.cdr
                 # An ordinary CDR is in the store; the log tells what needs a look (a FAS
                 # verdict, money written off, a call the sidecar ended) at info level.
-                notable = bool(c.fas_verdict or c.written_off or c.end_reason
-                               and c.ended_by == "proxy")
+                notable = bool(c.fas_verdict or c.written_off or (c.end_reason
+                               and c.ended_by == "proxy"))
                 if notable or log.isEnabledFor(logging.DEBUG):
                     log.log(logging.INFO if notable else logging.DEBUG,
                             "cdr %s account=%s %s duration=%sms billed=%ss cost=%s "

@@ -49,6 +49,7 @@ class Snapshot:
     plans: dict[str, PlanRates]
     live_calls: list[dict[str, object]] = field(default_factory=list)
     first: bool = False
+    complete: bool = True  # False: only plans changed; accounts and mappings as they were
 
 
 WriterEvent = BatchResult | Snapshot
@@ -71,7 +72,7 @@ class StoreWriter:
     def __init__(self, db: str | Path, journal: str | Path, plans: PlanSource,
                  deliver: Callable[[WriterEvent], None], *, max_batch: int = 1000,
                  poll_s: float = 0.1, probe_s: float = 1.0, busy_timeout_ms: int = 2000,
-                 ) -> None:
+                 accounts_every_s: float = 0.5) -> None:
         self.db = db
         self.journal = Journal(journal)
         self.plans = plans
@@ -80,6 +81,9 @@ class StoreWriter:
         self.poll_s = poll_s
         self.probe_s = probe_s
         self.busy_timeout_ms = busy_timeout_ms
+        self.accounts_every_s = accounts_every_s
+        self._accounts_stale = False
+        self._accounts_read = 0.0
         self.run_id = uuid.uuid4().hex
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -249,14 +253,25 @@ class StoreWriter:
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _check_changes(self) -> None:
-        """Another process committed (a top-up, a new account, a deck): send a snapshot."""
+        """Another process committed (a top-up, a new account, a deck): send what changed.
+
+        Rate plans are checked at every change (one small query unless a version became
+        active); accounts and SIP mappings are read again at most every
+        ``accounts_every_s``, so a deck import's many short commits cost one reload."""
         try:
             version = self._data_version()
-            if version == self._version:
-                return
-            self._version = version
-            self.deliver(Snapshot(list_accounts(self.conn, _now_ms()), _sip(self.conn),
-                                  self.plans.refresh(self.conn)))
+            if version != self._version:
+                self._version = version
+                self._accounts_stale = True
+                plans = self.plans.refresh(self.conn)
+                if plans:
+                    self.deliver(Snapshot([], {}, plans, complete=False))
+            now = time.monotonic()
+            if self._accounts_stale and now - self._accounts_read >= self.accounts_every_s:
+                self._accounts_stale = False
+                self._accounts_read = now
+                self.deliver(Snapshot(list_accounts(self.conn, _now_ms()), _sip(self.conn),
+                                      {}))
         except sqlite3.Error as exc:
             log.error("could not read the store's changes: %s", exc)
 

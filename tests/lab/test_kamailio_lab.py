@@ -343,6 +343,35 @@ def test_fail_open_relays_without_authorization(
         assert sidecar.wait_for("end", call_id)["by"] == "caller"
 
 
+def busy(offer: Event) -> Event:
+    """Answer every offer as an overloaded sidecar does."""
+    return {"event": "auth", "tindex": offer["tindex"], "tlabel": offer["tlabel"],
+            "call_id": offer["call_id"], "action": "busy", "code": 503,
+            "reason": "Service Unavailable"}
+
+
+def test_busy_sidecar_gets_a_fast_503_without_waiting_for_the_timeout(
+        make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab(auth_timeout_ms=2000)
+    lab.client(busy)
+    r_uac = lab.uac("uac_reject.xml").wait()
+    assert r_uac.final_codes == [503]
+    invite = r_uac.sent("INVITE")[0]
+    final = next(m for m in r_uac.received("INVITE") if m.status_code == 503)
+    assert final.timestamp - invite.timestamp < 0.5  # not the 2 s AUTH_TIMEOUT
+
+
+def test_busy_sidecar_under_fail_open_relays_the_call(make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab(fail_open=True, auth_timeout_ms=2000)
+    lab.client(busy)
+    uas = lab.uas("uas.xml")
+    t0 = time.monotonic()
+    r_uac = lab.uac(duration_ms=500).wait()
+    assert r_uac.calls_ok, r_uac.output_tail()
+    assert uas.wait().calls_ok
+    assert time.monotonic() - t0 < 2.5  # relayed at once, not after AUTH_TIMEOUT
+
+
 # ---------------------------------------------------------------------------- (d)
 def test_end_dlg_sends_bye_both_ways(make_lab: Callable[..., Lab]) -> None:
     lab = make_lab()

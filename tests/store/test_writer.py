@@ -62,7 +62,8 @@ class Live:
 
     def handle(self, ev: WriterEvent) -> None:
         if isinstance(ev, Snapshot):
-            self.book.load(ev.accounts, ev.sip)
+            if ev.complete:
+                self.book.load(ev.accounts, ev.sip)
             self.plans.update(ev.plans)
         else:
             self.results.append(ev)
