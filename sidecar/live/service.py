@@ -56,6 +56,7 @@ from .timer import CreditTimer, wall_ms
 log = logging.getLogger("sidecar.live")
 
 END_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+SAMPLES = 20_000
 
 
 class Sidecar:
@@ -99,9 +100,10 @@ class Sidecar:
         self.counters: Counter[str] = Counter()
         # Authorization latency samples in microseconds: Kamailio's offer timestamp to
         # our reply written, and our own share of it (message in -> reply out).
-        self.auth_total_us: deque[int] = deque(maxlen=200_000)
-        self.auth_local_us: deque[int] = deque(maxlen=200_000)
-        self.shed_us: deque[int] = deque(maxlen=200_000)  # offers refused for overload
+        # (The latest 20,000 of each: enough for percentiles, a bounded memory.)
+        self.auth_total_us: deque[int] = deque(maxlen=SAMPLES)
+        self.auth_local_us: deque[int] = deque(maxlen=SAMPLES)
+        self.shed_us: deque[int] = deque(maxlen=SAMPLES)  # offers answered busy
         self._wait_avg = 0.0  # moving average of offers' waits (ms)
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -182,14 +184,20 @@ class Sidecar:
         self._stored_calls = []
 
     def latency_summary(self) -> str:
-        """Authorization latency percentiles, for the log and the benchmark."""
+        """Authorization latency percentiles, for the log and the benchmark. The first
+        figure counts from Kamailio's timestamp on the offer, so time spent queued (in
+        Kamailio, the socket, or behind other events) is included."""
         def pct(xs: deque[int], q: float) -> float:
             s = sorted(xs)
             return s[min(len(s) - 1, int(len(s) * q))] / 1000 if s else 0.0
-        t, loc = self.auth_total_us, self.auth_local_us
-        return (f"auth latency over {len(t)} offers: Kamailio offer -> reply sent "
-                f"p50 {pct(t, 0.5):.2f} ms p99 {pct(t, 0.99):.2f} ms; in the sidecar "
-                f"p50 {pct(loc, 0.5):.2f} ms p99 {pct(loc, 0.99):.2f} ms")
+        t, loc, shed = self.auth_total_us, self.auth_local_us, self.shed_us
+        out = (f"auth latency over {len(t)} offers: Kamailio offer -> reply sent "
+               f"p50 {pct(t, 0.5):.2f} ms p99 {pct(t, 0.99):.2f} ms; in the sidecar "
+               f"p50 {pct(loc, 0.5):.2f} ms p99 {pct(loc, 0.99):.2f} ms")
+        if shed:
+            out += (f"; {self.counters['shed']} offers answered busy (overload): "
+                    f"p99 {pct(shed, 0.99):.2f} ms")
+        return out
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
