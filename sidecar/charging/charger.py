@@ -178,13 +178,13 @@ class Charger:
                                 existing.line.destination, existing.line.prefix)
         if call_ref in self._ended:
             return AuthDecision(False, 403, "call already ended")
-        if not self.store_ok:  # nothing could be reserved or settled: fail closed
-            return self._reject(call_ref, call_id, None, 503,
-                                f"store unavailable ({self.store_error})", caller, number,
-                                now_ms)
         acc, how = self.book.resolve(account_code, sip_user, src_ip, now_ms)
         if acc is None:
             return self._reject(call_ref, call_id, None, 403, how, caller, number, now_ms)
+        if not self.store_ok:  # nothing could be reserved or settled: fail closed
+            return self._reject(call_ref, call_id, acc, 503,
+                                f"store unavailable ({self.store_error})", caller, number,
+                                now_ms)
         if acc.suspended:
             return self._reject(
                 call_ref, call_id, acc, 403,

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -30,9 +31,15 @@ class LiveLab:
     def __init__(self, run_dir: Path, db: Path, *, fail_open: bool = False,
                  auth_timeout_ms: int = 2000, log_events: bool = False,
                  pre_answer_timeout_ms: int = 60_000, extra_config: str = "",
-                 carrier: VethNamespace | None = None) -> None:
+                 carrier: VethNamespace | None = None, with_sidecar: bool = True,
+                 kamailio_defines: Mapping[str, str | int | None] | None = None,
+                 journal: Path | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
+        # False: Kamailio (and SIPp) only, no sidecar started on entry (a baseline; with
+        # fail_open the calls are relayed without authorization). start_sidecar() still works.
+        self.with_sidecar = with_sidecar
         self.db = Path(db).resolve()
+        self.journal = Path(journal).resolve() if journal else None  # default: beside db
         # With ``carrier``, the callee (SIPp UAS) runs in that network namespace, reached
         # over its veth pair: Kamailio and the caller use the host end's address.
         self.carrier = carrier
@@ -43,7 +50,8 @@ class LiveLab:
             sip_ip=sip_ip, sip_port=free_port("udp", sip_ip), evapi_ip=HOST,
             evapi_port=free_port("tcp", HOST), dest=f"sip:{uas_ip}:{self.uas_port}",
             children=4, log_events=log_events, fail_open=fail_open,
-            auth_timeout_ms=auth_timeout_ms, pre_answer_timeout_ms=pre_answer_timeout_ms)
+            auth_timeout_ms=auth_timeout_ms, pre_answer_timeout_ms=pre_answer_timeout_ms,
+            extra_defines=dict(kamailio_defines or {}))  # e.g. {"DBG_LEVEL": 1}
         self.kam = KamailioProcess(self.run_dir / "kamailio", self.settings)
         self.sipp = Sipp(self.run_dir / "sipp", host=sip_ip)
         self.uas_sipp = Sipp(self.run_dir / "sipp-carrier", host=uas_ip,
@@ -64,18 +72,26 @@ class LiveLab:
         self.config_path.write_text(
             "[database]\n"
             f'path = "{self.db}"\n'
-            "[kamailio]\n"
+            + (f'journal = "{self.journal}"\n' if self.journal else "")
+            + "[kamailio]\n"
             f'evapi_host = "{self.settings.evapi_ip}"\n'
             f"evapi_port = {self.settings.evapi_port}\n"
             f'rpc_socket = "{self.kam.rpc_socket}"\n' + self.extra_config)
         self._stack.enter_context(self.kam)
         self._stack.callback(self.stop_sidecar)
-        self.start_sidecar()
+        if self.with_sidecar:
+            self.start_sidecar()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._stack.close()
+
+    @property
+    def sidecar_pid(self) -> int | None:
+        """PID of the running ``sidecar run`` process (``None`` when it is not running)."""
+        p = self._sidecar
+        return p.pid if p is not None and p.poll() is None else None
 
     def start_sidecar(self, timeout: float = 10.0) -> None:
         """Start ``sidecar run`` and wait until Kamailio counts it as connected."""
@@ -96,12 +112,13 @@ class LiveLab:
                 raise RuntimeError("sidecar did not connect to Kamailio's evapi in time")
             time.sleep(0.05)
 
-    def stop_sidecar(self, timeout: float = 5.0) -> None:
-        """SIGTERM the sidecar and wait for it (SIGKILL if it hangs)."""
+    def stop_sidecar(self, timeout: float = 5.0, *, kill: bool = False) -> None:
+        """SIGTERM the sidecar and wait for it (SIGKILL if it hangs); ``kill``: SIGKILL at
+        once, as a crash would end it."""
         p = self._sidecar
         if p is None or p.poll() is not None:
             return
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             p.wait(timeout)
         except subprocess.TimeoutExpired:
