@@ -37,17 +37,32 @@ def _what_if_db(source: Path, plan: str) -> sqlite3.Connection:
     mem = connect(":memory:")
     mem.execute("ATTACH DATABASE ? AS src", (f"file:{source}?mode=ro",))
     try:
-        if mem.execute("SELECT 1 FROM src.plans WHERE name = ?", (plan,)).fetchone() is None:
+        # The source may predate columns this version has: copy the columns both have.
+        cols = {t: ", ".join(c for c in _columns(mem, "main", t) if c in _columns(mem, "src", t))
+                for t in ("plans", "deck_versions", "rates")}
+        # Only active deck versions count (an import may be writing a staged one).
+        active = ("AND state = 'active'" if "state" in _columns(mem, "src", "deck_versions")
+                  else "")
+        if mem.execute(f"SELECT 1 FROM src.deck_versions WHERE plan = ? {active}",
+                       (plan,)).fetchone() is None:
             raise PlanNotFound(f"no plan '{plan}' in {source}")
-        mem.execute("INSERT INTO plans SELECT * FROM src.plans WHERE name = ?", (plan,))
-        mem.execute("INSERT INTO deck_versions SELECT * FROM src.deck_versions WHERE plan = ?",
+        mem.execute(f"INSERT INTO plans ({cols['plans']}) SELECT {cols['plans']} "
+                    "FROM src.plans WHERE name = ?", (plan,))
+        mem.execute(f"INSERT INTO deck_versions ({cols['deck_versions']}) SELECT "
+                    f"{cols['deck_versions']} FROM src.deck_versions WHERE plan = ? {active}",
                     (plan,))
-        mem.execute("INSERT INTO rates SELECT * FROM src.rates WHERE plan = ?", (plan,))
+        mem.execute(f"INSERT INTO rates ({cols['rates']}) SELECT {cols['rates']} FROM src.rates "
+                    "WHERE plan = ? AND version IN (SELECT version FROM main.deck_versions "
+                    "WHERE plan = ?)", (plan, plan))
     finally:
         mem.execute("DETACH DATABASE src")
     add_account(mem, REPLAY_ACCOUNT, plan, AccountKind.POSTPAID, credit_limit=_UNLIMITED,
                 now_ms=0)
     return mem
+
+
+def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({table})")]
 
 
 def _rel(ms: int | None, base: int | None) -> str:

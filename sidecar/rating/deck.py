@@ -219,14 +219,27 @@ def parse_deck(
     opt_ccy = col.get("currency")
     i_dest, i_code, i_rate, i_inc, i_eff = (col[c] for c in _REQUIRED)
 
+    # Decks repeat their amounts, increments and dates: each distinct text that parses
+    # is parsed once (the values are immutable, so lines share them).
+    amounts: dict[str, Decimal] = {}
+    increments: dict[str, Increment] = {}
+    dates: dict[str, datetime] = {}
+
     def amount(row: list[str], idx: int | None, lineno: int) -> Decimal:
-        if idx is None or not row[idx].strip():
+        if idx is None:
+            return ZERO
+        text = row[idx]
+        value = amounts.get(text)
+        if value is not None:
+            return value
+        if not text.strip():
             return ZERO
         try:
-            return parse_amount(row[idx])
+            value = amounts[text] = parse_amount(text)
         except MoneyError as exc:
             problems.add(lineno, idx + 1, names[idx], str(exc))
             return ZERO
+        return value
 
     for lineno, row in enumerate(csv.reader(it, delimiter=delimiter), start=2):
         if not row or (len(row) == 1 and not row[0].strip()):
@@ -244,25 +257,40 @@ def parse_deck(
             problems.add(lineno, i_code + 1, names[i_code],
                          f"'{row[i_code].strip()}' is not a prefix of 1 to 15 digits")
             ok = False
-        try:
-            rate = parse_amount(row[i_rate])
-        except MoneyError as exc:
-            problems.add(lineno, i_rate + 1, names[i_rate], str(exc))
-            ok = False
-            rate = ZERO
-        try:
-            inc = Increment.parse(row[i_inc])
-        except IncrementError as exc:
-            problems.add(lineno, i_inc + 1, names[i_inc], str(exc))
-            ok = False
-            inc = Increment(1, 1)
-        try:
-            eff = parse_effective(row[i_eff])
-        except ValueError:
-            problems.add(lineno, i_eff + 1, names[i_eff],
-                         f"'{row[i_eff].strip()}' is not a date like 2026-06-01")
-            ok = False
-            eff = datetime(1970, 1, 1, tzinfo=UTC)
+        text = row[i_rate]
+        rate_or_none = amounts.get(text)
+        if rate_or_none is None:
+            try:
+                rate = amounts[text] = parse_amount(text)
+            except MoneyError as exc:
+                problems.add(lineno, i_rate + 1, names[i_rate], str(exc))
+                ok = False
+                rate = ZERO
+        else:
+            rate = rate_or_none
+        text = row[i_inc]
+        inc_or_none = increments.get(text)
+        if inc_or_none is None:
+            try:
+                inc = increments[text] = Increment.parse(text)
+            except IncrementError as exc:
+                problems.add(lineno, i_inc + 1, names[i_inc], str(exc))
+                ok = False
+                inc = Increment(1, 1)
+        else:
+            inc = inc_or_none
+        text = row[i_eff]
+        eff_or_none = dates.get(text)
+        if eff_or_none is None:
+            try:
+                eff = dates[text] = parse_effective(text)
+            except ValueError:
+                problems.add(lineno, i_eff + 1, names[i_eff],
+                             f"'{text.strip()}' is not a date like 2026-06-01")
+                ok = False
+                eff = datetime(1970, 1, 1, tzinfo=UTC)
+        else:
+            eff = eff_or_none
         fee = amount(row, opt_fee, lineno)
         minimum = amount(row, opt_min, lineno)
         surcharge = amount(row, opt_sur, lineno)

@@ -54,6 +54,11 @@ class Rating:
         return self.price.billed_seconds
 
 
+def _newest_first(entry: tuple[int, int, RateLine]) -> tuple[int, int]:
+    """Sort key of index entries: (effective date, deck version)."""
+    return entry[0], entry[1]
+
+
 class NoRate(LookupError):
     """No line of the plan covers the number (at that time, for that origin)."""
 
@@ -104,7 +109,12 @@ def affordable_seconds(line: RateLine, amount: Decimal, already: int = 0) -> int
 
 
 class RateTable:
-    """All lines of one plan, indexed by prefix, ready to rate numbers."""
+    """All lines of one plan, indexed by prefix, ready to rate numbers.
+
+    A table is never changed once built: :meth:`extended` makes a new table with more
+    lines (or other settings) that shares the untouched part of the index, so calls
+    being rated on the old table are not disturbed.
+    """
 
     def __init__(
         self,
@@ -115,24 +125,76 @@ class RateTable:
         rounding: SecondRounding = SecondRounding.CEIL,
     ) -> None:
         self.currency = currency
-        self.number_plan = number_plan
-        self.rounding = rounding
         # prefix -> origin ("" = any) -> [(effective_ts, version, line)] newest first
         index: dict[str, dict[str, list[tuple[int, int, RateLine]]]] = {}
+        size = 0
         for ln in lines:
             index.setdefault(ln.prefix, {}).setdefault(ln.origin, []).append(
                 (ln.effective_ts, ln.version, ln))
+            size += 1
         for by_origin in index.values():
             for entries in by_origin.values():
-                entries.sort(key=lambda e: (e[0], e[1]), reverse=True)
+                if len(entries) > 1:
+                    entries.sort(key=_newest_first, reverse=True)
         self._index = index
         self._max_len = max((len(p) for p in index), default=0)
         self._has_origins = any(o for by in index.values() for o in by)
+        self.size = size
+        self._settings(number_plan, rounding)
+
+    def _settings(self, number_plan: NumberPlan, rounding: SecondRounding) -> None:
+        self.number_plan = number_plan
+        self.rounding = rounding
         # Plain digits skip normalisation unless they start with a prefix it would strip.
         self._slow_starts = tuple(p for p in (
             number_plan.international_prefix, number_plan.national_prefix,
             *number_plan.strip_prefixes) if p) or ("\0",)
-        self.size = sum(len(e) for by in index.values() for e in by.values())
+
+    def extended(
+        self,
+        lines: Iterable[RateLine],
+        *,
+        number_plan: NumberPlan | None = None,
+        rounding: SecondRounding | None = None,
+    ) -> RateTable:
+        """A new table holding this table's lines plus ``lines`` (and, when given, other
+        number-plan or rounding settings). It rates exactly as a table built from all the
+        lines at once would; this table is left as it was.
+
+        Only the prefixes the new lines touch are re-indexed: the cost is a copy of the
+        prefix dict plus the new lines, whatever the size of the table.
+        """
+        # The new lines indexed alone first, as the constructor would ...
+        added: dict[str, dict[str, list[tuple[int, int, RateLine]]]] = {}
+        size = self.size
+        for ln in lines:
+            added.setdefault(ln.prefix, {}).setdefault(ln.origin, []).append(
+                (ln.effective_ts, ln.version, ln))
+            size += 1
+        # ... then merged: new dicts and lists for the prefixes they touch, the rest shared.
+        index = dict(self._index)
+        for prefix, by_origin in added.items():
+            old = index.get(prefix)
+            merged = by_origin if old is None else {**old}
+            for origin, entries in by_origin.items():
+                before = None if old is None else old.get(origin)
+                if before:
+                    # Stable: on a full tie the lines already here stay before the new
+                    # ones, as when the table is built from old lines followed by new ones.
+                    entries = before + entries
+                if len(entries) > 1:
+                    entries.sort(key=_newest_first, reverse=True)
+                merged[origin] = entries
+            index[prefix] = merged
+        new = RateTable.__new__(RateTable)
+        new.currency = self.currency
+        new._index = index
+        new._max_len = max(self._max_len, max((len(p) for p in added), default=0))
+        new._has_origins = self._has_origins or any(o for by in added.values() for o in by)
+        new.size = size
+        new._settings(self.number_plan if number_plan is None else number_plan,
+                      self.rounding if rounding is None else rounding)
+        return new
 
     def rounding_seconds(self, duration_ms: int) -> int:
         """Whole seconds of a duration by this plan's rounding rule."""
