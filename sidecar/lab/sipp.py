@@ -10,7 +10,10 @@ SIPp gets free ports (SIP, media p and p+2, control), a bounded run time (SIPp's
   as ``talk``, which ``uac.xml`` runs from the ACK to the end of the call);
 - ``NAME.short.tsv`` (``-trace_shortmsg``): one line per SIP message sent or received;
 - ``NAME.msg.log``, ``NAME.err.log``, ``NAME.screen.log``, ``NAME.out``: full messages,
-  unexpected messages, the final screen, stdout.
+  unexpected messages, the final screen, stdout;
+- with ``extra=["-trace_rtt", "-rtt_freq", "1"]``: every response time SIPp measured, in
+  :meth:`SippProcess.rtt_file` (SIPp 3.6.1 drops what is left in its buffer at exit, so keep
+  ``-rtt_freq 1``); :func:`read_stat_rows` reads the whole statistics time series.
 
 Processes are stopped by their PID (SIGTERM, then SIGKILL), also when a test fails.
 """
@@ -110,15 +113,27 @@ def _read_short_messages(path: Path) -> tuple[SipMessage, ...]:
 
 
 def _read_last_stats(path: Path) -> dict[str, str]:
+    rows = read_stat_rows(path)
+    return rows[-1] if rows else {}
+
+
+def read_stat_rows(path: Path) -> list[dict[str, str]]:
+    """Every row of a ``-trace_stat`` CSV (column name -> value), oldest first.
+
+    With ``-fd 1`` SIPp appends one row a second, so this is a time series of its
+    cumulative counters (``(C)`` columns) while it runs; a row still being written
+    (shorter than the header) is left out.
+    """
     try:
         with open(path, newline="", errors="replace") as fh:
             rows = list(csv.reader(fh, delimiter=";"))
     except FileNotFoundError:
-        return {}
+        return []
     if len(rows) < 2:
-        return {}
-    header, last = rows[0], rows[-1]
-    return dict(zip(header, last, strict=False))
+        return []
+    header = rows[0]
+    return [dict(zip(header, row, strict=False)) for row in rows[1:]
+            if len(row) >= len(header) - 1]
 
 
 @dataclass(frozen=True)
@@ -306,6 +321,26 @@ class SippProcess:
                 proc.kill()
                 proc.wait(timeout)
         return self.result()
+
+    @property
+    def scenario(self) -> Path | None:
+        """The scenario file this SIPp runs (its ``-sf`` argument)."""
+        try:
+            return Path(self.argv[self.argv.index("-sf") + 1])
+        except (ValueError, IndexError):
+            return None
+
+    def rtt_file(self) -> Path | None:
+        """The file ``-trace_rtt`` writes (``SCENARIO_PID_rtt.csv``, beside the scenario
+        file or in the run directory), once it exists."""
+        scenario = self.scenario
+        if scenario is None or self._proc is None:
+            return None
+        name = f"{scenario.stem}_{self._proc.pid}_rtt.csv"
+        for directory in (scenario.parent, self.run_dir):
+            if (directory / name).exists():
+                return directory / name
+        return None
 
     def result(self) -> SippResult:
         """What SIPp recorded so far (exit code -1 while it runs)."""

@@ -1,0 +1,44 @@
+"""SIPp's statistics time series and response-time file, read back by the lab (SIPp calling
+SIPp directly on 127.0.0.1, no Kamailio)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.lab.sipp import Sipp, read_stat_rows
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_stat_rows_and_every_response_time(tmp_path: Path) -> None:
+    sipp = Sipp(tmp_path / "sipp")
+    with sipp.start_uas("uas.xml", calls=3, timeout_s=20) as uas:
+        uac = sipp.start_uac(f"127.0.0.1:{uas.sip_port}", "uac.xml", calls=3, duration_ms=200,
+                             timeout_s=20, extra=["-r", "10", "-trace_rtt", "-rtt_freq", "1"])
+        with uac:
+            result = uac.wait()
+        uas.wait()
+    assert result.calls_ok, result.output_tail()
+    rows = read_stat_rows(uac.files["stat"])
+    assert len(rows) >= 2  # -fd 1: a row a second, and a last one at the end
+    assert rows[-1]["SuccessfulCall(C)"] == "3" and rows[-1] == result.stats
+    assert uac.scenario is not None and uac.scenario.name == "uac.xml"
+    rtt = uac.rtt_file()
+    assert rtt is not None and rtt.name == f"uac_{uac.pid}_rtt.csv"
+    lines = rtt.read_text().splitlines()
+    assert lines[0].split(";")[:3] == ["Date_ms", "response_time_ms", "rtd_no"]
+    names = sorted(line.split(";")[2] for line in lines[1:])
+    # uac.xml's two timers, once per call: nothing left behind in SIPp's buffer.
+    assert names == ["setup"] * 3 + ["talk"] * 3
+    assert uas.rtt_file() is None  # not asked for
+
+
+def test_stat_rows_of_a_missing_or_empty_file(tmp_path: Path) -> None:
+    assert read_stat_rows(tmp_path / "none.csv") == []
+    (tmp_path / "header.csv").write_text("StartTime;SuccessfulCall(C);\n")
+    assert read_stat_rows(tmp_path / "header.csv") == []
+    (tmp_path / "cut.csv").write_text("A;B;C;D;\n1;2;3;4;\n5;6")
+    assert read_stat_rows(tmp_path / "cut.csv") == [{"A": "1", "B": "2", "C": "3", "D": "4",
+                                                     "": ""}]
