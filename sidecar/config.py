@@ -6,6 +6,7 @@ Example (every key optional; these are the defaults)::
     path = "sidecar.db"
     journal = ""            # settlements kept while the store fails; "" = PATH.journal
                             # (better on another filesystem than the database)
+    commit_delay_ms = 20    # group commit: commands arriving meanwhile share a transaction
 
     [kamailio]
     evapi_host = "127.0.0.1"
@@ -68,6 +69,7 @@ class ConfigError(ValueError):
 class Config:
     db: str = "sidecar.db"
     journal: str = ""
+    commit_delay_ms: int = 20
     evapi_host: str = "127.0.0.1"
     evapi_port: int = 8448
     rpc_socket: str = "/run/kamailio/kamailio_rpc.sock"
@@ -104,6 +106,7 @@ class Config:
 _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
     ("database", "path"): ("db", str),
     ("database", "journal"): ("journal", str),
+    ("database", "commit_delay_ms"): ("commit_delay_ms", int),
     ("kamailio", "evapi_host"): ("evapi_host", str),
     ("kamailio", "evapi_port"): ("evapi_port", int),
     ("kamailio", "rpc_socket"): ("rpc_socket", str),
@@ -137,8 +140,9 @@ _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
 }
 
 # Integer keys that make no sense below a bound (a negative due date, a negative count).
-_MINIMUM = {"shed_after_ms": 0, "invoice_due_days": 0, "invoice_detail_csv_over": 0,
-            "media_grace_ms": 0, "media_end_without_media_s": 0, "media_buffer_mb": 1}
+_MINIMUM = {"shed_after_ms": 0, "commit_delay_ms": 0, "invoice_due_days": 0,
+            "invoice_detail_csv_over": 0, "media_grace_ms": 0, "media_end_without_media_s": 0,
+            "media_buffer_mb": 1}
 
 
 def load_config(path: str | Path) -> Config:

@@ -68,7 +68,7 @@ class Sidecar:
         self.book = AccountBook()
         self.plan_map: dict[str, PlanRates] = {}
         self.writer = StoreWriter(db, config.journal or default_journal(db), PlanLoader(),
-                                  self._from_writer)
+                                  self._from_writer, commit_delay_ms=config.commit_delay_ms)
         self.charger = Charger(self.writer, self._plan, ChargingConfig(
             renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds),
             book=self.book)
