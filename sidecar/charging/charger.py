@@ -31,7 +31,7 @@ from decimal import Decimal
 
 from ..money import ZERO, to_text
 from ..numbers import InvalidNumber, normalize, origin_class
-from ..rating import NoRate, RateLine, RateTable, affordable_seconds, price
+from ..rating import NoRate, Price, RateLine, RateTable, affordable_seconds, price
 from .book import AccountBook
 from .commands import BatchResult, Outcome, Reserve, Settle, StoreCommand, Topup
 from .model import (
@@ -152,6 +152,9 @@ class Charger:
         self._seq = 0
         self._inflight: dict[int, StoreCommand] = {}
         self._out: list[Action] = []
+        # Prices of (line, seconds) already computed: chunk boundaries and common call
+        # lengths repeat across calls. Keyed by id(line), the line kept to check identity.
+        self._prices: dict[tuple[int, int], tuple[RateLine, Price]] = {}
         #: False after the store failed to commit, until it commits again: new calls are
         #: refused (503) meanwhile.
         self.store_ok = True
@@ -397,7 +400,7 @@ class Charger:
                 duration = min(duration, s.paid_seconds * 1000)
             rates = self.plans(s.plan)
             secs = rates.table.rounding_seconds(duration)
-            p = price(s.line, secs)
+            p = self._price(s.line, secs)
             cdr = self._cdr(s, Disposition.ANSWERED, now_ms)
             cdr.sip_code = sip_code if sip_code is not None else 200
             cdr.duration_ms = duration
@@ -521,8 +524,8 @@ class Charger:
             chunk = self._chunk_seconds(s, acc)
             paid = s.paid_seconds
             target = line.increment.billed(paid + chunk)
-            base = price(line, paid).cost if paid else ZERO
-            want = price(line, target).cost - base
+            base = self._price(line, paid).cost if paid else ZERO
+            want = self._price(line, target).cost - base
 
             def fit(avail: Decimal, paid: int = paid, base: Decimal = base
                     ) -> tuple[Decimal, int]:
@@ -607,6 +610,17 @@ class Charger:
             actions.append(EndCall(s.call_ref, REASON_CREDIT, now_ms))
         else:
             self._schedule(s, paid_until)
+
+    def _price(self, line: RateLine, seconds: int) -> Price:
+        key = (id(line), seconds)
+        hit = self._prices.get(key)
+        if hit is not None and hit[0] is line:
+            return hit[1]
+        p = price(line, seconds)
+        if len(self._prices) >= 50_000:
+            self._prices.clear()
+        self._prices[key] = (line, p)
+        return p
 
     # --- the store ---------------------------------------------------------------------
     def _next_seq(self) -> int:
