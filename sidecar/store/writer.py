@@ -20,13 +20,15 @@ needed them. The store is probed every ``probe_s`` meanwhile.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import queue
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -134,9 +136,10 @@ class StoreWriter:
             self.conn = conn
             self._apply_journal(startup=True)
             self._version = self._data_version()
-            self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn),
-                                  self.plans.load_all(conn), self.ledger.live_calls(),
-                                  first=True))
+            with _bulk_load():
+                plans = self.plans.load_all(conn)
+            self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn), plans,
+                                  self.ledger.live_calls(), first=True))
         except BaseException as exc:  # the sidecar cannot start without its store
             self.start_error = exc
             self.started.set()
@@ -270,7 +273,8 @@ class StoreWriter:
             if version != self._version:
                 self._version = version
                 self._accounts_stale = True
-                plans = self.plans.refresh(self.conn)
+                with _bulk_load():
+                    plans = self.plans.refresh(self.conn)
                 if plans:
                     self.deliver(Snapshot([], {}, plans, complete=False))
             now = time.monotonic()
@@ -281,6 +285,23 @@ class StoreWriter:
                                       {}))
         except sqlite3.Error as exc:
             log.error("could not read the store's changes: %s", exc)
+
+
+@contextlib.contextmanager
+def _bulk_load() -> Iterator[None]:
+    """Loading rate plans makes hundreds of thousands of long-lived objects. The cyclic
+    garbage collector would walk the whole heap several times meanwhile, holding the
+    interpreter lock for tens of milliseconds each time and stalling the event loop; it is
+    paused while they are built, and what was built is then moved out of its sight
+    (``gc.freeze``): rate tables are dropped by reference counting alone."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was:
+            gc.enable()
 
 
 def _sip(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
