@@ -35,12 +35,20 @@ def _d(v: object) -> Decimal | None:
     return None if v is None or v == "" else Decimal(str(v))
 
 
+_KINDS = {k.value: k for k in AccountKind}
+
+
 def _row_to_account(r: tuple[object, ...], now_ms: int | None = None) -> Account:
     (code, plan, ccy, kind, bal, held, limit, dcap, mcap, dkey, dspend, mkey, mspend, chunk,
      maxs, low, rbelow, ramount, susp, sreason, name) = r
     today = day_key(now_ms) if now_ms is not None else str(dkey)
-    return Account(
-        code=str(code), plan=str(plan), currency=str(ccy), kind=AccountKind(str(kind)),
+    k = _KINDS.get(kind) if isinstance(kind, str) else None
+    # Built as ``Account(...)`` would build it, without the cost of its frozen __init__
+    # (the store converts every account it touches in a batch).
+    acc = object.__new__(Account)
+    acc.__dict__.update(
+        code=str(code), plan=str(plan), currency=str(ccy),
+        kind=k if k is not None else AccountKind(str(kind)),
         balance=Decimal(str(bal)), held=Decimal(str(held)), credit_limit=Decimal(str(limit)),
         daily_cap=_d(dcap), monthly_cap=_d(mcap),
         day_spend=Decimal(str(dspend)) if dkey == today else ZERO,
@@ -49,6 +57,7 @@ def _row_to_account(r: tuple[object, ...], now_ms: int | None = None) -> Account
         max_call_seconds=int(str(maxs)), low_balance=_d(low), recharge_below=_d(rbelow),
         recharge_amount=_d(ramount), suspended=bool(susp), suspend_reason=str(sreason),
         name=str(name))
+    return acc
 
 
 def add_account(
