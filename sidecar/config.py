@@ -6,7 +6,7 @@ Example (every key optional; these are the defaults)::
     path = "sidecar.db"
     journal = ""            # settlements kept while the store fails; "" = PATH.journal
                             # (better on another filesystem than the database)
-    commit_delay_ms = 20    # group commit: commands arriving meanwhile share a transaction
+    commit_delay_ms = 50    # group commit: commands arriving meanwhile share a transaction
 
     [kamailio]
     evapi_host = "127.0.0.1"
@@ -69,7 +69,7 @@ class ConfigError(ValueError):
 class Config:
     db: str = "sidecar.db"
     journal: str = ""
-    commit_delay_ms: int = 20
+    commit_delay_ms: int = 50
     evapi_host: str = "127.0.0.1"
     evapi_port: int = 8448
     rpc_socket: str = "/run/kamailio/kamailio_rpc.sock"

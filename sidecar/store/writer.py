@@ -77,7 +77,7 @@ class StoreWriter:
     def __init__(self, db: str | Path, journal: str | Path, plans: PlanSource,
                  deliver: Callable[[WriterEvent], None], *, max_batch: int = 1000,
                  poll_s: float = 0.1, probe_s: float = 1.0, busy_timeout_ms: int = 2000,
-                 accounts_every_s: float = 0.5, commit_delay_ms: int = 20) -> None:
+                 accounts_every_s: float = 0.5, commit_delay_ms: int = 50) -> None:
         self.db = db
         self.journal = Journal(journal)
         self.plans = plans
