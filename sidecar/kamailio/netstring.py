@@ -7,7 +7,14 @@ next plausible frame.
 
 from __future__ import annotations
 
+import re
+
 MAX_FRAME = 1 << 20  # evapi events are a few KB; a megabyte means the stream is garbage
+
+# Where decoding resumes after a broken frame: the byte after a comma that is followed by
+# a digit. "Digit" is what ``chr(b).isdigit()`` says of a byte: ASCII 0-9, and also the
+# Latin-1 superscripts 2, 3 and 1 (a frame cannot start there: it is skipped in turn).
+_RESUME = re.compile(rb",[0-9\xb2\xb3\xb9]")
 
 
 def encode(payload: bytes) -> bytes:
@@ -16,49 +23,65 @@ def encode(payload: bytes) -> bytes:
 
 
 class Decoder:
-    """Feed bytes, get complete payloads."""
+    """Feed bytes, get complete payloads.
+
+    Whole frames are cut straight out of the bytes fed (one copy per payload); only an
+    incomplete frame at the end is kept, and it is looked at again only once enough
+    bytes have arrived to complete it, so a large frame that arrives in many pieces
+    costs linear time.
+    """
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # the start of an incomplete frame
+        self._need = 0  # bytes _buf must hold before it is worth decoding again
         self.max_frame = max_frame
         self.errors = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
         buf = self._buf
-        buf += data
+        if buf:
+            buf += chunk
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
+        else:
+            data = chunk if type(chunk) is bytes else bytes(chunk)
         out: list[bytes] = []
-        while buf:
-            colon = buf.find(b":", 0, 12)
+        size = len(data)
+        pos = 0
+        while pos < size:
+            colon = data.find(b":", pos, pos + 12)
             if colon < 0:
-                if len(buf) >= 12 or not buf.isdigit():
-                    self._skip()
+                if size - pos >= 12 or not data[pos:].isdigit():
+                    pos = self._resume(data, pos)
                     continue
-                break  # a length still arriving
-            head = bytes(buf[:colon])
+                self._need = size - pos + 1  # a length still arriving
+                break
+            head = data[pos:colon]
             if not head.isdigit():
-                self._skip()
+                pos = self._resume(data, pos)
                 continue
             n = int(head)
             if n > self.max_frame:
-                self._skip()
+                pos = self._resume(data, pos)
                 continue
             end = colon + 1 + n
-            if len(buf) <= end:
-                break  # payload still arriving
-            if buf[end] != ord(","):
-                self._skip()
+            if size <= end:
+                self._need = end + 1 - pos  # payload still arriving
+                break
+            if data[end] != 44:  # ","
+                pos = self._resume(data, pos)
                 continue
-            out.append(bytes(buf[colon + 1:end]))
-            del buf[:end + 1]
+            out.append(data[colon + 1:end])
+            pos = end + 1
+        if pos < size:
+            buf += data[pos:]
         return out
 
-    def _skip(self) -> None:
-        """Drop bytes up to the next place a frame could start (a digit after a comma)."""
+    def _resume(self, data: bytes, pos: int) -> int:
+        """Count an error; where the next frame could start (after ``pos``), or the end:
+        at a digit after a comma."""
         self.errors += 1
-        buf = self._buf
-        i = 1
-        while i < len(buf):
-            if buf[i - 1] == ord(",") and chr(buf[i]).isdigit():
-                break
-            i += 1
-        del buf[:i]
+        m = _RESUME.search(data, pos)
+        return len(data) if m is None else m.start() + 1
