@@ -1,15 +1,13 @@
 """The real sidecar beside the real Kamailio when its database's disk fills up.
 
-The database lives on a small tmpfs the test mounts and fills to the last byte; the
-journal lives on another filesystem. Calls are real (SIPp through Kamailio).
+The database lives on a small tmpfs the test mounts (``tmpfs`` in conftest) and fills to
+the last byte; the journal lives on another filesystem. Calls are real (SIPp through Kamailio).
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,40 +18,15 @@ from sidecar.lab.live import LiveLab
 from sidecar.store.accounts import verify_ledger
 from sidecar.store.db import connect
 from sidecar.store.decks import import_deck
+from tests.conftest import fill
 from tests.e2e.test_live_sidecar import DECK, DIALLED, account, cdrs, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> Path:
-    filler = path / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 512, 1):
-            try:
-                while os.write(fd, b"\0" * size):
-                    pass
-            except OSError:
-                continue
-    finally:
-        os.close(fd)
-    return filler
-
-
 def test_full_disk_ends_unrecorded_prepaid_calls_refuses_new_ones_and_loses_nothing(
-        small_disk: Path, tmp_path: Path) -> None:
-    db_path = small_disk / "sidecar.db"
+        tmpfs: Path, tmp_path: Path) -> None:
+    db_path = tmpfs / "sidecar.db"
     db = connect(db_path)
     (tmp_path / "deck.csv").write_text(DECK)
     import_deck(db, "retail", tmp_path / "deck.csv", as_of=datetime(2026, 1, 1, tzinfo=UTC))
@@ -64,7 +37,7 @@ def test_full_disk_ends_unrecorded_prepaid_calls_refuses_new_ones_and_loses_noth
         uas = lab.uas("uas.xml", calls=3, timeout_s=120)  # calls A, B and D
         call_a = lab.uac(account_code="ACME", dialled=DIALLED, duration_ms=6_000)
         wait_for(lambda: db.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 1)
-        filler = fill(small_disk)
+        filler = fill(tmpfs)
         # Answered now: its credit cannot be recorded, so the sidecar ends it at once.
         t0 = time.monotonic()
         rb = lab.uac(account_code="ACME", dialled=DIALLED, duration_ms=20_000).wait()

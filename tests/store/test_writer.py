@@ -7,13 +7,11 @@ another process keeps locked. Nothing is mocked.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +29,7 @@ from sidecar.store.decks import PlanLoader, import_deck
 from sidecar.store.journal import Journal
 from sidecar.store.writer import Snapshot, StoreWriter, WriterEvent
 from tests.charging.harness import DECK, T0
+from tests.conftest import fill
 
 
 def prepare(db: Path, accounts: dict[str, str]) -> None:
@@ -124,34 +123,6 @@ def test_many_calls_are_committed_in_few_transactions(db: Path, tmp_path: Path) 
     # The book agrees with the store once every answer is in.
     acc = live.book.get("acme", T0)
     assert acc is not None and acc.balance == Decimal("92.5") and acc.held == 0
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MB tmpfs of the test's own (root is needed to mount it)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> Path:
-    """Fill the filesystem of ``path`` to the last byte."""
-    filler = path / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 4096, 512, 1):
-            try:
-                while os.write(fd, b"\0" * size):
-                    pass
-            except OSError:
-                continue
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_full_disk_refuses_new_calls_ends_prepaid_ones_and_loses_no_settlement(
