@@ -132,6 +132,9 @@ class StoreWriter:
         try:
             conn = connect(self.db)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            # The writer appends: its working set is the last pages of each table and
+            # index and the accounts, not the 64 MB cache an interactive reader wants.
+            conn.execute("PRAGMA cache_size = -16384")
             self.ledger = SqliteLedger(conn)
             self.conn = conn
             self._apply_journal(startup=True)
