@@ -152,10 +152,12 @@ def sip_mappings(conn: sqlite3.Connection, code: str | None = None) -> list[tupl
 
 
 class SqliteLedger:
-    """The charging core's store: accounts and their ledger, one transaction per decision.
+    """The charging core's store: accounts and their ledger.
 
-    Every method that changes money runs in ``BEGIN IMMEDIATE``: the read of the balance
-    and the rows that change it are one atomic step, across processes too.
+    :meth:`execute` applies a batch of the core's commands in one ``BEGIN IMMEDIATE``
+    transaction (the live writer thread sends many, synchronous use one at a time): the
+    read of a balance and the rows that change it are one atomic step, across processes
+    too.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -221,11 +223,6 @@ class SqliteLedger:
             res = batch.settle(cdr, now_ms)
             batch.flush()
         return res
-
-    def _call_held(self, call_ref: str) -> Decimal:
-        r = self.conn.execute("SELECT reserved FROM live_calls WHERE call_ref = ?",
-                              (call_ref,)).fetchone()
-        return Decimal(str(r[0])) if r else ZERO
 
     def topup(self, code: str, amount: Decimal, now_ms: int, note: str = "",
               kind: str = "topup") -> Account:
