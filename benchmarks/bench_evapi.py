@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sidecar.kamailio import events as ev
 from sidecar.kamailio.evapi import EvapiClient, frame_json
 from sidecar.kamailio.netstring import MAX_FRAME, Decoder, encode
+from tests.kamailio.test_evapi_fast_paths import ReferenceDecoder
 
 # --- the events, as Kamailio's jansson writes them ---------------------------------------
 
@@ -81,52 +82,8 @@ def allow_reply(n: int) -> dict[str, object]:
 # BASELINE: private copies of the previous implementation, for comparison only.
 # ======================================================================================
 
-class BaselineDecoder:
-    """BASELINE netstring decoder (bytearray buffer, every frame copied twice)."""
-
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
-        self._buf = bytearray()
-        self.max_frame = max_frame
-        self.errors = 0
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += data
-        out: list[bytes] = []
-        while buf:
-            colon = buf.find(b":", 0, 12)
-            if colon < 0:
-                if len(buf) >= 12 or not buf.isdigit():
-                    self._skip()
-                    continue
-                break
-            head = bytes(buf[:colon])
-            if not head.isdigit():
-                self._skip()
-                continue
-            n = int(head)
-            if n > self.max_frame:
-                self._skip()
-                continue
-            end = colon + 1 + n
-            if len(buf) <= end:
-                break
-            if buf[end] != ord(","):
-                self._skip()
-                continue
-            out.append(bytes(buf[colon + 1:end]))
-            del buf[:end + 1]
-        return out
-
-    def _skip(self) -> None:
-        self.errors += 1
-        buf = self._buf
-        i = 1
-        while i < len(buf):
-            if buf[i - 1] == ord(",") and chr(buf[i]).isdigit():
-                break
-            i += 1
-        del buf[:i]
+# The previous netstring decoder: the one the fast-path tests check the new one against.
+BaselineDecoder = ReferenceDecoder
 
 
 def _b_str(doc: dict[str, Any], key: str, default: str | None = "",

@@ -31,15 +31,17 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from ..money import ZERO, MoneyError, check_currency, parse_amount
 from ..numbers import ORIGIN_CLASSES
 from .increments import Increment, IncrementError
+
+_T = TypeVar("_T")
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -225,6 +227,21 @@ def parse_deck(
     increments: dict[str, Increment] = {}
     dates: dict[str, datetime] = {}
 
+    def parsed(cache: dict[str, _T], parse: Callable[[str], _T], error: type[ValueError],
+               row: list[str], idx: int, lineno: int, message: str = "") -> _T | None:
+        """A required field, parsed once per distinct text; None (and the problem
+        recorded: ``message`` with ``{text}``, else the parser's own) if it is bad."""
+        text = row[idx]
+        value = cache.get(text)
+        if value is None:
+            try:
+                value = cache[text] = parse(text)
+            except error as exc:
+                problems.add(lineno, idx + 1, names[idx],
+                             message.format(text=text.strip()) if message else str(exc))
+                return None
+        return value
+
     def amount(row: list[str], idx: int | None, lineno: int) -> Decimal:
         if idx is None:
             return ZERO
@@ -257,40 +274,15 @@ def parse_deck(
             problems.add(lineno, i_code + 1, names[i_code],
                          f"'{row[i_code].strip()}' is not a prefix of 1 to 15 digits")
             ok = False
-        text = row[i_rate]
-        rate_or_none = amounts.get(text)
-        if rate_or_none is None:
-            try:
-                rate = amounts[text] = parse_amount(text)
-            except MoneyError as exc:
-                problems.add(lineno, i_rate + 1, names[i_rate], str(exc))
-                ok = False
-                rate = ZERO
-        else:
-            rate = rate_or_none
-        text = row[i_inc]
-        inc_or_none = increments.get(text)
-        if inc_or_none is None:
-            try:
-                inc = increments[text] = Increment.parse(text)
-            except IncrementError as exc:
-                problems.add(lineno, i_inc + 1, names[i_inc], str(exc))
-                ok = False
-                inc = Increment(1, 1)
-        else:
-            inc = inc_or_none
-        text = row[i_eff]
-        eff_or_none = dates.get(text)
-        if eff_or_none is None:
-            try:
-                eff = dates[text] = parse_effective(text)
-            except ValueError:
-                problems.add(lineno, i_eff + 1, names[i_eff],
-                             f"'{text.strip()}' is not a date like 2026-06-01")
-                ok = False
-                eff = datetime(1970, 1, 1, tzinfo=UTC)
-        else:
-            eff = eff_or_none
+        rate = parsed(amounts, parse_amount, MoneyError, row, i_rate, lineno)
+        inc = parsed(increments, Increment.parse, IncrementError, row, i_inc, lineno)
+        eff = parsed(dates, parse_effective, ValueError, row, i_eff, lineno,
+                     "'{text}' is not a date like 2026-06-01")
+        if rate is None or inc is None or eff is None:
+            ok = False
+            rate = ZERO if rate is None else rate
+            inc = Increment(1, 1) if inc is None else inc
+            eff = datetime(1970, 1, 1, tzinfo=UTC) if eff is None else eff
         fee = amount(row, opt_fee, lineno)
         minimum = amount(row, opt_min, lineno)
         surcharge = amount(row, opt_sur, lineno)

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.timeout(60)
 # --- framing ------------------------------------------------------------------------------
 
 class ReferenceDecoder:
-    """A netstring decoder that buffers everything and re-reads it from the start."""
+    """The previous netstring decoder (buffers everything and re-reads it from the start):
+    the new one must frame every stream as it did. ``benchmarks/bench_evapi.py`` measures
+    against it too."""
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
