@@ -68,8 +68,8 @@ class AccountBook:
             acc, how = self.source.resolve(account_code, sip_user, src_ip, now_ms)
             if acc is None:
                 return None, how
-            self._set_base(acc)
-            return self.get(acc.code, now_ms), how
+            self._set_base(acc)  # just read: no second trip to the store
+            return rolled(self._view[acc.code], now_ms), how
         if account_code:
             acc = self.get(account_code, now_ms)
             return acc, "account code" if acc else f"unknown account code '{account_code}'"
