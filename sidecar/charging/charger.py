@@ -204,7 +204,12 @@ class Charger:
         except (NoRate, InvalidNumber) as exc:
             return self._reject(call_ref, call_id, acc, 404, str(exc), caller, number,
                                 now_ms)
-        seconds = affordable_seconds(line, acc.available())
+        avail = acc.available()
+        cap = acc.max_call_seconds
+        if cap > 0 and self._price(line, cap).cost <= avail:
+            seconds = cap  # the longest call allowed is affordable: no search needed
+        else:
+            seconds = affordable_seconds(line, avail)
         if seconds <= 0:
             return self._reject(
                 call_ref, call_id, acc, 402,

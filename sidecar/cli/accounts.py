@@ -237,7 +237,8 @@ def ledger() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def ledger_verify(ctx: Context, as_json: bool) -> None:
-    """Prove every balance is the sum of its ledger (exit 1 on any mismatch)."""
+    """Prove every balance (plus what calls hold) is the sum of its ledger (exit 1 on any
+    mismatch)."""
     checks = verify_ledger(ctx.conn)
     bad = [c for c in checks if c.problems]
     if as_json:
@@ -246,8 +247,8 @@ def ledger_verify(ctx: Context, as_json: bool) -> None:
     else:
         for c in checks:
             mark = "ok " if not c.problems else "BAD"
-            click.echo(f"{mark} {c.account}: balance {c.balance} = ledger {c.ledger_sum}; "
-                       f"held {c.held}; charges {c.charges} = CDRs {c.cdr_charges}")
+            click.echo(f"{mark} {c.account}: balance {c.balance} + held {c.held} = ledger "
+                       f"{c.ledger_sum}; charges {c.charges} = CDRs {c.cdr_charges}")
             for p in c.problems:
                 click.echo(f"    {p}")
         click.echo(f"{len(checks)} accounts, {len(bad)} with problems")

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from json.encoder import encode_basestring_ascii as _json_str
@@ -158,13 +159,21 @@ class _Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.closed: asyncio.Future[None] = loop.create_future()
         self._setsockopt: Callable[[int, int, int], None] | None = None
+        self._own_sock: socket.socket | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.sock = transport.get_extra_info("socket")
         if self.sock is not None and _TCP_QUICKACK is not None:
-            self._setsockopt = self.sock.setsockopt
+            # uvloop's stand-in for the socket builds a socket object (and asks the
+            # kernel about it) on every call: a duplicate of the descriptor is one real
+            # socket object for the same connection, made once.
+            try:
+                self._own_sock = socket.socket(fileno=os.dup(self.sock.fileno()))
+                self._setsockopt = self._own_sock.setsockopt
+            except OSError:
+                self._setsockopt = self.sock.setsockopt
 
     def data_received(self, data: bytes) -> None:
         if self.blocked:
@@ -185,6 +194,10 @@ class _Connection(asyncio.Protocol):
             self._block()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._setsockopt = None
+        if self._own_sock is not None:
+            self._own_sock.close()
+            self._own_sock = None
         self.lost = True
         self.lost_exc = exc
         self.stop()

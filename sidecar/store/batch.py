@@ -135,9 +135,7 @@ class Batch:
         acc = self._account(cmd.account, cmd.now_ms)
         granted, seconds = grant(acc, cmd.amount, cmd.seconds, cmd.fit, cmd.paid_before)
         ref = cmd.call_ref
-        if granted > 0:
-            self._ledger.append((cmd.now_ms, cmd.account, "reserve", to_text(-granted), ref,
-                                 ""))
+        if granted > 0:  # a hold moves no money: live_calls records it, not the ledger
             self._set(evolve(acc, {"balance": acc.balance - granted,
                                    "held": acc.held + granted}))
         held = self._held.get(ref, ZERO) + granted
@@ -161,8 +159,6 @@ class Batch:
             code = before.code
             held = self._held.pop(ref, ZERO)
             amounts = settle_amounts(before, held, cdr.cost, cdr.credited)
-            if held:
-                self._ledger.append((now_ms, code, "release", to_text(held), ref, ""))
             cdr.charged = amounts.charged
             cdr.written_off = amounts.written_off
             cdr.credited = amounts.credited

@@ -75,7 +75,7 @@ class StoreWriter:
     """Applies the charging core's commands off the event loop, in batches."""
 
     def __init__(self, db: str | Path, journal: str | Path, plans: PlanSource,
-                 deliver: Callable[[WriterEvent], None], *, max_batch: int = 1000,
+                 deliver: Callable[[WriterEvent], None], *, max_batch: int = 4000,
                  poll_s: float = 0.1, probe_s: float = 1.0, busy_timeout_ms: int = 2000,
                  accounts_every_s: float = 0.5, commit_delay_ms: int = 50) -> None:
         self.db = db
@@ -156,8 +156,7 @@ class StoreWriter:
             try:
                 item = self._q.get(timeout=self.poll_s)
                 if self.commit_delay_s and item is not _STOP:
-                    # Group commit: let what arrives meanwhile share this transaction.
-                    time.sleep(self.commit_delay_s)
+                    self._gather()
                 while True:
                     if item is _STOP:
                         stopping = True
@@ -178,6 +177,16 @@ class StoreWriter:
                 last_check = now
                 self._check_changes()
         self.conn.close()
+
+    def _gather(self) -> None:
+        """Group commit: let what arrives within ``commit_delay_ms`` share this
+        transaction, but no longer than it takes a full batch to queue up."""
+        deadline = time.monotonic() + self.commit_delay_s
+        while self._q.qsize() < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.01))  # few wake-ups: a full batch waits 10 ms at most
 
     def _apply(self, batch: list[StoreCommand]) -> None:
         t0 = time.thread_time()

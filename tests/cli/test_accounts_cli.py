@@ -35,7 +35,7 @@ def test_account_lifecycle(db: Path) -> None:
     run(db, "account", "resume", "ACME-1")
     assert not json.loads(run(db, "account", "show", "ACME-1", "--json").stdout)["suspended"]
     out = run(db, "ledger", "verify").stdout
-    assert "ok  ACME-1: balance 12.50 = ledger 12.50" in out
+    assert "ok  ACME-1: balance 12.50 + held 0 = ledger 12.50" in out
 
 
 def test_errors_name_what_is_wrong(db: Path) -> None:
@@ -59,7 +59,7 @@ def test_ledger_verify_detects_tampering(db: Path) -> None:
     conn.close()
     p = run(db, "ledger", "verify", ok=False)
     assert p.returncode == 1
-    assert "balance 6 != ledger sum 5" in p.stdout
+    assert "balance 6 + held 0 != ledger sum 5" in p.stdout
 
 
 def test_calls_live_lists_running_calls(db: Path) -> None:
