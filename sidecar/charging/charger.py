@@ -155,6 +155,7 @@ class Charger:
         # Prices of (line, seconds) already computed: chunk boundaries and common call
         # lengths repeat across calls. Keyed by id(line), the line kept to check identity.
         self._prices: dict[tuple[int, int], tuple[RateLine, Price]] = {}
+        self._lines: dict[int, tuple[RateLine, dict[str, str]]] = {}
         #: False after the store failed to commit, until it commits again: new calls are
         #: refused (503) meanwhile.
         self.store_ok = True
@@ -544,9 +545,8 @@ class Charger:
             if granted > 0:
                 seq = self._next_seq()
                 after = self.book.apply(seq, s.account, reserve_effect(granted))
-                live = {"number": s.number, "destination": line.destination,
-                        "prefix": line.prefix, "rate": to_text(line.rate),
-                        "increment": str(line.increment), "answered_ms": s.billable_ms}
+                live = {"number": s.number, **self._line_fields(line),
+                        "answered_ms": s.billable_ms}
                 s.paid_seconds = seconds
                 s.reserved += granted
                 self._submit(Reserve(seq, s.account, s.call_ref, granted, seconds, paid, fit,
@@ -615,6 +615,19 @@ class Charger:
             actions.append(EndCall(s.call_ref, REASON_CREDIT, now_ms))
         else:
             self._schedule(s, paid_until)
+
+    def _line_fields(self, line: RateLine) -> dict[str, str]:
+        """What a live-call record says about its rate line (the same for every chunk
+        of every call on the line)."""
+        hit = self._lines.get(id(line))
+        if hit is not None and hit[0] is line:
+            return hit[1]
+        fields = {"destination": line.destination, "prefix": line.prefix,
+                  "rate": to_text(line.rate), "increment": str(line.increment)}
+        if len(self._lines) >= 50_000:
+            self._lines.clear()
+        self._lines[id(line)] = (line, fields)
+        return fields
 
     def _price(self, line: RateLine, seconds: int) -> Price:
         key = (id(line), seconds)

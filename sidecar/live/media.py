@@ -2,7 +2,9 @@
 
 The capture socket (:class:`sidecar.media.capture.LiveCapture`) is read when the loop
 says it is readable, in batches; each packet goes to :meth:`CallControl.on_packet` with
-its kernel timestamp. With ``ports = "auto"`` the kernel filter passes only the UDP
+its kernel timestamp. A backlog is worked off in slices of ``slice_ms``, with the loop's
+other callbacks (Kamailio's events) run in between: an offer never waits behind a whole
+ring block of media. With ``ports = "auto"`` the kernel filter passes only the UDP
 ports the live dialogs' SDP named, and is rebuilt (at most every ``refilter_ms``) as
 dialogs come and go; with a configured range it is fixed.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +23,8 @@ from ..supervision.calls import CallControl
 from ..supervision.media import MediaSupervisor
 
 log = logging.getLogger("sidecar.media")
+
+_CHUNK = 64  # packets read between looks at the clock
 
 
 class MediaConfigError(RuntimeError):
@@ -32,7 +37,7 @@ class MediaPump:
     def __init__(self, control: CallControl, media: MediaSupervisor, *, interface: str,
                  peer: str, port_range: tuple[int, int] | None, buffer_bytes: int,
                  on_actions: Callable[[list[Action]], None], refilter_ms: int = 20,
-                 report_every_s: float = 60.0) -> None:
+                 report_every_s: float = 60.0, slice_ms: float = 2.0) -> None:
         self.control = control
         self.media = media
         self.interface = interface
@@ -47,6 +52,8 @@ class MediaPump:
         self._filter_version = -1
         self._refilter: asyncio.TimerHandle | None = None
         self._report: asyncio.TimerHandle | None = None
+        self._more: asyncio.Handle | None = None  # reading goes on after other callbacks
+        self.slice_s = slice_ms / 1000
 
     def _choose_interface(self) -> str:
         if self.interface:
@@ -78,7 +85,7 @@ class MediaPump:
                  else self._filter())
 
     def stop(self) -> None:
-        for h in (self._refilter, self._report):
+        for h in (self._refilter, self._report, self._more):
             if h is not None:
                 h.cancel()
         if self.capture is not None:
@@ -107,17 +114,33 @@ class MediaPump:
             log.exception("media capture: could not update the kernel filter")
 
     def _readable(self) -> None:
+        if self._more is None:  # else a continuation is due and reads on
+            self._drain()
+
+    def _drain(self) -> None:
+        """Hand queued packets to the call control for at most ``slice_ms``, then let the
+        loop run what else is ready (an offer waiting to be answered) and go on."""
+        self._more = None
         cap = self.capture
         if cap is None:
             return
         on_packet = self.control.on_packet
         actions: list[Action] = []
-        for p in cap.read():
-            if p.transport != "udp":
-                continue
-            actions += on_packet(int(p.timestamp * 1000), p.src_ip, p.src_port, p.dst_ip,
-                                 p.dst_port, p.payload)
-            self.packets += 1
+        stats = cap.stats
+        deadline = time.perf_counter() + self.slice_s
+        while True:
+            before = stats.packets_read
+            for p in cap.read(_CHUNK):
+                if p.transport != "udp":
+                    continue
+                actions += on_packet(int(p.timestamp * 1000), p.src_ip, p.src_port,
+                                     p.dst_ip, p.dst_port, p.payload)
+                self.packets += 1
+            if stats.packets_read - before < _CHUNK:
+                break  # the queue is empty
+            if time.perf_counter() >= deadline:
+                self._more = asyncio.get_running_loop().call_soon(self._drain)
+                break
         if actions:
             self.on_actions(actions)
 

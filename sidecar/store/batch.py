@@ -1,28 +1,33 @@
-"""Applying a batch of the charging core's commands inside one SQLite transaction.
+"""Applying a batch of the charging core's commands inside one transaction.
 
 Group commit, done so the cost per command stays small: each account and each live call
 is read once per batch (in bulk), changed in memory by the same rules the core used
 (``charging/settle.py``), and written once at the end with ``executemany``: the ledger
 rows, the accounts' running balances, the live calls, the CDRs.
+
+The same code runs on SQLite and on PostgreSQL: its SQL goes through a
+:class:`~sidecar.store.dialect.Dialect` (placeholders, row locks, money parameters, account
+rows). The accounts are read first, locked where the database locks rows (PostgreSQL:
+``FOR UPDATE``, in code order so that two batches never deadlock), so that what is read
+after them (the calls' holds, their CDRs, applied top-up keys) is what the last
+transaction on those accounts left, across processes and hosts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from enum import Enum
 
 from ..charging.commands import Outcome, Reserve, Settle, StoreCommand, Topup
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
-from ..money import ZERO, to_text
+from ..money import ZERO
+from .dialect import ACCOUNT_COLUMNS, SQLITE, Connection, Dialect
 
-ACCOUNT_COLUMNS = (
-    "code, plan, currency, kind, balance, held, credit_limit, daily_cap, monthly_cap, "
-    "day_key, day_spend, month_key, month_spend, chunk_seconds, max_call_seconds, "
-    "low_balance, recharge_below, recharge_amount, suspended, suspend_reason, name")
+__all__ = ["ACCOUNT_COLUMNS", "CDR_FIELDS", "CDR_INSERT", "Batch", "UnknownAccount",
+           "cdr_row"]
 
 CDR_FIELDS = tuple(f.name for f in dataclasses.fields(Cdr))
 CDR_INSERT = (f"INSERT INTO cdrs ({', '.join(CDR_FIELDS)}) "
@@ -30,11 +35,15 @@ CDR_INSERT = (f"INSERT INTO cdrs ({', '.join(CDR_FIELDS)}) "
 _LIVE_UPSERT = (
     "INSERT INTO live_calls (call_ref, account, number, destination, prefix, rate, "
     "increment, answered_ms, paid_seconds, reserved, updated_ms) "
-    "VALUES (:call_ref, :account, :number, :destination, :prefix, :rate, :increment, "
-    ":answered_ms, :paid_seconds, :reserved, :updated_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
     "reserved = excluded.reserved, updated_ms = excluded.updated_ms")
-_CHUNK = 500  # SQLite host parameters per bulk read
+_LEDGER_INSERT = ("INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "
+                  "VALUES (?, ?, ?, ?, ?, ?)")
+_ACCOUNT_UPDATE = ("UPDATE accounts SET balance = ?, held = ?, day_key = ?, day_spend = ?, "
+                   "month_key = ?, month_spend = ?, suspended = ?, suspend_reason = ? "
+                   "WHERE code = ?")
+_CHUNK = 500  # host parameters per bulk read
 
 
 class UnknownAccount(LookupError):
@@ -46,11 +55,12 @@ _MONEY_AT = tuple(i for i, f in enumerate(dataclasses.fields(Cdr))
 _ENUM_AT = tuple(i for i, f in enumerate(dataclasses.fields(Cdr)) if f.name == "disposition")
 
 
-def cdr_row(cdr: Cdr) -> list[object]:
-    """A CDR's column values for ``CDR_INSERT`` (money as exact text)."""
+def cdr_row(cdr: Cdr, money_as_text: bool = True) -> list[object]:
+    """A CDR's column values for ``CDR_INSERT`` (money as exact text, or as Decimals)."""
     out: list[object] = list(map(cdr.__dict__.__getitem__, CDR_FIELDS))
-    for i in _MONEY_AT:
-        out[i] = format(out[i], "f")  # money.to_text
+    if money_as_text:
+        for i in _MONEY_AT:
+            out[i] = format(out[i], "f")  # money.to_text
     for i in _ENUM_AT:
         v = out[i]
         if isinstance(v, Enum):
@@ -61,15 +71,16 @@ def cdr_row(cdr: Cdr) -> list[object]:
 class Batch:
     """One transaction's worth of commands; :meth:`flush` writes what they did."""
 
-    def __init__(self, conn: sqlite3.Connection, cmds: Sequence[StoreCommand],
-                 to_account: Callable[[tuple[object, ...], int], Account]) -> None:
+    def __init__(self, conn: Connection, cmds: Sequence[StoreCommand],
+                 dialect: Dialect = SQLITE) -> None:
         self.conn = conn
-        self._to_account = to_account
+        self.dialect = dialect
+        self._m = dialect.money
         self.accounts: dict[str, Account] = {}
         self._dirty: set[str] = set()
         self._ledger: list[tuple[object, ...]] = []
         self._held: dict[str, Decimal] = {}  # call_ref -> what the store holds for it
-        self._live: dict[str, dict[str, object]] = {}  # live-call rows to write
+        self._live: dict[str, tuple[object, ...]] = {}  # live-call rows to write
         self._gone: set[str] = set()  # stored live calls settled in this batch
         self._cdrs: list[list[object]] = []
         self._stored: set[str] = set()  # calls with a live_calls row before this batch
@@ -92,20 +103,25 @@ class Batch:
                 codes.setdefault(c.account, c.now_ms)
                 if isinstance(c, Reserve):
                     refs.add(c.call_ref)
-        for part, now in _chunks(codes.items()):
-            rows = self.conn.execute(
-                f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE code IN ({_marks(part)})", part)
-            for r in rows:
-                self.accounts[str(r[0])] = self._to_account(r, now)
-        for part, _ in _chunks((r, 0) for r in refs):
-            for ref, reserved in self.conn.execute(
-                    f"SELECT call_ref, reserved FROM live_calls WHERE call_ref IN "
+        d = self.dialect
+        # Accounts first, in code order: where rows are locked, every batch takes the
+        # locks in the same order, and what is read next is what the last transaction on
+        # these accounts committed.
+        for part in _chunks(sorted(codes)):
+            for r in d.execute(self.conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE code "
+                               f"IN ({_marks(part)}){d.lock}", part):
+                code = str(r[0])
+                self.accounts[code] = d.to_account(r, codes[code])
+        for part in _chunks(refs):
+            for ref, reserved in d.execute(
+                    self.conn, f"SELECT call_ref, reserved FROM live_calls WHERE call_ref IN "
                     f"({_marks(part)})", part):
                 self._held[str(ref)] = Decimal(str(reserved))
                 self._stored.add(str(ref))
-        for part, _ in _chunks((r, 0) for r in settles):
-            self._settled.update(str(r[0]) for r in self.conn.execute(
-                f"SELECT call_ref FROM cdrs WHERE call_ref IN ({_marks(part)})", part))
+        for part in _chunks(settles):
+            self._settled.update(str(r[0]) for r in d.execute(
+                self.conn, f"SELECT call_ref FROM cdrs WHERE call_ref IN ({_marks(part)})",
+                part))
 
     def _account(self, code: str, now_ms: int) -> Account:
         acc = self.accounts.get(code)
@@ -140,9 +156,10 @@ class Batch:
                                    "held": acc.held + granted}))
         held = self._held.get(ref, ZERO) + granted
         self._held[ref] = held
-        self._live[ref] = {**cmd.live, "account": cmd.account, "call_ref": ref,
-                           "paid_seconds": seconds, "reserved": to_text(held),
-                           "updated_ms": cmd.now_ms}
+        live = cmd.live.get
+        self._live[ref] = (ref, cmd.account, live("number"), live("destination"),
+                           live("prefix"), live("rate"), live("increment"),
+                           live("answered_ms"), seconds, self._m(held), cmd.now_ms)
         return Outcome(cmd.seq, True, granted, seconds)
 
     def settle(self, cdr: Cdr, now_ms: int) -> Settlement:
@@ -163,11 +180,11 @@ class Batch:
             cdr.written_off = amounts.written_off
             cdr.credited = amounts.credited
             if amounts.charged:
-                self._ledger.append((now_ms, code, "charge", to_text(-amounts.charged), ref,
+                self._ledger.append((now_ms, code, "charge", self._m(-amounts.charged), ref,
                                      ""))
             if amounts.credited:  # a false answer (FAS): given back, with the reason
                 note = f"FAS {cdr.fas_verdict}: {cdr.fas_reasons}".rstrip(": ")
-                self._ledger.append((now_ms, code, "credit", to_text(amounts.credited), ref,
+                self._ledger.append((now_ms, code, "credit", self._m(amounts.credited), ref,
                                      note[:500]))
             after = amounts.effect.apply(before)
             self._set(after)
@@ -175,17 +192,17 @@ class Batch:
         self._live.pop(ref, None)
         if ref in self._stored:
             self._gone.add(ref)
-        self._cdrs.append(cdr_row(cdr))
+        self._cdrs.append(cdr_row(cdr, self.dialect.money_as_text))
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended)
 
     def topup(self, cmd: Topup) -> Settlement:
         """A recharge, applied once per ``key`` (a replayed journal applies it again)."""
-        if self.conn.execute("SELECT 1 FROM applied_keys WHERE key = ?",
-                             (cmd.key,)).fetchone() or any(k == cmd.key for k, _ in self._keys):
+        if any(k == cmd.key for k, _ in self._keys) or self.dialect.execute(
+                self.conn, "SELECT 1 FROM applied_keys WHERE key = ?", (cmd.key,)).fetchone():
             return Settlement(ZERO, ZERO, True, None, None)
         self._keys.append((cmd.key, cmd.now_ms))
         before = self._account(cmd.account, cmd.now_ms)
-        self._ledger.append((cmd.now_ms, cmd.account, "topup", to_text(cmd.amount), None,
+        self._ledger.append((cmd.now_ms, cmd.account, "topup", self._m(cmd.amount), None,
                              cmd.note))
         after = Effect(balance=cmd.amount).apply(before)
         self._set(after)
@@ -195,29 +212,26 @@ class Batch:
     def flush(self) -> dict[str, Account]:
         """Write everything; returns the touched accounts as they now stand."""
         c = self.conn
+        many = self.dialect.executemany
+        m = self._m
         if self._ledger:
-            c.executemany("INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "
-                          "VALUES (?, ?, ?, ?, ?, ?)", self._ledger)
+            many(c, _LEDGER_INSERT, self._ledger)
         if self._dirty:
             rows = []
-            for code in self._dirty:
+            for code in sorted(self._dirty):
                 a = self.accounts[code]
-                rows.append((to_text(a.balance), to_text(a.held), a.day_key,
-                             to_text(a.day_spend), a.day_key[:7], to_text(a.month_spend),
-                             int(a.suspended), a.suspend_reason, code))
-            c.executemany("UPDATE accounts SET balance = ?, held = ?, day_key = ?, "
-                          "day_spend = ?, month_key = ?, month_spend = ?, suspended = ?, "
-                          "suspend_reason = ? WHERE code = ?", rows)
+                rows.append((m(a.balance), m(a.held), a.day_key, m(a.day_spend),
+                             a.day_key[:7], m(a.month_spend), int(a.suspended),
+                             a.suspend_reason, code))
+            many(c, _ACCOUNT_UPDATE, rows)
         if self._live:
-            c.executemany(_LIVE_UPSERT, list(self._live.values()))
+            many(c, _LIVE_UPSERT, list(self._live.values()))
         if self._gone:
-            c.executemany("DELETE FROM live_calls WHERE call_ref = ?",
-                          [(r,) for r in self._gone])
+            many(c, "DELETE FROM live_calls WHERE call_ref = ?", [(r,) for r in self._gone])
         if self._cdrs:
-            c.executemany(CDR_INSERT, self._cdrs)
+            many(c, CDR_INSERT, self._cdrs)
         if self._keys:
-            c.executemany("INSERT INTO applied_keys (key, applied_ms) VALUES (?, ?)",
-                          self._keys)
+            many(c, "INSERT INTO applied_keys (key, applied_ms) VALUES (?, ?)", self._keys)
         return {code: self.accounts[code] for code in self._touched()}
 
     def _touched(self) -> set[str]:
@@ -228,18 +242,13 @@ def _marks(part: Sequence[object]) -> str:
     return ",".join("?" * len(part))
 
 
-def _chunks(items: Iterable[tuple[str, int]]) -> Iterable[tuple[list[str], int]]:
-    """Keys in groups a bulk read can take, each with the first time that came with it."""
+def _chunks(keys: Iterable[str]) -> Iterable[list[str]]:
+    """Keys in groups a bulk read can take."""
     part: list[str] = []
-    first = 0
-    for key, now in items:
-        if not part:
-            first = now
+    for key in keys:
         part.append(key)
         if len(part) >= _CHUNK:
-            yield part, first
+            yield part
             part = []
     if part:
-        yield part, first
-
-
+        yield part

@@ -315,6 +315,27 @@ def test_no_sidecar_connected_fails_closed_with_503(make_lab: Callable[..., Lab]
     assert time.monotonic() - t0 < 1.5
 
 
+def test_evapi_refuses_clients_outside_the_allowlist(make_lab: Callable[..., Lab]) -> None:
+    """evapi has no authentication: a client from an address outside EVAPI_ALLOW is
+    disconnected at once, never counted as a sidecar, and sees no call."""
+    lab = make_lab(extra_defines={"EVAPI_ALLOW": "192.0.2.0/24,2001:db8::/32"})
+    s = lab.kam.settings
+    with socket.create_connection((s.evapi_ip, s.evapi_port), timeout=3) as conn:
+        conn.sendall(netstring(b'{"event": "sync"}'))
+        try:
+            data = conn.recv(4096)
+        except ConnectionResetError:  # closed with our `sync` unread
+            data = b""
+        assert data == b""  # closed by Kamailio, nothing replayed
+    deadline = time.monotonic() + 5
+    while "not in EVAPI_ALLOW" not in lab.kam.log_text():
+        assert time.monotonic() < deadline, lab.kam.log_text()[-2000:]
+        time.sleep(0.05)
+    assert lab.kam.evapi_clients() == 0
+    r_uac = lab.uac("uac_reject.xml").wait()
+    assert r_uac.final_codes == [503]  # no sidecar: fail-closed
+
+
 def test_silent_sidecar_fails_closed_after_auth_timeout(make_lab: Callable[..., Lab]) -> None:
     lab = make_lab(auth_timeout_ms=700)
     sidecar = lab.client(silent)

@@ -1,0 +1,125 @@
+"""What differs between the databases the store runs on (SQLite, PostgreSQL).
+
+The money rules, and the SQL that applies them, are written once (``batch.py``,
+``accounts.py``) with ``?`` placeholders. A :class:`Dialect` carries what is not the same
+from one database to the other: the placeholder style, how a transaction starts, how the
+accounts a transaction changes are locked, how an amount goes in as a parameter, how an
+account row is decoded, how many rows are written at once, and which exceptions mean that
+the database failed (and are reported, not raised, by ``execute``).
+
+This module is SQLite's dialect and what the dialects share; PostgreSQL's is in ``pg.py``
+(the only module that imports its driver).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from decimal import Decimal
+from typing import Any, ClassVar, Protocol
+
+from ..charging.model import Account, AccountKind
+from ..charging.settle import day_key
+from ..money import ZERO, to_text
+from .db import transaction
+
+ACCOUNT_COLUMNS = (
+    "code, plan, currency, kind, balance, held, credit_limit, daily_cap, monthly_cap, "
+    "day_key, day_spend, month_key, month_spend, chunk_seconds, max_call_seconds, "
+    "low_balance, recharge_below, recharge_amount, suspended, suspend_reason, name")
+
+
+class Connection(Protocol):
+    """What both drivers' connections do alike (``sqlite3`` and ``psycopg``)."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+
+def _d(v: object) -> Decimal | None:
+    return None if v is None or v == "" else Decimal(str(v))
+
+
+_KINDS = {k.value: k for k in AccountKind}
+
+
+def row_to_account(r: Sequence[object], now_ms: int | None = None) -> Account:
+    """An ``accounts`` row (``ACCOUNT_COLUMNS``) as the charging core's :class:`Account`:
+    money from TEXT (SQLite) or NUMERIC (PostgreSQL, already a Decimal) alike. With
+    ``now_ms``, the day and month spend of another day (month) read as zero."""
+    (code, plan, ccy, kind, bal, held, limit, dcap, mcap, dkey, dspend, mkey, mspend, chunk,
+     maxs, low, rbelow, ramount, susp, sreason, name) = r
+    today = day_key(now_ms) if now_ms is not None else str(dkey)
+    k = _KINDS.get(kind) if isinstance(kind, str) else None
+    # Built as ``Account(...)`` would build it, without the cost of its frozen __init__
+    # (the store converts every account it touches in a batch).
+    acc = object.__new__(Account)
+    acc.__dict__.update(
+        code=str(code), plan=str(plan), currency=str(ccy),
+        kind=k if k is not None else AccountKind(str(kind)),
+        balance=Decimal(str(bal)), held=Decimal(str(held)), credit_limit=Decimal(str(limit)),
+        daily_cap=_d(dcap), monthly_cap=_d(mcap),
+        day_spend=Decimal(str(dspend)) if dkey == today else ZERO,
+        month_spend=Decimal(str(mspend)) if mkey == today[:7] else ZERO, day_key=today,
+        chunk_seconds=int(str(chunk)) if chunk is not None else None,
+        max_call_seconds=int(str(maxs)), low_balance=_d(low), recharge_below=_d(rbelow),
+        recharge_amount=_d(ramount), suspended=bool(susp), suspend_reason=str(sreason),
+        name=str(name))
+    return acc
+
+
+class Dialect:
+    """SQLite: one writer at a time (``BEGIN IMMEDIATE`` takes the database's write lock, so
+    the accounts a batch reads need no lock of their own); money stored as exact TEXT.
+
+    Subclasses override what their database does otherwise (``pg.PgDialect``)."""
+
+    name: ClassVar[str] = "sqlite"
+    #: Appended to the read of the accounts a write transaction changes.
+    lock: ClassVar[str] = ""
+    #: The exceptions that mean the database failed (the batch is rolled back).
+    errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
+    #: Rate plans and deck versions live in this database (``add_account`` checks the plan).
+    has_plans: ClassVar[bool] = True
+    #: Money parameters as exact text (SQLite has no exact number type).
+    money_as_text: ClassVar[bool] = True
+
+    @staticmethod
+    def money(v: Decimal) -> object:
+        """An amount as a query parameter."""
+        return to_text(v)
+
+    def sql(self, q: str) -> str:
+        """``q`` (written with ``?`` placeholders) as this database takes it."""
+        return q
+
+    def execute(self, conn: Connection, q: str, params: Sequence[object] = ()) -> Any:
+        """Run one statement; the driver's cursor (iterable, ``fetchone``)."""
+        return conn.execute(self.sql(q), params)
+
+    def executemany(self, conn: Any, q: str, rows: Iterable[Sequence[object]]) -> None:
+        """Run one statement for each of ``rows``."""
+        conn.executemany(self.sql(q), rows)
+
+    def transaction(self, conn: Any) -> contextlib.AbstractContextManager[object]:
+        """A write transaction: committed at the end of the block, rolled back on error."""
+        return transaction(conn)
+
+    @contextlib.contextmanager
+    def snapshot(self, conn: Any) -> Iterator[None]:
+        """Reads that see one state of the database (a deferred read transaction), unless
+        the caller has a transaction open already."""
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
+    def to_account(self, row: Sequence[object], now_ms: int | None = None) -> Account:
+        return row_to_account(row, now_ms)
+
+
+SQLITE = Dialect()
