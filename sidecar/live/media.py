@@ -109,7 +109,10 @@ class MediaPump:
             return
         self._filter_version = self.media.flows.version
         try:
-            self.capture.set_filter(self._filter())
+            expression = self._filter()
+            if expression == self.capture.filter:
+                return  # the same filter (a port range that still covers every flow)
+            self.capture.set_filter(expression)
         except Exception:  # a filter that cannot be built must not stop the sidecar
             log.exception("media capture: could not update the kernel filter")
 

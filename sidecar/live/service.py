@@ -274,9 +274,9 @@ class Sidecar:
         waited_ms = (received_us - ts_us) / 1000
         if not 0 <= waited_ms < 60_000:  # beyond a minute: clocks differ, do not judge
             return False
-        # Shed only under sustained lateness (a moving average of the waits), not for one
-        # offer held up by a burst or a scheduling hiccup.
-        self._wait_avg += (min(waited_ms, 2 * limit) - self._wait_avg) * 0.1
+        # Shed only under sustained lateness (a moving average over the last ~50 offers'
+        # waits), not for a few offers held up by a burst or a scheduling hiccup.
+        self._wait_avg += (min(waited_ms, 2 * limit) - self._wait_avg) * 0.02
         if waited_ms <= limit or self._wait_avg <= limit / 2:
             return False
         self.counters["shed"] += 1

@@ -41,7 +41,7 @@ def test_offers_that_keep_arriving_late_are_answered_busy_at_once(tmp_path: Path
     for i in range(1, 40):
         offer(i, 300)
     actions = [m["action"] for m in sent]
-    assert actions[-1] == "busy" and "busy" in actions[:15]
+    assert actions[-1] == "busy" and "busy" in actions[:25]  # within ~20 late offers
     assert sidecar.counters["shed"] == actions.count("busy")
     for i in range(40, 80):
         offer(i, 1)
