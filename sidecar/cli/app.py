@@ -11,13 +11,16 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..store.db import connect, db_path
+from ..store.db import SchemaTooNew, connect, db_path
+from ..store.migrate import is_url
 
 
 class Context:
     """What every subcommand shares: where the database is, opened on first use."""
 
     def __init__(self, db: str | None) -> None:
+        #: What --db (or $SIDECAR_DB) named: a SQLite path or a PostgreSQL URL.
+        self.target = db or str(db_path(None))
         self.path = db_path(db)
         self.explicit = db is not None  # --db or $SIDECAR_DB given
         self._conn: sqlite3.Connection | None = None
@@ -25,7 +28,16 @@ class Context:
     @property
     def conn(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = connect(self.path)
+            if is_url(self.target):
+                fail("this command works on a SQLite database only for now; PostgreSQL "
+                     "(--db postgresql://...) serves `sidecar db upgrade` and `db copy`")
+            try:
+                self._conn = connect(self.path)
+            except SchemaTooNew as exc:
+                fail(f"{self.path}: {exc}")
+            except sqlite3.Error as exc:
+                fail(f"{self.path}: cannot open the database: {exc}")
+        assert self._conn is not None
         return self._conn
 
 
@@ -59,8 +71,9 @@ def fail(message: str, code: int = 1) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", envvar="SIDECAR_DB", default=None, metavar="PATH",
-              help="SQLite database (default: $SIDECAR_DB, else ./sidecar.db).")
+@click.option("--db", envvar="SIDECAR_DB", default=None, metavar="PATH|URL",
+              help="SQLite database path, or a postgresql:// URL where a command supports "
+                   "it (default: $SIDECAR_DB, else ./sidecar.db).")
 @click.version_option(__version__, prog_name="sidecar")
 @click.pass_context
 def cli(click_ctx: click.Context, db: str | None) -> None:
@@ -74,6 +87,7 @@ def main() -> None:
         accounts,
         api,
         cdrs,
+        db,
         decks,
         fas,
         invoices,

@@ -274,10 +274,11 @@ class Sidecar:
         waited_ms = (received_us - ts_us) / 1000
         if not 0 <= waited_ms < 60_000:  # beyond a minute: clocks differ, do not judge
             return False
-        # Shed only under sustained lateness (a moving average over the last ~50 offers'
-        # waits), not for a few offers held up by a burst or a scheduling hiccup.
+        # Shed only under sustained lateness (the waits' moving average over the last ~50
+        # offers past the limit too), not for offers held up by a burst or a scheduling
+        # hiccup on a busy machine: those are still answered in time.
         self._wait_avg += (min(waited_ms, 2 * limit) - self._wait_avg) * 0.02
-        if waited_ms <= limit or self._wait_avg <= limit / 2:
+        if waited_ms <= limit or self._wait_avg <= limit:
             return False
         self.counters["shed"] += 1
         if self.counters["shed"] % 1000 == 1:

@@ -254,8 +254,26 @@ _ADDED_COLUMNS = {
 }
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer release: running this one could corrupt it."""
+
+
+def stored_version(conn: sqlite3.Connection) -> int | None:
+    """The schema version recorded in the database (None: a new or unversioned one)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+                        ).fetchone():
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row and str(row[0]).isdigit() else None
+
+
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create missing tables, add columns newer versions need, record the version."""
+    """Create missing tables, add columns newer versions need, record the version.
+    Refuses (:class:`SchemaTooNew`) a database of a newer schema than this release's."""
+    found = stored_version(conn)
+    if found is not None and found > SCHEMA_VERSION:
+        raise SchemaTooNew(f"the database has schema version {found}, newer than this "
+                           f"release's {SCHEMA_VERSION}: upgrade the sidecar")
     for table, columns in _ADDED_COLUMNS.items():
         have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
         if have:  # an older database: bring the table up to date

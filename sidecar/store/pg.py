@@ -33,6 +33,7 @@ from psycopg_pool import ConnectionPool
 from ..charging.model import Account, AccountKind
 from ..money import ZERO
 from .accounts import LedgerCheck, SqlLedger, add_account, verify_ledger
+from .db import SchemaTooNew
 from .dialect import Dialect
 
 log = logging.getLogger("sidecar.store")
@@ -216,10 +217,22 @@ def _without_password(exc: psycopg.Error, url: str) -> psycopg.Error:
     return exc
 
 
+def stored_version_pg(conn: PgConnection) -> int | None:
+    """The schema version recorded in the database (None: a new or unversioned one)."""
+    if conn.execute("SELECT to_regclass('meta')").fetchone() in (None, (None,)):
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row and str(row[0]).isdigit() else None
+
+
 def ensure_schema_pg(conn: PgConnection) -> None:
     """Create the money path's tables where missing, and record the schema version."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        found = stored_version_pg(conn)
+        if found is not None and found > PG_SCHEMA_VERSION:
+            raise SchemaTooNew(f"the database has schema version {found}, newer than this "
+                               f"release's {PG_SCHEMA_VERSION}: upgrade the sidecar")
         for stmt in _PG_SCHEMA:
             conn.execute(stmt)
         conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
