@@ -178,11 +178,21 @@ _DEFAULTS: dict[str, str | int] = {
 }
 
 
+#: A batch waits at most this long for a row another transaction holds (an account
+#: locked by a stuck session elsewhere): it then fails and is reported like any store
+#: failure (its settlements go to the journal), instead of stopping charging. The same
+#: bound as the SQLite writer's busy timeout.
+LOCK_TIMEOUT_MS = 2000
+
+
 def _conninfo(url: str) -> str:
     """``url`` with the project's defaults for what it does not say."""
     params = conninfo_to_dict(url)
     for k, v in _DEFAULTS.items():
         params.setdefault(k, v)
+    options = str(params.get("options") or "")
+    if "lock_timeout" not in options:
+        params["options"] = f"{options} -c lock_timeout={LOCK_TIMEOUT_MS}".strip()
     return make_conninfo("", **params)
 
 

@@ -484,6 +484,31 @@ def test_pg_ledger_on_a_pool_recovers_from_a_lost_connection(pg_url: str) -> Non
         pool.close()
 
 
+def test_pg_account_locked_elsewhere_fails_the_batch_in_bounded_time(pg_url: str) -> None:
+    """A session elsewhere holds the account's row (stuck mid-transaction): the batch
+    waits at most the lock timeout, then is reported failed, every outcome failed,
+    nothing written; once the lock is gone the same batch commits."""
+    with contextlib.closing(connect_pg(pg_url)) as conn:
+        add_account_pg(conn, "acme", "retail", AccountKind.PREPAID, currency="USD",
+                       now_ms=T0, balance=Decimal("10"))
+    ledger = PgLedger(connect_pg(pg_url))
+    stuck = psycopg.connect(pg_url)  # not autocommit: its transaction stays open
+    try:
+        stuck.execute("SELECT 1 FROM accounts WHERE code = 'acme' FOR UPDATE")
+        t0 = time.monotonic()
+        res = ledger.execute([reserve(1, "acme", "c1", "0.60")])
+        waited = time.monotonic() - t0
+        assert res.error and "lock" in res.error.lower(), res.error
+        assert not any(o.ok for o in res.outcomes)
+        assert 1.5 <= waited < 6, waited  # LOCK_TIMEOUT_MS, not forever
+        stuck.rollback()
+        ok(ledger.execute([reserve(2, "acme", "c1", "0.60")]))
+        assert all(not c.problems for c in ledger.verify())
+    finally:
+        stuck.close()
+        ledger.db.close()
+
+
 def test_pg_two_nodes_settling_one_call_charge_it_once(pg_url: str) -> None:
     """Two sidecars (two connections) settle the same calls at the same moment: the row
     lock on the account orders them, and the second sees the first's CDR."""
