@@ -20,6 +20,7 @@ This module holds the few port helpers both need. Everything here is Linux-only
 from __future__ import annotations
 
 import errno
+import random
 import socket
 from pathlib import Path
 from typing import Literal
@@ -69,6 +70,22 @@ def free_port(transport: Transport, host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_fixed_port(host: str = "127.0.0.1", low: int = 20_000, high: int = 30_000) -> int:
+    """A free UDP port below the kernel's ephemeral range (32768+ by default): between
+    the check and the bind of the process it is meant for, no socket bound to port 0 (a
+    client's, any process's) can be given it, as one from :func:`free_port` can."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free UDP port in {low}-{high} on {host}")
 
 
 def free_port_block(host: str = "127.0.0.1", size: int = 4, step: int = 2) -> int:

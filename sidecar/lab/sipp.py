@@ -31,7 +31,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
-from . import KAMAILIO_DIR, ensure_port_free, free_port, free_port_block, port_is_bound
+from . import (
+    KAMAILIO_DIR,
+    ensure_port_free,
+    free_fixed_port,
+    free_port,
+    free_port_block,
+    port_is_bound,
+)
 
 #: The scenarios the project ships.
 SCENARIO_DIR = KAMAILIO_DIR / "sipp"
@@ -426,7 +433,7 @@ class Sipp:
                 for offset in (0, 2):
                     ensure_port_free("udp", self.host, media_port + offset,
                                      f"SIPp {name} media")
-            control_port = free_port("udp", self.host)
+            control_port = free_fixed_port(self.host)
         files = {
             "out": self.run_dir / f"{name}.out",
             "stat": self.run_dir / f"{name}.stat.csv",
