@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TypeVar
 
 from ..money import ZERO, to_text
 from ..numbers import InvalidNumber, normalize, origin_class
@@ -622,23 +623,16 @@ class Charger:
         hit = self._lines.get(id(line))
         if hit is not None and hit[0] is line:
             return hit[1]
-        fields = {"destination": line.destination, "prefix": line.prefix,
-                  "rate": to_text(line.rate), "increment": str(line.increment)}
-        if len(self._lines) >= 50_000:
-            self._lines.clear()
-        self._lines[id(line)] = (line, fields)
-        return fields
+        return _remember(self._lines, id(line), line, {
+            "destination": line.destination, "prefix": line.prefix,
+            "rate": to_text(line.rate), "increment": str(line.increment)})
 
     def _price(self, line: RateLine, seconds: int) -> Price:
         key = (id(line), seconds)
         hit = self._prices.get(key)
         if hit is not None and hit[0] is line:
             return hit[1]
-        p = price(line, seconds)
-        if len(self._prices) >= 50_000:
-            self._prices.clear()
-        self._prices[key] = (line, p)
-        return p
+        return _remember(self._prices, key, line, price(line, seconds))
 
     # --- the store ---------------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -751,3 +745,18 @@ class Charger:
                         "cost": cost, "reserved": s.reserved,
                         "remaining_ms": max(0, paid_until - now_ms), "final": s.final})
         return out
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+_CACHE_MAX = 50_000  # entries per cache; emptied when full (rate lines come and go)
+
+
+def _remember(cache: dict[_K, tuple[RateLine, _V]], key: _K, line: RateLine, value: _V
+              ) -> _V:
+    """Keep ``value`` computed for ``line`` under ``key`` (keys hold ``id(line)``: the
+    line is kept beside it, so a reused id is told apart by identity)."""
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = (line, value)
+    return value
