@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.store.conn import Db, open_db
 from sidecar.store.db import connect
 
 
@@ -52,3 +53,34 @@ def fill(path: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+def target_of(db: Db) -> str:
+    """What ``--db`` takes to name this store: its file, or its URL."""
+    if isinstance(db, sqlite3.Connection):
+        return str(db.execute("PRAGMA database_list").fetchone()[2])
+    return db.url
+
+
+def reopen(db: Db) -> Db:
+    """Another connection to the same store (another process would have its own)."""
+    return open_db(target_of(db))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+    """A fresh store with the project's schema, on each database: a SQLite file, and a new
+    PostgreSQL database on the local server (dropped afterwards)."""
+    if request.param == "sqlite":
+        c: Db = connect(tmp_path / "test.db")
+        yield c
+        c.close()
+        return
+    from tests.store.pgdb import as_url, fresh_database
+
+    with fresh_database() as conninfo:
+        c = open_db(as_url(conninfo))
+        try:
+            yield c
+        finally:
+            c.close()

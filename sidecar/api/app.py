@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -42,12 +41,13 @@ from ..invoices.analytics import (
 from ..invoices.model import to_json
 from ..invoices.records import UnknownAccount, cdr_json, check_account, iso, query_cdrs
 from ..invoices.render import detail_csv, file_stem
-from ..store.accounts import AccountNotFound, SqliteLedger, get_account, list_accounts
+from ..store.accounts import AccountNotFound, get_account, ledger_for, list_accounts
+from ..store.conn import Db
 from ..store.decks import PlanNotFound, deck_versions, get_plan, list_plans, load_table
 from ..supervision.routes import PatternConfig, score_routes
 from .openapi import openapi_document
 
-CONN = web.AppKey("conn", sqlite3.Connection)
+CONN: web.AppKey[Db] = web.AppKey("conn")
 TOKEN = web.AppKey("token", str)
 SETTINGS = web.AppKey("settings", InvoiceSettings)
 RENDERER = web.AppKey("renderer", Renderer)
@@ -212,7 +212,7 @@ async def live_calls(request: web.Request) -> web.Response:
     """Answered calls running now: paid time left and credit reserved (from the store)."""
     now = _now_ms()
     out = []
-    for r in SqliteLedger(request.app[CONN]).live_calls():
+    for r in ledger_for(request.app[CONN]).live_calls():
         answered = int(str(r["answered_ms"]))
         paid_until = answered + int(str(r["paid_seconds"])) * 1000
         out.append({**r, "answered": iso(answered), "elapsed_ms": max(0, now - answered),
@@ -316,7 +316,7 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
 )
 
 
-def make_app(conn: sqlite3.Connection, token: str, *,
+def make_app(conn: Db, token: str, *,
              settings: InvoiceSettings | None = None) -> web.Application:
     """The API application on a database connection, answering only ``token`` holders."""
     if not token or not token.strip():

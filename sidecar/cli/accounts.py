@@ -17,9 +17,9 @@ from ..rating.increments import duration_seconds
 from ..store.accounts import (
     AccountExists,
     AccountNotFound,
-    SqliteLedger,
     add_account,
     get_account,
+    ledger_for,
     list_accounts,
     map_sip,
     set_suspended,
@@ -89,7 +89,7 @@ def account_add(ctx: Context, code: str, plan: str, kind: str, name: str, balanc
             parent=parent)
         initial = _amount(balance, "--balance")
         if initial:
-            acc = SqliteLedger(ctx.conn).topup(code, initial, now, "initial balance")
+            acc = ledger_for(ctx.conn).topup(code, initial, now, "initial balance")
     except (AccountExists, PlanNotFound, ValueError) as exc:
         fail(str(exc))
         return
@@ -122,8 +122,8 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
     console = Console()
     state = f"[red]suspended: {acc.suspend_reason}[/]" if acc.suspended else "[green]active[/]"
     console.print(f"[bold]{acc.code}[/] {acc.name} — {acc.kind.value}, plan {acc.plan}, {state}")
-    console.print(f"balance {acc.balance} {acc.currency} (held {acc.held}, available "
-                  f"{acc.available()})")
+    console.print(f"balance {fmt(acc.balance)} {acc.currency} (held {fmt(acc.held)}, "
+                  f"available {fmt(acc.available())})")
     if acc.kind is AccountKind.POSTPAID:
         console.print(f"credit limit {acc.credit_limit}; today {acc.day_spend}"
                       f"{f' of {acc.daily_cap}' if acc.daily_cap is not None else ''}; "
@@ -155,7 +155,7 @@ def account_list(ctx: Context, as_json: bool) -> None:
     t = Table("code", "name", "kind", "plan", "balance", "held", "available", "state")
     for a in accs:
         t.add_row(a.code, a.name, a.kind.value, a.plan, f"{a.balance} {a.currency}",
-                  str(a.held), str(a.available()), "suspended" if a.suspended else "active")
+                  fmt(a.held), fmt(a.available()), "suspended" if a.suspended else "active")
     Console().print(t)
 
 
@@ -172,7 +172,7 @@ def account_topup(ctx: Context, code: str, amount: str, note: str, adjust: bool,
     value = _amount(amount, "AMOUNT", negative=adjust)
     assert value is not None
     try:
-        acc = SqliteLedger(ctx.conn).topup(code, value, _now_ms(), note,
+        acc = ledger_for(ctx.conn).topup(code, value, _now_ms(), note,
                                            "adjustment" if adjust else "topup")
     except (AccountNotFound, ValueError) as exc:
         fail(str(exc))
@@ -247,8 +247,8 @@ def ledger_verify(ctx: Context, as_json: bool) -> None:
     else:
         for c in checks:
             mark = "ok " if not c.problems else "BAD"
-            click.echo(f"{mark} {c.account}: balance {c.balance} + held {c.held} = ledger "
-                       f"{c.ledger_sum}; charges {c.charges} = CDRs {c.cdr_charges}")
+            click.echo(f"{mark} {c.account}: balance {c.balance} + held {fmt(c.held)} = "
+                       f"ledger {c.ledger_sum}; charges {c.charges} = CDRs {c.cdr_charges}")
             for p in c.problems:
                 click.echo(f"    {p}")
         click.echo(f"{len(checks)} accounts, {len(bad)} with problems")
@@ -263,7 +263,7 @@ def ledger_verify(ctx: Context, as_json: bool) -> None:
 def calls_live(ctx: Context, live: bool, as_json: bool) -> None:
     """Running calls: cost so far, reserved credit, remaining paid time, account totals."""
     now = _now_ms()
-    rows = SqliteLedger(ctx.conn).live_calls()
+    rows = ledger_for(ctx.conn).live_calls()
     out = []
     totals: dict[str, Decimal] = {}
     for r in rows:

@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..store.db import SchemaTooNew, connect, db_path
-from ..store.migrate import is_url
+from ..store.conn import Db, describe, is_url, open_db
+from ..store.db import SchemaTooNew, db_path
 
 
 class Context:
@@ -23,22 +23,30 @@ class Context:
         self.target = db or str(db_path(None))
         self.path = db_path(db)
         self.explicit = db is not None  # --db or $SIDECAR_DB given
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Db | None = None
 
     @property
-    def conn(self) -> sqlite3.Connection:
+    def conn(self) -> Db:
+        """The store (SQLite or PostgreSQL), opened with its schema up to date."""
         if self._conn is None:
-            if is_url(self.target):
-                fail("this command works on a SQLite database only for now; PostgreSQL "
-                     "(--db postgresql://...) serves `sidecar db upgrade` and `db copy`")
+            where = describe(self.target)
             try:
-                self._conn = connect(self.path)
+                self._conn = open_db(self.target if is_url(self.target) else self.path)
             except SchemaTooNew as exc:
-                fail(f"{self.path}: {exc}")
-            except sqlite3.Error as exc:
-                fail(f"{self.path}: cannot open the database: {exc}")
+                fail(f"{where}: {exc}")
+            except Exception as exc:  # sqlite3.Error, psycopg.Error: name the store
+                if not _is_db_error(exc):
+                    raise
+                fail(f"{where}: cannot open the database: {exc}")
         assert self._conn is not None
         return self._conn
+
+
+def _is_db_error(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return True
+    mod = type(exc).__module__
+    return mod.startswith("psycopg")
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -72,8 +80,8 @@ def fail(message: str, code: int = 1) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--db", envvar="SIDECAR_DB", default=None, metavar="PATH|URL",
-              help="SQLite database path, or a postgresql:// URL where a command supports "
-                   "it (default: $SIDECAR_DB, else ./sidecar.db).")
+              help="The store: a SQLite database path, or a postgresql:// URL "
+                   "(default: $SIDECAR_DB, else ./sidecar.db).")
 @click.version_option(__version__, prog_name="sidecar")
 @click.pass_context
 def cli(click_ctx: click.Context, db: str | None) -> None:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..store.conn import is_url
 from ..store.db import SchemaTooNew
-from ..store.migrate import CopyError, copy_to_postgres, is_url, upgrade
+from ..store.migrate import CopyError, copy_to_postgres, upgrade
 from .app import Context, cli, emit_json, fail, pass_ctx
 
 

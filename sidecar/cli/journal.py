@@ -64,14 +64,14 @@ def journal_cmd(click_ctx: click.Context, path: Path | None, as_json: bool) -> N
 def journal_apply(click_ctx: click.Context) -> None:
     """Apply the journal to the store now (each entry at most once), then empty it."""
     ctx: Context = click_ctx.obj
-    from ..store.accounts import SqliteLedger
+    from ..store.accounts import ledger_for
 
     j = _journal(ctx, click_ctx.parent.meta.get("journal_path") if click_ctx.parent else None)
     entries = j.entries()
     if not entries:
         click.echo(f"journal {j.path}: nothing to apply")
         return
-    result = SqliteLedger(ctx.conn).execute([c for _run, c in entries])
+    result = ledger_for(ctx.conn).execute([c for _run, c in entries])
     if result.error:
         fail(f"the store did not take the journal: {result.error}")
     j.clear()

@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -15,10 +16,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from ..charging import Charger, ChargingConfig
 from ..charging.model import AccountKind
 from ..media.pcap import CaptureError, read_capture
-from ..money import round_currency
+from ..money import round_currency, to_text
 from ..replay.run import Replay, ReplayResult
 from ..replay.signalling import SipTracker
-from ..store.accounts import SqliteLedger, add_account
+from ..store.accounts import add_account, ledger_for
+from ..store.conn import Db, describe, is_url, open_db
 from ..store.db import connect
 from ..store.decks import PlanCache, PlanNotFound
 from ..supervision.calls import CallControl, ControlConfig
@@ -30,39 +32,50 @@ REPLAY_ACCOUNT = "replay"
 _UNLIMITED = Decimal("1000000000")
 
 
-def _what_if_db(source: Path, plan: str) -> sqlite3.Connection:
-    """An in-memory database holding one plan of ``source`` and an unlimited account."""
-    if not source.exists():
-        raise click.UsageError(f"database {source} does not exist (needed for --plan)")
+def _what_if_db(source: str | Path, plan: str) -> sqlite3.Connection:
+    """An in-memory database holding one plan of ``source`` (a SQLite file, read only
+    and as it is, or a PostgreSQL URL) and an unlimited account."""
+    if is_url(source):
+        src: Any = open_db(source)
+    else:
+        if not Path(source).exists():
+            raise click.UsageError(f"database {source} does not exist (needed for --plan)")
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     mem = connect(":memory:")
-    mem.execute("ATTACH DATABASE ? AS src", (f"file:{source}?mode=ro",))
     try:
         # The source may predate columns this version has: copy the columns both have.
-        cols = {t: ", ".join(c for c in _columns(mem, "main", t) if c in _columns(mem, "src", t))
+        cols = {t: [c for c in _columns(mem, t) if c in _columns(src, t)]
                 for t in ("plans", "deck_versions", "rates")}
         # Only active deck versions count (an import may be writing a staged one).
-        active = ("AND state = 'active'" if "state" in _columns(mem, "src", "deck_versions")
-                  else "")
-        if mem.execute(f"SELECT 1 FROM src.deck_versions WHERE plan = ? {active}",
-                       (plan,)).fetchone() is None:
-            raise PlanNotFound(f"no plan '{plan}' in {source}")
-        mem.execute(f"INSERT INTO plans ({cols['plans']}) SELECT {cols['plans']} "
-                    "FROM src.plans WHERE name = ?", (plan,))
-        mem.execute(f"INSERT INTO deck_versions ({cols['deck_versions']}) SELECT "
-                    f"{cols['deck_versions']} FROM src.deck_versions WHERE plan = ? {active}",
-                    (plan,))
-        mem.execute(f"INSERT INTO rates ({cols['rates']}) SELECT {cols['rates']} FROM src.rates "
-                    "WHERE plan = ? AND version IN (SELECT version FROM main.deck_versions "
-                    "WHERE plan = ?)", (plan, plan))
+        active = "AND state = 'active'" if "state" in cols["deck_versions"] else ""
+        versions = [r[0] for r in src.execute(
+            f"SELECT version FROM deck_versions WHERE plan = ? {active}", (plan,))]
+        if not versions:
+            raise PlanNotFound(f"no plan '{plan}' in {describe(source)}")
+        for table, where, args in (
+                ("plans", "name = ?", (plan,)),
+                ("deck_versions", f"plan = ? {active}", (plan,)),
+                ("rates", f"plan = ? AND version IN ({', '.join('?' * len(versions))})",
+                 (plan, *versions))):
+            names = ", ".join(cols[table])
+            rows = [tuple(to_text(v) if isinstance(v, Decimal) else v for v in r)
+                    for r in src.execute(f"SELECT {names} FROM {table} WHERE {where}", args)]
+            mem.executemany(f"INSERT INTO {table} ({names}) VALUES "
+                            f"({', '.join('?' * len(cols[table]))})", rows)
     finally:
-        mem.execute("DETACH DATABASE src")
+        src.close()
     add_account(mem, REPLAY_ACCOUNT, plan, AccountKind.POSTPAID, credit_limit=_UNLIMITED,
                 now_ms=0)
     return mem
 
 
-def _columns(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
-    return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({table})")]
+def _columns(conn: Any, table: str) -> list[str]:
+    """A table's columns (an empty list where it does not exist)."""
+    if isinstance(conn, sqlite3.Connection):
+        return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+    return [r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+        "AND table_schema = current_schema() ORDER BY ordinal_position", (table,))]
 
 
 def _rel(ms: int | None, base: int | None) -> str:
@@ -130,8 +143,8 @@ def replay_file(path: Path, control: CallControl, *, account_override: str = "",
 @click.option("--plan", default=None,
               help="Price every call with this plan (read from the database); nothing is "
                    "written: a what-if.")
-@click.option("--db", "write_db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the CDRs the live sidecar would, to this database (accounts "
+@click.option("--db", "write_db", default=None, metavar="PATH|URL",
+              help="Write the CDRs the live sidecar would, to this store (accounts "
                    "resolved as live). With --plan: only where the plan is read from.")
 @click.option("--grace-ms", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Callee media this soon after the 200 OK confirms the answer.")
@@ -139,7 +152,7 @@ def replay_file(path: Path, control: CallControl, *, account_override: str = "",
               help="Port(s) carrying SIP over TCP (default 5060); UDP SIP is found anywhere.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document: calls and counters.")
 @pass_ctx
-def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: Path | None,
+def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: str | None,
                grace_ms: int, sip_ports: tuple[int, ...], as_json: bool) -> None:
     """Replay a pcap/pcapng CAPTURE: per call its signalling and media times, billable
     start and seconds, cost and False Answer Supervision verdict, from the same code the
@@ -147,16 +160,16 @@ def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: Path | N
     account_override = ""
     try:
         if plan is not None:
-            conn = _what_if_db(write_db or ctx.path, plan)
+            conn: Db = _what_if_db(write_db or ctx.target, plan)
             account_override = REPLAY_ACCOUNT
         elif write_db is not None:
-            conn = connect(write_db)
+            conn = open_db(write_db)
         else:
             conn = connect(":memory:")  # verdicts only: no plan, no accounts
     except PlanNotFound as exc:
         fail(str(exc))
         return
-    charger = Charger(SqliteLedger(conn), PlanCache(conn), ChargingConfig())
+    charger = Charger(ledger_for(conn), PlanCache(conn), ChargingConfig())
     control = CallControl(charger, MediaSupervisor(MediaConfig(grace_ms=grace_ms)),
                           ControlConfig(supervise_rejected=True))
     try:

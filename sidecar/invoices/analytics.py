@@ -8,13 +8,13 @@ currency's minor unit only in ``amount``. Calls belong to the time they ended.
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from ..money import ZERO
+from ..store.conn import Db
 from ..supervision.routes import RouteCall
 from .model import present
 
@@ -59,7 +59,7 @@ class RouteStats:
     answer_delay_p95_ms: int | None = None
 
 
-def account_tree(conn: sqlite3.Connection) -> dict[str, str | None]:
+def account_tree(conn: Db) -> dict[str, str | None]:
     """Every account's parent (None for a top-level account)."""
     return {str(c): (None if p is None or p == "" else str(p))
             for c, p in conn.execute("SELECT code, parent FROM accounts")}
@@ -89,7 +89,7 @@ def root_of(tree: dict[str, str | None], code: str) -> str:
     return code
 
 
-def _where(conn: sqlite3.Connection, account: str | None, from_ms: int | None,
+def _where(conn: Db, account: str | None, from_ms: int | None,
            to_ms: int | None, subaccounts: bool) -> tuple[str, list[object]]:
     clauses: list[str] = ["1 = 1"]
     args: list[object] = []
@@ -106,7 +106,7 @@ def _where(conn: sqlite3.Connection, account: str | None, from_ms: int | None,
     return " AND ".join(clauses), args
 
 
-def spend(conn: sqlite3.Connection, by: str, *, account: str | None = None,
+def spend(conn: Db, by: str, *, account: str | None = None,
           from_ms: int | None = None, to_ms: int | None = None,
           subaccounts: bool = True) -> list[SpendRow]:
     """Spend grouped ``by`` destination, day (UTC), account, customer (top-level account,
@@ -158,7 +158,7 @@ def _mean_p95(values: list[int]) -> tuple[int | None, int | None]:
     return round(sum(ordered) / len(ordered)), ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def route_calls(conn: sqlite3.Connection, *, account: str | None = None,
+def route_calls(conn: Db, *, account: str | None = None,
                 from_ms: int | None = None, to_ms: int | None = None) -> list[RouteCall]:
     """The calls that reached a route (not rejected by us), as the FAS route patterns of
     :mod:`sidecar.supervision.routes` read them; same selection as :func:`route_stats`."""
@@ -171,7 +171,7 @@ def route_calls(conn: sqlite3.Connection, *, account: str | None = None,
             for r in rows]
 
 
-def route_stats(conn: sqlite3.Connection, *, account: str | None = None,
+def route_stats(conn: Db, *, account: str | None = None,
                 from_ms: int | None = None, to_ms: int | None = None) -> list[RouteStats]:
     """ASR, ACD, PDD and answer delay per route (``cdrs.route``; '' when not known)."""
     where, args = _where(conn, account, from_ms, to_ms, True)

@@ -6,7 +6,6 @@ writes: issuing (numbering, freezing) is :mod:`sidecar.invoices.issue`.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +13,7 @@ from decimal import Decimal
 
 from ..config import Config
 from ..money import CURRENCY_MINOR_UNITS, ZERO
+from ..store.conn import Db
 from .model import (
     Credit,
     Day,
@@ -82,7 +82,7 @@ class _Acc:
         self.exact = ZERO
 
 
-def _customer(conn: sqlite3.Connection, code: str) -> tuple[Party, str, str, Decimal]:
+def _customer(conn: Db, code: str) -> tuple[Party, str, str, Decimal]:
     row = conn.execute("SELECT name, address, tax_number, currency, kind, tax_rate "
                        "FROM accounts WHERE code = ?", (code,)).fetchone()
     if row is None:
@@ -93,7 +93,7 @@ def _customer(conn: sqlite3.Connection, code: str) -> tuple[Party, str, str, Dec
 
 
 def build_invoice(
-    conn: sqlite3.Connection,
+    conn: Db,
     account: str,
     period: Period,
     settings: InvoiceSettings,
@@ -215,7 +215,7 @@ def build_invoice(
     return invoice, detail
 
 
-def _credits(conn: sqlite3.Connection, account: str, start: int, end: int,
+def _credits(conn: Db, account: str, start: int, end: int,
              cdr_credits: list[tuple[int, str, str, Decimal, str, str]],
              currency: str) -> list[Credit]:
     """Credits in the period: every ``credit`` ledger row (a FAS credit when it names a
@@ -255,7 +255,7 @@ def _fas_reason(verdict: str, reasons: str) -> str:
     return f"{head}: {reasons}" if reasons else head
 
 
-def _ledger(conn: sqlite3.Connection, account: str, start: int, end: int,
+def _ledger(conn: Db, account: str, start: int, end: int,
             currency: str) -> tuple[list[Movement], Statement]:
     """Top-ups and adjustments in the period, and the settled-balance statement.
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sqlite3
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..money import ZERO
+from ..store.conn import Db
 from ..store.db import transaction
 from .build import InvoiceError, InvoiceNotFound, InvoiceSettings, build_invoice
 from .model import Invoice, Line, Period, Statement, from_json, present, to_json
@@ -48,7 +48,7 @@ def content_sha256(data_json: str, detail_json: bytes) -> str:
     return h.hexdigest()
 
 
-def _next_number(conn: sqlite3.Connection, kind: str) -> tuple[int, str]:
+def _next_number(conn: Db, kind: str) -> tuple[int, str]:
     """The next number of a series (inside the issuing transaction)."""
     row = conn.execute("SELECT last FROM invoice_sequences WHERE kind = ?", (kind,)).fetchone()
     top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM invoices WHERE kind = ?",
@@ -60,7 +60,7 @@ def _next_number(conn: sqlite3.Connection, kind: str) -> tuple[int, str]:
     return seq, f"{PREFIXES[kind]}-{seq:06d}"
 
 
-def _store(conn: sqlite3.Connection, doc: Invoice, detail_json: bytes, seq: int) -> str:
+def _store(conn: Db, doc: Invoice, detail_json: bytes, seq: int) -> str:
     data = to_json(doc)
     sha = content_sha256(data, detail_json)
     conn.execute(
@@ -73,7 +73,7 @@ def _store(conn: sqlite3.Connection, doc: Invoice, detail_json: bytes, seq: int)
     return sha
 
 
-def find_invoice(conn: sqlite3.Connection, account: str, period: Period | str) -> str | None:
+def find_invoice(conn: Db, account: str, period: Period | str) -> str | None:
     """The number of the latest invoice issued to ``account`` for ``period``, if any."""
     row = conn.execute("SELECT number FROM invoices WHERE kind = 'invoice' AND account = ? "
                        "AND period = ? ORDER BY seq DESC LIMIT 1",
@@ -82,7 +82,7 @@ def find_invoice(conn: sqlite3.Connection, account: str, period: Period | str) -
 
 
 def issue_invoice(
-    conn: sqlite3.Connection,
+    conn: Db,
     account: str,
     period: Period,
     settings: InvoiceSettings,
@@ -126,7 +126,7 @@ def issue_invoice(
     return Issued(inv, detail, sha, new=True)
 
 
-def draft_invoice(conn: sqlite3.Connection, account: str, period: Period,
+def draft_invoice(conn: Db, account: str, period: Period,
                   settings: InvoiceSettings, *, now_ms: int) -> Issued:
     """The invoice as it would be issued now, without a number and without storing it."""
     inv, detail = build_invoice(conn, account, period, settings, issued_ms=now_ms,
@@ -134,7 +134,7 @@ def draft_invoice(conn: sqlite3.Connection, account: str, period: Period,
     return Issued(inv, detail, content_sha256(to_json(inv), _detail_json(detail)))
 
 
-def load_invoice(conn: sqlite3.Connection, number: str) -> Issued:
+def load_invoice(conn: Db, number: str) -> Issued:
     """An issued invoice or credit note, checked against its stored hash."""
     row = conn.execute("SELECT data, detail, sha256 FROM invoices WHERE number = ?",
                        (number,)).fetchone()
@@ -149,7 +149,7 @@ def load_invoice(conn: sqlite3.Connection, number: str) -> Issued:
     return Issued(from_json(data), detail, sha)
 
 
-def list_invoices(conn: sqlite3.Connection, account: str | None = None
+def list_invoices(conn: Db, account: str | None = None
                   ) -> list[dict[str, object]]:
     """Issued documents, newest first (without their data)."""
     cols = ("number", "kind", "account", "period", "issued_ms", "refers_to", "currency", "net",
@@ -166,12 +166,12 @@ def list_invoices(conn: sqlite3.Connection, account: str | None = None
     return out
 
 
-def _credit_notes(conn: sqlite3.Connection, number: str) -> list[tuple[Decimal, Decimal]]:
+def _credit_notes(conn: Db, number: str) -> list[tuple[Decimal, Decimal]]:
     return [(Decimal(n), Decimal(t)) for n, t in conn.execute(
         "SELECT net, tax FROM invoices WHERE kind = 'credit_note' AND refers_to = ?", (number,))]
 
 
-def open_amount(conn: sqlite3.Connection, number: str) -> Decimal:
+def open_amount(conn: Db, number: str) -> Decimal:
     """What of an invoice's net its credit notes have not yet credited."""
     row = conn.execute("SELECT net FROM invoices WHERE number = ?", (number,)).fetchone()
     if row is None:
@@ -180,7 +180,7 @@ def open_amount(conn: sqlite3.Connection, number: str) -> Decimal:
 
 
 def issue_credit_note(
-    conn: sqlite3.Connection,
+    conn: Db,
     number: str,
     reason: str,
     *,

@@ -9,12 +9,12 @@ and the account statement adds up.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from ..money import ZERO
+from ..store.conn import Db
 from .model import Invoice, Period, present
 from .records import query_cdrs
 
@@ -71,7 +71,7 @@ def _key(kind: str, dest: str, origin: str, rate: Decimal, inc: str) -> LineKey:
     return (kind, dest, origin, rate.normalize(), inc)
 
 
-def reconcile(conn: sqlite3.Connection, inv: Invoice) -> Reconciliation:
+def reconcile(conn: Db, inv: Invoice) -> Reconciliation:
     """Reconcile an invoice (issued or draft) with the CDRs and ledger as they are now."""
     period = Period.parse(inv.period)
     ccy = inv.currency

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 import functools
-import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, NamedTuple
+
+from ..store.conn import Db
 
 # Every column of the cdrs table, in table order (the API and CSV export show them all).
 CDR_COLUMNS = (
@@ -40,7 +41,7 @@ class UnknownAccount(LookupError):
     """An account code that neither the accounts table nor any CDR knows."""
 
 
-def check_account(conn: sqlite3.Connection, code: str) -> None:
+def check_account(conn: Db, code: str) -> None:
     """Raise :class:`UnknownAccount` unless ``code`` is an account (or a CDR names it), so a
     typo in ``--account`` is an error rather than an empty report."""
     if conn.execute("SELECT 1 FROM accounts WHERE code = ?", (code,)).fetchone() is None and \
@@ -93,7 +94,7 @@ def iso(ms: int | None) -> str:
 
 
 def query_cdrs(
-    conn: sqlite3.Connection,
+    conn: Db,
     *,
     account: str | None = None,
     from_ms: int | None = None,

@@ -15,15 +15,16 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from ..charging.commands import BatchResult, Outcome, Settle, StoreCommand
 from ..charging.model import Account, AccountKind, Cdr, Settlement
 from ..money import ZERO, check_currency
 from .batch import Batch
+from .conn import Db
 from .db import transaction
 from .decks import get_plan
-from .dialect import ACCOUNT_COLUMNS, SQLITE, Connection, Dialect
+from .dialect import ACCOUNT_COLUMNS, SQLITE, Connection, Dialect, dialect_of
 
 
 class AccountNotFound(LookupError):
@@ -55,27 +56,18 @@ def add_account(
     tax_number: str = "",
     tax_rate: Decimal = ZERO,
     parent: str | None = None,
-    dialect: Dialect = SQLITE,
+    dialect: Dialect | None = None,
 ) -> Account:
-    """Create an account on a plan (whose currency it takes unless one is given).
-
-    Where the database holds no rate plans (PostgreSQL, for now) the plan is not checked
-    and ``currency`` is required."""
+    """Create an account on a plan (whose currency it takes unless one is given)."""
     if not code or not code.isprintable() or len(code) > 64:
         raise ValueError(f"account code '{code}' must be 1-64 printable characters")
-    if dialect.has_plans:
-        p = get_plan(cast(sqlite3.Connection, conn), plan)
-        ccy = check_currency(currency) if currency else p.currency
-        if ccy != p.currency:
-            raise ValueError(f"account currency {ccy} differs from plan '{plan}' "
-                             f"({p.currency})")
-    elif currency:
-        ccy = check_currency(currency)
-    else:
-        raise ValueError(f"account '{code}' needs a currency (this database has no plans)")
+    d = dialect or dialect_of(conn)
+    p = get_plan(d.db(conn), plan)
+    ccy = check_currency(currency) if currency else p.currency
+    if ccy != p.currency:
+        raise ValueError(f"account currency {ccy} differs from plan '{plan}' ({p.currency})")
     if chunk_seconds is not None and chunk_seconds < 1:
         raise ValueError("chunk seconds must be at least 1")
-    d = dialect
     m = d.money
 
     def opt(v: Decimal | None) -> object:
@@ -94,26 +86,28 @@ def add_account(
              opt(monthly_cap), chunk_seconds, max_call_seconds, opt(low_balance),
              opt(recharge_below), opt(recharge_amount), address, tax_number, m(tax_rate),
              parent, now_ms))
-    return get_account(conn, code, now_ms, dialect)
+    return get_account(conn, code, now_ms, d)
 
 
 def get_account(conn: Connection, code: str, now_ms: int | None = None,
-                dialect: Dialect = SQLITE) -> Account:
+                dialect: Dialect | None = None) -> Account:
     """Load an account or raise :class:`AccountNotFound`."""
-    r = dialect.execute(conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
-                        (code,)).fetchone()
+    d = dialect or dialect_of(conn)
+    r = d.execute(conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
+                  (code,)).fetchone()
     if r is None:
         raise AccountNotFound(f"account '{code}' not found")
-    return dialect.to_account(r, now_ms)
+    return d.to_account(r, now_ms)
 
 
 def list_accounts(conn: Connection, now_ms: int | None = None,
-                  dialect: Dialect = SQLITE) -> list[Account]:
-    return [dialect.to_account(r, now_ms) for r in
-            dialect.execute(conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY code")]
+                  dialect: Dialect | None = None) -> list[Account]:
+    d = dialect or dialect_of(conn)
+    return [d.to_account(r, now_ms) for r in
+            d.execute(conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY code")]
 
 
-def set_suspended(conn: sqlite3.Connection, code: str, suspended: bool, reason: str = "") -> None:
+def set_suspended(conn: Db, code: str, suspended: bool, reason: str = "") -> None:
     """Suspend (refuse new calls) or resume an account."""
     with transaction(conn):
         n = conn.execute("UPDATE accounts SET suspended = ?, suspend_reason = ? WHERE code = ?",
@@ -123,18 +117,19 @@ def set_suspended(conn: sqlite3.Connection, code: str, suspended: bool, reason: 
 
 
 def map_sip(conn: Connection, kind: str, value: str, code: str,
-            dialect: Dialect = SQLITE) -> None:
+            dialect: Dialect | None = None) -> None:
     """Map a SIP username (``user``) or a source IP (``ip``) to an account."""
     if kind not in ("user", "ip"):
         raise ValueError("kind must be 'user' or 'ip'")
-    get_account(conn, code, dialect=dialect)
-    with dialect.transaction(conn):
-        dialect.execute(conn, "INSERT INTO sip_accounts (kind, value, account) VALUES (?, ?, ?) "
-                        "ON CONFLICT (kind, value) DO UPDATE SET account = excluded.account",
-                        (kind, value, code))
+    d = dialect or dialect_of(conn)
+    get_account(conn, code, dialect=d)
+    with d.transaction(conn):
+        d.execute(conn, "INSERT INTO sip_accounts (kind, value, account) VALUES (?, ?, ?) "
+                  "ON CONFLICT (kind, value) DO UPDATE SET account = excluded.account",
+                  (kind, value, code))
 
 
-def sip_mappings(conn: sqlite3.Connection, code: str | None = None) -> list[tuple[str, str, str]]:
+def sip_mappings(conn: Db, code: str | None = None) -> list[tuple[str, str, str]]:
     q = "SELECT kind, value, account FROM sip_accounts"
     rows = conn.execute(q + " WHERE account = ? ORDER BY kind, value", (code,)) if code else \
         conn.execute(q + " ORDER BY account, kind, value")
@@ -254,6 +249,15 @@ class SqlLedger:
             return get_account(conn, code, now_ms, d)
 
 
+def ledger_for(conn: Db) -> SqlLedger:
+    """The charging core's store on this connection's database."""
+    if isinstance(conn, sqlite3.Connection):
+        return SqliteLedger(conn)
+    from .pg import PgLedger
+
+    return PgLedger(conn.raw)
+
+
 class SqliteLedger(SqlLedger):
     """The store on SQLite: ``execute`` runs in one ``BEGIN IMMEDIATE`` transaction."""
 
@@ -275,7 +279,7 @@ class LedgerCheck:
     problems: tuple[str, ...]
 
 
-def verify_ledger(conn: Connection, dialect: Dialect = SQLITE) -> list[LedgerCheck]:
+def verify_ledger(conn: Connection, dialect: Dialect | None = None) -> list[LedgerCheck]:
     """Check every account: balance + held = the sum of its ledger's money rows; held =
     its open holds; charges in the ledger = charges on its CDRs; no prepaid balance below
     zero. (Holds are not money movements: they live in ``live_calls``. Rows of kind
@@ -283,8 +287,9 @@ def verify_ledger(conn: Connection, dialect: Dialect = SQLITE) -> list[LedgerChe
 
     Everything is read from one state of the database (one read transaction), so a
     store in use is checked as it stood at one moment."""
-    with dialect.snapshot(conn):
-        return _verify(conn, dialect)
+    d = dialect or dialect_of(conn)
+    with d.snapshot(conn):
+        return _verify(conn, d)
 
 
 def _verify(conn: Connection, d: Dialect) -> list[LedgerCheck]:

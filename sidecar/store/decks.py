@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,7 +37,9 @@ from ..money import check_currency, fmt, to_text
 from ..numbers import NumberPlan
 from ..rating import DeckError, DeckProblem, Increment, RateLine, RateTable, SecondRounding
 from ..rating.deck import ParsedDeck, parse_deck, parse_effective
+from .conn import Db
 from .db import transaction
+from .dialect import dialect_of
 
 #: Rates written per transaction by :func:`import_deck`: other writers wait at most for
 #: one batch (tens of milliseconds).
@@ -104,7 +105,7 @@ class ImportResult:
     new_prefixes: int
 
 
-def _plan_row(conn: sqlite3.Connection, name: str) -> tuple[Plan, int] | None:
+def _plan_row(conn: Db, name: str) -> tuple[Plan, int] | None:
     """A visible plan's settings and their revision, read together."""
     row = conn.execute(f"SELECT {_PLAN_COLUMNS} FROM plans WHERE name = ? AND {_VISIBLE}",
                        (name,)).fetchone()
@@ -115,7 +116,7 @@ def _plan_row(conn: sqlite3.Connection, name: str) -> tuple[Plan, int] | None:
                  NumberPlan(row[5], row[6], row[7], strip)), int(row[9]))
 
 
-def _require_plan(conn: sqlite3.Connection, name: str) -> tuple[Plan, int]:
+def _require_plan(conn: Db, name: str) -> tuple[Plan, int]:
     found = _plan_row(conn, name)
     if found is None:
         known = [r[0] for r in conn.execute(
@@ -125,12 +126,12 @@ def _require_plan(conn: sqlite3.Connection, name: str) -> tuple[Plan, int]:
     return found
 
 
-def get_plan(conn: sqlite3.Connection, name: str) -> Plan:
+def get_plan(conn: Db, name: str) -> Plan:
     """Load a plan's settings or raise :class:`PlanNotFound`."""
     return _require_plan(conn, name)[0]
 
 
-def list_plans(conn: sqlite3.Connection) -> list[dict[str, object]]:
+def list_plans(conn: Db) -> list[dict[str, object]]:
     """Every plan with its latest version and line count."""
     rows = conn.execute(
         "SELECT p.name, p.currency, p.notice_days, MAX(v.version), SUM(v.lines) "
@@ -140,7 +141,7 @@ def list_plans(conn: sqlite3.Connection) -> list[dict[str, object]]:
             for r in rows]
 
 
-def plan_revisions(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+def plan_revisions(conn: Db) -> dict[str, tuple[int, int]]:
     """Every plan's (latest active deck version, settings revision), in one small query.
 
     A live process compares this with what it loaded to see what changed: a new version
@@ -153,7 +154,7 @@ def plan_revisions(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
 
 
 def set_plan(
-    conn: sqlite3.Connection,
+    conn: Db,
     name: str,
     *,
     notice_days: int | None = None,
@@ -220,7 +221,7 @@ def _lines_from_rows(rows: Iterable[Any]) -> list[RateLine]:
 
 
 def _active_versions(
-    conn: sqlite3.Connection, plan: str, after: int = 0, upto: int | None = None
+    conn: Db, plan: str, after: int = 0, upto: int | None = None
 ) -> list[int]:
     """The plan's active version numbers in (after, upto], ascending."""
     sql = ("SELECT version FROM deck_versions WHERE plan = ? AND state = 'active' "
@@ -232,7 +233,7 @@ def _active_versions(
     return [int(r[0]) for r in conn.execute(sql + " ORDER BY version", args)]
 
 
-def load_version_lines(conn: sqlite3.Connection, plan: str, version: int) -> list[RateLine]:
+def load_version_lines(conn: Db, plan: str, version: int) -> list[RateLine]:
     """The lines of one active deck version of a plan (none if it is not active)."""
     rows = conn.execute(
         f"SELECT {_RATE_COLUMNS} FROM rates WHERE plan = ? AND version = ? AND EXISTS "
@@ -241,19 +242,19 @@ def load_version_lines(conn: sqlite3.Connection, plan: str, version: int) -> lis
     return _lines_from_rows(rows)
 
 
-def _lines_of(conn: sqlite3.Connection, plan: str, versions: Iterable[int]) -> list[RateLine]:
+def _lines_of(conn: Db, plan: str, versions: Iterable[int]) -> list[RateLine]:
     lines: list[RateLine] = []
     for v in versions:
         lines.extend(load_version_lines(conn, plan, v))
     return lines
 
 
-def load_lines(conn: sqlite3.Connection, plan: str) -> list[RateLine]:
+def load_lines(conn: Db, plan: str) -> list[RateLine]:
     """Every line of every active version of a plan."""
     return _lines_of(conn, plan, _active_versions(conn, plan))
 
 
-def load_table(conn: sqlite3.Connection, plan: str) -> RateTable:
+def load_table(conn: Db, plan: str) -> RateTable:
     """The plan's rate table, ready to rate calls."""
     p = get_plan(conn, plan)
     return RateTable(load_lines(conn, plan), p.currency, number_plan=p.number_plan,
@@ -297,7 +298,7 @@ def _check_notice(
 
 
 def import_deck(
-    conn: sqlite3.Connection,
+    conn: Db,
     plan: str,
     path: str | Path,
     *,
@@ -374,6 +375,7 @@ def import_deck(
             if progress:
                 progress(done)
         with transaction(conn):
+            dialect_of(conn).serialize(conn, plan)  # one activation of a plan at a time
             _still_staged(conn, version_id, plan, version, source)
             _same_active(conn, plan, known, source)
             if not known:  # the plan's first version: the plan appears with it
@@ -399,13 +401,13 @@ def _importer() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _max_active(conn: sqlite3.Connection, plan: str) -> int:
+def _max_active(conn: Db, plan: str) -> int:
     return int(conn.execute(
         "SELECT COALESCE(MAX(version), 0) FROM deck_versions WHERE plan = ? AND "
         "state = 'active'", (plan,)).fetchone()[0])
 
 
-def _same_active(conn: sqlite3.Connection, plan: str, known: int, source: str) -> None:
+def _same_active(conn: Db, plan: str, known: int, source: str) -> None:
     """Refuse to go on if the plan gained an active version since the deck was checked."""
     active = _max_active(conn, plan)
     if active != known:
@@ -415,9 +417,10 @@ def _same_active(conn: sqlite3.Connection, plan: str, known: int, source: str) -
 
 
 def _still_staged(
-    conn: sqlite3.Connection, version_id: int, plan: str, version: int, source: str
+    conn: Db, version_id: int, plan: str, version: int, source: str
 ) -> None:
-    row = conn.execute("SELECT state FROM deck_versions WHERE id = ?", (version_id,)).fetchone()
+    row = conn.execute("SELECT state FROM deck_versions WHERE id = ?"
+                       + dialect_of(conn).for_update, (version_id,)).fetchone()
     if row is None or row[0] != STAGED:
         raise ImportConflict(source, f"staged version {version} of plan '{plan}' was removed "
                              "by another import, which judged it abandoned; nothing "
@@ -425,11 +428,12 @@ def _still_staged(
 
 
 def _stage(
-    conn: sqlite3.Connection, plan: str, currency: str, source: str, name: str, sha256: str,
+    conn: Db, plan: str, currency: str, source: str, name: str, sha256: str,
     lines: int, known: int, now_ms: int, notice_days: int | None,
 ) -> tuple[int, int]:
     """Record the next version of ``plan`` as staged; returns (row id, version number)."""
     with transaction(conn):
+        dialect_of(conn).serialize(conn, plan)
         _same_active(conn, plan, known, source)
         row = conn.execute("SELECT currency FROM plans WHERE name = ?", (plan,)).fetchone()
         if row is None:
@@ -451,13 +455,14 @@ def _stage(
             (plan,)).fetchone()[0])
         cur = conn.execute(
             "INSERT INTO deck_versions (plan, version, imported_ms, source, sha256, lines, "
-            "state, started_ms, importer) VALUES (?, ?, ?, ?, ?, ?, 'staged', ?, ?)",
+            "state, started_ms, importer) VALUES (?, ?, ?, ?, ?, ?, 'staged', ?, ?) "
+            "RETURNING id",
             (plan, version, now_ms, name, sha256, lines, _wall_ms(), _importer()))
-        assert cur.lastrowid is not None
-        return cur.lastrowid, version
+        ((version_id,),) = cur.fetchall()
+        return int(version_id), version
 
 
-def _drop_version(conn: sqlite3.Connection, version_id: int,
+def _drop_version(conn: Db, version_id: int,
                   batch_rows: int = IMPORT_BATCH_ROWS) -> None:
     """Delete a version that is not active, with its rates, in short transactions.
 
@@ -467,8 +472,8 @@ def _drop_version(conn: sqlite3.Connection, version_id: int,
     too. Several processes may drop the same version at once.
     """
     with transaction(conn):
-        row = conn.execute("SELECT plan, version, state FROM deck_versions WHERE id = ?",
-                           (version_id,)).fetchone()
+        row = conn.execute("SELECT plan, version, state FROM deck_versions WHERE id = ?"
+                           + dialect_of(conn).for_update, (version_id,)).fetchone()
         if row is None or row[2] == ACTIVE:
             return
         plan, version = row[0], row[1]
@@ -506,7 +511,7 @@ def _process_gone(importer: str | None) -> bool:
     return False
 
 
-def remove_abandoned_imports(conn: sqlite3.Connection, *, now_ms: int | None = None) -> int:
+def remove_abandoned_imports(conn: Db, *, now_ms: int | None = None) -> int:
     """Remove the staged versions of imports that died (of any plan); returns how many.
 
     A staged version is abandoned when its importing process, on this host, has ended,
@@ -546,7 +551,7 @@ def _line_numbers(text: str, count: int) -> dict[int, int]:
     return out
 
 
-def deck_versions(conn: sqlite3.Connection, plan: str) -> list[dict[str, object]]:
+def deck_versions(conn: Db, plan: str) -> list[dict[str, object]]:
     """The import history of a plan (active versions), oldest first."""
     get_plan(conn, plan)
     rows = conn.execute(
@@ -595,7 +600,7 @@ class PlanLoader:
         st = self._loaded.get(name)
         return None if st is None else st.rates
 
-    def load_all(self, conn: sqlite3.Connection) -> dict[str, PlanRates]:
+    def load_all(self, conn: Db) -> dict[str, PlanRates]:
         """Load every plan afresh (forgetting what was loaded) and return them all."""
         self._loaded.clear()
         for name in plan_revisions(conn):
@@ -603,11 +608,11 @@ class PlanLoader:
                 self._load(conn, name)
         return self.plans
 
-    def load(self, conn: sqlite3.Connection, name: str) -> PlanRates:
+    def load(self, conn: Db, name: str) -> PlanRates:
         """Load one plan afresh and follow it from now on (:class:`PlanNotFound`)."""
         return self._load(conn, name).rates
 
-    def refresh(self, conn: sqlite3.Connection) -> dict[str, PlanRates]:
+    def refresh(self, conn: Db) -> dict[str, PlanRates]:
         """Bring the loaded plans up to date; return only those that changed since the
         last call (and, when following new plans, plans not loaded before)."""
         changed: dict[str, PlanRates] = {}
@@ -632,7 +637,7 @@ class PlanLoader:
                 changed[name] = updated.rates
         return changed
 
-    def _load(self, conn: sqlite3.Connection, name: str) -> _Loaded:
+    def _load(self, conn: Db, name: str) -> _Loaded:
         try:
             plan, revision = _require_plan(conn, name)
         except PlanNotFound:
@@ -646,7 +651,7 @@ class PlanLoader:
         self._loaded[name] = st
         return st
 
-    def _update(self, conn: sqlite3.Connection, name: str, st: _Loaded, version: int,
+    def _update(self, conn: Db, name: str, st: _Loaded, version: int,
                 revision: int) -> _Loaded | None:
         """Extend a loaded plan with its new versions and settings."""
         # Versions are activated in the order of their numbers: the new ones are above.
@@ -677,7 +682,7 @@ class PlanCache:
     the database checked at most every ``check_every`` seconds: ``cache(name)`` is the
     plan look-up a :class:`~sidecar.charging.Charger` takes."""
 
-    def __init__(self, conn: sqlite3.Connection, check_every: float = 1.0) -> None:
+    def __init__(self, conn: Db, check_every: float = 1.0) -> None:
         self.conn = conn
         self.check_every = check_every
         self.loader = PlanLoader(follow_new_plans=False)

@@ -77,10 +77,10 @@ class Dialect:
     name: ClassVar[str] = "sqlite"
     #: Appended to the read of the accounts a write transaction changes.
     lock: ClassVar[str] = ""
+    #: Appended to a read whose rows the transaction then changes (a deck version).
+    for_update: ClassVar[str] = ""
     #: The exceptions that mean the database failed (the batch is rolled back).
     errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.Error,)
-    #: Rate plans and deck versions live in this database (``add_account`` checks the plan).
-    has_plans: ClassVar[bool] = True
     #: Money parameters as exact text (SQLite has no exact number type).
     money_as_text: ClassVar[bool] = True
 
@@ -121,5 +121,20 @@ class Dialect:
     def to_account(self, row: Sequence[object], now_ms: int | None = None) -> Account:
         return row_to_account(row, now_ms)
 
+    def serialize(self, conn: Any, key: str) -> None:
+        """Make the transaction open on ``conn`` the only one working on ``key`` (a rate
+        plan) until it ends. SQLite: nothing to do, its write lock covers the database."""
+
+    def db(self, conn: Any) -> Any:
+        """``conn`` as the modules that write plain SQL take it (``conn.execute`` with
+        ``?`` placeholders): the driver's connection on SQLite, wrapped on PostgreSQL."""
+        return conn
+
 
 SQLITE = Dialect()
+
+
+def dialect_of(conn: object) -> Dialect:
+    """The dialect of a store connection (SQLite's for a ``sqlite3`` connection)."""
+    d = getattr(conn, "dialect", None)
+    return d if isinstance(d, Dialect) else SQLITE

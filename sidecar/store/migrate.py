@@ -2,11 +2,12 @@
 
 - :func:`upgrade` brings a database (a SQLite path or a ``postgresql://`` URL) to this
   release's schema; a database of a newer schema is refused (:class:`~.db.SchemaTooNew`).
-- :func:`copy_to_postgres` copies the money path's tables (accounts, SIP mappings, the
-  ledger, live calls, applied keys, CDRs) from a SQLite file into an empty PostgreSQL
-  database in ONE transaction, with PostgreSQL's ``COPY``, then proves nothing was lost:
-  the same rows per table, the same sums of money, and ``ledger verify`` clean on both
-  sides. Anything wrong rolls the copy back whole.
+- :func:`copy_to_postgres` copies every table (rate plans and decks, accounts, SIP
+  mappings, the ledger, live calls, applied keys, CDRs, invoices and their numbering)
+  from a SQLite file into an empty PostgreSQL database in ONE transaction, with
+  PostgreSQL's ``COPY``, then proves nothing was lost: the same rows per table, the same
+  sums of money, and ``ledger verify`` clean on both sides.
+  Anything wrong rolls the copy back whole.
 """
 
 from __future__ import annotations
@@ -18,23 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from .accounts import verify_ledger
-from .db import SCHEMA_VERSION, connect, stored_version
+from .conn import is_url as is_url  # also imported from here
+from .db import connect, stored_version
+from .schema import SCHEMA_VERSION, TABLES
 
-#: The tables both databases have, in the order their references need.
-MONEY_TABLES = ("accounts", "sip_accounts", "ledger", "live_calls", "applied_keys", "cdrs")
+#: What a copy moves: every table but ``meta``, in the order their references need.
+COPIED_TABLES = tuple(t for t in TABLES if t != "meta")
 #: Sums compared after a copy: (table, money column).
 _SUMS = (("accounts", "balance"), ("accounts", "held"), ("ledger", "amount"),
          ("live_calls", "reserved"), ("cdrs", "cost"), ("cdrs", "charged"),
-         ("cdrs", "credited"), ("cdrs", "written_off"))
+         ("cdrs", "credited"), ("cdrs", "written_off"), ("rates", "rate"),
+         ("invoices", "net"), ("invoices", "tax"), ("invoices", "total"))
+
+
+#: Tables whose ``id`` the database hands out (an identity on PostgreSQL).
+_IDENTITIES = ("deck_versions", "rates", "ledger", "cdrs")
+#: Tables without SQLite's rowid (no insertion order to copy them in).
+_WITHOUT_ROWID = ("live_calls", "applied_keys")
 
 
 class CopyError(RuntimeError):
     """The copy was refused or did not verify; the target is left as it was."""
-
-
-def is_url(target: str) -> bool:
-    """True for a PostgreSQL URL (``postgresql://`` or ``postgres://``)."""
-    return target.startswith(("postgresql://", "postgres://"))
 
 
 @dataclass
@@ -93,7 +98,7 @@ def _sum(values: Any) -> Decimal:
 
 
 def copy_to_postgres(sqlite_path: str | Path, url: str) -> CopyReport:
-    """Copy the money tables of the SQLite database at ``sqlite_path`` into the (empty)
+    """Copy the tables of the SQLite database at ``sqlite_path`` into the (empty)
     PostgreSQL database at ``url``; see the module docstring."""
     from .pg import connect_pg, ensure_schema_pg, redact, verify_ledger_pg
 
@@ -109,20 +114,20 @@ def copy_to_postgres(sqlite_path: str | Path, url: str) -> CopyReport:
                             f"{bad[0].problems[0]}); fix it before moving it")
         have = {str(r[0]) for r in src.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        report.not_copied = sorted(have - set(MONEY_TABLES) - {"meta"})
+        report.not_copied = sorted(have - set(COPIED_TABLES) - {"meta"})
         with connect_pg(url) as pg:
             ensure_schema_pg(pg)
             numeric = {(str(t), str(c)) for t, c in pg.execute(
                 "SELECT table_name, column_name FROM information_schema.columns "
                 "WHERE table_schema = current_schema() AND data_type = 'numeric'")}
             with pg.transaction():
-                for table in MONEY_TABLES:
+                for table in COPIED_TABLES:
                     if pg.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
                         raise CopyError(f"{redact(url)}: table {table} is not empty: the "
                                         f"copy goes into an empty database only")
-                for table in MONEY_TABLES:
+                for table in COPIED_TABLES:
                     report.rows[table] = _copy_table(src, pg, table, numeric)
-                for table in ("ledger", "cdrs"):  # identities continue after the copy
+                for table in _IDENTITIES:  # identities continue after the copy
                     pg.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                f"GREATEST((SELECT max(id) FROM {table}), 1))")
                 for table, column in _SUMS:
@@ -132,7 +137,7 @@ def copy_to_postgres(sqlite_path: str | Path, url: str) -> CopyReport:
                         raise CopyError(f"sum of {table}.{column} differs after the copy: "
                                         f"{a} in SQLite, {b} in PostgreSQL")
                     report.sums[f"{table}.{column}"] = str(a)
-                for table in MONEY_TABLES:
+                for table in COPIED_TABLES:
                     (n,) = pg.execute(f"SELECT count(*) FROM {table}").fetchone() or (0,)
                     if n != report.rows[table]:
                         raise CopyError(f"{table}: {report.rows[table]} rows in SQLite, "
@@ -156,7 +161,7 @@ def _copy_table(src: sqlite3.Connection, pg: Any, table: str,
     count = 0
     with pg.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
         for row in src.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid"
-                               if table not in ("live_calls", "applied_keys")
+                               if table not in _WITHOUT_ROWID
                                else f"SELECT {', '.join(columns)} FROM {table}"):
             values = list(row)
             for i in money:

@@ -67,7 +67,7 @@ def test_calls_live_lists_running_calls(db: Path) -> None:
     conn = sqlite3.connect(db / "cli.db")
     conn.execute("INSERT INTO live_calls VALUES ('c1', 'X', '4930111', 'Germany Fixed', '4930', "
                  "'0.0095', '1/1', CAST(strftime('%s','now') AS INTEGER) * 1000 - 30000, 60, "
-                 "'0.0095', 0)")
+                 "'0.0095', 0, 'node1', 0)")
     conn.commit()
     conn.close()
     doc = json.loads(run(db, "calls", "--live", "--json").stdout)

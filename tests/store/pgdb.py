@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +22,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sidecar.charging.commands import Reserve, Settle, StoreCommand, Topup
 from sidecar.charging.model import Cdr, Disposition
 from sidecar.money import ZERO
-from sidecar.store.pg import PgLedger, connect_pg
+from sidecar.store.decks import import_deck
+from sidecar.store.pg import PgConn, PgLedger, connect_pg, ensure_schema_pg
 
 #: The server's maintenance database; tests create theirs beside it.
 SERVER_URL = os.environ.get("SIDECAR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -37,6 +41,12 @@ def with_db(url: str, dbname: str) -> str:
     return make_conninfo("", **params)
 
 
+def as_url(conninfo: str) -> str:
+    """A ``key=value`` conninfo as the ``postgresql://`` URL users pass to ``--db``."""
+    p = conninfo_to_dict(conninfo)
+    return f"postgresql://{p['user']}@{p['host']}:{p['port']}/{p['dbname']}"
+
+
 @contextmanager
 def fresh_database() -> Iterator[str]:
     """A new, empty database with a random name; its URL. Dropped at the end (sessions
@@ -49,6 +59,20 @@ def fresh_database() -> Iterator[str]:
     finally:
         with psycopg.connect(SERVER_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+RETAIL_DECK = """destination;code;rate_usd;increment;effective_from
+Germany Fixed;4930;0.60;1/1;2026-06-01
+"""
+
+
+def with_retail_plan(conn: psycopg.Connection[Any]) -> None:
+    """The schema, and plan 'retail' (USD, 0.60 a minute to 4930 on 1/1) imported."""
+    ensure_schema_pg(conn)
+    with tempfile.TemporaryDirectory() as tmp:
+        deck = Path(tmp) / "retail.csv"
+        deck.write_text(RETAIL_DECK)
+        import_deck(PgConn(conn), "retail", deck, as_of=datetime(2026, 11, 1, tzinfo=UTC))
 
 
 def fit(avail: Decimal) -> tuple[Decimal, int]:

@@ -15,6 +15,7 @@ import pytest
 
 from sidecar.rating import DeckError, RateLine, SecondRounding
 from sidecar.store import decks
+from sidecar.store.conn import Db
 from sidecar.store.db import connect
 from sidecar.store.decks import (
     ABANDONED_AFTER_MS,
@@ -34,21 +35,31 @@ from sidecar.store.decks import (
     remove_abandoned_imports,
     set_plan,
 )
-from tests.conftest import write
+from tests.conftest import reopen, target_of, write
 
 H = "destination;code;rate_usd;increment;effective_from\n"
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
+
+
+#: For what only SQLite has (one lock for the whole database, its file, its upgrades).
+SQLITE_ONLY = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def conn(store: Db) -> Db:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return store
 
 
 def ts(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
 
 
-def count(conn: sqlite3.Connection, table: str) -> int:
+def count(conn: Db, table: str) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
-def test_import_creates_a_versioned_plan(conn: sqlite3.Connection, tmp_path: Path) -> None:
+def test_import_creates_a_versioned_plan(conn: Db, tmp_path: Path) -> None:
     f = write(tmp_path / "v1.csv", H + "DE Fixed;4930;0.0095;1/1;2026-06-01\n")
     res = import_deck(conn, "wholesale", f, as_of=NOW)
     assert (res.version, res.lines, res.currency) == (1, 1, "USD")
@@ -56,7 +67,7 @@ def test_import_creates_a_versioned_plan(conn: sqlite3.Connection, tmp_path: Pat
     assert table.rate("4930123", 61_000, ts("2026-11-21")).line.rate == Decimal("0.0095")
 
 
-def test_bad_deck_changes_nothing(conn: sqlite3.Connection, tmp_path: Path) -> None:
+def test_bad_deck_changes_nothing(conn: Db, tmp_path: Path) -> None:
     import_deck(conn, "p", write(tmp_path / "ok.csv", H + "A;1;0.1;1/1;2026-06-01\n"), as_of=NOW)
     before = [count(conn, t) for t in ("plans", "deck_versions", "rates")]
     bad = write(tmp_path / "bad.csv", H + "B;2;0.1;1/1;2026-06-01\nC;3;zz;1/1;2026-06-01\n")
@@ -68,7 +79,7 @@ def test_bad_deck_changes_nothing(conn: sqlite3.Connection, tmp_path: Path) -> N
 
 
 def test_calls_are_rated_by_the_line_in_effect_at_answer(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", H + "DE;49;0.02;1/1;2026-06-01\n"),
                 as_of=NOW)
@@ -86,7 +97,7 @@ def test_calls_are_rated_by_the_line_in_effect_at_answer(
 
 
 def test_increase_without_notice_is_refused_decrease_is_not(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", H + "DE;49;0.02;1/1;2026-06-01\n"),
                 as_of=NOW)
@@ -103,7 +114,7 @@ def test_increase_without_notice_is_refused_decrease_is_not(
 
 
 def test_a_new_longer_prefix_dearer_than_its_parent_is_an_increase(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", H + "DE;49;0.02;1/1;2026-06-01\n"),
                 as_of=NOW)
@@ -112,7 +123,7 @@ def test_a_new_longer_prefix_dearer_than_its_parent_is_an_increase(
                     as_of=NOW)
 
 
-def test_currency_must_match_the_plan(conn: sqlite3.Connection, tmp_path: Path) -> None:
+def test_currency_must_match_the_plan(conn: Db, tmp_path: Path) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", H + "DE;49;0.02;1/1;2026-06-01\n"),
                 as_of=NOW)
     eur = write(tmp_path / "eur.csv",
@@ -121,7 +132,7 @@ def test_currency_must_match_the_plan(conn: sqlite3.Connection, tmp_path: Path) 
         import_deck(conn, "p", eur, as_of=NOW)
 
 
-def test_unknown_plan(conn: sqlite3.Connection) -> None:
+def test_unknown_plan(conn: Db) -> None:
     with pytest.raises(PlanNotFound, match="rate plan 'nope' not found"):
         load_table(conn, "nope")
 
@@ -134,7 +145,7 @@ def deck_of(n: int, rate: str = "0.01", first: int = 100000) -> str:
     return H + "".join(f"D{i};{first + i};{rate};1/1;2026-06-01\n" for i in range(n))
 
 
-def visible(conn: sqlite3.Connection) -> tuple[object, ...]:
+def visible(conn: Db) -> tuple[object, ...]:
     """Everything a reader is shown of the plans, for comparisons."""
     plans = list_plans(conn)
     return (plans, plan_revisions(conn),
@@ -142,7 +153,7 @@ def visible(conn: sqlite3.Connection) -> tuple[object, ...]:
              for p in plans})
 
 
-def leftovers(conn: sqlite3.Connection) -> tuple[int, int]:
+def leftovers(conn: Db) -> tuple[int, int]:
     """(versions not active, rates of no active version): both 0 when consistent."""
     staged = count_where(conn, "deck_versions", "state != 'active'")
     orphans = conn.execute(
@@ -151,19 +162,19 @@ def leftovers(conn: sqlite3.Connection) -> tuple[int, int]:
     return staged, int(orphans)
 
 
-def count_where(conn: sqlite3.Connection, table: str, where: str) -> int:
+def count_where(conn: Db, table: str, where: str) -> int:
     return int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}").fetchone()[0])
 
 
-def db_file(conn: sqlite3.Connection) -> str:
+def db_file(conn: Db) -> str:
     return str(conn.execute("PRAGMA database_list").fetchone()[2])
 
 
 def test_a_staged_version_is_invisible_until_activated(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", deck_of(3)), as_of=NOW)
-    other = connect(db_file(conn))
+    other = reopen(conn)
     before = visible(other)
     seen: list[int] = []
 
@@ -188,12 +199,13 @@ def test_a_staged_version_is_invisible_until_activated(
     other.close()
 
 
+@SQLITE_ONLY  # SQLite has one write lock for the whole database; PostgreSQL locks rows
 def test_other_writers_get_the_lock_between_batches(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     big = write(tmp_path / "big.csv", H + "".join(
         f"D{i};{1000000 + i};0.01;1/1;2026-06-01\n" for i in range(100_000)))
-    other = connect(db_file(conn))
+    other = reopen(conn)
     other.execute("PRAGMA busy_timeout = 0")  # never waits: fails if the lock is held
     writes: list[int] = []
 
@@ -213,7 +225,7 @@ def test_other_writers_get_the_lock_between_batches(
 
 @pytest.mark.parametrize("fail_at", [4, 12])  # after the first batch; after the last one
 def test_a_failure_after_staging_undoes_the_import(
-    conn: sqlite3.Connection, tmp_path: Path, fail_at: int
+    conn: Db, tmp_path: Path, fail_at: int
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", deck_of(3)), as_of=NOW)
     before = visible(conn)
@@ -240,22 +252,22 @@ def test_a_failure_after_staging_undoes_the_import(
 
 _CRASHING_IMPORT = """
 import os, sys
-from sidecar.store.db import connect
+from sidecar.store.conn import open_db
 from sidecar.store.decks import import_deck
-conn = connect(sys.argv[1])
+conn = open_db(sys.argv[1])
 import_deck(conn, sys.argv[2], sys.argv[3], batch_rows=2, progress=lambda done: os._exit(3))
 """
 
 
-def crash_during_import(conn: sqlite3.Connection, plan: str, deck: Path) -> None:
+def crash_during_import(conn: Db, plan: str, deck: Path) -> None:
     """Import in another process that dies after writing its first batch."""
-    done = subprocess.run([sys.executable, "-c", _CRASHING_IMPORT, db_file(conn), plan,
+    done = subprocess.run([sys.executable, "-c", _CRASHING_IMPORT, target_of(conn), plan,
                            str(deck)], timeout=60, check=False)
     assert done.returncode == 3
 
 
 def test_the_import_of_a_process_that_died_is_removed_by_the_next(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", deck_of(3)), as_of=NOW)
     before = visible(conn)
@@ -275,7 +287,7 @@ def test_the_import_of_a_process_that_died_is_removed_by_the_next(
 
 
 def test_a_stalled_staged_version_is_removed_after_ten_minutes(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", deck_of(3)), as_of=NOW)
     crash_during_import(conn, "p", write(tmp_path / "v2.csv", deck_of(6, "0.005")))
@@ -290,7 +302,7 @@ def test_a_stalled_staged_version_is_removed_after_ten_minutes(
     assert count(conn, "rates") == 3
 
 
-def test_a_half_dropped_version_is_finished_off(conn: sqlite3.Connection, tmp_path: Path) -> None:
+def test_a_half_dropped_version_is_finished_off(conn: Db, tmp_path: Path) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", deck_of(3)), as_of=NOW)
     crash_during_import(conn, "p", write(tmp_path / "v2.csv", deck_of(6, "0.005")))
     conn.execute("UPDATE deck_versions SET state = 'dropping', importer = 'elsewhere:1' "
@@ -302,7 +314,7 @@ def test_a_half_dropped_version_is_finished_off(conn: sqlite3.Connection, tmp_pa
 
 @pytest.mark.parametrize("plan", ["p", "fresh"])
 def test_two_imports_of_one_plan_at_once_stay_consistent(
-    conn: sqlite3.Connection, tmp_path: Path, plan: str
+    conn: Db, tmp_path: Path, plan: str
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", deck_of(3)), as_of=NOW)
     decks = [write(tmp_path / "a.csv", deck_of(10, "0.005", first=200)),
@@ -311,7 +323,7 @@ def test_two_imports_of_one_plan_at_once_stay_consistent(
     outcomes: dict[int, object] = {}
 
     def run(i: int) -> None:
-        own = connect(db_file(conn))
+        own = reopen(conn)
         waited = False
 
         def meet(done: int) -> None:
@@ -354,9 +366,9 @@ def test_two_imports_of_one_plan_at_once_stay_consistent(
 
 
 def test_an_import_in_another_currency_while_a_new_plan_is_staged(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
-    other = connect(db_file(conn))
+    other = reopen(conn)
     eur = write(tmp_path / "eur.csv", deck_of(2).replace("rate_usd", "rate_eur"))
     refused: list[Exception] = []
 
@@ -410,7 +422,7 @@ def test_an_older_database_upgrades_in_place(tmp_path: Path) -> None:
 # --- settings revisions and the live loader -------------------------------------------
 
 
-def test_set_plan_bumps_the_revision(conn: sqlite3.Connection, tmp_path: Path) -> None:
+def test_set_plan_bumps_the_revision(conn: Db, tmp_path: Path) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", deck_of(2)), as_of=NOW)
     import_deck(conn, "q", write(tmp_path / "q.csv", deck_of(2)), as_of=NOW)
     assert plan_revisions(conn) == {"p": (1, 0), "q": (1, 0)}
@@ -432,7 +444,7 @@ class LineReads:
         self.calls: list[tuple[str, int]] = []
         real = decks.load_version_lines
 
-        def spy(conn: sqlite3.Connection, plan: str, version: int) -> list[RateLine]:
+        def spy(conn: Db, plan: str, version: int) -> list[RateLine]:
             self.calls.append((plan, version))
             return real(conn, plan, version)
 
@@ -444,14 +456,14 @@ class LineReads:
 
 
 def test_plan_loader_refresh_loads_only_what_changed(
-    conn: sqlite3.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    conn: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads = LineReads(monkeypatch)
     import_deck(conn, "a", write(tmp_path / "a1.csv", H + "DE;49;0.02;1/1;2026-06-01\n"),
                 as_of=NOW)
     import_deck(conn, "b", write(tmp_path / "b1.csv", deck_of(3)), as_of=NOW)
     reads.take()
-    live = connect(db_file(conn))  # the loader's own connection
+    live = reopen(conn)  # the loader's own connection
     loader = PlanLoader()
     first = loader.load_all(live)
     assert sorted(first) == ["a", "b"]
@@ -516,7 +528,7 @@ def test_plan_loader_refresh_loads_only_what_changed(
 
 
 def test_plan_loader_can_follow_only_the_plans_asked_for(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     import_deck(conn, "a", write(tmp_path / "a.csv", deck_of(2)), as_of=NOW)
     loader = PlanLoader(follow_new_plans=False)
@@ -529,7 +541,7 @@ def test_plan_loader_can_follow_only_the_plans_asked_for(
 
 
 def test_plan_cache_picks_up_new_versions_and_settings(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     import_deck(conn, "p", write(tmp_path / "v1.csv", H + "DE;49;0.02;1/1;2026-06-01\n"),
                 as_of=NOW)
@@ -547,7 +559,7 @@ def test_plan_cache_picks_up_new_versions_and_settings(
 
 
 def test_a_plan_row_left_without_versions_does_not_block_a_new_plan(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     conn.execute("INSERT INTO plans (name, currency, created_ms) VALUES ('fresh', 'EUR', 0)")
     with pytest.raises(PlanNotFound):
@@ -558,7 +570,7 @@ def test_a_plan_row_left_without_versions_does_not_block_a_new_plan(
 
 
 def test_the_replay_copy_of_a_plan_takes_active_versions_only(
-    conn: sqlite3.Connection, tmp_path: Path
+    conn: Db, tmp_path: Path
 ) -> None:
     from sidecar.cli.replay import _what_if_db
 
@@ -568,9 +580,9 @@ def test_the_replay_copy_of_a_plan_takes_active_versions_only(
     conn.execute("UPDATE deck_versions SET importer = 'elsewhere:1' WHERE state = 'staged'")
     crash_during_import(conn, "fresh", write(tmp_path / "f.csv", deck_of(6)))
     assert count_where(conn, "deck_versions", "state = 'staged'") == 2
-    copy = _what_if_db(Path(db_file(conn)), "p")
+    copy = _what_if_db(target_of(conn), "p")
     assert visible(copy) == visible(conn)
     assert count(copy, "rates") == 3
     with pytest.raises(PlanNotFound):
-        _what_if_db(Path(db_file(conn)), "fresh")
+        _what_if_db(target_of(conn), "fresh")
     copy.close()

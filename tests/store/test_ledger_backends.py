@@ -40,8 +40,9 @@ from sidecar.store.pg import (
     redact,
     verify_ledger_pg,
 )
+from sidecar.store.schema import SCHEMA_VERSION
 from tests.store import pgdb
-from tests.store.pgdb import T0, fresh_database, reserve, settle, topup
+from tests.store.pgdb import T0, fresh_database, reserve, settle, topup, with_retail_plan
 
 DECK = """destination;code;rate_usd;increment;effective_from
 Germany Fixed;4930;0.60;1/1;2026-06-01
@@ -157,7 +158,7 @@ def _terminate(url: str, where: str, timeout: float = 10.0) -> int:
 def pg_backend() -> Iterator[Backend]:
     with fresh_database() as url:
         admin = connect_pg(url)
-        ensure_schema_pg(admin)
+        with_retail_plan(admin)
         pool = open_pool(url, min_size=1, max_size=2)
         ledger = PgLedger(pool)
 
@@ -424,7 +425,7 @@ def test_verify_finds_a_tampered_balance(ledger: Backend) -> None:
 def pg_url() -> Iterator[str]:
     with fresh_database() as url:
         with contextlib.closing(connect_pg(url)) as conn:
-            ensure_schema_pg(conn)
+            with_retail_plan(conn)
         yield url
 
 
@@ -450,7 +451,7 @@ def test_pg_money_is_numeric_and_exact(pg_url: str) -> None:
         assert (bal, held) == (Decimal("0.29999"), Decimal("0.00001"))
         assert all(not c.problems for c in verify_ledger_pg(conn))
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'"
-                            ).fetchall() == [("1",)]
+                            ).fetchall() == [(str(SCHEMA_VERSION),)]
 
 
 def test_pg_password_never_shown() -> None:
