@@ -2,8 +2,18 @@
 
 Example (every key optional; these are the defaults)::
 
+    [node]
+    name = "<host name>"    # this Kamailio node's name: one sidecar per name is active,
+                            # a second one is its hot standby (`sidecar run --node NAME`)
+    lease_s = 30            # this node's calls' reservations are renewed while it runs;
+                            # once a lease has run out, another node settles the call
+                            # (charged its paid time at most)
+
     [database]
-    path = "sidecar.db"
+    path = "sidecar.db"     # the SQLite store (one node), or instead:
+    # url = "postgresql://sidecar@db.example/billing?sslmode=verify-full"
+    #                       # PostgreSQL, shared by several nodes ($PGPASSWORD or
+    #                       # ~/.pgpass for the password: the URL is never logged)
     journal = ""            # settlements kept while the store fails; "" = PATH.journal
                             # (better on another filesystem than the database)
     commit_delay_ms = 50    # group commit: commands arriving meanwhile share a transaction
@@ -55,6 +65,8 @@ Example (every key optional; these are the defaults)::
 
 from __future__ import annotations
 
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +112,8 @@ class Config:
     invoice_template_dir: str = ""
     invoice_due_days: int = 14
     invoice_detail_csv_over: int = 500
+    node: str = field(default_factory=socket.gethostname)
+    lease_s: int = 30
     source: str = "<defaults>"
 
 
@@ -137,10 +151,13 @@ _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
     ("invoice", "template_dir"): ("invoice_template_dir", str),
     ("invoice", "due_days"): ("invoice_due_days", int),
     ("invoice", "detail_csv_over"): ("invoice_detail_csv_over", int),
+    ("node", "name"): ("node", str),
+    ("node", "lease_s"): ("lease_s", int),
+    ("database", "url"): ("db", str),
 }
 
 # Integer keys that make no sense below a bound (a negative due date, a negative count).
-_MINIMUM = {"shed_after_ms": 0, "commit_delay_ms": 0, "invoice_due_days": 0,
+_MINIMUM = {"lease_s": 3, "shed_after_ms": 0, "commit_delay_ms": 0, "invoice_due_days": 0,
             "invoice_detail_csv_over": 0, "media_grace_ms": 0, "media_end_without_media_s": 0,
             "media_buffer_mb": 1}
 
@@ -176,6 +193,14 @@ def load_config(path: str | Path) -> Config:
                 raise ConfigError(f"{p}: [{section}] {key} must be at least {_MINIMUM[name]}")
             if name == "media_silence_share" and not 0 < value <= 1:
                 raise ConfigError(f"{p}: [{section}] {key} must be a share in (0, 1]")
+            if (section, key) == ("database", "url"):
+                if "path" in table:
+                    raise ConfigError(f"{p}: [database] has both path and url: give one")
+                if not value.startswith(("postgresql://", "postgres://")):
+                    raise ConfigError(f"{p}: [database] url must be a postgresql:// URL, "
+                                      f"not {value[:20]!r}...")
+            if name == "node" and (problem := node_name_problem(value)):
+                raise ConfigError(f"{p}: [{section}] {key} {problem}")
             if name == "media_ports" and not _port_range_ok(value):
                 raise ConfigError(f"{p}: [{section}] {key} must be \"auto\" or a range "
                                   f"like \"10000-20000\", not {value!r}")
@@ -197,3 +222,21 @@ def _port_range_ok(text: str) -> bool:
     except ValueError:
         return False
     return r is None or 1 <= r[0] <= r[1] <= 65535
+
+
+#: A node name: what names the leader lock (a file name part, a lock key), so a short,
+#: plain word.
+NODE_NAME_MAX = 64
+_NODE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def node_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a node (one active sidecar per node), or None if it can:
+    1 to 64 letters, digits, ``-``, ``_`` or ``.``, not ``.`` or ``..``."""
+    if not name:
+        return "must not be empty"
+    if len(name) > NODE_NAME_MAX:
+        return f"must be at most {NODE_NAME_MAX} characters, not {len(name)}"
+    if not _NODE_NAME.fullmatch(name) or name in (".", ".."):
+        return f"must be letters, digits, '-', '_' or '.' only, not {name!r}"
+    return None

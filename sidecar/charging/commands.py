@@ -42,6 +42,9 @@ class Settle:
     seq: int
     cdr: Cdr
     now_ms: int
+    #: Another node's call whose lease ran out: settled only if its reservation is still
+    #: there with a lease that ended before this time (``store.writer``).
+    lease_ended_by: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config, node_name_problem
+from ..store.conn import describe, is_url
 from .app import Context, cli, fail, pass_ctx
+
+log = logging.getLogger("sidecar")
+
+#: Exit status of a sidecar that lost its leader lock (a supervisor restarts it: it then
+#: waits as the standby).
+EXIT_LEADERSHIP_LOST = 3
+#: After leadership is lost the process exits within this many seconds, whatever hangs.
+LOST_EXIT_WITHIN_S = 20.0
+#: Once it holds the lock, a sidecar waits at most this long for Kamailio to count no
+#: other evapi client (a former leader that has not noticed yet) before it connects.
+FENCE_S = 5.0
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,36 +70,101 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info")
+@click.option("--node", "node_opt", default=None, metavar="NAME",
+              help="This Kamailio node's name (default: [node] name, else the host name). "
+                   "One sidecar per node is active; another one waits as its standby.")
 @pass_ctx
-def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: str) -> None:
-    """Run the live sidecar: connect to Kamailio's evapi, authorize and charge calls."""
+def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: str,
+            node_opt: str | None) -> None:
+    """Run the live sidecar: connect to Kamailio's evapi, authorize and charge calls.
+
+    Only one sidecar per node talks to Kamailio: it holds the node's leader lock in the
+    store. A second one started for the same node waits as a hot standby and takes over
+    when the active one stops or dies."""
     try:
         config = load_config(config_path) if config_path else Config()
     except ConfigError as exc:
         fail(str(exc), 2)
         return
+    node = node_opt if node_opt is not None else config.node
+    problem = node_name_problem(node)
+    if problem:  # a [node] name in the file was checked by load_config
+        fail(f"--node {problem}" if node_opt is not None else
+             f"the host name cannot name this node ({problem}): set [node] name or --node", 2)
+        return
     setup_logging(log_format, log_level)
+    config = dataclasses.replace(config, node=node)  # what the store's rows carry
     # --db / $SIDECAR_DB win over the file, so one config serves several databases.
-    db = ctx.path if ctx.explicit or not config_path else Path(config.db)
+    db = ctx.target if ctx.explicit or not config_path else config.db
     from ..live.service import Sidecar, StoreStartError
 
     # The writer thread (and the capture thread) share the interpreter lock with the
     # event loop: the loop gets it back within 1 ms instead of 5 when it wants it.
     sys.setswitchinterval(0.001)
 
+    from ..live import leader
+
+    # The node's leader lock lives in the store: a lock file beside the SQLite database
+    # (its real path: two sidecars reaching it by different paths lock one file), or an
+    # advisory lock on PostgreSQL.
+    store = ctx.target if ctx.explicit or not config_path else config.db
+    lock_at = store if is_url(store) else Path(store).resolve()
+    try:
+        lock = leader.leader_lock(lock_at, node,
+                                  serves=f"evapi {config.evapi_host}:{config.evapi_port}")
+    except ValueError as exc:
+        fail(str(exc), 2)
+        return
+    lost: list[leader.LeadershipLost] = []
+
     async def main() -> None:
-        sidecar = Sidecar(config, db)
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel if task else (lambda: None))
-        logging.getLogger("sidecar").info(
-            "sidecar starting: db=%s evapi=%s:%s rpc=%s", db, config.evapi_host,
-            config.evapi_port, config.rpc_socket)
-        with contextlib.suppress(asyncio.CancelledError):
-            await sidecar.run()
-        logging.getLogger("sidecar").info("sidecar stopped: %s", dict(sidecar.counters))
-        logging.getLogger("sidecar").info("%s", sidecar.latency_summary())
+        log.info("sidecar starting: node=%s db=%s evapi=%s:%s rpc=%s", node, describe(db),
+                 config.evapi_host, config.evapi_port, config.rpc_socket)
+        try:
+            await leader.acquire(lock)
+        except asyncio.CancelledError:
+            log.info("standby for node %s stopped", node)
+            return
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await _fence(config)
+                await _lead(Sidecar(config, db), lock, lost)
+        finally:
+            if not lost:  # a lost lock is gone already
+                await leader.release(lock)
+
+    async def _lead(sidecar: Sidecar, lock: leader.LeaderLock,
+                    lost: list[leader.LeadershipLost]) -> None:
+        """Serve Kamailio for as long as this process holds the node's lock."""
+        serving = asyncio.ensure_future(sidecar.run())
+        keeping = asyncio.ensure_future(leader.keep(lock))
+        try:
+            await asyncio.wait({serving, keeping}, return_when=asyncio.FIRST_COMPLETED)
+            if keeping.done() and not keeping.cancelled():
+                exc = keeping.exception()
+                if isinstance(exc, leader.LeadershipLost):
+                    lost.append(exc)
+                    # Whatever hangs from here on, the process ends, so that a supervisor
+                    # starts it again (as the standby).
+                    watchdog = threading.Timer(LOST_EXIT_WITHIN_S, os._exit,
+                                               (EXIT_LEADERSHIP_LOST,))
+                    watchdog.daemon = True
+                    watchdog.start()
+                    log.critical("node %s: leadership lost (%s): no longer answering "
+                                 "Kamailio; exiting", lock.node, exc)
+                elif exc is not None:
+                    raise exc
+        finally:
+            keeping.cancel()
+            serving.cancel()  # the evapi connection is closed first, then the store's
+            with contextlib.suppress(asyncio.CancelledError):  # writer flushes its queue
+                await serving
+            log.info("sidecar stopped: %s", dict(sidecar.counters))
+            log.info("%s", sidecar.latency_summary())
 
     from ..live.media import MediaConfigError
     from ..media.capture import CaptureError
@@ -95,4 +175,40 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     except (MediaConfigError, CaptureError) as exc:
         fail(f"media capture: {exc}", 2)
     except StoreStartError as exc:
-        fail(f"store {db}: {exc}", 2)
+        fail(f"store {describe(db)}: {exc}", 2)
+    except leader.LeaderLockError as exc:
+        fail(f"leader lock of node {node}: {exc}", 2)
+    if lost:
+        fail(f"node {node}: leadership lost ({lost[0]}); restart to wait as the standby",
+             EXIT_LEADERSHIP_LOST)
+
+
+async def _fence(config: Config) -> None:
+    """Wait (at most ``FENCE_S``) until Kamailio counts no evapi client: a former leader
+    that lost its lock without noticing yet (a PostgreSQL session the server dropped) is
+    still connected for up to ~3 s, and two sidecars must never answer one Kamailio.
+    Skipped when Kamailio cannot be asked (not running yet, another configuration)."""
+    from ..kamailio.rpc import KamailioRpc, RpcError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FENCE_S
+    warned = False
+    try:
+        async with KamailioRpc(config.rpc_socket, min(config.rpc_timeout, 1.0)) as rpc:
+            while True:
+                res = await rpc.call("pv.shvGet", "evapi_clients")
+                count = int(res["value"])
+                if count <= 0:
+                    return
+                if loop.time() > deadline:
+                    log.error("Kamailio still counts %d evapi client(s) after %.0f s: "
+                              "connecting anyway (another sidecar under another node name?)",
+                              count, FENCE_S)
+                    return
+                if not warned:
+                    warned = True
+                    log.warning("Kamailio still counts %d evapi client(s): waiting for the "
+                                "former leader to go", count)
+                await asyncio.sleep(0.1)
+    except (RpcError, OSError, LookupError, TypeError, ValueError) as exc:
+        log.debug("evapi client count not available from Kamailio (%s)", exc)

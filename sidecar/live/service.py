@@ -67,8 +67,10 @@ class Sidecar:
         self.db = db
         self.book = AccountBook()
         self.plan_map: dict[str, PlanRates] = {}
-        self.writer = StoreWriter(db, config.journal or default_journal(db), PlanLoader(),
-                                  self._from_writer, commit_delay_ms=config.commit_delay_ms)
+        self.writer = StoreWriter(db, config.journal or default_journal(db, config.node),
+                                  PlanLoader(), self._from_writer,
+                                  commit_delay_ms=config.commit_delay_ms, node=config.node,
+                                  lease_ms=config.lease_s * 1000)
         self.charger = Charger(self.writer, self._plan, ChargingConfig(
             renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds),
             book=self.book)

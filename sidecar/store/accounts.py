@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -146,18 +147,27 @@ class SqlLedger:
     """
 
     dialect: ClassVar[Dialect] = SQLITE
+    #: The sidecar node applying the commands (its calls' reservations carry it), and
+    #: how long a reservation's lease lasts: the node renews it while it lives
+    #: (:meth:`renew_leases`); once it has run out, another node may settle the call.
+    node: str = ""
+    lease_ms: int = 30_000
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def _connection(self) -> contextlib.AbstractContextManager[Any]:
+    def connection(self) -> contextlib.AbstractContextManager[Any]:
         """The connection to work on for one transaction (a pool's, in ``PgLedger``)."""
         return contextlib.nullcontext(self.conn)
+
+    def close(self) -> None:
+        """Release what the ledger opened itself (its owner closes the connection it
+        was given)."""
 
     # --- reads -------------------------------------------------------------------
     def account(self, code: str, now_ms: int) -> Account | None:
         d = self.dialect
-        with self._connection() as conn:
+        with self.connection() as conn:
             r = d.execute(conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE code = ?",
                           (code,)).fetchone()
         return None if r is None else d.to_account(r, now_ms)
@@ -172,7 +182,7 @@ class SqlLedger:
         for kind, value in (("user", sip_user), ("ip", src_ip)):
             if not value:
                 continue
-            with self._connection() as conn:
+            with self.connection() as conn:
                 r = self.dialect.execute(
                     conn, "SELECT account FROM sip_accounts WHERE kind = ? AND value = ?",
                     (kind, value)).fetchone()
@@ -180,18 +190,38 @@ class SqlLedger:
                 return self.account(str(r[0]), now_ms), f"SIP {kind} {value}"
         return None, f"no account for SIP user '{sip_user}' or source IP '{src_ip}'"
 
-    def live_calls(self) -> list[dict[str, object]]:
-        with self._connection() as conn:
-            cur = self.dialect.execute(
-                conn, "SELECT call_ref, account, number, destination, prefix, rate, increment, "
-                "answered_ms, paid_seconds, reserved, updated_ms FROM live_calls "
-                "ORDER BY answered_ms")
+    _LIVE = ("SELECT call_ref, account, number, destination, prefix, rate, increment, "
+             "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms FROM live_calls")
+
+    def live_calls(self, node: str | None = None) -> list[dict[str, object]]:
+        """The calls the store holds reservations for; with ``node``, that node's only
+        (and those of no node: written before calls had one)."""
+        where, args = (" WHERE node = ? OR node = ''", (node,)) if node is not None else ("", ())
+        return self._live_rows(self._LIVE + where + " ORDER BY answered_ms", args)
+
+    def expired_calls(self, now_ms: int) -> list[dict[str, object]]:
+        """Other nodes' calls whose lease ran out before ``now_ms``: their node stopped
+        renewing it (it is down, or cut off from the store)."""
+        return self._live_rows(self._LIVE + " WHERE node <> ? AND node <> '' AND "
+                               "lease_ms < ? ORDER BY lease_ms", (self.node, now_ms))
+
+    def renew_leases(self, now_ms: int) -> int:
+        """This node is alive: its calls' leases now run to ``now_ms`` + :attr:`lease_ms`.
+        Returns how many calls it holds."""
+        d = self.dialect
+        with self.connection() as conn, d.transaction(conn):
+            return int(d.execute(conn, "UPDATE live_calls SET lease_ms = ? WHERE node = ?",
+                                 (now_ms + self.lease_ms, self.node)).rowcount)
+
+    def _live_rows(self, q: str, args: Sequence[object]) -> list[dict[str, object]]:
+        with self.connection() as conn:
+            cur = self.dialect.execute(conn, q, args)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur]
 
     def verify(self) -> list[LedgerCheck]:
         """:func:`verify_ledger` on this store."""
-        with self._connection() as conn:
+        with self.connection() as conn:
             return verify_ledger(conn, self.dialect)
 
     # --- writes ------------------------------------------------------------------
@@ -203,8 +233,8 @@ class SqlLedger:
         what happens to it."""
         d = self.dialect
         try:
-            with self._connection() as conn, d.transaction(conn):
-                batch = Batch(conn, cmds, d)
+            with self.connection() as conn, d.transaction(conn):
+                batch = Batch(conn, cmds, d, node=self.node, lease_ms=self._lease_end())
                 outcomes = [batch.apply(c) for c in cmds]
                 accounts = batch.flush()
         except d.errors as exc:
@@ -217,11 +247,15 @@ class SqlLedger:
         once, in its own transaction. A second settle of the same call changes nothing
         (``duplicate``)."""
         d = self.dialect
-        with self._connection() as conn, d.transaction(conn):
-            batch = Batch(conn, [Settle(0, cdr, now_ms)], d)
+        with self.connection() as conn, d.transaction(conn):
+            batch = Batch(conn, [Settle(0, cdr, now_ms)], d, node=self.node,
+                          lease_ms=self._lease_end())
             res = batch.settle(cdr, now_ms)
             batch.flush()
         return res
+
+    def _lease_end(self) -> int:
+        return time.time_ns() // 1_000_000 + self.lease_ms
 
     def topup(self, code: str, amount: Decimal, now_ms: int, note: str = "",
               kind: str = "topup") -> Account:
@@ -231,7 +265,7 @@ class SqlLedger:
         if kind != "adjustment" and amount <= 0:
             raise ValueError("a top-up must be positive")
         d = self.dialect
-        with self._connection() as conn, d.transaction(conn):
+        with self.connection() as conn, d.transaction(conn):
             r = d.execute(conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE code = ?"
                           f"{d.lock}", (code,)).fetchone()
             if r is None:
@@ -311,6 +345,9 @@ def _verify(conn: Connection, d: Dialect) -> list[LedgerCheck]:
                 credits += a
         holds = sum((Decimal(str(r[0])) for r in d.execute(
             conn, "SELECT reserved FROM live_calls WHERE account = ?", (acc.code,))), ZERO)
+        ended = [str(r[0]) for r in d.execute(
+            conn, "SELECT l.call_ref FROM live_calls l JOIN cdrs c ON c.call_ref = l.call_ref "
+            "WHERE l.account = ?", (acc.code,))]
         cdr_charges = cdr_credits = ZERO
         for charged, credited in d.execute(
                 conn, "SELECT charged, credited FROM cdrs WHERE account = ?", (acc.code,)):
@@ -325,6 +362,9 @@ def _verify(conn: Connection, d: Dialect) -> list[LedgerCheck]:
             problems.append(f"ledger charges {charges} != CDR charges {cdr_charges}")
         if credits != cdr_credits:
             problems.append(f"ledger call credits {credits} != CDR credits {cdr_credits}")
+        if ended:
+            problems.append(f"{len(ended)} reservation(s) left on calls settled already "
+                            f"(e.g. {ended[0]})")
         if acc.kind is AccountKind.PREPAID and acc.balance < 0:
             problems.append(f"prepaid balance below zero: {acc.balance}")
         out.append(LedgerCheck(acc.code, acc.balance, total, acc.held, holds, charges,

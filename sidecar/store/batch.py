@@ -30,14 +30,18 @@ __all__ = ["ACCOUNT_COLUMNS", "CDR_FIELDS", "CDR_INSERT", "Batch", "UnknownAccou
            "cdr_row"]
 
 CDR_FIELDS = tuple(f.name for f in dataclasses.fields(Cdr))
-CDR_INSERT = (f"INSERT INTO cdrs ({', '.join(CDR_FIELDS)}) "
-              f"VALUES ({', '.join('?' for _ in CDR_FIELDS)})")
+# A CDR's columns: the Cdr's fields, then the node whose Kamailio carried the call.
+CDR_INSERT = (f"INSERT INTO cdrs ({', '.join(CDR_FIELDS)}, node) "
+              f"VALUES ({', '.join('?' for _ in CDR_FIELDS)}, ?)")
+# A call's reservation belongs to the node that made it first; every reservation renews
+# its lease.
 _LIVE_UPSERT = (
     "INSERT INTO live_calls (call_ref, account, number, destination, prefix, rate, "
-    "increment, answered_ms, paid_seconds, reserved, updated_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "increment, answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
-    "reserved = excluded.reserved, updated_ms = excluded.updated_ms")
+    "reserved = excluded.reserved, updated_ms = excluded.updated_ms, "
+    "lease_ms = excluded.lease_ms")
 _LEDGER_INSERT = ("INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "
                   "VALUES (?, ?, ?, ?, ?, ?)")
 _ACCOUNT_UPDATE = ("UPDATE accounts SET balance = ?, held = ?, day_key = ?, day_spend = ?, "
@@ -69,12 +73,18 @@ def cdr_row(cdr: Cdr, money_as_text: bool = True) -> list[object]:
 
 
 class Batch:
-    """One transaction's worth of commands; :meth:`flush` writes what they did."""
+    """One transaction's worth of commands; :meth:`flush` writes what they did.
+
+    ``node``: the sidecar node applying them (its calls' reservations carry it), and
+    ``lease_ms``: until when the node vouches for the calls it reserves for."""
 
     def __init__(self, conn: Connection, cmds: Sequence[StoreCommand],
-                 dialect: Dialect = SQLITE) -> None:
+                 dialect: Dialect = SQLITE, *, node: str = "", lease_ms: int = 0) -> None:
         self.conn = conn
         self.dialect = dialect
+        self.node = node
+        self.lease_ms = lease_ms
+        self._owner: dict[str, tuple[str, int]] = {}  # stored live call -> (node, lease)
         self._m = dialect.money
         self.accounts: dict[str, Account] = {}
         self._dirty: set[str] = set()
@@ -103,6 +113,7 @@ class Batch:
                 codes.setdefault(c.account, c.now_ms)
                 if isinstance(c, Reserve):
                     refs.add(c.call_ref)
+                    settles.append(c.call_ref)  # a call settled already gets no more
         d = self.dialect
         # Accounts first, in code order: where rows are locked, every batch takes the
         # locks in the same order, and what is read next is what the last transaction on
@@ -113,11 +124,12 @@ class Batch:
                 code = str(r[0])
                 self.accounts[code] = d.to_account(r, codes[code])
         for part in _chunks(refs):
-            for ref, reserved in d.execute(
-                    self.conn, f"SELECT call_ref, reserved FROM live_calls WHERE call_ref IN "
-                    f"({_marks(part)})", part):
+            for ref, reserved, node, lease in d.execute(
+                    self.conn, f"SELECT call_ref, reserved, node, lease_ms FROM live_calls "
+                    f"WHERE call_ref IN ({_marks(part)})", part):
                 self._held[str(ref)] = Decimal(str(reserved))
                 self._stored.add(str(ref))
+                self._owner[str(ref)] = (str(node), int(lease))
         for part in _chunks(settles):
             self._settled.update(str(r[0]) for r in d.execute(
                 self.conn, f"SELECT call_ref FROM cdrs WHERE call_ref IN ({_marks(part)})",
@@ -140,7 +152,8 @@ class Batch:
             if isinstance(cmd, Reserve):
                 return self.reserve(cmd)
             if isinstance(cmd, Settle):
-                return Outcome(cmd.seq, True, settlement=self.settle(cmd.cdr, cmd.now_ms))
+                return Outcome(cmd.seq, True, settlement=self.settle(
+                    cmd.cdr, cmd.now_ms, cmd.lease_ended_by))
             return Outcome(cmd.seq, True, settlement=self.topup(cmd))
         except UnknownAccount as exc:
             return Outcome(cmd.seq, False, error=str(exc))
@@ -149,8 +162,10 @@ class Batch:
         """Hold what the core asked for, or what the account can still cover; record the
         live call (its paid time and holds) for a restart to adopt."""
         acc = self._account(cmd.account, cmd.now_ms)
-        granted, seconds = grant(acc, cmd.amount, cmd.seconds, cmd.fit, cmd.paid_before)
         ref = cmd.call_ref
+        if ref in self._settled:  # settled already (by a node that took over): no more
+            return Outcome(cmd.seq, True, ZERO, cmd.paid_before)
+        granted, seconds = grant(acc, cmd.amount, cmd.seconds, cmd.fit, cmd.paid_before)
         if granted > 0:  # a hold moves no money: live_calls records it, not the ledger
             self._set(evolve(acc, {"balance": acc.balance - granted,
                                    "held": acc.held + granted}))
@@ -159,14 +174,26 @@ class Batch:
         live = cmd.live.get
         self._live[ref] = (ref, cmd.account, live("number"), live("destination"),
                            live("prefix"), live("rate"), live("increment"),
-                           live("answered_ms"), seconds, self._m(held), cmd.now_ms)
+                           live("answered_ms"), seconds, self._m(held), cmd.now_ms,
+                           self._owner.get(ref, (self.node, 0))[0], self.lease_ms)
         return Outcome(cmd.seq, True, granted, seconds)
 
-    def settle(self, cdr: Cdr, now_ms: int) -> Settlement:
+    def settle(self, cdr: Cdr, now_ms: int, lease_ended_by: int | None = None
+               ) -> Settlement:
         """Write the CDR once; for a billed call release its holds and charge its cost (a
-        prepaid account never below zero: what it cannot cover is written off)."""
+        prepaid account never below zero: what it cannot cover is written off).
+
+        A call settled already is a duplicate: nothing is charged, and a hold left on it
+        (a reservation that raced the first settlement) is given back. With
+        ``lease_ended_by``, the call is another node's, settled only if its reservation
+        is still there with a lease that ended before that time (else nothing happens)."""
         ref = cdr.call_ref
+        if lease_ended_by is not None and (
+                ref in self._settled or self._owner.get(ref, ("", lease_ended_by))[1]
+                >= lease_ended_by):
+            return Settlement(ZERO, ZERO, True, None, None)
         if ref in self._settled:
+            self._release_left(ref, cdr.account, now_ms)
             return Settlement(ZERO, ZERO, True, None, None)
         self._settled.add(ref)
         before = after = None
@@ -192,8 +219,21 @@ class Batch:
         self._live.pop(ref, None)
         if ref in self._stored:
             self._gone.add(ref)
-        self._cdrs.append(cdr_row(cdr, self.dialect.money_as_text))
+        row = cdr_row(cdr, self.dialect.money_as_text)
+        row.append(self._owner.get(ref, (self.node, 0))[0] or self.node)
+        self._cdrs.append(row)
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended)
+
+    def _release_left(self, ref: str, account: str | None, now_ms: int) -> None:
+        """Give back a hold still recorded for a call that has its CDR already."""
+        held = self._held.pop(ref, ZERO)
+        self._live.pop(ref, None)
+        if ref not in self._stored:
+            return
+        self._gone.add(ref)
+        if held and account and account in self.accounts:
+            acc = self._account(account, now_ms)
+            self._set(evolve(acc, {"balance": acc.balance + held, "held": acc.held - held}))
 
     def topup(self, cmd: Topup) -> Settlement:
         """A recharge, applied once per ``key`` (a replayed journal applies it again)."""

@@ -33,8 +33,12 @@ class JournalError(OSError):
     """The journal could not be written."""
 
 
-def default_journal(db: str | os.PathLike[str]) -> Path:
-    """The journal beside the database, unless configured elsewhere."""
+def default_journal(db: str | os.PathLike[str], node: str = "") -> Path:
+    """The journal beside the SQLite database, unless configured elsewhere; for a
+    PostgreSQL store (a URL), ``sidecar-NODE.journal`` in the working directory (each node
+    keeps its own: configure ``[database] journal`` to put it elsewhere)."""
+    if str(db).startswith(("postgresql://", "postgres://")):
+        return Path(f"sidecar-{node or 'node'}.journal")
     return Path(f"{db}.journal")
 
 

@@ -239,17 +239,27 @@ class PgLedger(SqlLedger):
 
     def __init__(self, db: PgConnection | PgPool) -> None:
         self.db = db
+        #: Server processes this ledger's connections ran on: its own changes, which
+        #: :class:`PgChanges` does not report.
+        self.pids: set[int] = set()
 
-    def _connection(self) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
         if isinstance(self.db, ConnectionPool):
-            return self.db.connection()
-        return contextlib.nullcontext(self.db)
+            with self.db.connection() as conn:
+                self.pids.add(conn.info.backend_pid)
+                yield conn
+        else:
+            self.pids.add(self.db.info.backend_pid)
+            yield self.db
+
+    def close(self) -> None:
+        self.db.close()
 
     def add_account(self, code: str, plan: str, kind: AccountKind, *, currency: str,
                     now_ms: int, **kw: Any) -> Account:
-        """:func:`~sidecar.store.accounts.add_account` on this store (``currency`` is
-        required: PostgreSQL holds no plans yet)."""
-        with self._connection() as conn:
+        """:func:`~sidecar.store.accounts.add_account` on this store."""
+        with self.connection() as conn:
             return add_account_pg(conn, code, plan, kind, currency=currency, now_ms=now_ms,
                                   **kw)
 
@@ -280,9 +290,6 @@ class PgConn:
     dialect: ClassVar[Dialect] = PG
 
     def __init__(self, raw: PgConnection, url: str = "") -> None:
-        # Money read back as the exact text SQLite stores ("0.00500000"), so what reads
-        # the store sees the same values on both (the ledger converts with Decimal(str())).
-        raw.adapters.register_loader("numeric", TextLoader)
         self.raw = raw
         self.url = url  # as given (a password included): never log it, ``redact`` it
 
@@ -316,9 +323,66 @@ class PgConn:
 def open_pg(url: str) -> PgConn:
     """Connect to ``url`` and bring its schema up to date (refusing a newer one)."""
     raw = connect_pg(url)
+    # Money read back as the exact text SQLite stores ("0.00500000"), so what reads the
+    # store sees the same values on both (the ledger converts with Decimal(str())).
+    raw.adapters.register_loader("numeric", TextLoader)
     try:
         ensure_schema_pg(raw)
     except BaseException:
         raw.close()
         raise
     return PgConn(raw, url)
+
+
+class PgChanges:
+    """Did another process change accounts, SIP mappings or rate plans? Their tables'
+    triggers notify ``sidecar_changes`` at each commit with the table and the server
+    process that committed (``schema.py``); a connection of its own listens, and the
+    writer's own commits (its ledger's and reader's processes) are not reported.
+
+    A listener that lost its connection (a server restart) reconnects and reports a
+    change: what was committed meanwhile was not heard."""
+
+    CHANNEL = "sidecar_changes"
+
+    def __init__(self, url: str, ledger: PgLedger, reader: PgConn) -> None:
+        self.url = url
+        self.ledger = ledger
+        self.reader = reader
+        self._listen: PgConnection | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        try:
+            conn = connect_pg(self.url)
+            conn.execute(f"LISTEN {self.CHANNEL}")
+            self._listen = conn
+        except psycopg.Error as exc:
+            log.error("cannot listen for the store's changes (%s): will retry", exc)
+            self._listen = None
+
+    def changed(self) -> bool:
+        listen = self._listen
+        if listen is None or listen.closed or listen.broken:
+            self._connect()
+            return True
+        own = set(self.ledger.pids)
+        if not self.reader.raw.closed:
+            own.add(self.reader.raw.info.backend_pid)
+        seen = False
+        try:
+            for note in listen.notifies(timeout=0):
+                _table, _, pid = note.payload.partition(" ")
+                if not pid.isdigit() or int(pid) not in own:
+                    seen = True
+        except psycopg.Error as exc:
+            log.error("lost the store's change notifications (%s): reconnecting", exc)
+            with contextlib.suppress(psycopg.Error):
+                listen.close()
+            self._listen = None
+            return True
+        return seen
+
+    def close(self) -> None:
+        if self._listen is not None:
+            self._listen.close()

@@ -30,14 +30,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..charging import PlanRates
-from ..charging.commands import BatchResult, Outcome, Reserve, StoreCommand
-from ..charging.model import Account
-from .accounts import SqliteLedger, list_accounts
-from .db import connect, transaction
+from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreCommand
+from ..charging.model import Account, Cdr, Disposition
+from .accounts import SqliteLedger, SqlLedger, list_accounts
+from .conn import Db, is_url
+from .db import connect
 from .journal import Journal, JournalError
 
 log = logging.getLogger("sidecar.store")
@@ -63,9 +65,9 @@ WriterEvent = BatchResult | Snapshot
 class PlanSource(Protocol):
     """Loads rate plans for the live sidecar (``decks.PlanLoader``)."""
 
-    def load_all(self, conn: sqlite3.Connection) -> dict[str, PlanRates]: ...
+    def load_all(self, conn: Any) -> dict[str, PlanRates]: ...
 
-    def refresh(self, conn: sqlite3.Connection) -> dict[str, PlanRates]: ...
+    def refresh(self, conn: Any) -> dict[str, PlanRates]: ...
 
 
 _STOP = object()
@@ -77,8 +79,13 @@ class StoreWriter:
     def __init__(self, db: str | Path, journal: str | Path, plans: PlanSource,
                  deliver: Callable[[WriterEvent], None], *, max_batch: int = 4000,
                  poll_s: float = 0.1, probe_s: float = 1.0, busy_timeout_ms: int = 2000,
-                 accounts_every_s: float = 0.5, commit_delay_ms: int = 50) -> None:
+                 accounts_every_s: float = 0.5, commit_delay_ms: int = 50,
+                 node: str = "", lease_ms: int = 30_000) -> None:
         self.db = db
+        self.node = node
+        self.lease_ms = lease_ms
+        self.renew_every_s = lease_ms / 3000  # a lease survives two missed renewals
+        self.expired_every_s = lease_ms / 6000
         self.journal = Journal(journal)
         self.plans = plans
         self.deliver = deliver
@@ -101,6 +108,7 @@ class StoreWriter:
         self.commands = 0
         self.journaled = 0
         self.failed_batches = 0
+        self.taken_over = 0  # other nodes' calls settled here after their lease ran out
         self.cpu_s = 0.0  # CPU spent applying batches
         self.started = threading.Event()
         self.start_error: BaseException | None = None
@@ -130,26 +138,21 @@ class StoreWriter:
     # --- the thread ---------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            conn = connect(self.db)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            # The writer appends: its working set is the last pages of each table and
-            # index and the accounts, not the 64 MB cache an interactive reader wants.
-            conn.execute("PRAGMA cache_size = -16384")
-            self.ledger = SqliteLedger(conn)
-            self.conn = conn
+            self._open()
+            conn = self.conn
             self._apply_journal(startup=True)
-            self._version = self._data_version()
+            self._changes.changed()  # from here on
             with _bulk_load():
                 plans = self.plans.load_all(conn)
             self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn), plans,
-                                  self.ledger.live_calls(), first=True))
+                                  self.ledger.live_calls(self.node), first=True))
         except BaseException as exc:  # the sidecar cannot start without its store
             self.start_error = exc
             self.started.set()
             log.error("store writer could not start: %s", exc)
             return
         self.started.set()
-        last_check = last_probe = time.monotonic()
+        last_check = last_probe = last_renew = last_expired = time.monotonic()
         stopping = False
         while not stopping:
             batch: list[StoreCommand] = []
@@ -176,7 +179,13 @@ class StoreWriter:
             if now - last_check >= self.poll_s:
                 last_check = now
                 self._check_changes()
-        self.conn.close()
+            if not self.down and now - last_renew >= self.renew_every_s:
+                last_renew = now
+                self._renew_leases()
+            if not self.down and now - last_expired >= self.expired_every_s:
+                last_expired = now
+                self._settle_expired()
+        self._close()
 
     def _gather(self) -> None:
         """Group commit: let what arrives within ``commit_delay_ms`` share this
@@ -230,11 +239,8 @@ class StoreWriter:
         """Is the store writable again? A real (tiny) write says so; taking the lock
         alone would not notice a full disk."""
         try:
-            with transaction(self.conn):
-                self.conn.execute("INSERT INTO meta (key, value) VALUES ('probe', ?) "
-                                  "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                                  (str(_now_ms()),))
-        except sqlite3.Error as exc:
+            self._probe_write()
+        except self.ledger.dialect.errors as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             return
         self._recovered()
@@ -271,9 +277,6 @@ class StoreWriter:
             self.deliver(BatchResult([o for o in result.outcomes if o.seq in mine],
                                      result.accounts))
 
-    def _data_version(self) -> int:
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
-
     def _check_changes(self) -> None:
         """Another process committed (a top-up, a new account, a deck): send what changed.
 
@@ -281,9 +284,7 @@ class StoreWriter:
         active); accounts and SIP mappings are read again at most every
         ``accounts_every_s``, so a deck import's many short commits cost one reload."""
         try:
-            version = self._data_version()
-            if version != self._version:
-                self._version = version
+            if self._changes.changed():
                 self._accounts_stale = True
                 with _bulk_load():
                     plans = self.plans.refresh(self.conn)
@@ -295,8 +296,148 @@ class StoreWriter:
                 self._accounts_read = now
                 self.deliver(Snapshot(list_accounts(self.conn, _now_ms()), _sip(self.conn),
                                       {}))
-        except sqlite3.Error as exc:
+        except self.ledger.dialect.errors as exc:
             log.error("could not read the store's changes: %s", exc)
+            self._reconnect_reader()
+
+
+    # --- the database: SQLite or PostgreSQL ----------------------------------------------
+    def _open(self) -> None:
+        """The writer's connections: SQLite, one connection; PostgreSQL, a reader (rate
+        plans, accounts, SIP mappings), a small pool for the batches (a batch after a
+        lost connection or a server restart gets a new one) and a listener."""
+        self.conn: Db
+        self.ledger: SqlLedger
+        if is_url(self.db):
+            from .pg import PgChanges, PgLedger, open_pg, open_pool
+
+            url = str(self.db)
+            self.conn = open_pg(url)  # brings the schema up to date first
+            self.ledger = PgLedger(open_pool(url, min_size=1, max_size=2))
+            self._changes: Changes = PgChanges(url, self.ledger, self.conn)
+        else:
+            conn = connect(self.db)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            # The writer appends: its working set is the last pages of each table and
+            # index and the accounts, not the 64 MB cache an interactive reader wants.
+            conn.execute("PRAGMA cache_size = -16384")
+            self.conn = conn
+            self.ledger = SqliteLedger(conn)
+            self._changes = SqliteChanges(conn)
+        self.ledger.node = self.node
+        self.ledger.lease_ms = self.lease_ms
+
+    def _close(self) -> None:
+        self._changes.close()
+        self.ledger.close()
+        self.conn.close()
+
+    def _reconnect_reader(self) -> None:
+        """PostgreSQL: a reader whose connection broke (a server restart) is replaced."""
+        raw = getattr(self.conn, "raw", None)
+        if raw is None or not (raw.broken or raw.closed):
+            return
+        from .pg import open_pg
+
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        try:
+            self.conn = open_pg(str(self.db))
+            self._changes.reader = self.conn
+        except self.ledger.dialect.errors as exc:
+            log.error("cannot reconnect to the store: %s", exc)
+
+    def _probe_write(self) -> None:
+        """A tiny real write (taking the lock alone would not notice a full disk)."""
+        d = self.ledger.dialect
+        with self.ledger.connection() as conn, d.transaction(conn):
+            d.execute(conn, "INSERT INTO meta (key, value) VALUES ('probe', ?) "
+                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                      (str(_now_ms()),))
+
+    # --- nodes: leases on the calls' reservations ------------------------------------
+    def _renew_leases(self) -> None:
+        """This node lives: its calls' leases run on (else another node settles them)."""
+        try:
+            self.ledger.renew_leases(_now_ms())
+        except self.ledger.dialect.errors as exc:
+            log.error("could not renew this node's leases: %s", exc)
+
+    def _settle_expired(self) -> None:
+        """Settle, once, the calls of nodes whose lease ran out (the node is down or cut
+        off from the store): each is charged for its paid time at most (what its last
+        reservation covered), and its CDR says so. Its Kamailio ends it (the dialog
+        timeout) if it still runs."""
+        try:
+            expired = self.ledger.expired_calls(_now_ms())
+        except self.ledger.dialect.errors as exc:
+            log.error("could not read other nodes' expired calls: %s", exc)
+            return
+        for row in expired:
+            now = _now_ms()
+            acc = self.ledger.account(str(row["account"]), now)
+            cdr = expired_cdr(row, acc, self.node)
+            result = self.ledger.execute([Settle(-1, cdr, now, lease_ended_by=now)])
+            if result.error:
+                log.error("could not settle call %s of node %s: %s", cdr.call_ref,
+                          row["node"], result.error)
+                return
+            (outcome,) = result.outcomes
+            if outcome.settlement is not None and not outcome.settlement.duplicate:
+                self.taken_over += 1
+                log.warning("settled call %s of node %s (account %s): its lease ran out "
+                            "%d ms ago; charged %s for its paid %d s", cdr.call_ref,
+                            row["node"], cdr.account, now - int(str(row["lease_ms"])),
+                            outcome.settlement.charged, cdr.billed_seconds)
+                self.deliver(BatchResult([], result.accounts))
+
+
+def expired_cdr(row: dict[str, object], acc: Account | None, node: str) -> Cdr:
+    """The CDR of another node's call settled after its lease ran out: answered, billed
+    for the paid time its reservations covered (its real end is not known here)."""
+    answered = int(str(row["answered_ms"]))
+    paid = int(str(row["paid_seconds"]))
+    reserved = Decimal(str(row["reserved"]))
+    return Cdr(
+        str(row["call_ref"]), str(row["call_ref"]), Disposition.ANSWERED,
+        account=str(row["account"]), plan=acc.plan if acc else None,
+        callee=str(row["number"]), destination=str(row["destination"]),
+        prefix=str(row["prefix"]), rate=Decimal(str(row["rate"])),
+        increment=str(row["increment"]), currency=acc.currency if acc else "",
+        answered_ms=answered, billable_ms=answered, ended_ms=answered + paid * 1000,
+        duration_ms=paid * 1000, billed_seconds=paid, usage=reserved, cost=reserved,
+        ended_by=f"node {node}",
+        end_reason=f"lease expired: node {row['node']} stopped renewing it; billed its "
+                   f"paid time")
+
+
+class Changes(Protocol):
+    """Did another process change the store since the last call (accounts, SIP mappings,
+    rate plans)?"""
+
+    reader: Any
+
+    def changed(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteChanges:
+    """SQLite's ``PRAGMA data_version``: changes when another connection commits."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.reader = conn
+        self._version = -1
+
+    def changed(self) -> bool:
+        version = int(self.reader.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._version:
+            return False
+        self._version = version
+        return True
+
+    def close(self) -> None:
+        pass
 
 
 @contextlib.contextmanager
@@ -316,7 +457,7 @@ def _bulk_load() -> Iterator[None]:
             gc.enable()
 
 
-def _sip(conn: sqlite3.Connection) -> dict[tuple[str, str], str]:
+def _sip(conn: Db) -> dict[tuple[str, str], str]:
     return {(str(k), str(v)): str(a)
             for k, v, a in conn.execute("SELECT kind, value, account FROM sip_accounts")}
 
