@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sidecar.charging.commands import BatchResult
+from sidecar.charging.commands import BatchResult, Settle
 from sidecar.charging.model import AccountKind
 from sidecar.store.accounts import SqliteLedger, SqlLedger, add_account, map_sip
 from sidecar.store.db import connect
@@ -252,6 +252,92 @@ def test_reserve_settle_topup(ledger: Backend) -> None:
     assert ledger.money("SELECT charged FROM cdrs WHERE call_ref = 'c1'") == Decimal("0.90")
     acc2 = ledger.ledger.account("acme", T0)
     assert acc2 is not None and acc2.balance == Decimal("14.10")
+    ledger.verified()
+
+
+def test_a_call_belongs_to_the_node_that_reserved_it(ledger: Backend) -> None:
+    led = ledger.ledger
+    ledger.add("acme", "10")
+    led.node = "n1"
+    ok(led.execute([reserve(1, "acme", "c1", "0.60")]))
+    led.node = "n2"
+    ok(led.execute([reserve(2, "acme", "c2", "0.60"),
+                    reserve(3, "acme", "c1", "0.60", paid_before=60)]))  # renews, not takes
+    assert [r["call_ref"] for r in led.live_calls("n1")] == ["c1"]
+    assert [r["call_ref"] for r in led.live_calls("n2")] == ["c2"]
+    assert {r["call_ref"]: r["node"] for r in led.live_calls()} == {"c1": "n1", "c2": "n2"}
+    res = ok(led.execute([settle(4, "c1", "acme", "0.90")]))
+    assert res.outcomes[0].settlement is not None
+    assert ledger.rows("SELECT node FROM cdrs WHERE call_ref = 'c1'") == [("n1",)]
+    ledger.verified()
+
+
+def test_another_node_settles_a_call_once_its_lease_ran_out(ledger: Backend) -> None:
+    led = ledger.ledger
+    ledger.add("acme", "10")
+    led.node, led.lease_ms = "dead", 1_000
+    ok(led.execute([reserve(1, "acme", "c1", "0.60")]))
+    (row,) = led.live_calls("dead")
+    lease = int(str(row["lease_ms"]))
+    led.node = "alive"
+    assert led.expired_calls(lease - 1) == []  # still vouched for
+    (late,) = led.expired_calls(lease + 1)
+    assert late["call_ref"] == "c1"
+    # Settled only if the lease still ran out when the settlement commits...
+    early = Settle(2, pgdb.cdr("c1", "acme", "0.60"), T0, lease_ended_by=lease)
+    s = ok(led.execute([early])).outcomes[0].settlement
+    assert s is not None and s.duplicate and led.live_calls() != []
+    # ...and then once, whoever else tries.
+    res = ok(led.execute([Settle(3, pgdb.cdr("c1", "acme", "0.60"), T0,
+                                 lease_ended_by=lease + 1)]))
+    s = res.outcomes[0].settlement
+    assert s is not None and not s.duplicate and s.charged == Decimal("0.60")
+    again = ok(led.execute([Settle(4, pgdb.cdr("c1", "acme", "0.60"), T0,
+                                   lease_ended_by=lease + 1)])).outcomes[0].settlement
+    assert again is not None and again.duplicate
+    assert led.live_calls() == [] and ledger.rows("SELECT node FROM cdrs") == [("dead",)]
+    assert ledger.money("SELECT balance FROM accounts") == Decimal("9.40")
+    ledger.verified()
+
+
+def test_renewed_leases_keep_a_call_from_being_taken_over(ledger: Backend) -> None:
+    led = ledger.ledger
+    ledger.add("acme", "10")
+    led.node, led.lease_ms = "n1", 1_000
+    ok(led.execute([reserve(1, "acme", "c1", "0.60")]))
+    (row,) = led.live_calls()
+    later = int(str(row["lease_ms"])) + 60_000
+    assert led.renew_leases(later) == 1
+    led.node = "n2"
+    assert led.renew_leases(later) == 0  # another node renews only its own
+    assert led.expired_calls(later + 999) == []
+    assert [r["call_ref"] for r in led.expired_calls(later + 1_001)] == ["c1"]
+
+
+def test_a_call_settled_elsewhere_gets_no_more_credit_and_keeps_no_hold(
+        ledger: Backend) -> None:
+    led = ledger.ledger
+    ledger.add("acme", "10")
+    ok(led.execute([reserve(1, "acme", "c1", "0.60")]))
+    ok(led.execute([settle(2, "c1", "acme", "0.60")]))  # e.g. by a node that took over
+    # The call's own node did not know: its next reservation gets nothing...
+    res = ok(led.execute([reserve(3, "acme", "c1", "0.60", paid_before=60)]))
+    assert (res.outcomes[0].granted, res.outcomes[0].seconds) == (0, 60)
+    assert led.live_calls() == []
+    # ...a hold that raced the settlement in (an older release) is given back by the
+    # duplicate settlement, and verify flags one meanwhile.
+    ledger.write("INSERT INTO live_calls (call_ref, account, number, destination, prefix, "
+                 "rate, increment, answered_ms, paid_seconds, reserved, updated_ms) VALUES "
+                 "('c1', 'acme', '4930123456', 'Germany Fixed', '4930', 0.6, '1/1', 0, 120, "
+                 "0.60, 0)")
+    ledger.write("UPDATE accounts SET balance = 8.80, held = 0.60 WHERE code = 'acme'")
+    (check,) = led.verify()
+    assert check.problems == ("1 reservation(s) left on calls settled already (e.g. c1)",)
+    dup = ok(led.execute([settle(4, "c1", "acme", "0.60")])).outcomes[0].settlement
+    assert dup is not None and dup.duplicate and dup.charged == 0
+    assert led.live_calls() == []
+    assert ledger.money("SELECT balance FROM accounts") == Decimal("9.40")
+    assert ledger.money("SELECT held FROM accounts") == 0
     ledger.verified()
 
 

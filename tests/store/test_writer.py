@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import queue
 import shutil
-import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -23,30 +23,31 @@ from sidecar.charging.book import AccountBook
 from sidecar.charging.charger import REASON_STORE
 from sidecar.charging.commands import BatchResult
 from sidecar.charging.model import AccountKind, CdrWritten
-from sidecar.store.accounts import SqliteLedger, add_account, verify_ledger
-from sidecar.store.db import connect
+from sidecar.store.accounts import add_account, ledger_for, verify_ledger
+from sidecar.store.conn import Db, open_db
 from sidecar.store.decks import PlanLoader, import_deck
 from sidecar.store.journal import Journal
 from sidecar.store.writer import Snapshot, StoreWriter, WriterEvent
 from tests.charging.harness import DECK, T0
 from tests.conftest import fill
+from tests.store.pgdb import as_url, fresh_database
 
 
-def prepare(db: Path, accounts: dict[str, str]) -> None:
-    conn = connect(db)
-    deck = db.parent / "deck.csv"
+def prepare(db: Path | str, accounts: dict[str, str], deck_dir: Path | None = None) -> None:
+    conn = open_db(db)
+    deck = (deck_dir or Path(db).parent) / "deck.csv"
     deck.write_text(DECK)
     import_deck(conn, "retail", deck, as_of=datetime(2026, 11, 1, tzinfo=UTC))
     for code, balance in accounts.items():
         add_account(conn, code, "retail", AccountKind.PREPAID, now_ms=T0)
-        SqliteLedger(conn).topup(code, Decimal(balance), T0, "initial")
+        ledger_for(conn).topup(code, Decimal(balance), T0, "initial")
     conn.close()
 
 
 class Live:
     """A charger fed by a real StoreWriter thread, the way ``sidecar run`` wires them."""
 
-    def __init__(self, db: Path, journal: Path, **kw: object) -> None:
+    def __init__(self, db: Path | str, journal: Path, **kw: object) -> None:
         self.events: queue.SimpleQueue[WriterEvent] = queue.SimpleQueue()
         self.book = AccountBook()
         self.plans: dict[str, PlanRates] = {}
@@ -97,14 +98,29 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
-def check(db: Path) -> sqlite3.Connection:
-    conn = connect(db)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same store as ``db``, on each database (a SQLite path or a PostgreSQL URL)."""
+    if request.param == "sqlite":
+        path = tmp_path / "live.db"
+        prepare(path, {"acme": "100", "beta": "100"})
+        yield str(path)
+        return
+    with fresh_database() as conninfo:
+        url = as_url(conninfo)
+        prepare(url, {"acme": "100", "beta": "100"}, tmp_path)
+        yield url
+
+
+def check(db: Path | str) -> Db:
+    conn = open_db(db)
     problems = [c for c in verify_ledger(conn) if c.problems]
     assert not problems, problems
     return conn
 
 
-def test_many_calls_are_committed_in_few_transactions(db: Path, tmp_path: Path) -> None:
+def test_many_calls_are_committed_in_few_transactions(store: str, tmp_path: Path) -> None:
+    db = store
     live = Live(db, tmp_path / "j")
     try:
         for i in range(500):
@@ -218,11 +234,12 @@ def test_locked_store_journals_settlements_and_applies_them_once_after_a_restart
     assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 5
 
 
-def test_a_store_change_made_elsewhere_reaches_the_book(db: Path, tmp_path: Path) -> None:
+def test_a_store_change_made_elsewhere_reaches_the_book(store: str, tmp_path: Path) -> None:
+    db = store
     live = Live(db, tmp_path / "j")
     try:
-        conn = connect(db)
-        SqliteLedger(conn).topup("acme", Decimal("5"), T0, "card")
+        conn = open_db(db)
+        ledger_for(conn).topup("acme", Decimal("5"), T0, "card")
         add_account(conn, "gamma", "retail", AccountKind.PREPAID, now_ms=T0)
         live.wait(lambda: live.book.get("gamma", T0) is not None)
         acc = live.book.get("acme", T0)
@@ -231,15 +248,15 @@ def test_a_store_change_made_elsewhere_reaches_the_book(db: Path, tmp_path: Path
         live.stop()
 
 
-def test_reservation_the_store_cannot_cover_shortens_the_call(db: Path, tmp_path: Path
+def test_reservation_the_store_cannot_cover_shortens_the_call(store: str, tmp_path: Path
                                                               ) -> None:
     """The book thinks there is credit; another process took most of it a moment ago.
     The store grants what is left and the call is cut when that is used."""
+    db = store
     live = Live(db, tmp_path / "j", poll_s=30)  # the change is not seen before the answer
     try:
-        conn = connect(db)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        SqliteLedger(conn).topup("acme", Decimal("-99.99"), T0, "correction",
+        conn = open_db(db)
+        ledger_for(conn).topup("acme", Decimal("-99.99"), T0, "correction",
                                  kind="adjustment")  # 0.01 left: 10 s at 0.06/min
         now = T0 + 1000
         assert live.charger.authorize("c", number="4930123", account_code="acme",
@@ -256,3 +273,43 @@ def test_reservation_the_store_cannot_cover_shortens_the_call(db: Path, tmp_path
     conn = check(db)
     balance = conn.execute("SELECT balance FROM accounts WHERE code='acme'").fetchone()[0]
     assert Decimal(balance) == 0
+
+
+def test_a_node_that_stops_renewing_has_its_calls_settled_once_by_another(
+        store: str, tmp_path: Path) -> None:
+    """Two nodes' writers on one store; node 'n1' dies with calls up (it stops renewing
+    their leases): node 'n2' settles each once, for its paid time, and says so."""
+    dead = Live(store, tmp_path / "j1", node="n1", lease_ms=1_000)
+    try:
+        now = T0 + 1000
+        for i in range(3):
+            assert dead.charger.authorize(f"c{i}", number="4930123", account_code="acme",
+                                          now_ms=now).allow
+            dead.actions += dead.charger.answer(f"c{i}", now)
+        dead.settled()
+    finally:
+        dead.writer.stop()  # as a crash would: the calls are never ended here
+    conn = open_db(store)
+    paid = {str(r[0]): int(r[1]) for r in conn.execute(
+        "SELECT call_ref, paid_seconds FROM live_calls WHERE node = 'n1'")}
+    assert len(paid) == 3
+    alive = Live(store, tmp_path / "j2", node="n2", lease_ms=1_000)
+    try:
+        alive.wait(lambda: alive.writer.taken_over == 3, timeout=20)
+        time.sleep(0.5)  # another round finds nothing more to do
+    finally:
+        alive.stop()
+    assert alive.writer.taken_over == 3
+    rows = conn.execute("SELECT call_ref, billed_seconds, charged, node, ended_by, end_reason "
+                        "FROM cdrs ORDER BY call_ref").fetchall()
+    assert [str(r[0]) for r in rows] == ["c0", "c1", "c2"]
+    for ref, billed, charged, node, by, reason in rows:
+        assert int(billed) == paid[str(ref)]  # its paid time, never more
+        assert Decimal(str(charged)) == Decimal("0.001") * paid[str(ref)]  # 0.06/min
+        assert (node, by) == ("n1", "node n2") and str(reason).startswith("lease expired")
+    assert conn.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
+    check(store)
+    # The dead node back: it adopts nothing, and nothing is charged again.
+    back = Live(store, tmp_path / "j1", node="n1", lease_ms=1_000)
+    back.stop()
+    assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 3
