@@ -107,8 +107,7 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     # The node's leader lock lives in the store: a lock file beside the SQLite database
     # (its real path: two sidecars reaching it by different paths lock one file), or an
     # advisory lock on PostgreSQL.
-    store = ctx.target if ctx.explicit or not config_path else config.db
-    lock_at = store if is_url(store) else Path(store).resolve()
+    lock_at = db if is_url(db) else Path(db).resolve()
     try:
         lock = leader.leader_lock(lock_at, node,
                                   serves=f"evapi {config.evapi_host}:{config.evapi_port}")

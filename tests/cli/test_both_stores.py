@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.lab import free_port
 from tests.conftest import write
 from tests.store.pgdb import as_url, fresh_database
 
@@ -77,8 +81,63 @@ def session(tmp: Path, db: str) -> dict[str, Any]:
                         "0.01", "--format", "html", "--out", str(tmp / "out"), "--date", after)
     out["invoices"] = doc(tmp, db, "invoices")
     out["verify_after"] = doc(tmp, db, "ledger", "verify")
+    out["api"] = api_answers(tmp, db, number, period)
     out["period"] = period
     return out
+
+
+API_TOKEN = "t" * 48
+
+
+def api_answers(tmp: Path, db: str, number: str, period: str) -> dict[str, Any]:
+    """``sidecar api`` on the store: what its endpoints answer."""
+    port = free_port("tcp", "127.0.0.1")
+    env = {**{k: v for k, v in os.environ.items() if k != "SIDECAR_DB"},
+           "SIDECAR_API_TOKEN": API_TOKEN}
+    log = (tmp / "api.log").open("wb")
+    proc = subprocess.Popen(["sidecar", "--db", db, "api", "--listen", f"127.0.0.1:{port}"],
+                            stdout=log, stderr=log, env=env, cwd=tmp)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, token: str = API_TOKEN) -> tuple[int, Any]:
+        req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if get("/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp / "api.log").read_text()
+            time.sleep(0.1)
+        paths = ("/v1/cdrs", "/v1/accounts/acme", "/v1/accounts",
+                 "/v1/decks/retail?at=2026-11-21T12:00:00Z",
+                 "/v1/invoices", f"/v1/invoices/{number}",
+                 f"/v1/reconcile?account=acme&period={period}", "/v1/stats/spend",
+                 "/v1/stats/routes", "/v1/live-calls")
+        out: dict[str, Any] = {}
+        for path in paths:
+            status, body = get(path)
+            assert status == 200, (path, status)
+            out[path] = body
+        assert get("/v1/cdrs", token="wrong")[0] == 401
+        return out
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +151,7 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dic
 
 #: What differs from one run to the next: when a command ran (a top-up's time), the hash of
 #: a document that prints it, and where files were written.
-_VOLATILE = {"ts", "sha256", "files"}
+_VOLATILE = {"ts", "ts_ms", "sha256", "files"}
 
 
 def same(a: Any, b: Any, where: str = "") -> None:
@@ -136,3 +195,9 @@ def test_a_session_on_each_store(sessions: dict[str, dict[str, Any]], store: str
     assert [(d["number"], d["total"]) for d in s["invoices"]] == [
         ("INV-000001", "0.01"), ("CN-000001", "-0.01")]
     assert "retail" in s["plans"] and "France;33;0.12;30/6" in s["deck"]
+    api = s["api"]
+    assert [c["call_ref"] for c in api["/v1/cdrs"]["cdrs"]] == [c["call_ref"] for c in cdrs]
+    assert api["/v1/accounts/acme"]["balance"] == "7.49100000"
+    assert api["/v1/invoices/INV-000001"]["invoice"]["number"] == "INV-000001"
+    assert api["/v1/reconcile?account=acme&period=" + s["period"]]["ok"] is True
+    assert api["/v1/live-calls"] == {"calls": []}

@@ -3,8 +3,9 @@
 The SQLite lock (a ``flock``) is tested across real processes, killed with SIGKILL; the
 PostgreSQL advisory lock with two real sessions on the local server (``tests/store/pgdb``),
 including a session the server ends under the leader. ``sidecar run`` itself is run
-twice on one database (no Kamailio: nothing listens on its evapi port), so the standby's
-log, the takeover and the exit when the lock is lost are those of the real command.
+twice on one store, SQLite and PostgreSQL (no Kamailio: nothing listens on its evapi
+port), so the standby's log, the takeover and the exit when the lock is lost are those
+of the real command.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from sidecar.config import ConfigError, load_config
 from sidecar.live.leader import (
@@ -361,7 +363,7 @@ def _sidecar() -> list[str]:
 class Run:
     """One ``sidecar run`` in the background, with its log; killed by PID at the end."""
 
-    def __init__(self, tmp: Path, name: str, db: Path, cfg: Path, node: str) -> None:
+    def __init__(self, tmp: Path, name: str, db: Path | str, cfg: Path, node: str) -> None:
         self.log = tmp / f"{name}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
@@ -466,3 +468,36 @@ def test_sidecar_run_that_loses_its_lock_stops_at_once_with_status_3(
         if run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait(10)
+
+
+def test_sidecar_run_on_postgresql_takeover_after_kill_9_and_exit_when_the_lock_is_dropped(
+        tmp_path: Path, node_config: tuple[Path, Path]) -> None:
+    _, cfg = node_config
+    with fresh_database() as conninfo:
+        p = conninfo_to_dict(conninfo)
+        url = f"postgresql://{p['user']}@{p['host']}:{p['port']}/{p['dbname']}"
+        subprocess.run([*_sidecar(), "--db", url, "db", "upgrade"], check=True,
+                       capture_output=True, timeout=60)
+        runs = []
+        try:
+            first = Run(tmp_path, "first", url, cfg, "pg1")
+            runs.append(first)
+            first.wait_log("store loaded")
+            second = Run(tmp_path, "second", url, cfg, "pg1")
+            runs.append(second)
+            second.wait_log("standby for node pg1: another sidecar is active (PostgreSQL "
+                            "session ")
+            assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+            assert second.wait_log("active for node pg1: took over after", timeout=5) < 2
+            second.wait_log("store loaded")
+            # The server ends the lock's session: the sidecar stops answering and exits 3.
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (_backend_of(url, "pg1"),))
+            assert second.proc.wait(10) == 3
+            assert any(m.startswith("node pg1: leadership lost (the lock's connection to "
+                                    "PostgreSQL ") for m in second.messages())
+        finally:
+            for r in runs:
+                if r.proc.poll() is None:
+                    r.proc.kill()
+                    r.proc.wait(10)
