@@ -9,10 +9,13 @@ times are ISO 8601 UTC plus Unix ms. The OpenAPI document is served at
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -54,8 +57,26 @@ RENDERER = web.AppKey("renderer", Renderer)
 
 PUBLIC = frozenset({"/health"})
 MAX_LIMIT = 10_000
+T = TypeVar("T")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STORE = web.AppKey("store", ThreadPoolExecutor)
+
+
+def in_store(fn: Callable[[web.Request], web.StreamResponse]) -> Handler:
+    """A handler that reads the store, run on the store's own thread: the event loop
+    never waits on the database (a PostgreSQL server far away, a SQLite file another
+    process writes), and the one connection is used by one thread at a time."""
+    @functools.wraps(fn)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await asyncio.get_running_loop().run_in_executor(request.app[STORE], fn,
+                                                                request)
+    return handler
+
+
+async def _in_store(request: web.Request, fn: Callable[..., T], *args: object) -> T:
+    return await asyncio.get_running_loop().run_in_executor(
+        request.app[STORE], functools.partial(fn, *args))
 
 
 class BadRequest(ValueError):
@@ -153,7 +174,8 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-async def cdrs_list(request: web.Request) -> web.Response:
+@in_store
+def cdrs_list(request: web.Request) -> web.Response:
     """CDRs oldest first; page with ``after_id`` = the previous page's ``next_after_id``."""
     limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
     after = _int_param(request, "after_id", 0, 0, 2**63 - 1)
@@ -165,7 +187,8 @@ async def cdrs_list(request: web.Request) -> web.Response:
     return web.json_response({"cdrs": rows, "next_after_id": nxt})
 
 
-async def cdr_one(request: web.Request) -> web.Response:
+@in_store
+def cdr_one(request: web.Request) -> web.Response:
     ref = request.match_info["call_ref"]
     rows = list(query_cdrs(request.app[CONN], call_ref=ref))
     if not rows:
@@ -173,11 +196,13 @@ async def cdr_one(request: web.Request) -> web.Response:
     return web.json_response(cdr_json(rows[0]))
 
 
-async def decks_list(request: web.Request) -> web.Response:
+@in_store
+def decks_list(request: web.Request) -> web.Response:
     return web.json_response({"plans": list_plans(request.app[CONN])})
 
 
-async def deck_one(request: web.Request) -> web.Response:
+@in_store
+def deck_one(request: web.Request) -> web.Response:
     """A plan's settings, versions and the lines in effect (``at``, default now)."""
     conn = request.app[CONN]
     name = request.match_info["plan"]
@@ -198,17 +223,20 @@ async def deck_one(request: web.Request) -> web.Response:
                   for ln in lines]})
 
 
-async def accounts_list(request: web.Request) -> web.Response:
+@in_store
+def accounts_list(request: web.Request) -> web.Response:
     return web.json_response(
         {"accounts": [a.to_dict() for a in list_accounts(request.app[CONN], _now_ms())]})
 
 
-async def account_one(request: web.Request) -> web.Response:
+@in_store
+def account_one(request: web.Request) -> web.Response:
     return web.json_response(
         get_account(request.app[CONN], request.match_info["code"], _now_ms()).to_dict())
 
 
-async def live_calls(request: web.Request) -> web.Response:
+@in_store
+def live_calls(request: web.Request) -> web.Response:
     """Answered calls running now: paid time left and credit reserved (from the store)."""
     now = _now_ms()
     out = []
@@ -221,26 +249,30 @@ async def live_calls(request: web.Request) -> web.Response:
     return web.json_response({"calls": out})
 
 
-async def invoices_list(request: web.Request) -> web.Response:
+@in_store
+def invoices_list(request: web.Request) -> web.Response:
     return web.json_response({"invoices": list_invoices(request.app[CONN],
                                                         request.query.get("account") or None)})
 
 
-async def invoice_one(request: web.Request) -> web.Response:
+@in_store
+def invoice_one(request: web.Request) -> web.Response:
     """The frozen document (the model as issued) with its SHA-256."""
     issued = load_invoice(request.app[CONN], request.match_info["number"])
     body = f'{{"sha256":"{issued.sha256}","invoice":{to_json(issued.invoice)}}}'
     return web.Response(text=body, content_type="application/json")
 
 
-async def invoice_html(request: web.Request) -> web.Response:
+@in_store
+def invoice_html(request: web.Request) -> web.Response:
     issued = load_invoice(request.app[CONN], request.match_info["number"])
     html = request.app[RENDERER].html(issued)
     return web.Response(text=html, content_type="text/html")
 
 
 async def invoice_pdf(request: web.Request) -> web.Response:
-    issued = load_invoice(request.app[CONN], request.match_info["number"])
+    issued = await _in_store(request, load_invoice, request.app[CONN],
+                             request.match_info["number"])
     # Rendering a PDF takes a second or more: off the event loop.
     rendered = await asyncio.to_thread(request.app[RENDERER].render, issued, "pdf")
     return web.Response(body=rendered.pdf, content_type="application/pdf", headers={
@@ -248,14 +280,16 @@ async def invoice_pdf(request: web.Request) -> web.Response:
 
 
 async def invoice_calls_csv(request: web.Request) -> web.Response:
-    issued = load_invoice(request.app[CONN], request.match_info["number"])
+    issued = await _in_store(request, load_invoice, request.app[CONN],
+                             request.match_info["number"])
     text = await asyncio.to_thread(detail_csv, issued.detail)
     return web.Response(text=text, content_type="text/csv", headers={
         "Content-Disposition":
             f'attachment; filename="{file_stem(issued.invoice)}-calls.csv"'})
 
 
-async def reconcile_one(request: web.Request) -> web.Response:
+@in_store
+def reconcile_one(request: web.Request) -> web.Response:
     """Reconcile the issued invoice of ``account`` for ``period`` (else a draft of it)."""
     conn = request.app[CONN]
     account = request.query.get("account", "")
@@ -271,7 +305,8 @@ async def reconcile_one(request: web.Request) -> web.Response:
     return web.json_response(reconciliation_json(reconcile(conn, inv)))
 
 
-async def stats_spend(request: web.Request) -> web.Response:
+@in_store
+def stats_spend(request: web.Request) -> web.Response:
     by = request.query.get("by", "destination")
     if by not in SPEND_BY:
         raise BadRequest(f"by must be one of {', '.join(SPEND_BY)}")
@@ -280,13 +315,15 @@ async def stats_spend(request: web.Request) -> web.Response:
     return web.json_response({"by": by, "rows": spend_json(rows)})
 
 
-async def stats_routes(request: web.Request) -> web.Response:
+@in_store
+def stats_routes(request: web.Request) -> web.Response:
     start, end = _range(request)
     rows = route_stats(request.app[CONN], account=_account(request), from_ms=start, to_ms=end)
     return web.json_response({"routes": route_stats_json(rows)})
 
 
-async def fas_routes(request: web.Request) -> web.Response:
+@in_store
+def fas_routes(request: web.Request) -> web.Response:
     start, end = _range(request)
     min_calls = _int_param(request, "min_calls", 20, 1, 1_000_000)
     calls = route_calls(request.app[CONN], from_ms=start, to_ms=end, account=_account(request))
@@ -327,6 +364,11 @@ def make_app(conn: Db, token: str, *,
     app[TOKEN] = token.strip()
     app[SETTINGS] = settings
     app[RENDERER] = Renderer(settings.template_dir or None)
+    app[STORE] = ThreadPoolExecutor(1, thread_name_prefix="api-store")
+
+    async def close_store(app: web.Application) -> None:
+        app[STORE].shutdown(wait=True)
+    app.on_cleanup.append(close_store)
     for path, handler in ROUTES:
         app.router.add_get(path, handler)  # GET also answers HEAD
     return app

@@ -282,3 +282,37 @@ def test_api_command_needs_a_token_and_serves_on_loopback(tmp_path: Path) -> Non
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def test_a_slow_store_never_stalls_the_api_event_loop() -> None:
+    """A query the database keeps waiting (another session holds a lock on the CDRs) is
+    answered when the lock goes; meanwhile the API still answers at once."""
+    import psycopg
+
+    from sidecar.store.conn import open_db
+    from tests.store.pgdb import as_url, fresh_database
+
+    with fresh_database() as conninfo:
+        conn = open_db(as_url(conninfo))
+        blocker = psycopg.connect(conninfo, autocommit=True)
+
+        async def main() -> None:
+            async with serve(make_app(conn, TOKEN, settings=SETTINGS)) as base, \
+                    aiohttp.ClientSession() as http:
+                blocker.execute("BEGIN")
+                blocker.execute("LOCK TABLE cdrs IN ACCESS EXCLUSIVE MODE")
+                slow = asyncio.create_task(get_json(http, f"{base}/v1/cdrs"))
+                await asyncio.sleep(0.3)
+                assert not slow.done()  # the database holds it...
+                t0 = time.monotonic()
+                async with http.get(f"{base}/health") as r:
+                    assert r.status == 200
+                assert time.monotonic() - t0 < 0.2  # ...not the event loop
+                blocker.execute("COMMIT")
+                assert (await asyncio.wait_for(slow, 10)) == {"cdrs": [],
+                                                             "next_after_id": None}
+        try:
+            asyncio.run(main())
+        finally:
+            blocker.close()
+            conn.close()
