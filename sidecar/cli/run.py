@@ -97,6 +97,8 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     # --db / $SIDECAR_DB win over the file, so one config serves several databases.
     db = ctx.target if ctx.explicit or not config_path else config.db
     from ..live.service import Sidecar, StoreStartError
+    from ..store.decks import PlanLoader
+    from ..store.writer import WarmPlans
 
     # The writer thread (and the capture thread) share the interpreter lock with the
     # event loop: the loop gets it back within 1 ms instead of 5 when it wants it.
@@ -123,15 +125,21 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
             loop.add_signal_handler(sig, task.cancel if task else (lambda: None))
         log.info("sidecar starting: node=%s db=%s evapi=%s:%s rpc=%s", node, describe(db),
                  config.evapi_host, config.evapi_port, config.rpc_socket)
+        # Hot: the rate plans are loaded while waiting for the lock (a standby's wait).
+        plans = PlanLoader()
+        warm = WarmPlans(db, plans)
+        warm.start()
         try:
             await leader.acquire(lock)
         except asyncio.CancelledError:
             log.info("standby for node %s stopped", node)
+            await asyncio.to_thread(warm.stop)
             return
+        await asyncio.to_thread(warm.stop)
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await _fence(config)
-                await _lead(Sidecar(config, db), lock, lost)
+                await _lead(Sidecar(config, db, plans), lock, lost)
         finally:
             if not lost:  # a lost lock is gone already
                 await leader.release(lock)

@@ -62,13 +62,14 @@ SAMPLES = 20_000
 class Sidecar:
     """One live sidecar process."""
 
-    def __init__(self, config: Config, db: str | Path) -> None:
+    def __init__(self, config: Config, db: str | Path, plans: PlanLoader | None = None
+                 ) -> None:
         self.config = config
         self.db = db
         self.book = AccountBook()
         self.plan_map: dict[str, PlanRates] = {}
         self.writer = StoreWriter(db, config.journal or default_journal(db, config.node),
-                                  PlanLoader(), self._from_writer,
+                                  plans or PlanLoader(), self._from_writer,
                                   commit_delay_ms=config.commit_delay_ms, node=config.node,
                                   lease_ms=config.lease_s * 1000)
         self.charger = Charger(self.writer, self._plan, ChargingConfig(

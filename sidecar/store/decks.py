@@ -608,6 +608,14 @@ class PlanLoader:
                 self._load(conn, name)
         return self.plans
 
+    def warm(self, conn: Db) -> dict[str, PlanRates]:
+        """Every plan: loaded afresh when none is yet, else brought up to date (a loader
+        kept warm by a standby sidecar)."""
+        if not self._loaded:
+            return self.load_all(conn)
+        self.refresh(conn)
+        return self.plans
+
     def load(self, conn: Db, name: str) -> PlanRates:
         """Load one plan afresh and follow it from now on (:class:`PlanNotFound`)."""
         return self._load(conn, name).rates

@@ -67,6 +67,8 @@ class PlanSource(Protocol):
 
     def load_all(self, conn: Any) -> dict[str, PlanRates]: ...
 
+    def warm(self, conn: Any) -> dict[str, PlanRates]: ...
+
     def refresh(self, conn: Any) -> dict[str, PlanRates]: ...
 
 
@@ -143,7 +145,7 @@ class StoreWriter:
             self._apply_journal(startup=True)
             self._changes.changed()  # from here on
             with _bulk_load():
-                plans = self.plans.load_all(conn)
+                plans = self.plans.warm(conn)  # loaded already by a standby: refreshed
             self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn), plans,
                                   self.ledger.live_calls(self.node), first=True))
         except BaseException as exc:  # the sidecar cannot start without its store
@@ -438,6 +440,54 @@ class SqliteChanges:
 
     def close(self) -> None:
         pass
+
+
+class WarmPlans:
+    """Rate plans loaded before they are needed, and kept up to date: a standby sidecar
+    loads them from a thread (with a connection of its own) while it waits for the lock,
+    so taking over costs a refresh, not the load of every deck. Nothing else of the store
+    is read ahead: its accounts and live calls are read at takeover, as they are then."""
+
+    def __init__(self, target: str | Path, plans: PlanSource, *, every_s: float = 2.0) -> None:
+        self.target = target
+        self.plans = plans
+        self.every_s = every_s
+        self.loaded = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="plans-warm", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop (waiting for a load under way): the loader is then the caller's alone."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        from .conn import describe, open_db
+
+        try:
+            conn = open_db(self.target)
+        except Exception as exc:  # the writer will say what is wrong at takeover
+            log.warning("standby: cannot read rate plans ahead from %s: %s",
+                        describe(self.target), exc)
+            return
+        try:
+            t0 = time.monotonic()
+            with _bulk_load():
+                plans = self.plans.warm(conn)
+            self.loaded = True
+            log.info("standby: %d rate plan(s) loaded ahead in %.1f s", len(plans),
+                     time.monotonic() - t0)
+            while not self._stop.wait(self.every_s):
+                with _bulk_load():
+                    self.plans.refresh(conn)
+        except Exception as exc:
+            log.warning("standby: reading rate plans ahead failed: %s", exc)
+        finally:
+            conn.close()
 
 
 @contextlib.contextmanager

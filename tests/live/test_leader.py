@@ -41,6 +41,7 @@ from sidecar.live.leader import (
     leader_lock,
 )
 from sidecar.store.db import connect
+from sidecar.store.decks import import_deck
 from sidecar.store.pg import _SCHEMA_LOCK
 from tests.store.pgdb import fresh_database
 
@@ -445,6 +446,41 @@ def test_sidecar_run_standby_waits_and_takes_over_when_the_active_one_stops(
         assert "standby for node n1 stopped" in third.messages()
         assert second.stop() == 0
     finally:
+        for r in runs:
+            if r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait(10)
+
+
+def test_a_standby_is_hot_its_rate_plans_loaded_ahead_and_kept_up_to_date(
+        tmp_path: Path, node_config: tuple[Path, Path]) -> None:
+    db, cfg = node_config
+    conn = connect(db)
+    deck = tmp_path / "deck.csv"
+    deck.write_text("destination;code;rate_usd;increment;effective_from\n"
+                    + "".join(f"D{i};{100000 + i};0.01;1/1;2026-06-01\n"
+                              for i in range(20_000)))
+    import_deck(conn, "big", deck)
+    runs = []
+    try:
+        first = Run(tmp_path, "first", db, cfg, "n1")
+        runs.append(first)
+        first.wait_log("store loaded: 0 accounts, 1 plans")
+        second = Run(tmp_path, "second", db, cfg, "n1")
+        runs.append(second)
+        second.wait_log("standby for node n1")
+        second.wait_log("standby: 1 rate plan(s) loaded ahead")
+        # A plan imported while it waits is picked up too, before it takes over.
+        deck.write_text("destination;code;rate_usd;increment;effective_from\n"
+                        "DE;49;0.02;1/1;2026-06-01\n")
+        import_deck(conn, "small", deck)
+        time.sleep(2.5)  # a refresh (every 2 s) while standing by
+        assert first.stop() == 0
+        second.wait_log("active for node n1: took over after", timeout=5)
+        second.wait_log("store loaded: 0 accounts, 2 plans")
+        assert second.stop() == 0
+    finally:
+        conn.close()
         for r in runs:
             if r.proc.poll() is None:
                 r.proc.kill()
