@@ -1,7 +1,9 @@
-"""Charging benchmark: authorize + reserve + settle cycles per second against SQLite with
-1,000 calls running at once, and how far after credit runs out the end-call leaves.
+"""Charging benchmark: authorize + reserve + settle cycles per second with 1,000 calls
+running at once, on SQLite and on PostgreSQL with several sidecar processes, and how far
+after credit runs out the end-call leaves.
 
     python benchmarks/bench_charging.py [--cycles 20000] [--live 1000] [--cutoffs 300]
+                                        [--nodes-seconds 10] [--pg-server URL]
 
 Two paths, same core, same work, in the same run:
 
@@ -10,27 +12,51 @@ Two paths, same core, same work, in the same run:
 - live: the core decides from memory and a writer thread commits what has queued up in
   one transaction (``StoreWriter``, as ``sidecar run`` does); the figure counts until the
   last command is committed and its outcome is back in the core.
+
+Then several nodes (issue 11): each node is a process of its own (``spawn``) holding a
+Charger + StoreWriter as ``sidecar run`` does (its own node name and journal), with
+``--live`` calls running; the processes wait on one barrier and then charge cycles for the
+same ``--nodes-seconds`` window; a process's figure counts until its last command is
+committed and answered. Set-ups, in one run: SQLite with one process (the one-node
+baseline) and two processes sharing one file; PostgreSQL (a fresh database on
+``--pg-server``, dropped afterwards) with one process, two processes each charging
+accounts of its own, and two processes charging the same 4 accounts (their batches wait
+for each other's row locks). Printed per set-up: aggregate and per-process cycles/s, the
+writers' commands per transaction and transactions per second, and the cores used by the
+sidecar processes, by PostgreSQL's server processes and by the whole machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
 import queue
+import sqlite3
 import statistics
 import tempfile
+import threading
 import time
+import traceback
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from sidecar.charging import Action, Charger, EndCall, PlanRates
 from sidecar.charging.book import AccountBook
 from sidecar.charging.model import AccountKind
 from sidecar.live.timer import CreditTimer, wall_ms
-from sidecar.store.accounts import SqliteLedger, add_account, verify_ledger
+from sidecar.store.accounts import SqliteLedger, SqlLedger, add_account, verify_ledger
+from sidecar.store.conn import is_url, open_db
 from sidecar.store.db import connect
 from sidecar.store.decks import PlanLoader, import_deck, load_table
 from sidecar.store.writer import Snapshot, StoreWriter, WriterEvent
@@ -44,17 +70,28 @@ NUMBERS = ["4930123456", "447700900123", "33123456789"]
 ACCOUNTS = [f"acct-{i}" for i in range(100)]
 
 
-def prepare(db: Path) -> None:
-    conn = connect(db)
-    deck = db.with_suffix(".csv")
-    deck.write_text(DECK)
-    import_deck(conn, "bench", deck, as_of=datetime(2026, 1, 1, tzinfo=UTC))
-    now = wall_ms()
-    ledger = SqliteLedger(conn)
-    for a in ACCOUNTS:
-        add_account(conn, a, "bench", AccountKind.PREPAID, now_ms=now)
-        ledger.topup(a, Decimal("100000"), now)
-    conn.close()
+def prepare(target: str | Path, accounts: Sequence[str] = ACCOUNTS) -> None:
+    """The plan and the prepaid ``accounts`` (credit for any run) on a SQLite path or a
+    PostgreSQL URL."""
+    conn = open_db(target)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            deck = Path(tmp) / "deck.csv"
+            deck.write_text(DECK)
+            import_deck(conn, "bench", deck, as_of=datetime(2026, 1, 1, tzinfo=UTC))
+        now = wall_ms()
+        ledger: SqlLedger
+        if isinstance(conn, sqlite3.Connection):
+            ledger = SqliteLedger(conn)
+        else:
+            from sidecar.store.pg import PgLedger
+
+            ledger = PgLedger(conn.raw)
+        for a in accounts:
+            add_account(conn, a, "bench", AccountKind.PREPAID, now_ms=now)
+            ledger.topup(a, Decimal("100000"), now)
+    finally:
+        conn.close()
 
 
 def run_cycles(charger: Charger, cycles: int, live: int, pump: Callable[[], None]) -> float:
@@ -200,13 +237,366 @@ async def bench_cutoffs(calls: int) -> None:
         )
 
 
+# ------------------------------------------------------------------ several nodes (issue 11)
+#: The PostgreSQL server the several-node runs create their database on (and drop it).
+PG_SERVER = os.environ.get("SIDECAR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+SHARED = [f"shared-{i}" for i in range(4)]  # the accounts both nodes charge in "shared"
+#: Commands a node lets wait for its store before its loop waits too: without a bound the
+#: core (faster than any store) would queue work the window never sees committed.
+MAX_INFLIGHT = 8_000
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a several-node run: what its process needs (it is pickled)."""
+
+    target: str  # a SQLite path or a PostgreSQL URL, shared by the nodes
+    node: str
+    journal: str
+    accounts: tuple[str, ...]
+    live: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class NodeFigures:
+    """What one node did in the window (``t0``/``t1``: ``time.monotonic()``, one clock
+    for every process of the machine)."""
+
+    node: str
+    cycles: int  # calls authorized, answered and ended (settled)
+    refused: int  # offers the core refused (its store had failed)
+    t0: float
+    t1: float
+    batches: int
+    commands: int
+    failed_batches: int  # transactions that could not commit (their money: journaled)
+    journaled: int
+    cpu_s: float  # the whole process (core + writer thread)
+    writer_cpu_s: float  # the writer thread applying batches
+
+    @property
+    def rate(self) -> float:
+        return self.cycles / (self.t1 - self.t0)
+
+
+def run_node(spec: NodeSpec, barrier: Any, log_file: str) -> NodeFigures:
+    """A sidecar's charging path in this process: Charger + StoreWriter on the shared
+    store, ``spec.live`` calls started; then, from the barrier, one new call authorized
+    and answered and the oldest one ended, again and again for ``spec.seconds``; counted
+    until every command is committed and its outcome is back in the core. The sidecar's
+    log goes to ``log_file``."""
+    logging.basicConfig(filename=log_file, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    events: queue.SimpleQueue[WriterEvent] = queue.SimpleQueue()
+    book = AccountBook()
+    plans: dict[str, PlanRates] = {}
+    target: str | Path = spec.target if is_url(spec.target) else Path(spec.target)
+    writer = StoreWriter(target, spec.journal, PlanLoader(), events.put, node=spec.node)
+    charger = Charger(writer, lambda name: plans[name], book=book)
+    now = wall_ms()
+    accounts = spec.accounts
+    running: deque[str] = deque()
+    refused = 0
+
+    def handle(ev: WriterEvent) -> None:
+        if isinstance(ev, Snapshot):
+            if ev.complete:
+                book.load(ev.accounts, ev.sip)
+            plans.update(ev.plans)
+        else:
+            charger.on_results(ev, now)
+
+    def pump() -> None:
+        while True:
+            try:
+                handle(events.get_nowait())
+            except queue.Empty:
+                return
+
+    def wait_for_store(limit: int) -> None:
+        while charger.inflight() > limit:
+            handle(events.get(timeout=120))
+
+    def start(i: int) -> bool:
+        ref = f"{spec.node}-call-{i}"
+        d = charger.authorize(ref, number=NUMBERS[i % 3], account_code=accounts[i % len(accounts)],
+                              now_ms=now + i)
+        if not d.allow:
+            assert d.code == 503, d  # the store failed: new calls are refused meanwhile
+            return False
+        charger.answer(ref, now + i)
+        running.append(ref)
+        return True
+
+    writer.start()
+    writer.started.wait(120)
+    if writer.start_error is not None:
+        raise writer.start_error
+    handle(events.get(timeout=10))  # the first snapshot
+    try:
+        for i in range(spec.live):
+            if not start(i):
+                raise RuntimeError(f"call {i} refused before the window")
+        wait_for_store(0)
+        b0, c0, w0 = writer.batches, writer.commands, writer.cpu_s
+        f0, j0 = writer.failed_batches, writer.journaled
+        barrier.wait(300)
+        cpu0 = time.process_time()
+        t0 = time.monotonic()
+        deadline = t0 + spec.seconds
+        i = spec.live
+        while True:
+            if not start(i):
+                refused += 1
+            if len(running) > spec.live:
+                charger.end(running.popleft(), now + i + 45_000, ended_by="caller")
+            i += 1
+            if i % 64 == 0:
+                pump()
+                wait_for_store(MAX_INFLIGHT)
+                if time.monotonic() >= deadline:
+                    break
+        wait_for_store(0)
+        t1 = time.monotonic()
+        return NodeFigures(spec.node, i - spec.live - refused, refused, t0, t1,
+                           writer.batches - b0, writer.commands - c0,
+                           writer.failed_batches - f0, writer.journaled - j0,
+                           time.process_time() - cpu0, writer.cpu_s - w0)
+    finally:
+        writer.stop()
+
+
+def node_process(spec: NodeSpec, barrier: Any, done: Any, out: Any, log_file: str) -> None:
+    """The target of a node's process: its figures, or the traceback of what failed. It
+    ends once every node has reported (``done``): the server processes serving it stay
+    until the parent has read their CPU time."""
+    try:
+        out.put(("ok", run_node(spec, barrier, log_file)))
+    except BaseException:
+        out.put(("error", f"node {spec.node}:\n{traceback.format_exc()}"))
+        with contextlib.suppress(Exception):
+            barrier.abort()  # the others (and the parent) stop waiting
+    with contextlib.suppress(Exception):
+        done.wait(60)
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User+system CPU ticks of a process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def postgres_pids(server: str, dbname: str) -> list[int]:
+    """The server processes serving database ``dbname`` and the server's own background
+    processes (WAL writer, checkpointer, ...), from ``pg_stat_activity``."""
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as admin:
+        rows = admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s OR "
+                             "(datname IS NULL AND backend_type <> 'client backend')",
+                             (dbname,)).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the machine has been busy (all cores; /proc/stat less idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / TICKS
+
+
+@dataclass(frozen=True)
+class NodesRun:
+    """One set-up: its nodes' figures and what the machine did meanwhile."""
+
+    label: str
+    nodes: list[NodeFigures]
+    cdrs: int
+    ledger_ok: bool
+    postgres_cores: float | None
+    machine_cores: float
+
+    @property
+    def cycles(self) -> int:
+        return sum(n.cycles for n in self.nodes)
+
+    @property
+    def window_s(self) -> float:
+        return max(n.t1 for n in self.nodes) - min(n.t0 for n in self.nodes)
+
+    @property
+    def rate(self) -> float:
+        return self.cycles / self.window_s
+
+    @property
+    def sidecar_cores(self) -> float:
+        return sum(n.cpu_s for n in self.nodes) / self.window_s
+
+
+@contextlib.contextmanager
+def pg_database(server: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server ``server`` (a ``postgresql://`` URL):
+    its URL; dropped at the end (sessions still on it are ended) whatever happened, as
+    ``tests/store/pgdb.py`` does for the tests."""
+    import psycopg
+
+    name = f"sidecar_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlsplit(server)._replace(path=f"/{name}").geturl()
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_nodes(label: str, target: str, specs: Sequence[NodeSpec], server: str,
+              logs: Path) -> NodesRun:
+    """Start one process per node (spawn), release them together, gather their figures,
+    then check the store: one CDR per offer and every balance equal to its ledger."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, done = ctx.Barrier(len(specs) + 1), ctx.Barrier(len(specs) + 1)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=node_process, name=s.node,
+                         args=(s, barrier, done, out, str(logs / f"{s.node}.log")))
+             for s in specs]
+    pg = is_url(target)
+    for p in procs:
+        p.start()
+    try:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(300)  # broken: a node failed, its traceback is in ``out``
+        pids = postgres_pids(server, urlsplit(target).path.lstrip("/")) if pg else []
+        m0, pg0 = machine_busy_s(), sum(map(_cpu_ticks, pids))
+        t0 = time.monotonic()
+        got = [out.get(timeout=max(s.seconds for s in specs) + 300) for _ in specs]
+        dt = time.monotonic() - t0
+        m1, pg1 = machine_busy_s(), sum(map(_cpu_ticks, pids))
+        with contextlib.suppress(threading.BrokenBarrierError):
+            done.wait(60)
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    errors = [str(msg) for kind, msg in got if kind == "error"]
+    if errors:
+        raise RuntimeError("\n".join(errors))
+    nodes = sorted((fig for _kind, fig in got if isinstance(fig, NodeFigures)),
+                   key=lambda f: f.node)
+    conn = open_db(target)
+    try:
+        cdrs = int(conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0])
+        ok = all(not c.problems for c in verify_ledger(conn))
+    finally:
+        conn.close()
+    return NodesRun(label, nodes, cdrs, ok, (pg1 - pg0) / TICKS / dt if pg else None,
+                    (m1 - m0) / dt)
+
+
+def node_specs(target: str, tmp: Path, names: Sequence[str], live: int, seconds: float,
+               shared: bool) -> list[NodeSpec]:
+    """Each node its own journal; its own 100 accounts, or the 4 shared ones."""
+    return [NodeSpec(target, name, str(tmp / f"{name}.journal"),
+                     tuple(SHARED if shared else [f"{name}-acct-{i}" for i in range(100)]),
+                     live, seconds) for name in names]
+
+
+SETUPS: list[tuple[str, str, int, bool]] = [  # label, store, processes, shared accounts
+    ("SQLite, 1 process (baseline: one node)", "sqlite", 1, False),
+    ("SQLite, 2 processes, one file", "sqlite", 2, False),
+    ("PostgreSQL, 1 process", "pg", 1, False),
+    ("PostgreSQL, 2 processes, own accounts", "pg", 2, False),
+    ("PostgreSQL, 2 processes, 4 shared accounts", "pg", 2, True),
+]
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def bench_nodes(live: int, seconds: float, server: str) -> None:
+    print(f"\nseveral nodes: authorize + reserve + settle for {seconds:g} s, {live:,} calls "
+          f"running in each process; each process one node (Charger + StoreWriter of its "
+          f"own, as `sidecar run --node NAME`), all released at once (load average before: "
+          f"{loadavg()})")
+    headers = (f"  {'set-up':<43} {'cycles/s':>8}  {'per process':<15} {'cmds/txn':>8} "
+               f"{'txn/s':>5}  {'cores: sidecars':>15} {'PostgreSQL':>10} {'other':>5} "
+               f"{'machine':>7}")
+    print(headers)
+    print("  " + "-" * (len(headers) - 2))
+    runs: list[NodesRun] = []
+    for label, kind, count, shared in SETUPS:
+        names = [f"n{k + 1}" for k in range(count)]
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            if kind == "pg":
+                try:
+                    target = stack.enter_context(pg_database(server))
+                except Exception as exc:  # no server: the SQLite figures still stand
+                    print(f"  {label}: skipped, no PostgreSQL at {server} ({exc})")
+                    continue
+            else:
+                target = str(Path(tmp) / "nodes.db")
+            codes = SHARED if shared else [f"{n}-acct-{i}" for n in names for i in range(100)]
+            prepare(target, codes)
+            run = run_nodes(label, target, node_specs(target, Path(tmp), names, live,
+                                                      seconds, shared), server, Path(tmp))
+            problems = [line for n in names
+                        for line in (Path(tmp) / f"{n}.log").read_text().splitlines()
+                        if " ERROR " in line or " CRITICAL " in line]
+        runs.append(run)
+        per = " + ".join(f"{n.rate:,.0f}" for n in run.nodes) if count > 1 else ""
+        txn = sum(n.batches for n in run.nodes)
+        cmds = sum(n.commands for n in run.nodes)
+        pg = run.postgres_cores
+        other = run.machine_cores - run.sidecar_cores - (pg or 0.0)
+        print(f"  {label:<43} {run.rate:>8,.0f}  {per:<15} {cmds / max(txn, 1):>8,.0f} "
+              f"{txn / run.window_s:>5,.1f}  {run.sidecar_cores:>15.2f} "
+              f"{'-' if pg is None else f'{pg:.2f}':>10} {max(other, 0.0):>5.2f} "
+              f"{run.machine_cores:>7.2f}", flush=True)
+        refused = sum(n.refused for n in run.nodes)
+        failed = sum(n.failed_batches for n in run.nodes)
+        if refused or failed:
+            print(f"    {failed} transactions failed ({sum(n.journaled for n in run.nodes):,} "
+                  f"settlements journaled, applied later), {refused:,} offers refused (503) "
+                  f"meanwhile; first error: {problems[0] if problems else '-'}")
+        if run.cdrs != run.cycles + refused or not run.ledger_ok:
+            print(f"    PROBLEM: {run.cdrs:,} CDRs for {run.cycles + refused:,} offers; "
+                  f"balances {'=' if run.ledger_ok else 'NOT equal to'} their ledgers")
+    print("  cycles/s: all processes' cycles over the window from the first start to the "
+          "last commit; per process: each one's over its own;\n"
+          "  cmds/txn, txn/s: the writers' commands per transaction, transactions per "
+          "second (all processes);\n"
+          "  cores used over the window: the sidecar processes, PostgreSQL's server "
+          "processes (this database's and the server's own), other work, the whole "
+          f"machine ({os.cpu_count()} cores)")
+    base = next((r for r in runs if r.label.startswith("SQLite, 1")), None)
+    pg2 = next((r for r in runs if r.label == "PostgreSQL, 2 processes, own accounts"), None)
+    if pg2 is not None:
+        vs = f"; {pg2.rate / base.rate:.2f}x SQLite's one process" if base else ""
+        print(f"PostgreSQL with 2 processes: {pg2.rate:,.0f} cycles/s in aggregate (target "
+              f">= 5,000/s: {'ok' if pg2.rate >= 5000 else 'MISSED'}){vs}")
+    print(f"load average after: {loadavg()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cycles", type=int, default=20_000)
     ap.add_argument("--live", type=int, default=1_000)
     ap.add_argument("--cutoffs", type=int, default=300)
+    ap.add_argument("--nodes-seconds", type=float, default=10.0,
+                    help="window of each several-node set-up (0: skip them)")
+    ap.add_argument("--pg-server", default=PG_SERVER,
+                    help="PostgreSQL server to create (and drop) the nodes' database on")
     args = ap.parse_args()
     bench_cycles(args.cycles, args.live)
+    if args.nodes_seconds:
+        bench_nodes(args.live, args.nodes_seconds, args.pg_server)
     if args.cutoffs:
         asyncio.run(bench_cutoffs(args.cutoffs))
 
