@@ -414,46 +414,51 @@ def node_config(tmp_path: Path) -> tuple[Path, Path]:
     return db, cfg
 
 
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    """The ``sidecar run`` processes a test starts: killed by PID at its end, whatever
+    happened."""
+    started: list[Run] = []
+    yield started
+    for r in started:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait(10)
+
+
 def test_sidecar_run_standby_waits_and_takes_over_when_the_active_one_stops(
-        tmp_path: Path, node_config: tuple[Path, Path]) -> None:
+        tmp_path: Path, node_config: tuple[Path, Path], runs: list[Run]) -> None:
     db, cfg = node_config
-    runs = []
-    try:
-        first = Run(tmp_path, "first", db, cfg, "n1")
-        runs.append(first)
-        first.wait_log("active for node n1 (lock ")
-        first.wait_log("store loaded")
-        second = Run(tmp_path, "second", db, cfg, "n1")
-        runs.append(second)
-        second.wait_log("standby for node n1: another sidecar is active (pid "
-                        f"{first.proc.pid} since ")
-        time.sleep(1.0)
-        assert not any(m.startswith(("active", "store loaded")) for m in second.messages())
-        other_node = Run(tmp_path, "other", db, cfg, "n2")  # another node: active at once
-        runs.append(other_node)
-        other_node.wait_log("active for node n2")
-        # The active one stops (SIGTERM): it releases the lock once its store is flushed.
-        assert first.stop() == 0
-        assert second.wait_log("active for node n1: took over after", timeout=5) < 2
-        second.wait_log("store loaded")
-        # A standby stopped while it waits exits cleanly, at once.
-        third = Run(tmp_path, "third", db, cfg, "n1")
-        runs.append(third)
-        third.wait_log("standby for node n1")
-        t0 = time.monotonic()
-        assert third.stop() == 0
-        assert time.monotonic() - t0 < 3
-        assert "standby for node n1 stopped" in third.messages()
-        assert second.stop() == 0
-    finally:
-        for r in runs:
-            if r.proc.poll() is None:
-                r.proc.kill()
-                r.proc.wait(10)
+    first = Run(tmp_path, "first", db, cfg, "n1")
+    runs.append(first)
+    first.wait_log("active for node n1 (lock ")
+    first.wait_log("store loaded")
+    second = Run(tmp_path, "second", db, cfg, "n1")
+    runs.append(second)
+    second.wait_log("standby for node n1: another sidecar is active (pid "
+                    f"{first.proc.pid} since ")
+    time.sleep(1.0)
+    assert not any(m.startswith(("active", "store loaded")) for m in second.messages())
+    other_node = Run(tmp_path, "other", db, cfg, "n2")  # another node: active at once
+    runs.append(other_node)
+    other_node.wait_log("active for node n2")
+    # The active one stops (SIGTERM): it releases the lock once its store is flushed.
+    assert first.stop() == 0
+    assert second.wait_log("active for node n1: took over after", timeout=5) < 2
+    second.wait_log("store loaded")
+    # A standby stopped while it waits exits cleanly, at once.
+    third = Run(tmp_path, "third", db, cfg, "n1")
+    runs.append(third)
+    third.wait_log("standby for node n1")
+    t0 = time.monotonic()
+    assert third.stop() == 0
+    assert time.monotonic() - t0 < 3
+    assert "standby for node n1 stopped" in third.messages()
+    assert second.stop() == 0
 
 
 def test_a_standby_is_hot_its_rate_plans_loaded_ahead_and_kept_up_to_date(
-        tmp_path: Path, node_config: tuple[Path, Path]) -> None:
+        tmp_path: Path, node_config: tuple[Path, Path], runs: list[Run]) -> None:
     db, cfg = node_config
     conn = connect(db)
     deck = tmp_path / "deck.csv"
@@ -461,7 +466,6 @@ def test_a_standby_is_hot_its_rate_plans_loaded_ahead_and_kept_up_to_date(
                     + "".join(f"D{i};{100000 + i};0.01;1/1;2026-06-01\n"
                               for i in range(20_000)))
     import_deck(conn, "big", deck)
-    runs = []
     try:
         first = Run(tmp_path, "first", db, cfg, "n1")
         runs.append(first)
@@ -481,10 +485,6 @@ def test_a_standby_is_hot_its_rate_plans_loaded_ahead_and_kept_up_to_date(
         assert second.stop() == 0
     finally:
         conn.close()
-        for r in runs:
-            if r.proc.poll() is None:
-                r.proc.kill()
-                r.proc.wait(10)
 
 
 def test_sidecar_run_that_loses_its_lock_stops_at_once_with_status_3(
