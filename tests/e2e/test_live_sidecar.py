@@ -14,7 +14,8 @@ import pytest
 
 from sidecar.charging.model import AccountKind
 from sidecar.lab.live import LiveLab
-from sidecar.store.accounts import SqliteLedger, add_account, verify_ledger
+from sidecar.store.accounts import add_account, ledger_for, verify_ledger
+from sidecar.store.conn import Db
 from sidecar.store.db import connect
 from sidecar.store.decks import import_deck
 
@@ -36,14 +37,14 @@ def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     conn.close()
 
 
-def account(conn: sqlite3.Connection, code: str, balance: str, **kw: object) -> None:
+def account(conn: Db, code: str, balance: str, **kw: object) -> None:
     now = int(time.time() * 1000)
     add_account(conn, code, "retail", AccountKind.PREPAID, now_ms=now, **kw)  # type: ignore[arg-type]
     if Decimal(balance):
-        SqliteLedger(conn).topup(code, Decimal(balance), now, "test")
+        ledger_for(conn).topup(code, Decimal(balance), now, "test")
 
 
-def cdrs(conn: sqlite3.Connection, account: str | None = None) -> list[dict[str, object]]:
+def cdrs(conn: Db, account: str | None = None) -> list[dict[str, object]]:
     cur = conn.execute("SELECT * FROM cdrs" + (" WHERE account = ?" if account else "")
                        + " ORDER BY id", (account,) if account else ())
     names = [d[0] for d in cur.description]

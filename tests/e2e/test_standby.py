@@ -1,8 +1,8 @@
 """A hot standby for one Kamailio node: ``kill -9`` of the active sidecar with 50 calls up.
 
 The real Kamailio with the shipped configuration, two real ``sidecar run`` processes for
-the same node on one SQLite database (the second waits on the node's leader lock), real
-SIPp calls with RTP. The active sidecar is killed with SIGKILL while 50 calls are up
+the same node on one store, a SQLite file or a PostgreSQL database (the second waits on
+the node's leader lock), real SIPp calls with RTP. The active sidecar is killed with SIGKILL while 50 calls are up
 (prepaid calls renewing 10 s chunks, postpaid calls): the standby takes over within a
 few seconds, adopts every call from the store and Kamailio's ``dlg.list``, and every call
 gets exactly one CDR, charged once. A thread samples Kamailio's evapi client count (and
@@ -12,10 +12,8 @@ which process holds an evapi connection) the whole time: never two at once.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,8 +25,9 @@ import pytest
 from sidecar.charging.model import AccountKind
 from sidecar.lab.live import LiveLab
 from sidecar.store.accounts import add_account, verify_ledger
-from sidecar.store.db import connect
+from sidecar.store.conn import Db
 from sidecar.store.decks import import_deck
+from tests.conftest import target_of
 from tests.e2e.test_live_sidecar import DECK, DIALLED, account, cdrs, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -40,12 +39,11 @@ TAKEOVER_BOUND_S = 5.0
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    conn = connect(tmp_path / "sidecar.db")
+def db(store: Db, tmp_path: Path) -> Db:
+    """The node's store, on each database (``store`` of tests/conftest.py), with the deck."""
     (tmp_path / "deck.csv").write_text(DECK)
-    import_deck(conn, "retail", tmp_path / "deck.csv", as_of=datetime(2026, 1, 1, tzinfo=UTC))
-    yield conn
-    conn.close()
+    import_deck(store, "retail", tmp_path / "deck.csv", as_of=datetime(2026, 1, 1, tzinfo=UTC))
+    return store
 
 
 def messages(log: Path) -> list[tuple[float, str]]:
@@ -99,11 +97,11 @@ class EvapiSampler:
 
 
 def test_kill_9_of_the_active_sidecar_with_50_calls_up_standby_takes_over_charges_once(
-        tmp_path: Path, db: sqlite3.Connection) -> None:
+        tmp_path: Path, db: Db) -> None:
     account(db, "PRE", "10", chunk_seconds=10)  # chunks renewed before and after takeover
     add_account(db, "POST", "retail", AccountKind.POSTPAID, now_ms=int(time.time() * 1000),
                 credit_limit=Decimal("100"))
-    with LiveLab(tmp_path / "lab", tmp_path / "sidecar.db", with_sidecar=False) as lab, \
+    with LiveLab(tmp_path / "lab", target_of(db), with_sidecar=False) as lab, \
             EvapiSampler(lab) as sampler:
         active = lab.spawn_sidecar("a")
         lab.wait_connected(active, timeout=20)
