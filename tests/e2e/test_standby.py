@@ -4,9 +4,10 @@ The real Kamailio with the shipped configuration, two real ``sidecar run`` proce
 the same node on one store, a SQLite file or a PostgreSQL database (the second waits on
 the node's leader lock), real SIPp calls with RTP. The active sidecar is killed with
 SIGKILL while 50 calls are up (prepaid calls renewing 10 s chunks, postpaid calls): the
-standby takes over within a few seconds, adopts every call from the store and Kamailio's ``dlg.list``, and every call
-gets exactly one CDR, charged once. A thread samples Kamailio's evapi client count (and
-which process holds an evapi connection) the whole time: never two at once.
+standby takes over within a few seconds, adopts every call from the store and Kamailio's
+``dlg.list``, and every call gets exactly one CDR, charged once. A thread samples
+Kamailio's evapi client count (and which process holds an evapi connection) the whole
+time: never two at once.
 """
 
 from __future__ import annotations
