@@ -11,27 +11,36 @@ from rich.table import Table
 
 from ..charging.commands import Settle, Topup
 from ..money import fmt
+from ..store.conn import is_url
 from ..store.journal import Journal, default_journal
 from .app import Context, cli, emit_json, fail
 
 
-def _journal(ctx: Context, path: Path | None) -> Journal:
-    return Journal(path or default_journal(ctx.path))
+def _journal(ctx: Context, path: Path | None, node: str | None) -> Journal:
+    if path is None and is_url(ctx.target) and not node:
+        fail("on PostgreSQL each node keeps its own journal: give --journal PATH (the "
+             "node's [database] journal) or --node NAME (./sidecar-NAME.journal)", 2)
+    return Journal(path or default_journal(ctx.target, node or ""))
 
 
 @cli.group("journal", invoke_without_command=True)
 @click.option("--journal", "path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="The journal file (default: the database path + .journal).")
+              default=None, help="The journal file (default: the SQLite database path + "
+                                 ".journal; on PostgreSQL ./sidecar-NODE.journal).")
+@click.option("--node", default=None, metavar="NAME",
+              help="The node whose journal it is (PostgreSQL: names the default file).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 @click.pass_context
-def journal_cmd(click_ctx: click.Context, path: Path | None, as_json: bool) -> None:
+def journal_cmd(click_ctx: click.Context, path: Path | None, node: str | None,
+                as_json: bool) -> None:
     """Settlements and top-ups waiting for the store (applied by `sidecar run` as soon as
     the store takes writes again, or by `sidecar journal apply`)."""
     if click_ctx.invoked_subcommand is not None:
         click_ctx.meta["journal_path"] = path
+        click_ctx.meta["journal_node"] = node
         return
     ctx: Context = click_ctx.obj
-    j = _journal(ctx, path)
+    j = _journal(ctx, path, node)
     rows = []
     for _run, cmd in j.entries():
         if isinstance(cmd, Settle):
@@ -66,7 +75,8 @@ def journal_apply(click_ctx: click.Context) -> None:
     ctx: Context = click_ctx.obj
     from ..store.accounts import ledger_for
 
-    j = _journal(ctx, click_ctx.parent.meta.get("journal_path") if click_ctx.parent else None)
+    meta = click_ctx.parent.meta if click_ctx.parent else {}
+    j = _journal(ctx, meta.get("journal_path"), meta.get("journal_node"))
     entries = j.entries()
     if not entries:
         click.echo(f"journal {j.path}: nothing to apply")
