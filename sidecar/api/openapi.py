@@ -70,6 +70,8 @@ _SCHEMAS: dict[str, Any] = {
             "callee": {"type": "string"}, "destination": {"type": "string"},
             "prefix": {"type": "string"}, "origin": {"type": "string"},
             "route": {"type": "string"},
+            "node": {"type": "string", "description": "The sidecar node whose Kamailio "
+                     "carried the call (\"\" before nodes were recorded)."},
             "disposition": {"enum": ["answered", "failed", "rejected", "no-media"]},
             "sip_code": {"type": ["integer", "null"]}, "ended_by": {"type": "string"},
             "end_reason": {"type": "string"},
