@@ -82,6 +82,18 @@ class LeadershipLost(RuntimeError):
     """The leader no longer holds its lock: another sidecar may be active already."""
 
 
+class SessionLost(LeadershipLost):
+    """The lock's database session ended (a server restart, a lost connection): nobody
+    is known to hold the lock yet, so the leader may take it again on a new session."""
+
+
+#: How long a leader whose lock session ended keeps trying to take the lock again on a
+#: new session before it gives up leadership. Detection (a check every 1 s that may take
+#: 2 s) plus this stays under the 5 s a new leader waits for Kamailio to count no other
+#: evapi client (run.FENCE_S): a standby that took the lock meanwhile never overlaps.
+REGAIN_WITHIN_S = 1.9
+
+
 class LeaderLock(abc.ABC):
     """A node's leader lock. Every method blocks (a system call, a round trip to the
     database): call them off the event loop (:func:`off_loop`)."""
@@ -294,8 +306,8 @@ class PgLeaderLock(LeaderLock):
             except psycopg.Error as exc:
                 self._held = False
                 self._drop()
-                raise LeadershipLost(f"the lock's connection to {self.where} was lost "
-                                     f"({type(exc).__name__})") from None
+                raise SessionLost(f"the lock's connection to {self.where} was lost "
+                                  f"({type(exc).__name__})") from None
             if not (row and row[0]):
                 self._held = False
                 raise LeadershipLost(f"the advisory lock on {self.where} is no longer held")
@@ -433,6 +445,8 @@ async def keep(lock: LeaderLock, *, interval_s: float = CHECK_INTERVAL_S,
         await asyncio.sleep(interval_s)
         try:
             await off_loop(lock.check, timeout=timeout_s)
+        except SessionLost as exc:
+            await _regain(lock, exc)
         except LeadershipLost:
             raise
         except TimeoutError:
@@ -441,6 +455,34 @@ async def keep(lock: LeaderLock, *, interval_s: float = CHECK_INTERVAL_S,
         except Exception as exc:  # it cannot be confirmed: as good as lost
             raise LeadershipLost(f"checking the leader lock on {lock.where} failed: "
                                  f"{type(exc).__name__}: {exc}") from None
+
+
+async def _regain(lock: LeaderLock, lost: SessionLost,
+                  within_s: float = REGAIN_WITHIN_S) -> None:
+    """Take the lock again on a new session within ``within_s``, else raise
+    :class:`LeadershipLost` (also at once when another sidecar holds it now)."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    log.warning("node %s: %s; taking the leader lock again", lock.node, lost)
+    problem = ""
+    while (left := t0 + within_s - loop.time()) > 0:
+        try:
+            got = await off_loop(lock.try_acquire, timeout=left)
+        except TimeoutError:
+            break
+        except LeaderLockError:
+            raise
+        except Exception as exc:  # the server is not back yet
+            problem = f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(min(0.2, max(0.0, t0 + within_s - loop.time())))
+            continue
+        if not got:
+            raise LeadershipLost(f"{lost}; another sidecar took the lock meanwhile")
+        log.warning("node %s: leader lock taken again after %.1f s", lock.node,
+                    loop.time() - t0)
+        return
+    raise LeadershipLost(f"{lost}; not taken again within {within_s:.1f} s"
+                         + (f" ({problem})" if problem else ""))
 
 
 async def release(lock: LeaderLock, timeout_s: float = 5.0) -> None:

@@ -103,6 +103,8 @@ class StoreWriter:
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._memory: list[StoreCommand] = []  # journaled nowhere: the journal failed too
+        self._judge_after = 0.0  # monotonic time from which other nodes' leases are judged
+        self._renewed = 0.0  # when this node's leases were last renewed
         self.down = False
         self.error = ""
         #: Figures for logs and benchmarks (written by the thread, read anywhere).
@@ -155,6 +157,7 @@ class StoreWriter:
             return
         self.started.set()
         last_check = last_probe = last_renew = last_expired = time.monotonic()
+        self._reached_store()
         stopping = False
         while not stopping:
             batch: list[StoreCommand] = []
@@ -184,7 +187,8 @@ class StoreWriter:
             if not self.down and now - last_renew >= self.renew_every_s:
                 last_renew = now
                 self._renew_leases()
-            if not self.down and now - last_expired >= self.expired_every_s:
+            if (not self.down and now - last_expired >= self.expired_every_s
+                    and time.monotonic() >= self._judge_after):
                 last_expired = now
                 self._settle_expired()
         self._close()
@@ -248,7 +252,16 @@ class StoreWriter:
         self._recovered()
         self.deliver(BatchResult([], {}))
 
+    def _reached_store(self) -> None:
+        """The store answers again (or for the first time): other nodes' leases are judged
+        only a whole lease from now. While this writer could not reach the store their
+        renewals may have failed as its own did, and a live node's calls must never be
+        taken over."""
+        self._judge_after = time.monotonic() + self.lease_ms / 1000
+        self._renewed = time.monotonic()
+
     def _recovered(self) -> None:
+        self._reached_store()
         log.warning("store writable again after: %s", self.error)
         self.down = False
         self.error = ""
@@ -364,6 +377,12 @@ class StoreWriter:
             self.ledger.renew_leases(_now_ms())
         except self.ledger.dialect.errors as exc:
             log.error("could not renew this node's leases: %s", exc)
+            self._reached_store()  # (not yet: counted from its next answer at the earliest)
+            return
+        now = time.monotonic()
+        if now - self._renewed > 2 * self.renew_every_s:  # the store stalled (a batch
+            self._reached_store()  # waiting for a connection): as good as down meanwhile
+        self._renewed = now
 
     def _settle_expired(self) -> None:
         """Settle, once, the calls of nodes whose lease ran out (the node is down or cut
@@ -374,6 +393,7 @@ class StoreWriter:
             expired = self.ledger.expired_calls(_now_ms())
         except self.ledger.dialect.errors as exc:
             log.error("could not read other nodes' expired calls: %s", exc)
+            self._reached_store()
             return
         for row in expired:
             now = _now_ms()

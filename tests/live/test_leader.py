@@ -310,25 +310,54 @@ def _backend_of(url: str, node: str) -> int:
     return int(row[0])
 
 
-def test_pg_lost_lock_connection_is_detected_and_the_standby_takes_over() -> None:
+def test_pg_lost_lock_session_is_taken_again_when_nobody_else_took_it() -> None:
+    """The server ends the leader's session (a restart, a connection cut): nobody holds
+    the lock then, and the leader takes it again on a new session instead of stepping
+    down (every node would otherwise stop at each server restart)."""
+    with fresh_database() as url:
+        leader, standby = PgLeaderLock(url, "node1"), PgLeaderLock(url, "node1")
+        try:
+            assert leader.try_acquire()
+            first = _backend_of(url, "node1")
+            with psycopg.connect(url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+
+            async def watch() -> None:
+                keeping = asyncio.create_task(keep(leader, interval_s=0.2))
+                await asyncio.sleep(1.5)
+                assert not keeping.done()  # still the leader
+                keeping.cancel()
+
+            asyncio.run(watch())
+            assert _backend_of(url, "node1") != first  # a new session holds it
+            assert not standby.try_acquire()
+            leader.check()
+        finally:
+            leader.release()
+            standby.release()
+
+
+def test_pg_lost_lock_session_taken_by_the_standby_ends_the_leadership() -> None:
     with fresh_database() as url:
         leader, standby = PgLeaderLock(url, "node1"), PgLeaderLock(url, "node1")
         try:
             assert leader.try_acquire()
             assert not standby.try_acquire()
-            # The server ends the leader's session (as on a restart or a network cut that
-            # the server noticed first): the lock goes with it.
             with psycopg.connect(url, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (_backend_of(url, "node1"),))
+            # The standby is first to the lock: the old leader must not take it back.
+            deadline = time.monotonic() + 5
+            while not standby.try_acquire():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
 
             async def watch() -> float:
                 t0 = time.monotonic()
-                with pytest.raises(LeadershipLost, match=r"connection .* was lost"):
+                with pytest.raises(LeadershipLost, match="another sidecar took the lock"):
                     await keep(leader, interval_s=0.2)
                 return time.monotonic() - t0
 
-            assert asyncio.run(watch()) < 2.0
-            assert standby.try_acquire()
+            assert asyncio.run(watch()) < 3.0
             standby.check()
         finally:
             leader.release()
@@ -526,12 +555,15 @@ def test_sidecar_run_on_postgresql_takeover_after_kill_9_and_exit_when_the_lock_
             assert first.stop(signal.SIGKILL) == -signal.SIGKILL
             assert second.wait_log("active for node pg1: took over after", timeout=5) < 2
             second.wait_log("store loaded")
-            # The server ends the lock's session: the sidecar stops answering and exits 3.
+            # The server ends the lock's session and someone else takes the lock before
+            # it can be taken again: the sidecar stops answering and exits 3.
             with psycopg.connect(url, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)", (_backend_of(url, "pg1"),))
-            assert second.proc.wait(10) == 3
+                admin.execute("SELECT pg_advisory_lock(%s)", (leader_key("pg1"),))
+                assert second.proc.wait(10) == 3
             assert any(m.startswith("node pg1: leadership lost (the lock's connection to "
-                                    "PostgreSQL ") for m in second.messages())
+                                    "PostgreSQL ") and "another sidecar took the lock" in m
+                       for m in second.messages())
         finally:
             for r in runs:
                 if r.proc.poll() is None:
