@@ -158,6 +158,7 @@ class StoreWriter:
         self.started.set()
         last_check = last_probe = last_renew = last_expired = time.monotonic()
         self._reached_store()
+        self._renew_leases()  # the calls adopted (a restart, a standby's takeover): ours now
         stopping = False
         while not stopping:
             batch: list[StoreCommand] = []
