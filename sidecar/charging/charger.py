@@ -55,6 +55,9 @@ log = logging.getLogger("sidecar.charging")
 
 REASON_CREDIT = "credit exhausted"
 REASON_STORE = "store unavailable: credit could not be reserved"
+#: Another node billed the call (this node's lease on it ran out: it was cut off from the
+#: store, or thought dead): no more credit; the call ends at the paid time billed.
+REASON_SETTLED = "settled by another node (this node's lease on the call ran out)"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class CallSession:
     ending: bool = False  # EndCall was emitted
     end_reason: str = ""
     timer_gen: int = 0
+    settled_elsewhere: bool = False  # another node wrote its CDR (REASON_SETTLED)
     meta: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -263,9 +267,9 @@ class Charger:
                 self._reserve_next(s, now_ms, actions)
             elif now_ms >= paid_until:
                 s.ending = True
-                s.end_reason = REASON_CREDIT
-                actions.append(EndCall(ref, REASON_CREDIT, now_ms))
-                log.info("ending %s: %s after %s paid seconds", ref, REASON_CREDIT,
+                s.end_reason = REASON_SETTLED if s.settled_elsewhere else REASON_CREDIT
+                actions.append(EndCall(ref, s.end_reason, now_ms))
+                log.info("ending %s: %s after %s paid seconds", ref, s.end_reason,
                          s.paid_seconds)
             else:
                 self._schedule(s, paid_until)
@@ -402,7 +406,7 @@ class Charger:
             if media is not None and media.billable_ms is not None:
                 s.billable_ms = max(s.answered_ms, media.billable_ms)
             duration = max(0, now_ms - s.billable_ms)
-            if lost or (s.ending and s.end_reason == REASON_CREDIT):
+            if lost or (s.ending and s.end_reason in (REASON_CREDIT, REASON_SETTLED)):
                 # The sidecar cut the call at the paid time; the BYE's latency is ours.
                 duration = min(duration, s.paid_seconds * 1000)
             rates = self.plans(s.plan)
@@ -603,17 +607,21 @@ class Charger:
         s.reserved -= cmd.amount - o.granted
         s.paid_seconds = min(s.paid_seconds, o.seconds)
         s.final = True
-        log.warning("call %s: store granted %s s where %s s were expected", s.call_ref,
-                    o.seconds, cmd.seconds)
+        if o.settled_elsewhere:
+            s.settled_elsewhere = True
+            log.warning("call %s: %s; it ends at its paid time", s.call_ref, REASON_SETTLED)
+        else:
+            log.warning("call %s: store granted %s s where %s s were expected", s.call_ref,
+                        o.seconds, cmd.seconds)
         if s.ending:
             return
         paid_until = s.paid_until_ms
         assert paid_until is not None
         if paid_until <= now_ms:
             s.ending = True
-            s.end_reason = REASON_CREDIT
+            s.end_reason = REASON_SETTLED if s.settled_elsewhere else REASON_CREDIT
             s.timer_gen += 1
-            actions.append(EndCall(s.call_ref, REASON_CREDIT, now_ms))
+            actions.append(EndCall(s.call_ref, s.end_reason, now_ms))
         else:
             self._schedule(s, paid_until)
 

@@ -74,6 +74,7 @@ class Outcome:
     seconds: int = 0  # Reserve: the paid seconds it brings the call to
     settlement: Settlement | None = None  # Settle, Topup
     journaled: bool = False
+    settled_elsewhere: bool = False  # Reserve: the call has its CDR already (another node)
     error: str = ""
 
 

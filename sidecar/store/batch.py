@@ -164,7 +164,7 @@ class Batch:
         acc = self._account(cmd.account, cmd.now_ms)
         ref = cmd.call_ref
         if ref in self._settled:  # settled already (by a node that took over): no more
-            return Outcome(cmd.seq, True, ZERO, cmd.paid_before)
+            return Outcome(cmd.seq, True, ZERO, cmd.paid_before, settled_elsewhere=True)
         granted, seconds = grant(acc, cmd.amount, cmd.seconds, cmd.fit, cmd.paid_before)
         if granted > 0:  # a hold moves no money: live_calls records it, not the ledger
             self._set(evolve(acc, {"balance": acc.balance - granted,

@@ -171,3 +171,33 @@ def test_live_view_shows_running_cost_and_remaining_time() -> None:
     assert live["cost"] == Decimal("0.03") and live["remaining_ms"] == 30_000
     rows = sim.ledger.live_calls()
     assert rows[0]["paid_seconds"] == 60 and Decimal(str(rows[0]["reserved"])) == Decimal("0.06")
+
+
+def test_a_call_another_node_settled_ends_at_its_paid_time_with_that_reason() -> None:
+    """Another node settled the call (this node's lease on it had run out): the next
+    reservation gets nothing, the call ends at the paid time billed, saying why, and its
+    own settlement charges nothing more."""
+    from sidecar.charging.charger import REASON_SETTLED
+    from sidecar.charging.commands import Settle
+    from sidecar.charging.model import Cdr, Disposition
+
+    sim = Sim()
+    sim.account("acme", "10")
+    assert sim.charger.authorize("c", number="4930111", account_code="acme",
+                                 now_ms=sim.now).allow
+    sim.answer("c")
+    paid = sim.charger.sessions["c"].paid_seconds
+    assert paid == 60
+    other = Cdr("c", "c", Disposition.ANSWERED, account="acme", plan="retail",
+                answered_ms=sim.now, billable_ms=sim.now, ended_ms=sim.now + paid * 1000,
+                duration_ms=paid * 1000, billed_seconds=paid, cost=Decimal("0.06"),
+                usage=Decimal("0.06"), end_reason="lease expired")
+    res = sim.ledger.execute([Settle(-1, other, sim.now, lease_ended_by=sim.now + 10**9)])
+    assert res.outcomes[0].settlement is not None
+    assert not res.outcomes[0].settlement.duplicate
+    sim.advance_to(sim.now + paid * 1000 + 1)
+    (ended,) = sim.ended
+    assert ended.reason == REASON_SETTLED
+    sim.end("c", ended_by="proxy")
+    assert len(sim.cdrs()) == 1 and sim.balance("acme") == Decimal("9.94")
+    assert all(not c.problems for c in verify_ledger(sim.conn))

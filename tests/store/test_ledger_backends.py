@@ -323,6 +323,7 @@ def test_a_call_settled_elsewhere_gets_no_more_credit_and_keeps_no_hold(
     # The call's own node did not know: its next reservation gets nothing...
     res = ok(led.execute([reserve(3, "acme", "c1", "0.60", paid_before=60)]))
     assert (res.outcomes[0].granted, res.outcomes[0].seconds) == (0, 60)
+    assert res.outcomes[0].settled_elsewhere
     assert led.live_calls() == []
     # ...a hold that raced the settlement in (an older release) is given back by the
     # duplicate settlement, and verify flags one meanwhile.
