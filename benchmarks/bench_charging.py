@@ -3,7 +3,7 @@ running at once, on SQLite and on PostgreSQL with several sidecar processes, and
 after credit runs out the end-call leaves.
 
     python benchmarks/bench_charging.py [--cycles 20000] [--live 1000] [--cutoffs 300]
-                                        [--nodes-seconds 10] [--pg-server URL]
+                                        [--nodes-seconds 10]
 
 Two paths, same core, same work, in the same run:
 
@@ -18,12 +18,13 @@ Charger + StoreWriter as ``sidecar run`` does (its own node name and journal), w
 ``--live`` calls running; the processes wait on one barrier and then charge cycles for the
 same ``--nodes-seconds`` window; a process's figure counts until its last command is
 committed and answered. Set-ups, in one run: SQLite with one process (the one-node
-baseline) and two processes sharing one file; PostgreSQL (a fresh database on
-``--pg-server``, dropped afterwards) with one process, two processes each charging
-accounts of its own, and two processes charging the same 4 accounts (their batches wait
-for each other's row locks). Printed per set-up: aggregate and per-process cycles/s, the
-writers' commands per transaction and transactions per second, and the cores used by the
-sidecar processes, by PostgreSQL's server processes and by the whole machine.
+baseline) and two processes sharing one file; PostgreSQL (a fresh database on the tests'
+server, ``$SIDECAR_TEST_PG``, dropped afterwards) with one process, two processes each
+charging accounts of its own, and two processes charging the same 4 accounts (their
+batches wait for each other's row locks). Printed per set-up: aggregate and per-process
+cycles/s, the writers' commands per transaction and transactions per second, and the
+cores used by the sidecar processes, by PostgreSQL's server processes and by the whole
+machine; and whether every call has its CDR and every balance equals its ledger.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ import os
 import queue
 import sqlite3
 import statistics
+import sys
 import tempfile
 import threading
 import time
 import traceback
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -238,8 +239,6 @@ async def bench_cutoffs(calls: int) -> None:
 
 
 # ------------------------------------------------------------------ several nodes (issue 11)
-#: The PostgreSQL server the several-node runs create their database on (and drop it).
-PG_SERVER = os.environ.get("SIDECAR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SHARED = [f"shared-{i}" for i in range(4)]  # the accounts both nodes charge in "shared"
 #: Commands a node lets wait for its store before its loop waits too: without a bound the
 #: core (faster than any store) would queue work the window never sees committed.
@@ -281,12 +280,15 @@ class NodeFigures:
         return self.cycles / (self.t1 - self.t0)
 
 
-def run_node(spec: NodeSpec, barrier: Any, log_file: str) -> NodeFigures:
+def run_node(spec: NodeSpec, barrier: Any, done: Any,
+             report: Callable[[NodeFigures], None], log_file: str) -> None:
     """A sidecar's charging path in this process: Charger + StoreWriter on the shared
     store, ``spec.live`` calls started; then, from the barrier, one new call authorized
     and answered and the oldest one ended, again and again for ``spec.seconds``; counted
-    until every command is committed and its outcome is back in the core. The sidecar's
-    log goes to ``log_file``."""
+    until every command is committed and its outcome is back in the core. Its figures go
+    to ``report``; the store is closed once every node has reported (``done``), so the
+    server processes serving it are there until the parent has read their CPU time. The
+    sidecar's log goes to ``log_file``."""
     logging.basicConfig(filename=log_file, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     events: queue.SimpleQueue[WriterEvent] = queue.SimpleQueue()
@@ -360,26 +362,24 @@ def run_node(spec: NodeSpec, barrier: Any, log_file: str) -> NodeFigures:
                     break
         wait_for_store(0)
         t1 = time.monotonic()
-        return NodeFigures(spec.node, i - spec.live - refused, refused, t0, t1,
+        report(NodeFigures(spec.node, i - spec.live - refused, refused, t0, t1,
                            writer.batches - b0, writer.commands - c0,
                            writer.failed_batches - f0, writer.journaled - j0,
-                           time.process_time() - cpu0, writer.cpu_s - w0)
+                           time.process_time() - cpu0, writer.cpu_s - w0))
+        done.wait(120)
     finally:
         writer.stop()
 
 
 def node_process(spec: NodeSpec, barrier: Any, done: Any, out: Any, log_file: str) -> None:
-    """The target of a node's process: its figures, or the traceback of what failed. It
-    ends once every node has reported (``done``): the server processes serving it stay
-    until the parent has read their CPU time."""
+    """The target of a node's process: its figures, or the traceback of what failed."""
     try:
-        out.put(("ok", run_node(spec, barrier, log_file)))
+        run_node(spec, barrier, done, lambda fig: out.put(("ok", fig)), log_file)
     except BaseException:
         out.put(("error", f"node {spec.node}:\n{traceback.format_exc()}"))
-        with contextlib.suppress(Exception):
-            barrier.abort()  # the others (and the parent) stop waiting
-    with contextlib.suppress(Exception):
-        done.wait(60)
+        for b in (barrier, done):  # the others (and the parent) stop waiting
+            with contextlib.suppress(Exception):
+                b.abort()
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -419,6 +419,7 @@ class NodesRun:
     ledger_ok: bool
     postgres_cores: float | None
     machine_cores: float
+    server_restarted: bool = False  # PostgreSQL restarted meanwhile: the figures are void
 
     @property
     def cycles(self) -> int:
@@ -438,20 +439,27 @@ class NodesRun:
 
 
 @contextlib.contextmanager
-def pg_database(server: str) -> Iterator[str]:
-    """A fresh database on the PostgreSQL server ``server`` (a ``postgresql://`` URL):
-    its URL; dropped at the end (sessions still on it are ended) whatever happened, as
-    ``tests/store/pgdb.py`` does for the tests."""
+def pg_database() -> Iterator[tuple[str, str]]:
+    """A fresh database on the PostgreSQL server the tests use (``$SIDECAR_TEST_PG``, by
+    default 127.0.0.1:5432): its ``postgresql://`` URL and the server's maintenance URL;
+    dropped at the end whatever happened (``tests/store/pgdb.py``)."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # run as a script: the repository root is not on the path
+        sys.path.insert(0, root)
+    from tests.store.pgdb import SERVER_URL, as_url, fresh_database
+
+    with fresh_database() as conninfo:
+        yield as_url(conninfo), SERVER_URL
+
+
+def pg_started(url: str) -> str:
+    """When the PostgreSQL server was (re)started: a restart during a run (other work on
+    a shared machine) voids its figures."""
     import psycopg
 
-    name = f"sidecar_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlsplit(server)._replace(path=f"/{name}").geturl()
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
+    return str(row[0]) if row else ""
 
 
 def run_nodes(label: str, target: str, specs: Sequence[NodeSpec], server: str,
@@ -465,6 +473,7 @@ def run_nodes(label: str, target: str, specs: Sequence[NodeSpec], server: str,
                          args=(s, barrier, done, out, str(logs / f"{s.node}.log")))
              for s in specs]
     pg = is_url(target)
+    started = pg_started(server) if pg else ""
     for p in procs:
         p.start()
     try:
@@ -495,8 +504,9 @@ def run_nodes(label: str, target: str, specs: Sequence[NodeSpec], server: str,
         ok = all(not c.problems for c in verify_ledger(conn))
     finally:
         conn.close()
+    restarted = pg and pg_started(server) != started
     return NodesRun(label, nodes, cdrs, ok, (pg1 - pg0) / TICKS / dt if pg else None,
-                    (m1 - m0) / dt)
+                    (m1 - m0) / dt, restarted)
 
 
 def node_specs(target: str, tmp: Path, names: Sequence[str], live: int, seconds: float,
@@ -520,25 +530,26 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def bench_nodes(live: int, seconds: float, server: str) -> None:
+def bench_nodes(live: int, seconds: float) -> None:
     print(f"\nseveral nodes: authorize + reserve + settle for {seconds:g} s, {live:,} calls "
           f"running in each process; each process one node (Charger + StoreWriter of its "
           f"own, as `sidecar run --node NAME`), all released at once (load average before: "
           f"{loadavg()})")
     headers = (f"  {'set-up':<43} {'cycles/s':>8}  {'per process':<15} {'cmds/txn':>8} "
-               f"{'txn/s':>5}  {'cores: sidecars':>15} {'PostgreSQL':>10} {'other':>5} "
-               f"{'machine':>7}")
+               f"{'txn/s':>5} {'writer us/cmd':>13}  {'cores: sidecars':>15} "
+               f"{'PostgreSQL':>10} {'other':>5} {'machine':>7}")
     print(headers)
     print("  " + "-" * (len(headers) - 2))
     runs: list[NodesRun] = []
     for label, kind, count, shared in SETUPS:
         names = [f"n{k + 1}" for k in range(count)]
         with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            server = ""
             if kind == "pg":
                 try:
-                    target = stack.enter_context(pg_database(server))
+                    target, server = stack.enter_context(pg_database())
                 except Exception as exc:  # no server: the SQLite figures still stand
-                    print(f"  {label}: skipped, no PostgreSQL at {server} ({exc})")
+                    print(f"  {label}: skipped, no PostgreSQL server ({exc})")
                     continue
             else:
                 target = str(Path(tmp) / "nodes.db")
@@ -553,10 +564,11 @@ def bench_nodes(live: int, seconds: float, server: str) -> None:
         per = " + ".join(f"{n.rate:,.0f}" for n in run.nodes) if count > 1 else ""
         txn = sum(n.batches for n in run.nodes)
         cmds = sum(n.commands for n in run.nodes)
-        pg = run.postgres_cores
+        pg = None if run.server_restarted else run.postgres_cores
         other = run.machine_cores - run.sidecar_cores - (pg or 0.0)
+        writer_us = sum(n.writer_cpu_s for n in run.nodes) * 1e6 / max(cmds, 1)
         print(f"  {label:<43} {run.rate:>8,.0f}  {per:<15} {cmds / max(txn, 1):>8,.0f} "
-              f"{txn / run.window_s:>5,.1f}  {run.sidecar_cores:>15.2f} "
+              f"{txn / run.window_s:>5,.1f} {writer_us:>13,.0f}  {run.sidecar_cores:>15.2f} "
               f"{'-' if pg is None else f'{pg:.2f}':>10} {max(other, 0.0):>5.2f} "
               f"{run.machine_cores:>7.2f}", flush=True)
         refused = sum(n.refused for n in run.nodes)
@@ -565,13 +577,16 @@ def bench_nodes(live: int, seconds: float, server: str) -> None:
             print(f"    {failed} transactions failed ({sum(n.journaled for n in run.nodes):,} "
                   f"settlements journaled, applied later), {refused:,} offers refused (503) "
                   f"meanwhile; first error: {problems[0] if problems else '-'}")
+        if run.server_restarted:
+            print("    DISTURBED: the PostgreSQL server was restarted during the run (by "
+                  "other work on this machine): these figures do not stand")
         if run.cdrs != run.cycles + refused or not run.ledger_ok:
             print(f"    PROBLEM: {run.cdrs:,} CDRs for {run.cycles + refused:,} offers; "
                   f"balances {'=' if run.ledger_ok else 'NOT equal to'} their ledgers")
     print("  cycles/s: all processes' cycles over the window from the first start to the "
           "last commit; per process: each one's over its own;\n"
           "  cmds/txn, txn/s: the writers' commands per transaction, transactions per "
-          "second (all processes);\n"
+          "second (all processes); writer us/cmd: the writer threads' CPU per command;\n"
           "  cores used over the window: the sidecar processes, PostgreSQL's server "
           "processes (this database's and the server's own), other work, the whole "
           f"machine ({os.cpu_count()} cores)")
@@ -591,12 +606,10 @@ def main() -> None:
     ap.add_argument("--cutoffs", type=int, default=300)
     ap.add_argument("--nodes-seconds", type=float, default=10.0,
                     help="window of each several-node set-up (0: skip them)")
-    ap.add_argument("--pg-server", default=PG_SERVER,
-                    help="PostgreSQL server to create (and drop) the nodes' database on")
     args = ap.parse_args()
     bench_cycles(args.cycles, args.live)
     if args.nodes_seconds:
-        bench_nodes(args.live, args.nodes_seconds, args.pg_server)
+        bench_nodes(args.live, args.nodes_seconds)
     if args.cutoffs:
         asyncio.run(bench_cutoffs(args.cutoffs))
 

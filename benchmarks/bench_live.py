@@ -6,6 +6,9 @@ measured from the outside (black box), each figure beside its baseline from the 
                                          [--max-minutes 40]
     python benchmarks/bench_live.py deck [--rate 50] [--seconds 20] [--lines 100000] [--at 5]
     python benchmarks/bench_live.py soak [--rate 300] [--minutes 30] [--media]
+    python benchmarks/bench_live.py nodes [--rate 200] [--seconds 60]
+                                          [--setups sqlite1,pg1,sqlite2,pg2]
+                                          [--own-accounts]
 
 Every subcommand also takes ``--keep DIR``: keep the run directories (Kamailio, sidecar
 and SIPp logs, SIPp's statistics and response times, the database) under DIR.
@@ -27,6 +30,22 @@ and SIPp logs, SIPp's statistics and response times, the database) under DIR.
   (/proc/PID/status VmRSS) and CPU per call, Kamailio's CPU per call beside it; at the end
   whether the sidecar's CPU per call stayed within 10% (first minute vs last) and how much
   its RSS grew after minute 2.
+- ``nodes``: several nodes sharing one store (issue 11): each node a Kamailio with its own
+  ``sidecar run --node`` (``sidecar.lab.nodes.NodesLab``) and its own SIPp caller and
+  callee, all nodes called at ``--rate`` at once; the store prepared through the CLI (the
+  plan, postpaid accounts: one for every node's calls, or ``--own-accounts``). Set-ups,
+  run one after another (``--setups``, default all four): ``sqlite1`` one node on SQLite
+  (the baseline), ``pg1`` one node on PostgreSQL, ``sqlite2`` two nodes sharing one SQLite
+  file, ``pg2`` two nodes sharing one PostgreSQL database. Each PostgreSQL set-up gets a
+  fresh database on the tests' server (``$SIDECAR_TEST_PG``), dropped afterwards. One
+  node has the machine to itself, as a node on its own host would; two nodes on one
+  machine need twice its CPU. Per node: offered, completed, failed and refused calls,
+  INVITE -> first non-100 reply p50/p99/max, the sidecar's own authorization latency from
+  its log (Kamailio's offer -> reply sent) and its CPU per call; per set-up the CDRs,
+  whether every balance equals its ledger, and the cores used by Kamailio, the sidecars,
+  PostgreSQL's server and other work (target: reply p99 < 20 ms per node at 200 calls/s
+  per node on PostgreSQL, no call failed). A PostgreSQL server restarted during a run (by
+  other work) is reported, and the run's figures are not judged.
 
 How calls are measured. 1 s calls (SIPp ``-d 1000``), signalling only unless ``--media``.
 The caller is a copy of ``kamailio/sipp/uac.xml`` written to the run directory with SIPp
@@ -73,6 +92,7 @@ from pathlib import Path
 
 from sidecar.lab import KAMAILIO_DIR
 from sidecar.lab.live import LiveLab
+from sidecar.lab.nodes import NodesLab
 from sidecar.lab.sipp import SippError, SippProcess, read_stat_rows
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -442,64 +462,113 @@ class Running:
         return [self.uas.pid, self.uac.pid]
 
 
-def run_load(lab: LiveLab, scenarios: Scenarios, *, label: str, rate: int,
-             seconds: float, on_tick: Callable[[float, Running], None] | None = None) -> Load:
-    """Calls at ``rate``/s for ``seconds`` through ``lab`` with a fresh SIPp callee and
-    caller; ``on_tick(elapsed_s, running)`` is called about every 0.1 s while it runs."""
+@dataclass
+class Started:
+    """A load run whose callee and caller are running (:func:`start_load`)."""
+
+    lab: LiveLab
+    label: str
+    rate: int
+    seconds: float
+    offered: int
+    timeout_s: float
+    had_sidecar: bool
+    before: Sample
+    running: Running
+
+
+def start_load(lab: LiveLab, scenarios: Scenarios, stack: contextlib.ExitStack, *,
+               label: str, rate: int, seconds: float, account: str = ACCOUNT) -> Started:
+    """Start a fresh SIPp callee and caller through ``lab``: calls at ``rate``/s for
+    ``seconds`` on ``account``; both are stopped by PID when ``stack`` closes."""
     offered = max(1, round(rate * seconds))
     limit = max(100, rate * 10)  # concurrent calls before SIPp holds back new ones
     timeout_s = seconds + 40
     name = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
     had_sidecar = lab.sidecar_pid is not None
     before = Sample.take(lab)
-    uas = lab.uas_sipp.start_uas(scenarios.uas, port=lab.uas_port, calls=offered,
-                                 timeout_s=timeout_s + 10, name=f"{name}-uas",
-                                 media_port=MEDIA_BASE_UAS if scenarios.media else None,
-                                 trace_messages=False)
-    timed_out = False
-    with uas:
-        uac = lab.sipp.start_uac(
-            lab.target, scenarios.uac, account_code=ACCOUNT, dialled=DIALLED,
-            duration_ms=CALL_MS, calls=offered, timeout_s=timeout_s, name=f"{name}-uac",
-            media_port=MEDIA_BASE_UAC if scenarios.media else None,
-            extra=["-r", str(rate), "-l", str(limit), "-trace_rtt", "-rtt_freq", "1"],
-            trace_messages=False)
-        with uac:
-            running = Running(uas, uac, RttTail(uac))
-            t0 = time.monotonic()
-            while uac.running():
-                if time.monotonic() - t0 > timeout_s + 10:
-                    timed_out = True
-                    break
-                if on_tick is not None:
-                    on_tick(time.monotonic() - t0, running)
-                time.sleep(0.1)
-            try:
-                result = uac.wait(5.0)
-            except SippError:
-                timed_out = True
-                result = uac.stop()
-        uas.stop()
+    uas = stack.enter_context(lab.uas_sipp.start_uas(
+        scenarios.uas, port=lab.uas_port, calls=offered, timeout_s=timeout_s + 10,
+        name=f"{name}-uas", media_port=MEDIA_BASE_UAS if scenarios.media else None,
+        trace_messages=False))
+    uac = stack.enter_context(lab.sipp.start_uac(
+        lab.target, scenarios.uac, account_code=account, dialled=DIALLED,
+        duration_ms=CALL_MS, calls=offered, timeout_s=timeout_s, name=f"{name}-uac",
+        media_port=MEDIA_BASE_UAC if scenarios.media else None,
+        extra=["-r", str(rate), "-l", str(limit), "-trace_rtt", "-rtt_freq", "1"],
+        trace_messages=False))
+    return Started(lab, label, rate, seconds, offered, timeout_s, had_sidecar, before,
+                   Running(uas, uac, RttTail(uac)))
+
+
+def finish_load(st: Started, *, timed_out: bool) -> Load:
+    """Wait for the caller (briefly: it has ended or timed out), stop the callee, and
+    read what SIPp measured."""
+    uac, uas = st.running.uac, st.running.uas
+    try:
+        result = uac.wait(5.0)
+    except SippError:
+        timed_out = True
+        result = uac.stop()
+    uas.stop()
+    return measure_load(st, timed_out=timed_out, exit_code=result.exit_code)
+
+
+def measure_load(st: Started, *, timed_out: bool, exit_code: int) -> Load:
+    """What the run did and cost, once SIPp has ended."""
+    lab, label, seconds, offered = st.lab, st.label, st.seconds, st.offered
     time.sleep(0.3)  # the last ends reach the sidecar
     after = Sample.take(lab)
-    running.rtt.poll()
-    rows = [Counts.from_row(r) for r in read_stat_rows(uac.files["stat"])]
+    st.running.rtt.poll()
+    rows = [Counts.from_row(r) for r in read_stat_rows(st.running.uac.files["stat"])]
     counts = rows[-1] if rows else Counts()
     creation_s = next((r.elapsed_s for r in rows if r.created >= offered),
                       rows[-1].elapsed_s if rows else float(seconds))
     in_window = [r for r in rows if 0 < r.elapsed_s <= seconds + 0.5]
     sent = in_window[-1].created / in_window[-1].elapsed_s if in_window else 0.0
-    load = Load(label, rate, seconds, offered, counts, creation_s, sent, running.rtt, before,
-                after, sidecar=had_sidecar, timed_out=timed_out, exit_code=result.exit_code)
+    load = Load(label, st.rate, seconds, offered, counts, creation_s, sent, st.running.rtt,
+                st.before, after, sidecar=st.had_sidecar, timed_out=timed_out,
+                exit_code=exit_code)
     if timed_out:
-        load.notes.append(f"{label}: SIPp did not finish within {timeout_s + 10:.0f} s")
+        load.notes.append(f"{label}: SIPp did not finish within {st.timeout_s + 10:.0f} s")
     if creation_s > seconds + 1.5:
         load.notes.append(f"{label}: SIPp took {creation_s:.1f} s to place the calls of "
                           f"{seconds:.0f} s (caller or machine saturated)")
-    if counts.successful and not running.rtt.values:
+    if counts.successful and not st.running.rtt.values:
         load.notes.append(f"{label}: no response times found (SIPp's -trace_rtt file)")
-    if had_sidecar and lab.sidecar_pid is None:
+    if st.had_sidecar and lab.sidecar_pid is None:
         load.notes.append(f"{label}: the sidecar exited during the run; see {lab.sidecar_log}")
+    return load
+
+
+def run_loads(runs: Sequence[tuple[LiveLab, str, str]], scenarios: Scenarios, *, rate: int,
+              seconds: float, on_tick: Callable[[float, Running], None] | None = None
+              ) -> list[Load]:
+    """Calls at ``rate``/s for ``seconds`` through each of several labs at once (lab,
+    label, account), each with a fresh SIPp callee and caller; ``on_tick(elapsed_s,
+    running)`` is called about every 0.1 s (with the first lab's SIPps) while they run."""
+    with contextlib.ExitStack() as stack:
+        started = [start_load(lab, scenarios, stack, label=label, rate=rate, seconds=seconds,
+                              account=account) for lab, label, account in runs]
+        timeout_s = max(st.timeout_s for st in started) + 10
+        timed_out = False
+        t0 = time.monotonic()
+        while any(st.running.uac.running() for st in started):
+            if time.monotonic() - t0 > timeout_s:
+                timed_out = True
+                break
+            if on_tick is not None:
+                on_tick(time.monotonic() - t0, started[0].running)
+            time.sleep(0.1)
+        return [finish_load(st, timed_out=timed_out) for st in started]
+
+
+def run_load(lab: LiveLab, scenarios: Scenarios, *, label: str, rate: int,
+             seconds: float, on_tick: Callable[[float, Running], None] | None = None) -> Load:
+    """Calls at ``rate``/s for ``seconds`` through ``lab`` with a fresh SIPp callee and
+    caller; ``on_tick(elapsed_s, running)`` is called about every 0.1 s while it runs."""
+    (load,) = run_loads([(lab, label, ACCOUNT)], scenarios, rate=rate, seconds=seconds,
+                        on_tick=on_tick)
     return load
 
 
@@ -510,7 +579,7 @@ def sidecar_cli() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "sidecar"]
 
 
-def cli(db: Path, *args: str, timeout: float = 300) -> str:
+def cli(db: Path | str, *args: str, timeout: float = 300) -> str:
     """Run the real CLI on ``db``; raise with its output when it fails."""
     proc = subprocess.run([*sidecar_cli(), "--db", str(db), *args], capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -520,13 +589,18 @@ def cli(db: Path, *args: str, timeout: float = 300) -> str:
     return proc.stdout.strip()
 
 
+def one_line_deck(path: Path) -> Path:
+    """The plan's deck: one line, for the dialled number's prefix."""
+    path.write_text("destination;code;rate_usd;increment;effective_from\n"
+                    f"Germany Fixed;4930;{RATE_4930};1/1;{BASE_DATE}\n")
+    return path
+
+
 def make_db(path: Path, deck: Path | None = None) -> Path:
     """A database with the plan the calls use (``deck``, else one line for the dialled
     number's prefix) and one prepaid account with credit for any run."""
     if deck is None:
-        deck = path.with_suffix(".deck.csv")
-        deck.write_text("destination;code;rate_usd;increment;effective_from\n"
-                        f"Germany Fixed;4930;{RATE_4930};1/1;{BASE_DATE}\n")
+        deck = one_line_deck(path.with_suffix(".deck.csv"))
     cli(path, "deck", "import", str(deck), "--plan", PLAN, "--as-of", BASE_DATE)
     cli(path, "account", "add", ACCOUNT, "--plan", PLAN, "--kind", "prepaid",
         "--balance", "100000000")
@@ -1143,6 +1217,204 @@ def _per_minute_ms(minutes: Sequence[Minute], start: Sample
     return out
 
 
+# ---------------------------------------------------------------------------- nodes
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A fresh database on the PostgreSQL server the tests use (``$SIDECAR_TEST_PG``, by
+    default 127.0.0.1:5432), as the ``postgresql://`` URL ``--db`` takes; dropped at the
+    end whatever happened (``tests/store/pgdb.py``)."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:  # run as a script: the repository root is not on the path
+        sys.path.insert(0, root)
+    from tests.store.pgdb import as_url, fresh_database
+
+    with fresh_database() as conninfo:
+        yield as_url(conninfo)
+
+
+def make_nodes_store(store: Path | str, work: Path, accounts: Sequence[str]) -> None:
+    """The plan and postpaid ``accounts`` (a credit limit no run reaches), through the CLI
+    as an operator sets up a store of either kind (a SQLite path or a PostgreSQL URL)."""
+    work.mkdir(parents=True, exist_ok=True)
+    cli(store, "deck", "import", str(one_line_deck(work / "deck.csv")), "--plan", PLAN,
+        "--as-of", BASE_DATE)
+    for code in accounts:
+        cli(store, "account", "add", code, "--plan", PLAN, "--kind", "postpaid",
+            "--credit-limit", "100000000")
+
+
+def store_check(store: Path | str) -> tuple[dict[str, int], int]:
+    """The CDRs per disposition in the shared store, and how many accounts' balances
+    differ from their ledgers."""
+    from sidecar.store.accounts import verify_ledger
+    from sidecar.store.conn import open_db
+
+    conn = open_db(store)
+    try:
+        rows = conn.execute("SELECT disposition, COUNT(*) FROM cdrs GROUP BY disposition "
+                            "ORDER BY 2 DESC").fetchall()
+        bad = sum(1 for c in verify_ledger(conn) if c.problems)
+    finally:
+        conn.close()
+    return {str(k): int(v) for k, v in rows}, bad
+
+
+_AUTH = re.compile(r"offer -> reply sent p50 ([\d.]+) ms p99 ([\d.]+) ms; in the sidecar "
+                   r"p50 ([\d.]+) ms p99 ([\d.]+) ms")
+
+NODE_SETUPS = {
+    "sqlite1": ("SQLite, 1 node", 1),
+    "sqlite2": ("SQLite, 2 nodes, one file", 2),
+    "pg1": ("PostgreSQL, 1 node", 1),
+    "pg2": ("PostgreSQL, 2 nodes", 2),
+}
+
+
+def pg_started(url: str) -> str:
+    """When the PostgreSQL server at ``url`` was (re)started: a restart during a run
+    (other work on a shared machine) voids its figures."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        row = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()
+    return str(row[0]) if row else ""
+
+
+def pg_pids(url: str) -> list[int]:
+    """The PostgreSQL server processes serving the database at ``url`` (its sidecars'
+    connections) and the server's own background processes (WAL writer, checkpointer)."""
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
+            "(datname = current_database() OR "
+            "(datname IS NULL AND backend_type <> 'client backend'))").fetchall()
+    return [int(r[0]) for r in rows]
+
+
+@dataclass
+class NodesResult:
+    label: str
+    loads: list[Load]
+    summaries: list[str | None]
+    cdrs: dict[str, int]
+    ledger_problems: int
+    disturbed: list[str]  # why the run's figures do not stand (empty: they do)
+    postgres_s: float | None  # CPU seconds of PostgreSQL's server processes in the run
+
+    def cores(self) -> dict[str, float]:
+        """Cores used over the run: every node's Kamailio and sidecar, SIPp and this
+        script, PostgreSQL's server, the whole machine, and the rest ("other")."""
+        first = self.loads[0]
+        dt = max(lo.after.t for lo in self.loads) - min(lo.before.t for lo in self.loads)
+        out = {"kamailio": sum(lo.cores["kamailio"] for lo in self.loads),
+               "sidecar": sum(lo.cores["sidecar"] for lo in self.loads),
+               "tools": first.cores["tools"], "machine": first.cores["machine"],
+               "postgres": (self.postgres_s or 0.0) / dt}
+        out["other"] = max(0.0, out["machine"] - out["kamailio"] - out["sidecar"]
+                           - out["tools"] - out["postgres"])
+        return out
+
+
+def cmd_nodes(args: argparse.Namespace) -> None:
+    setups = [x.strip() for x in args.setups.split(",") if x.strip()]
+    unknown = [x for x in setups if x not in NODE_SETUPS]
+    if unknown:
+        raise SystemExit(f"unknown set-up(s) {', '.join(unknown)}: choose from "
+                         f"{', '.join(NODE_SETUPS)}")
+    accounts_note = ("each node its own postpaid account" if args.own_accounts else
+                     "one postpaid account for the calls of every node")
+    print(f"nodes: {args.rate} calls/s per node for {args.seconds} s, {CALL_MS / 1000:.0f} s "
+          f"calls, signalling only, {accounts_note}; each node a Kamailio with its own "
+          f"`sidecar run --node`, the nodes sharing one store (load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})")
+    results: list[NodesResult] = []
+    with workdir(args.keep, "bench-nodes-") as d:
+        scn = bench_scenarios(d / "scenarios", media=False)
+        for n, key in enumerate(setups):
+            label, count = NODE_SETUPS[key]
+            if n:
+                time.sleep(3)  # let the machine settle
+            with contextlib.ExitStack() as stack:
+                store: Path | str
+                if key.startswith("pg"):
+                    store = stack.enter_context(fresh_pg_database())
+                else:
+                    (d / key).mkdir(parents=True, exist_ok=True)
+                    store = d / key / "shared.db"
+                codes = ([f"POST{k}" for k in range(count)] if args.own_accounts
+                         else ["POST"])
+                make_nodes_store(store, d / key, codes)
+                pg_at = pg_started(store) if isinstance(store, str) else ""
+                lab = stack.enter_context(NodesLab(d / key / "lab", store, count,
+                                                   kamailio_defines=KAMAILIO_DEFINES))
+                settle(list(lab))
+                pids = pg_pids(store) if isinstance(store, str) else []
+                pg0 = sum(map(process_cpu_s, pids))
+                loads = run_loads([(node, f"{label}: node {k}", codes[k % len(codes)])
+                                   for k, node in enumerate(lab)], scn, rate=args.rate,
+                                  seconds=args.seconds)
+                pg_s = sum(map(process_cpu_s, pids)) - pg0 if pids else None
+                disturbed = [f"node {k}'s sidecar exited during the run"
+                             for k, node in enumerate(lab) if node.sidecar_pid is None]
+                for node in lab:
+                    node.stop_sidecar()  # it logs its own latency summary as it stops
+                summaries = [sidecar_log_summary(node) for node in lab]
+                if isinstance(store, str) and pg_started(store) != pg_at:
+                    disturbed.append("the PostgreSQL server was restarted during the run "
+                                     "(by other work on this machine)")
+                cdrs, bad = store_check(store)
+            results.append(NodesResult(label, loads, summaries, cdrs, bad, disturbed, pg_s))
+    rows = []
+    for r in results:
+        for k, (lo, summary) in enumerate(zip(r.loads, r.summaries, strict=True)):
+            m = _AUTH.search(summary or "")
+            rows.append([r.label if k == 0 else "", str(k), fmt(lo.offered), fmt(lo.completed),
+                         fmt(lo.failed), fmt(lo.counts.refused), ms(lo.reply(50)),
+                         ms(lo.reply(99)), ms(max(lo.rtt.times("reply"), default=None)),
+                         m.group(1) if m else "-", m.group(2) if m else "-",
+                         fmt(lo.sidecar_ms, 3)])
+    print(table(["", "node", "offered", "completed", "failed", "503s", "p50 ms", "p99 ms",
+                 "max ms", "own p50", "own p99", "sidecar ms/call"], rows))
+    print("  p50/p99/max: INVITE -> first non-100 reply as SIPp measured it (whole ms); own: "
+          "the sidecar's log, Kamailio's offer -> its reply sent (ms);\n"
+          "  503s: offers the sidecar answered busy (it saw them more than shed_after_ms "
+          "after Kamailio sent them); sidecar ms/call: its CPU per completed call")
+    for r in results:
+        total = sum(r.cdrs.values())
+        offered = sum(lo.offered for lo in r.loads)
+        c = r.cores()
+        pg = f", PostgreSQL {c['postgres']:.2f}" if r.postgres_s is not None else ""
+        print(f"{r.label}: {total:,} CDRs for {offered:,} offered calls ("
+              + ", ".join(f"{k} {v:,}" for k, v in r.cdrs.items())
+              + f"); balances {'=' if not r.ledger_problems else 'NOT equal to'} their "
+              f"ledgers")
+        print(f"  cores used (of {os.cpu_count()}): Kamailios {c['kamailio']:.2f}, sidecars "
+              f"{c['sidecar']:.2f}{pg}, SIPp and this script {c['tools']:.2f}, other work "
+              f"{c['other']:.2f}; the machine {c['machine']:.2f}")
+        for k, summary in enumerate(r.summaries):
+            print(f"  node {k}, the sidecar's own log: {summary or '(no summary found)'}")
+        for why in r.disturbed:
+            print(f"  DISTURBED: {why}: these figures do not stand")
+        if c["other"] > NOISY_CORES:
+            print(f"  note: other work kept {c['other']:.2f} cores of the machine busy during "
+                  f"the run: its figures are disturbed")
+        for lo in r.loads:
+            for note in lo.notes:
+                print(f"  note: {note}")
+    for r in results:
+        if not r.label.startswith("PostgreSQL"):
+            continue
+        p99s = [lo.reply(99) for lo in r.loads]
+        failed = sum(lo.failed for lo in r.loads)
+        ok = None if r.disturbed else (
+            failed == 0 and all(p is not None and p < 20 for p in p99s))
+        print(f"{r.label}: reply p99 per node {', '.join(ms(p) + ' ms' for p in p99s)} at "
+              f"{args.rate} calls/s per node, {failed:,} calls failed (target p99 < 20 ms, "
+              f"none failed: {verdict(ok)})")
+
+
 # ---------------------------------------------------------------------------- main
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
@@ -1178,6 +1450,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--minutes", type=int, default=30)
     p.add_argument("--media", action="store_true", help="SIPp sends RTP; the sidecar captures")
     p.set_defaults(func=cmd_soak)
+    p = sub.add_parser("nodes", parents=[common],
+                       help="two nodes sharing one store: PostgreSQL beside SQLite")
+    p.add_argument("--rate", type=int, default=200, help="calls/s per node")
+    p.add_argument("--seconds", type=int, default=60)
+    p.add_argument("--setups", default="sqlite1,pg1,sqlite2,pg2",
+                   help=f"comma-separated, in order: {', '.join(NODE_SETUPS)}")
+    p.add_argument("--own-accounts", action="store_true",
+                   help="each node its own postpaid account (default: one for all)")
+    p.set_defaults(func=cmd_nodes)
     args = ap.parse_args(argv)
     # SIGTERM (e.g. from timeout(1)) unwinds like Ctrl-C: every lab and SIPp is stopped.
     signal.signal(signal.SIGTERM, _terminate)
