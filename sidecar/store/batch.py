@@ -24,30 +24,47 @@ from ..charging.commands import Outcome, Reserve, Settle, StoreCommand, Topup
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
 from ..money import ZERO
-from .dialect import ACCOUNT_COLUMNS, SQLITE, Connection, Dialect
+from .dialect import ACCOUNT_COLUMNS, SQLITE, Bulk, Connection, Dialect
 
 __all__ = ["ACCOUNT_COLUMNS", "CDR_FIELDS", "CDR_INSERT", "Batch", "UnknownAccount",
            "cdr_row"]
 
 CDR_FIELDS = tuple(f.name for f in dataclasses.fields(Cdr))
 # A CDR's columns: the Cdr's fields, then the node whose Kamailio carried the call.
-CDR_INSERT = (f"INSERT INTO cdrs ({', '.join(CDR_FIELDS)}, node) "
+_CDR_COLUMNS = ", ".join((*CDR_FIELDS, "node"))
+CDR_INSERT = (f"INSERT INTO cdrs ({_CDR_COLUMNS}) "
               f"VALUES ({', '.join('?' for _ in CDR_FIELDS)}, ?)")
+_CDRS = Bulk(CDR_INSERT, copy=f"COPY cdrs ({_CDR_COLUMNS}) FROM STDIN")
 # A call's reservation belongs to the node that made it first; every reservation renews
 # its lease.
-_LIVE_UPSERT = (
-    "INSERT INTO live_calls (call_ref, account, number, destination, prefix, rate, "
-    "increment, answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
-    "reserved = excluded.reserved, updated_ms = excluded.updated_ms, "
-    "lease_ms = excluded.lease_ms")
-_LEDGER_INSERT = ("INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "
-                  "VALUES (?, ?, ?, ?, ?, ?)")
-_ACCOUNT_UPDATE = ("UPDATE accounts SET balance = ?, held = ?, day_key = ?, day_spend = ?, "
-                   "month_key = ?, month_spend = ?, suspended = ?, suspend_reason = ? "
-                   "WHERE code = ?")
-_CHUNK = 500  # host parameters per bulk read
+_LIVE_COLUMNS = ("call_ref, account, number, destination, prefix, rate, increment, "
+                 "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms")
+_LIVE_CONFLICT = ("ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
+                  "reserved = excluded.reserved, updated_ms = excluded.updated_ms, "
+                  "lease_ms = excluded.lease_ms")
+_LIVE = Bulk(
+    f"INSERT INTO live_calls ({_LIVE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    + _LIVE_CONFLICT,
+    unnest=f"INSERT INTO live_calls ({_LIVE_COLUMNS}) SELECT * FROM {{rows}} "
+           + _LIVE_CONFLICT,
+    types=("text", "text", "text", "text", "text", "numeric", "text", "bigint", "integer",
+           "numeric", "bigint", "text", "bigint"))
+_LEDGER = Bulk("INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "
+               "VALUES (?, ?, ?, ?, ?, ?)",
+               copy="COPY ledger (ts_ms, account, kind, amount, call_ref, note) FROM STDIN")
+_ACCOUNT_SET = ("balance", "held", "day_key", "day_spend", "month_key", "month_spend",
+                "suspended", "suspend_reason")
+_ACCOUNTS = Bulk(
+    f"UPDATE accounts SET {', '.join(f'{c} = ?' for c in _ACCOUNT_SET)} WHERE code = ?",
+    unnest=f"UPDATE accounts AS a SET {', '.join(f'{c} = u.{c}' for c in _ACCOUNT_SET)} "
+           f"FROM {{rows}} AS u({', '.join(_ACCOUNT_SET)}, code) WHERE a.code = u.code",
+    types=("numeric", "numeric", "text", "numeric", "text", "numeric", "integer", "text",
+           "text"))
+_GONE = Bulk("DELETE FROM live_calls WHERE call_ref = ?",
+             unnest="DELETE FROM live_calls WHERE call_ref IN (SELECT * FROM {rows})",
+             types=("text",))
+_KEYS = Bulk("INSERT INTO applied_keys (key, applied_ms) VALUES (?, ?)",
+             copy="COPY applied_keys (key, applied_ms) FROM STDIN")
 
 
 class UnknownAccount(LookupError):
@@ -118,22 +135,25 @@ class Batch:
         # Accounts first, in code order: where rows are locked, every batch takes the
         # locks in the same order, and what is read next is what the last transaction on
         # these accounts committed.
-        for part in _chunks(sorted(codes)):
-            for r in d.execute(self.conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE code "
-                               f"IN ({_marks(part)}){d.lock}", part):
+        n = d.keys_per_lookup
+        for part in _chunks(sorted(codes), n):
+            where, args = d.any_of("code", part)
+            for r in d.execute(self.conn, f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE "
+                               f"{where}{d.lock}", args):
                 code = str(r[0])
                 self.accounts[code] = d.to_account(r, codes[code])
-        for part in _chunks(refs):
+        for part in _chunks(refs, n):
+            where, args = d.any_of("call_ref", part)
             for ref, reserved, node, lease in d.execute(
-                    self.conn, f"SELECT call_ref, reserved, node, lease_ms FROM live_calls "
-                    f"WHERE call_ref IN ({_marks(part)})", part):
+                    self.conn, "SELECT call_ref, reserved, node, lease_ms FROM live_calls "
+                    f"WHERE {where}", args):
                 self._held[str(ref)] = Decimal(str(reserved))
                 self._stored.add(str(ref))
                 self._owner[str(ref)] = (str(node), int(lease))
-        for part in _chunks(settles):
+        for part in _chunks(settles, n):
+            where, args = d.any_of("call_ref", part)
             self._settled.update(str(r[0]) for r in d.execute(
-                self.conn, f"SELECT call_ref FROM cdrs WHERE call_ref IN ({_marks(part)})",
-                part))
+                self.conn, f"SELECT call_ref FROM cdrs WHERE {where}", args))
 
     def _account(self, code: str, now_ms: int) -> Account:
         acc = self.accounts.get(code)
@@ -252,10 +272,9 @@ class Batch:
     def flush(self) -> dict[str, Account]:
         """Write everything; returns the touched accounts as they now stand."""
         c = self.conn
-        many = self.dialect.executemany
+        write = self.dialect.write
         m = self._m
-        if self._ledger:
-            many(c, _LEDGER_INSERT, self._ledger)
+        write(c, _LEDGER, self._ledger)
         if self._dirty:
             rows = []
             for code in sorted(self._dirty):
@@ -263,31 +282,23 @@ class Batch:
                 rows.append((m(a.balance), m(a.held), a.day_key, m(a.day_spend),
                              a.day_key[:7], m(a.month_spend), int(a.suspended),
                              a.suspend_reason, code))
-            many(c, _ACCOUNT_UPDATE, rows)
-        if self._live:
-            many(c, _LIVE_UPSERT, list(self._live.values()))
-        if self._gone:
-            many(c, "DELETE FROM live_calls WHERE call_ref = ?", [(r,) for r in self._gone])
-        if self._cdrs:
-            many(c, CDR_INSERT, self._cdrs)
-        if self._keys:
-            many(c, "INSERT INTO applied_keys (key, applied_ms) VALUES (?, ?)", self._keys)
+            write(c, _ACCOUNTS, rows)
+        write(c, _LIVE, list(self._live.values()))
+        write(c, _GONE, [(r,) for r in sorted(self._gone)])
+        write(c, _CDRS, self._cdrs)
+        write(c, _KEYS, self._keys)
         return {code: self.accounts[code] for code in self._touched()}
 
     def _touched(self) -> set[str]:
         return set(self.accounts)
 
 
-def _marks(part: Sequence[object]) -> str:
-    return ",".join("?" * len(part))
-
-
-def _chunks(keys: Iterable[str]) -> Iterable[list[str]]:
+def _chunks(keys: Iterable[str], size: int) -> Iterable[list[str]]:
     """Keys in groups a bulk read can take."""
     part: list[str] = []
     for key in keys:
         part.append(key)
-        if len(part) >= _CHUNK:
+        if len(part) >= size:
             yield part
             part = []
     if part:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
@@ -68,6 +69,22 @@ def row_to_account(r: Sequence[object], now_ms: int | None = None) -> Account:
     return acc
 
 
+@dataclass(frozen=True)
+class Bulk:
+    """A statement applied to many rows at once, in the forms the databases do fastest.
+
+    ``sql``: one row's statement (``?`` placeholders), run for each row (SQLite's
+    ``executemany``, cheap in-process). ``copy``: ``COPY table (columns)`` for plain inserts
+    on PostgreSQL; ``unnest``: the whole batch as ONE statement on PostgreSQL, whose
+    ``{rows}`` is replaced by ``unnest(%s::type[], ...)`` over the columns ``types`` (one
+    array per column, one round trip, one plan)."""
+
+    sql: str
+    copy: str = ""
+    unnest: str = ""
+    types: tuple[str, ...] = ()
+
+
 class Dialect:
     """SQLite: one writer at a time (``BEGIN IMMEDIATE`` takes the database's write lock, so
     the accounts a batch reads need no lock of their own); money stored as exact TEXT.
@@ -100,6 +117,18 @@ class Dialect:
     def executemany(self, conn: Any, q: str, rows: Iterable[Sequence[object]]) -> None:
         """Run one statement for each of ``rows``."""
         conn.executemany(self.sql(q), rows)
+
+    #: How many keys one look-up takes (SQLite: host parameters per statement).
+    keys_per_lookup: ClassVar[int] = 500
+
+    def any_of(self, column: str, keys: Sequence[object]) -> tuple[str, Sequence[object]]:
+        """``column`` is one of ``keys``: the condition and its parameters."""
+        return f"{column} IN ({','.join('?' * len(keys))})", keys
+
+    def write(self, conn: Any, bulk: Bulk, rows: Sequence[Sequence[object]]) -> None:
+        """Apply ``bulk`` to every row of ``rows``."""
+        if rows:
+            self.executemany(conn, bulk.sql, rows)
 
     def transaction(self, conn: Any) -> contextlib.AbstractContextManager[object]:
         """A write transaction: committed at the end of the block, rolled back on error."""

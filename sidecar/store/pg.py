@@ -35,7 +35,7 @@ from ..charging.model import Account, AccountKind
 from ..money import ZERO
 from .accounts import LedgerCheck, SqlLedger, add_account, verify_ledger
 from .db import SchemaTooNew
-from .dialect import Dialect
+from .dialect import Bulk, Dialect
 from .schema import SCHEMA_VERSION, added_columns, statements
 
 log = logging.getLogger("sidecar.store")
@@ -186,6 +186,29 @@ class PgDialect(Dialect):
     def executemany(self, conn: Any, q: str, rows: Iterable[Sequence[object]]) -> None:
         with _raw(conn).cursor() as cur:
             cur.executemany(self.sql(q), rows)
+
+    # One array parameter, not a list of them: the plan is the same for any number of
+    # keys (an index look-up per key), where a prepared ``IN ($1, ..., $500)`` can end up
+    # with a generic plan that compares every row with every key.
+    keys_per_lookup: ClassVar[int] = 100_000
+
+    def any_of(self, column: str, keys: Sequence[object]) -> tuple[str, Sequence[object]]:
+        return f"{column} = ANY(?)", [list(keys)]
+
+    def write(self, conn: Any, bulk: Bulk, rows: Sequence[Sequence[object]]) -> None:
+        if not rows:
+            return
+        raw = _raw(conn)
+        if bulk.copy:  # the rows streamed: no statement per row at all
+            with raw.cursor() as cur, cur.copy(bulk.copy) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        elif bulk.unnest:
+            arrays = ", ".join(f"%s::{t}[]" for t in bulk.types)
+            q = bulk.unnest.replace("{rows}", f"unnest({arrays})")
+            raw.execute(q, [list(col) for col in zip(*rows, strict=True)])
+        else:
+            self.executemany(conn, bulk.sql, rows)
 
     @contextlib.contextmanager
     def transaction(self, conn: Any) -> Iterator[object]:
