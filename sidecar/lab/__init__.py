@@ -22,8 +22,9 @@ from __future__ import annotations
 import errno
 import random
 import socket
+import threading
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 Transport = Literal["udp", "tcp"]
 
@@ -138,3 +139,29 @@ def port_is_bound(transport: Transport, host: str, port: int, pid: int | None = 
         if transport == "udp" or state == tcp_listen:
             return True
     return False
+
+
+class Every:
+    """Calls :meth:`tick` every ``interval_s`` in a daemon thread while its ``with`` block
+    runs (samplers and watchdogs of the lab's tests); stopped and joined at the end."""
+
+    interval_s = 0.05
+
+    def __init__(self, name: str = "lab-every") -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.tick()
+
+    def tick(self) -> None:
+        raise NotImplementedError

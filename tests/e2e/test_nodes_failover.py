@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 
+from sidecar.lab import Every
 from sidecar.lab.nodes import NodesLab, StoreTarget
 from sidecar.lab.sipp import SippResult
 from sidecar.store.accounts import verify_ledger
@@ -320,26 +320,16 @@ def _pg_accepts(timeout_s: int = 2) -> bool:
         return False
 
 
-class PgProbe:
+class PgProbe(Every):
     """Connects to the server every 50 ms in a thread: when it stopped and started
     accepting connections (monotonic times)."""
 
     def __init__(self) -> None:
+        super().__init__("pg-probe")
         self.samples: list[tuple[float, bool]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pg-probe", daemon=True)
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.samples.append((time.monotonic(), _pg_accepts(1)))
+    def tick(self) -> None:
+        self.samples.append((time.monotonic(), _pg_accepts(1)))
 
     @property
     def down(self) -> tuple[float, float] | None:
@@ -377,7 +367,7 @@ def pg_store(tmp_path: Path) -> Iterator[tuple[str, tuple[str, str]]]:
         yield str(url), cluster
 
 
-class Supervisor:
+class Supervisor(Every):
     """What systemd's ``Restart=on-failure`` does for ``sidecar run``: a node's sidecar that
     exits (status 3: its leader lock's session was lost) is started again at once, as
     that node's sidecar (waiting for the lock, then adopting the node's calls), until the
@@ -389,32 +379,22 @@ class Supervisor:
         self.exits: list[tuple[int, int, float]] = []  # (node, exit status, monotonic)
         self.logs: list[list[Path]] = [[node.sidecar_log] for node in lab]
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        super().__init__("supervisor")
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            for i, node in enumerate(self.lab):
-                pid = self.current[i]
-                code = None if pid is None else node.sidecar_exit_code(pid)
-                if pid is None or code is None:
-                    continue
-                self.exits.append((i, code, time.monotonic()))
-                name = f"restart{len(self.exits)}"
-                try:
-                    self.current[i] = node.spawn_sidecar(name)
-                except Exception as exc:  # reported by the test
-                    self.errors.append(f"node {i}: {type(exc).__name__}: {exc}")
-                    self.current[i] = None
-                self.logs[i].append(node.spawned_log(name))
+    def tick(self) -> None:
+        for i, node in enumerate(self.lab):
+            pid = self.current[i]
+            code = None if pid is None else node.sidecar_exit_code(pid)
+            if pid is None or code is None:
+                continue
+            self.exits.append((i, code, time.monotonic()))
+            name = f"restart{len(self.exits)}"
+            try:
+                self.current[i] = node.spawn_sidecar(name)
+            except Exception as exc:  # reported by the test
+                self.errors.append(f"node {i}: {type(exc).__name__}: {exc}")
+                self.current[i] = None
+            self.logs[i].append(node.spawned_log(name))
 
 
 #: What a sidecar logs when its store connections are cut (its own batch, its reader, its

@@ -13,17 +13,15 @@ time: never two at once.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import pytest
 
 from sidecar.charging.model import AccountKind
+from sidecar.lab import Every
 from sidecar.lab.live import LiveLab
 from sidecar.store.accounts import add_account, verify_ledger
 from sidecar.store.conn import Db
@@ -64,37 +62,28 @@ def first(log: Path, prefix: str) -> float | None:
     return next((t for t, m in messages(log) if m.startswith(prefix)), None)
 
 
-class EvapiSampler:
+class EvapiSampler(Every):
     """Samples, every 20 ms in a thread, how many evapi clients Kamailio counts and which
     of the lab's sidecars hold an evapi connection."""
 
+    interval_s = 0.02
+
     def __init__(self, lab: LiveLab) -> None:
+        super().__init__("evapi-sampler")
         self.lab = lab
         # (monotonic time before the reads, after them, count, connected PIDs)
         self.samples: list[tuple[float, float, int, frozenset[int]]] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="evapi-sampler", daemon=True)
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            t0 = time.monotonic()
-            try:
-                count = self.lab.kam.evapi_clients()
-                pids = frozenset(self.lab.evapi_connected_pids())
-            except Exception as exc:  # reported by the test; sampling goes on
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                continue
-            self.samples.append((t0, time.monotonic(), count, pids))
+    def tick(self) -> None:
+        t0 = time.monotonic()
+        try:
+            count = self.lab.kam.evapi_clients()
+            pids = frozenset(self.lab.evapi_connected_pids())
+        except Exception as exc:  # reported by the test; sampling goes on
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        self.samples.append((t0, time.monotonic(), count, pids))
 
 
 def test_kill_9_of_the_active_sidecar_with_50_calls_up_standby_takes_over_charges_once(
