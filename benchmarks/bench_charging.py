@@ -134,28 +134,38 @@ def baseline(db: Path, cycles: int, live: int) -> float:
     return dt
 
 
-def writer_path(db: Path, cycles: int, live: int) -> tuple[float, StoreWriter]:
-    events: queue.SimpleQueue[WriterEvent] = queue.SimpleQueue()
-    book = AccountBook()
-    plans: dict[str, PlanRates] = {}
-    writer = StoreWriter(db, db.with_suffix(".journal"), PlanLoader(), events.put)
-    charger = Charger(writer, lambda name: plans[name], book=book)
-    now = wall_ms()
+class Core:
+    """The charging core fed by a real StoreWriter thread, as ``sidecar run`` wires them:
+    ``pump`` is what the event loop does with the writer's answers."""
 
-    def handle(ev: WriterEvent) -> None:
+    def __init__(self, target: str | Path, journal: str | Path, node: str = "") -> None:
+        self.events: queue.SimpleQueue[WriterEvent] = queue.SimpleQueue()
+        self.book = AccountBook()
+        self.plans: dict[str, PlanRates] = {}
+        self.writer = StoreWriter(target, journal, PlanLoader(), self.events.put, node=node)
+        self.charger = Charger(self.writer, lambda name: self.plans[name], book=self.book)
+        self.now = wall_ms()
+
+    def handle(self, ev: WriterEvent) -> None:
         if isinstance(ev, Snapshot):
             if ev.complete:
-                book.load(ev.accounts, ev.sip)
-            plans.update(ev.plans)
+                self.book.load(ev.accounts, ev.sip)
+            self.plans.update(ev.plans)
         else:
-            charger.on_results(ev, now)
+            self.charger.on_results(ev, self.now)
 
-    def pump() -> None:  # what the event loop does with the writer's answers
+    def pump(self) -> None:
         while True:
             try:
-                handle(events.get_nowait())
+                self.handle(self.events.get_nowait())
             except queue.Empty:
                 return
+
+
+def writer_path(db: Path, cycles: int, live: int) -> tuple[float, StoreWriter]:
+    core = Core(db, db.with_suffix(".journal"))
+    events, writer, charger = core.events, core.writer, core.charger
+    handle, pump = core.handle, core.pump
 
     writer.start()
     handle(events.get(timeout=30))  # the first snapshot
@@ -291,31 +301,13 @@ def run_node(spec: NodeSpec, barrier: Any, done: Any,
     sidecar's log goes to ``log_file``."""
     logging.basicConfig(filename=log_file, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    events: queue.SimpleQueue[WriterEvent] = queue.SimpleQueue()
-    book = AccountBook()
-    plans: dict[str, PlanRates] = {}
     target: str | Path = spec.target if is_url(spec.target) else Path(spec.target)
-    writer = StoreWriter(target, spec.journal, PlanLoader(), events.put, node=spec.node)
-    charger = Charger(writer, lambda name: plans[name], book=book)
-    now = wall_ms()
+    core = Core(target, spec.journal, node=spec.node)
+    events, writer, charger, now = core.events, core.writer, core.charger, core.now
+    handle, pump = core.handle, core.pump
     accounts = spec.accounts
     running: deque[str] = deque()
     refused = 0
-
-    def handle(ev: WriterEvent) -> None:
-        if isinstance(ev, Snapshot):
-            if ev.complete:
-                book.load(ev.accounts, ev.sip)
-            plans.update(ev.plans)
-        else:
-            charger.on_results(ev, now)
-
-    def pump() -> None:
-        while True:
-            try:
-                handle(events.get_nowait())
-            except queue.Empty:
-                return
 
     def wait_for_store(limit: int) -> None:
         while charger.inflight() > limit:
