@@ -518,8 +518,9 @@ class Charger:
         if acc is None:
             return base
         live = len(self._by_account.get(s.account, ()))
-        need = s.line.rate * base / 60 * self.config.low_credit_chunks * max(live, 1)
-        if acc.available() < need:
+        # available < rate * base / 60 * chunks * live, without the division's 28 digits
+        need = s.line.rate * (base * self.config.low_credit_chunks * max(live, 1))
+        if acc.available() * 60 < need:
             return max(self.config.min_chunk_seconds, s.line.increment.next, 1)
         return base
 

@@ -23,7 +23,7 @@ from enum import Enum
 from ..charging.commands import Outcome, Reserve, Settle, StoreCommand, Topup
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
-from ..money import ZERO
+from ..money import ZERO, to_text
 from .dialect import ACCOUNT_COLUMNS, SQLITE, Bulk, Connection, Dialect
 
 __all__ = ["ACCOUNT_COLUMNS", "CDR_FIELDS", "CDR_INSERT", "Batch", "UnknownAccount",
@@ -81,7 +81,7 @@ def cdr_row(cdr: Cdr, money_as_text: bool = True) -> list[object]:
     out: list[object] = list(map(cdr.__dict__.__getitem__, CDR_FIELDS))
     if money_as_text:
         for i in _MONEY_AT:
-            out[i] = format(out[i], "f")  # money.to_text
+            out[i] = to_text(out[i])
     for i in _ENUM_AT:
         v = out[i]
         if isinstance(v, Enum):
