@@ -197,6 +197,77 @@ def bench_cycles(cycles: int, live: int) -> None:
     print(f"  ratio {new_rate / base_rate:.1f}x (target: >= 20,000/s and >= 4x)")
 
 
+# Every limit and detector a live offer meets, set high enough that every call passes.
+FULL_LIMITS = {
+    "concurrent_calls": 100_000, "calls_per_second": 100_000, "calls_per_minute": 1_000_000,
+    "max_rate": "5", "max_connection_fee": "1", "deny": "882,881,979",
+    "allow": "4930", "high_cost_rate": "2", "same_number_per_hour": 1_000_000,
+    "max_call_cost": "50", "new_country_rate": "1", "distinct_callees": 1_000_000,
+    "distinct_countries": 1_000, "high_cost_calls": 1_000, "spend_per_minute": "1000000",
+    "spend_per_hour": "1000000", "short_calls": 1_000_000,
+}
+
+
+def bench_limits(offers: int, live: int, rounds: int = 5) -> None:
+    """What usage limits and fraud detectors add at the INVITE: the same offers (each
+    one authorized and answered, and the oldest call ended, as in the cycles above)
+    with no limits and with every limit and detector on (``FULL_LIMITS``), each on its
+    own store and writer; the two take turns in ``rounds`` rounds and the figure is the
+    median of the rounds' CPU per offer, timed around ``authorize`` alone."""
+    from sidecar.charging.limits import Limits
+
+    with tempfile.TemporaryDirectory() as tmp:
+        setups: dict[str, tuple[Core, deque[str]]] = {}
+        for label, limits in (("no limits", Limits()),
+                              ("every limit and detector", Limits.parse(FULL_LIMITS))):
+            db = Path(tmp) / f"limits-{len(setups)}.db"
+            prepare(db)
+            core = Core(db, db.with_suffix(".journal"))
+            core.writer.start()
+            core.handle(core.events.get(timeout=30))
+            for name, rates in list(core.plans.items()):
+                core.plans[name] = PlanRates(rates.table, rates.chunk_seconds, limits)
+            setups[label] = (core, deque())
+        figures: dict[str, list[float]] = {label: [] for label in setups}
+        now = wall_ms()
+        per_round = max(1, offers // rounds)
+        i = 0
+        for r in range(rounds + 1):
+            for label, (core, running) in setups.items():
+                charger = core.charger
+                spent = 0.0
+                n = live if r == 0 else per_round  # round 0: the live calls come up
+                for k in range(i, i + n):
+                    ref = f"call-{k}"
+                    t = time.thread_time()
+                    d = charger.authorize(ref, number=NUMBERS[k % 3] + str(k % 997),
+                                          account_code=ACCOUNTS[k % 100], now_ms=now + k)
+                    spent += time.thread_time() - t
+                    assert d.allow, d
+                    charger.take_actions()
+                    charger.answer(ref, now + k)
+                    running.append(ref)
+                    if len(running) > live:
+                        charger.end(running.popleft(), now + k + 45_000, ended_by="caller")
+                    if k % 64 == 0:
+                        core.pump()
+                if r:
+                    figures[label].append(spent / n * 1e6)
+            i += live if r == 0 else per_round
+        for core, _ in setups.values():
+            while core.charger.inflight():
+                core.handle(core.events.get(timeout=30))
+            core.writer.stop()
+    base = statistics.median(figures["no limits"])
+    full = statistics.median(figures["every limit and detector"])
+    print(f"authorize, {per_round * rounds:,} offers in {rounds} rounds, {live:,} calls "
+          "running, CPU per offer (median of the rounds):")
+    print(f"  no limits:                 {base:7.1f} us")
+    print(f"  every limit and detector:  {full:7.1f} us")
+    print(f"  added by limits and fraud detectors: {full - base:.1f} us per offer "
+          f"(target < 20 us)")
+
+
 async def bench_cutoffs(calls: int) -> None:
     """Each call's account holds credit for 1-3 s: measure when EndCall is handed to the
     edge, against the exact moment the paid time runs out."""
@@ -598,8 +669,12 @@ def main() -> None:
     ap.add_argument("--cutoffs", type=int, default=300)
     ap.add_argument("--nodes-seconds", type=float, default=10.0,
                     help="window of each several-node set-up (0: skip them)")
+    ap.add_argument("--limit-offers", type=int, default=20_000,
+                    help="offers of the limits section (0: skip it)")
     args = ap.parse_args()
     bench_cycles(args.cycles, args.live)
+    if args.limit_offers:
+        bench_limits(args.limit_offers, args.live)
     if args.nodes_seconds:
         bench_nodes(args.live, args.nodes_seconds)
     if args.cutoffs:

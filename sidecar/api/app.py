@@ -1,8 +1,11 @@
-"""The HTTP API: CDRs with their rating, decks, balances, live calls, invoices, analytics.
+"""The HTTP API: CDRs with their rating, decks, balances, live calls, invoices, analytics,
+usage limits and fraud events.
 
-Read-only, so a billing system can pull and reconcile automatically. Every endpoint but
+Reading, so a billing system can pull and reconcile automatically. Every endpoint but
 ``/health`` needs ``Authorization: Bearer <token>``; money is JSON strings (exact);
-times are ISO 8601 UTC plus Unix ms. The OpenAPI document is served at
+times are ISO 8601 UTC plus Unix ms. The few writes (an account's limits, lifting what
+fraud rules did) need the admin token, a second token of at least 32 characters: without
+one configured they answer 403, and so they do to the read token. The OpenAPI document is served at
 ``/openapi.json`` and a test keeps it in step with the routes.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import json
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +23,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from ..charging.limits import Limits, LimitsError
 from ..invoices import (
     InvoiceError,
     InvoiceNotFound,
@@ -47,11 +52,16 @@ from ..invoices.render import detail_csv, file_stem
 from ..store.accounts import AccountNotFound, get_account, ledger_for, list_accounts
 from ..store.conn import Db
 from ..store.decks import PlanNotFound, deck_versions, get_plan, list_plans, load_table
+from ..store.fraud import fraud_events, lift, limits_json, set_account_limits
 from ..supervision.routes import PatternConfig, score_routes
 from .openapi import openapi_document
 
 CONN: web.AppKey[Db] = web.AppKey("conn")
 TOKEN = web.AppKey("token", str)
+ADMIN_TOKEN = web.AppKey("admin_token", str)  # '' = writes disabled
+#: The shortest admin token accepted (it can change what the sidecar lets through).
+MIN_ADMIN_TOKEN = 32
+WRITES = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 SETTINGS = web.AppKey("settings", InvoiceSettings)
 RENDERER = web.AppKey("renderer", Renderer)
 
@@ -93,14 +103,22 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer-token check (constant time) on everything but the public paths."""
+    """Bearer-token check (constant time) on everything but the public paths: the read
+    token or the admin token reads; only the admin token writes."""
     if request.path not in PUBLIC:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        token = request.app[TOKEN]
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 token.encode()):
+        presented = given.strip().encode()
+        admin = request.app[ADMIN_TOKEN]
+        # Both compared whatever the first says: the time taken tells nothing.
+        is_reader = hmac.compare_digest(presented, request.app[TOKEN].encode())
+        is_admin = bool(admin) & hmac.compare_digest(presented, admin.encode())
+        if scheme.lower() != "bearer" or not (is_reader or is_admin):
             return _error(401, "missing or wrong bearer token",
                           **{"WWW-Authenticate": 'Bearer realm="sidecar"'})
+        if request.method in WRITES and not is_admin:
+            return _error(403, "this endpoint changes the store: it needs the admin token"
+                          if admin else "writes are disabled: the API has no admin token "
+                          "(sidecar api --admin-token-file)")
     return await handler(request)
 
 
@@ -162,6 +180,31 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _bool_param(request: web.Request, name: str) -> bool:
+    text = request.query.get(name, "").strip().lower()
+    if text in ("", "false", "0", "no"):
+        return False
+    if text in ("true", "1", "yes"):
+        return True
+    raise BadRequest(f"{name} must be true or false")
+
+
+async def _body(request: web.Request, required: bool) -> dict[str, object]:
+    """The request's JSON object (``{}`` for an empty optional body)."""
+    text = await request.text()
+    if not text.strip():
+        if required:
+            raise BadRequest("the body must be a JSON object")
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise BadRequest("the body must be a JSON object")
+    return doc
 
 
 # --- handlers ---------------------------------------------------------------------------
@@ -331,6 +374,52 @@ def fas_routes(request: web.Request) -> web.Response:
     return web.json_response({"routes": [r.to_dict() for r in scores]})
 
 
+@in_store
+def account_limits(request: web.Request) -> web.Response:
+    """The limits that apply to an account, where each comes from, and its own set."""
+    return web.json_response(limits_json(request.app[CONN],
+                                         account=request.match_info["code"]))
+
+
+@in_store
+def fraud_events_list(request: web.Request) -> web.Response:
+    """Fraud events oldest first (``open``: blocks and suspensions not lifted yet)."""
+    start, end = _time_param(request, "from"), _time_param(request, "to")
+    if start is not None and end is not None and end <= start:
+        raise BadRequest("to must be after from")
+    code = request.query.get("account") or None
+    if code is not None:
+        get_account(request.app[CONN], code)
+    return web.json_response({"events": fraud_events(
+        request.app[CONN], code, start, end, _bool_param(request, "open"))})
+
+
+async def account_limits_put(request: web.Request) -> web.Response:
+    """Replace an account's own limits (admin): a JSON object of KEY: value or null."""
+    code = request.match_info["code"]
+    doc = await _body(request, required=True)
+    try:
+        limits = Limits.parse(doc, "limits")
+    except LimitsError as exc:
+        raise BadRequest(str(exc)) from exc
+
+    def write() -> dict[str, object]:
+        set_account_limits(request.app[CONN], code, limits)
+        return limits_json(request.app[CONN], account=code)
+    return web.json_response(await _in_store(request, write))
+
+
+async def account_fraud_lift(request: web.Request) -> web.Response:
+    """Lift what fraud rules did to an account (admin); body optional ``{"note": ...}``."""
+    code = request.match_info["code"]
+    doc = await _body(request, required=False)
+    note = doc.get("note", "")
+    if not isinstance(note, str):
+        raise BadRequest("note must be a string")
+    return web.json_response(await _in_store(request, lift, request.app[CONN], code, "api",
+                                             note, _now_ms()))
+
+
 ROUTES: tuple[tuple[str, Handler], ...] = (
     ("/health", health),
     ("/openapi.json", openapi),
@@ -350,18 +439,33 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
     ("/v1/stats/spend", stats_spend),
     ("/v1/stats/routes", stats_routes),
     ("/v1/fas/routes", fas_routes),
+    ("/v1/accounts/{code}/limits", account_limits),
+    ("/v1/fraud-events", fraud_events_list),
+)
+#: The endpoints that change the store (the admin token only): (method, path, handler).
+WRITE_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("PUT", "/v1/accounts/{code}/limits", account_limits_put),
+    ("POST", "/v1/accounts/{code}/fraud/lift", account_fraud_lift),
 )
 
 
-def make_app(conn: Db, token: str, *,
-             settings: InvoiceSettings | None = None) -> web.Application:
-    """The API application on a database connection, answering only ``token`` holders."""
+def make_app(conn: Db, token: str, *, settings: InvoiceSettings | None = None,
+             admin_token: str = "") -> web.Application:
+    """The API application on a database connection, answering only ``token`` holders;
+    the write endpoints answer ``admin_token`` holders only (none: writes disabled)."""
     if not token or not token.strip():
         raise ValueError("the API needs a non-empty bearer token")
+    admin_token = admin_token.strip()
+    if admin_token and len(admin_token) < MIN_ADMIN_TOKEN:
+        raise ValueError(f"the admin token must be at least {MIN_ADMIN_TOKEN} characters "
+                         f"(it has {len(admin_token)})")
+    if admin_token and hmac.compare_digest(admin_token.encode(), token.strip().encode()):
+        raise ValueError("the admin token must differ from the read token")
     settings = settings or InvoiceSettings()
     app = web.Application(middlewares=[_errors, _auth])
     app[CONN] = conn
     app[TOKEN] = token.strip()
+    app[ADMIN_TOKEN] = admin_token
     app[SETTINGS] = settings
     app[RENDERER] = Renderer(settings.template_dir or None)
     app[STORE] = ThreadPoolExecutor(1, thread_name_prefix="api-store")
@@ -371,4 +475,6 @@ def make_app(conn: Db, token: str, *,
     app.on_cleanup.append(close_store)
     for path, handler in ROUTES:
         app.router.add_get(path, handler)  # GET also answers HEAD
+    for method, path, handler in WRITE_ROUTES:
+        app.router.add_route(method, path, handler)
     return app

@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 from .. import __version__
+from ..charging.limits import KEYS, describe
 
 _MONEY = {"type": "string", "pattern": r"^-?\d+(\.\d+)?$",
           "description": "An exact decimal amount as a string (never a float).",
@@ -43,6 +44,8 @@ _ERR404 = {**_ERR, "404": {"$ref": "#/components/responses/NotFound"}}
 _ERR400 = {**_ERR, "400": {"$ref": "#/components/responses/BadRequest"}}
 # A stored document whose data no longer matches its SHA-256 is refused, never served.
 _ERR_DOC = {**_ERR404, "409": {"$ref": "#/components/responses/Conflict"}}
+# The writes: the admin token only (403 for the read token, or with none configured).
+_ERR_ADMIN = {**_ERR404, "403": {"$ref": "#/components/responses/Forbidden"}}
 
 _ACCOUNT_Q = _q("account", "Only this account.")
 _FROM_Q = _q("from", "Calls that ended at or after this time (ISO 8601; naive means UTC).",
@@ -90,7 +93,44 @@ _SCHEMAS: dict[str, Any] = {
             "credit_limit": _ref("Money"), "daily_cap": {"type": ["string", "null"]},
             "monthly_cap": {"type": ["string", "null"]}, "day_spend": _ref("Money"),
             "month_spend": _ref("Money"), "suspended": {"type": "boolean"},
-            "suspend_reason": {"type": "string"}}},
+            "suspend_reason": {"type": "string"},
+            "blocked": {"type": "string", "description": "Why a fraud rule refuses the "
+                        "account's new calls (\"\" when it does not)."},
+            "parent": {"type": ["string", "null"],
+                       "description": "The account above this one (limits are inherited)."},
+            "limits": _ref("LimitSet")}},
+    "LimitSet": {
+        "type": "object", "additionalProperties": False,
+        "description": "Usage and fraud limits: only the keys set. null = explicitly no "
+                       "limit (stops inheritance); a key absent is inherited (the account, "
+                       "its parents, its plan). Money as strings; allow/deny as lists of "
+                       "digit prefixes; *_action one of alert, block, suspend.",
+        "properties": {k: {"description": describe(k)} for k in KEYS}},
+    "Limits": {
+        "type": "object", "description": "The limits of an account: its own set, what "
+                                         "applies, and where each key comes from.",
+        "properties": {
+            "account": {"type": "string"}, "own": _ref("LimitSet"),
+            "effective": _ref("LimitSet"),
+            "source": {"type": "object", "additionalProperties": {"type": "string"},
+                       "description": "key -> \"account CODE\" or \"plan NAME\"."}}},
+    "FraudEvent": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "time": _TIME, "ts_ms": {"type": "integer"},
+        "account": {"type": "string"}, "rule": {"type": "string"},
+        "action": {"enum": ["alert", "block", "suspend"]}, "reason": {"type": "string"},
+        "evidence": {"description": "What the rule saw (a JSON object)."},
+        "node": {"type": "string"}, "key": {"type": "string"},
+        "open": {"type": "boolean", "description": "A block or suspension not lifted yet."},
+        "lifted": _TIME, "lifted_ms": _MS, "lifted_by": {"type": "string"},
+        "lift_note": {"type": "string"}}},
+    "Lift": {"type": "object", "properties": {
+        "account": {"type": "string"},
+        "lifted": {"type": "integer", "description": "Fraud events marked lifted."},
+        "unblocked": {"type": ["string", "null"], "description": "The block lifted."},
+        "resumed": {"type": ["string", "null"],
+                    "description": "The fraud rule's suspension resumed."},
+        "still_suspended": {"type": ["string", "null"],
+                            "description": "A suspension not by a fraud rule (kept)."}}},
     "Plan": {"type": "object", "properties": {
         "plan": {"type": "string"}, "currency": {"type": "string"},
         "notice_days": {"type": "integer"}, "versions": {"type": "integer"},
@@ -279,6 +319,38 @@ _PATHS: dict[str, Any] = {
         "responses": {"200": _json({"type": "object", "properties": {
             "routes": {"type": "array", "items": _ref("FasRoute")}}}),
             **_ERR400, **_ERR404}}},
+    "/v1/accounts/{code}/limits": {
+        "get": {
+            "summary": "The limits that apply to an account, where each comes from (the "
+                       "account, a parent account, its plan), and its own set.",
+            "parameters": [_p("code", "Account code.")],
+            "responses": {"200": _json(_ref("Limits")), **_ERR404}},
+        "put": {
+            "summary": "Replace the account's own limits (admin token).",
+            "parameters": [_p("code", "Account code.")],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("LimitSet")}}},
+            "responses": {"200": _json(_ref("Limits")), **_ERR400, **_ERR_ADMIN}}},
+    "/v1/accounts/{code}/fraud/lift": {"post": {
+        "summary": "Lift what fraud rules did to the account (admin token): its new calls "
+                   "are accepted again, a suspension by a fraud rule is resumed, and its "
+                   "blocks and suspensions are marked lifted.",
+        "parameters": [_p("code", "Account code.")],
+        "requestBody": {"required": False, "content": {"application/json": {
+            "schema": {"type": "object", "properties": {"note": {"type": "string"}}}}}},
+        "responses": {"200": _json(_ref("Lift")), **_ERR400, **_ERR_ADMIN}}},
+    "/v1/fraud-events": {"get": {
+        "summary": "Fraud events, oldest first, with their evidence.",
+        "parameters": [_ACCOUNT_Q,
+                       _q("from", "Events at or after this time (ISO 8601).",
+                          {"type": "string", "format": "date-time"}),
+                       _q("to", "Events before this time (ISO 8601).",
+                          {"type": "string", "format": "date-time"}),
+                       _q("open", "true: only blocks and suspensions not lifted yet.",
+                          {"type": "boolean"})],
+        "responses": {"200": _json({"type": "object", "properties": {
+            "events": {"type": "array", "items": _ref("FraudEvent")}}}),
+            **_ERR400, **_ERR404}}},
 }
 
 _DOCUMENT: dict[str, Any] = {
@@ -286,9 +358,10 @@ _DOCUMENT: dict[str, Any] = {
     "info": {
         "title": "Kamailio billing sidecar API",
         "version": __version__,
-        "description": "Read-only access to CDRs with their rating, rate decks, balances, "
-                       "live calls, invoices and reconciliation. Money is exact decimal "
-                       "strings; times are UTC.",
+        "description": "Read access to CDRs with their rating, rate decks, balances, "
+                       "live calls, invoices, reconciliation, limits and fraud events; "
+                       "writes (limits, lifting fraud blocks) with the admin token only. "
+                       "Money is exact decimal strings; times are UTC.",
     },
     "servers": [{"url": "http://127.0.0.1:8480"}],
     "security": [{"bearer": []}],
@@ -300,6 +373,8 @@ _DOCUMENT: dict[str, Any] = {
             "Unauthorized": _json(_ref("Error"), "Missing or wrong bearer token."),
             "NotFound": _json(_ref("Error"), "No such thing."),
             "BadRequest": _json(_ref("Error"), "A parameter is wrong; the message says which."),
+            "Forbidden": _json(_ref("Error"), "A write with the read token, or with no "
+                                              "admin token configured."),
             "Conflict": _json(_ref("Error"), "The stored document does not match its SHA-256 "
                                              "(it was altered): refused."),
         },

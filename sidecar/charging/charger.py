@@ -23,6 +23,7 @@ Timeline of an answered prepaid call::
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -34,7 +35,9 @@ from ..money import ZERO, to_text
 from ..numbers import InvalidNumber, normalize, origin_class
 from ..rating import NoRate, Price, RateLine, RateTable, affordable_seconds, price
 from .book import AccountBook
-from .commands import BatchResult, Outcome, Reserve, Settle, StoreCommand, Topup
+from .commands import BatchResult, Flag, Outcome, Reserve, Settle, StoreCommand, Topup
+from .fraud import FraudGuard, Trip
+from .limits import NO_LIMITS, Limits, effective
 from .model import (
     Account,
     AccountKind,
@@ -49,7 +52,7 @@ from .model import (
     Recharge,
 )
 from .ports import StoreExecutor, StorePort
-from .settle import Effect, grant, reserve_effect, settle_amounts
+from .settle import NO_EFFECT, Effect, grant, reserve_effect, settle_amounts
 
 log = logging.getLogger("sidecar.charging")
 
@@ -58,6 +61,8 @@ REASON_STORE = "store unavailable: credit could not be reserved"
 #: Another node billed the call (this node's lease on it ran out: it was cut off from the
 #: store, or thought dead): no more credit; the call ends at the paid time billed.
 REASON_SETTLED = "settled by another node (this node's lease on the call ran out)"
+#: A fraud rule suspended the account: its live calls end at once.
+FRAUD_PREFIX = "fraud rule "
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class PlanRates:
 
     table: RateTable
     chunk_seconds: int = 60
+    limits: Limits = NO_LIMITS  # the plan's default limits (accounts inherit them)
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ class CallSession:
     timer_gen: int = 0
     settled_elsewhere: bool = False  # another node wrote its CDR (REASON_SETTLED)
     meta: dict[str, str] = field(default_factory=dict)
+    cap_seconds: int = 0  # the longest the limits allow (duration, or cost) ...
+    cap_reason: str = ""  # ... and what the call's end says when it reaches it
 
     @property
     def paid_until_ms(self) -> int | None:
@@ -161,10 +169,14 @@ class Charger:
         # lengths repeat across calls. Keyed by id(line), the line kept to check identity.
         self._prices: dict[tuple[int, int], tuple[RateLine, Price]] = {}
         self._lines: dict[int, tuple[RateLine, dict[str, str]]] = {}
+        self._caps: dict[tuple[int, Decimal], tuple[RateLine, int]] = {}
         #: False after the store failed to commit, until it commits again: new calls are
         #: refused (503) meanwhile.
         self.store_ok = True
         self.store_error = ""
+        #: Usage limits and fraud rules (counters per account, in memory).
+        self.guard = FraudGuard()
+        self._eff: dict[str, tuple[list[Limits], Limits]] = {}
 
     # --- events --------------------------------------------------------------------
     def authorize(
@@ -198,7 +210,11 @@ class Charger:
             return self._reject(
                 call_ref, call_id, acc, 403,
                 f"account {acc.code} suspended: {acc.suspend_reason}".rstrip(": "),
-                caller, number, now_ms)
+                caller, number, now_ms, phrase="Account Suspended", limit="suspended")
+        if acc.blocked:
+            return self._reject(call_ref, call_id, acc, 403,
+                                f"account {acc.code} blocked: {acc.blocked}", caller, number,
+                                now_ms, phrase="Calls Blocked", limit="blocked")
         rates = self.plans(acc.plan)
         table = rates.table
         try:
@@ -210,8 +226,27 @@ class Charger:
         except (NoRate, InvalidNumber) as exc:
             return self._reject(call_ref, call_id, acc, 404, str(exc), caller, number,
                                 now_ms)
-        avail = acc.available()
+        lim = self.limits_of(acc, now_ms)
         cap = acc.max_call_seconds
+        cap_reason = f"maximum call duration {cap} s reached"
+        if lim.explicit:
+            refusal = self.guard.check(acc.code, lim, line, digits, now_ms)
+            if refusal is not None:
+                return self._reject(call_ref, call_id, acc, refusal.code, refusal.reason,
+                                    caller, digits, now_ms, line, phrase=refusal.phrase,
+                                    limit=refusal.limit)
+            if lim.max_call_cost is not None:
+                by_cost = self._cost_cap(line, lim.max_call_cost)
+                if by_cost <= 0:
+                    return self._reject(
+                        call_ref, call_id, acc, 403,
+                        f"{line.destination} costs more than the maximum call cost "
+                        f"{lim.max_call_cost} at once", caller, digits, now_ms, line,
+                        phrase="Call Cost Limit", limit="max_call_cost")
+                if by_cost < cap:
+                    cap = by_cost
+                    cap_reason = f"maximum call cost {lim.max_call_cost} reached"
+        avail = acc.available()
         if cap > 0 and self._price(line, cap).cost <= avail:
             seconds = cap  # the longest call allowed is affordable: no search needed
         else:
@@ -221,14 +256,81 @@ class Charger:
                 call_ref, call_id, acc, 402,
                 f"account {acc.code} has no credit for {line.destination}",
                 caller, digits, now_ms, line)
-        max_seconds = min(seconds, acc.max_call_seconds)
+        max_seconds = min(seconds, cap)
+        if lim.explicit:
+            trips = self.guard.started(acc.code, call_ref, lim, line, digits, now_ms)
+            if trips:
+                self._tripped(acc.code, lim, trips, now_ms)
+                after = self.book.get(acc.code, now_ms)
+                if after is not None and (after.suspended or after.blocked):
+                    self.guard.ended(acc.code, call_ref, lim, False, 0, now_ms)
+                    what = after.suspend_reason if after.suspended else after.blocked
+                    return self._reject(
+                        call_ref, call_id, acc, 403, f"account {acc.code}: {what}", caller,
+                        digits, now_ms, line,
+                        phrase="Account Suspended" if after.suspended else "Calls Blocked",
+                        limit="suspended" if after.suspended else "blocked")
         self.sessions[call_ref] = CallSession(
             call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller, origin,
-            now_ms, max_seconds)
+            now_ms, max_seconds, cap_seconds=cap, cap_reason=cap_reason)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("authorized %s account=%s via %s dest=%s max=%ss", call_ref, acc.code,
                       how, line.destination, max_seconds)
         return AuthDecision(True, 200, "", max_seconds, acc.code, line.destination, line.prefix)
+
+    def limits_of(self, acc: Account, now_ms: int) -> Limits:
+        """The account's effective limits: its own, else its parents', else its plan's."""
+        plan = self.plans(acc.plan).limits
+        if acc.parent is None and not acc.limits.explicit:
+            return plan
+        chain = [acc.limits]
+        seen = {acc.code}
+        parent = acc.parent
+        while parent and parent not in seen and len(chain) < 8:
+            up = self.book.get(parent, now_ms)
+            if up is None:
+                break
+            chain.append(up.limits)
+            seen.add(parent)
+            parent = up.parent
+        chain.append(plan)
+        hit = self._eff.get(acc.code)
+        if hit is not None and len(hit[0]) == len(chain) and all(
+                a is b for a, b in zip(hit[0], chain, strict=True)):
+            return hit[1]
+        eff = effective(chain)[0]
+        self._eff[acc.code] = (chain, eff)
+        return eff
+
+    def _tripped(self, code: str, lim: Limits, trips: list[Trip], now_ms: int) -> None:
+        """Fraud rules tripped on an account: alert, store the event with its evidence,
+        and block new calls or suspend the account (ending its live calls at once)."""
+        for trip in trips:
+            acc = self.book.get(code, now_ms)
+            if acc is None:
+                return
+            reason = f"{FRAUD_PREFIX}{trip.rule}: {trip.summary}"
+            action = trip.action
+            if (action == "suspend" and acc.suspended) or (action == "block" and (
+                    acc.blocked or acc.suspended)):
+                continue  # the account is stopped already: nothing new to do
+            log.warning("account %s: %s -> %s", code, reason, action)
+            self._out.append(Alert("fraud", code, f"account {code}: {reason} ({action})",
+                                   now_ms, {"rule": trip.rule, "action": action}))
+            seq = self._next_seq()
+            effect = (Effect(suspend_reason=reason) if action == "suspend" else
+                      Effect(block_reason=reason) if action == "block" else NO_EFFECT)
+            self.book.apply(seq, code, effect)
+            self._submit(Flag(seq, code, trip.rule, action, reason,
+                              json.dumps(trip.evidence, default=str, sort_keys=True),
+                              f"fraud-{code}-{trip.rule}-{now_ms}-{seq}", now_ms))
+            if action == "suspend":
+                for s in list(self.sessions.values()):
+                    if s.account == code and not s.ending:
+                        s.ending = True
+                        s.end_reason = f"account suspended: {reason}"
+                        s.timer_gen += 1
+                        self._out.append(EndCall(s.call_ref, s.end_reason, now_ms))
 
     def ringing(self, call_ref: str, now_ms: int) -> None:
         """The first provisional reply (18x): the end of the post-dial delay."""
@@ -248,6 +350,9 @@ class Charger:
         s.answered_ms = now_ms
         s.billable_ms = billable_ms if billable_ms is not None else now_ms
         self._by_account.setdefault(s.account, set()).add(call_ref)
+        if s.ending:  # its account was suspended by a fraud rule while it rang
+            self._out.append(EndCall(call_ref, s.end_reason, now_ms))
+            return self._take()
         self._reserve_next(s, now_ms, self._out)
         return self._take()
 
@@ -267,7 +372,7 @@ class Charger:
                 self._reserve_next(s, now_ms, actions)
             elif now_ms >= paid_until:
                 s.ending = True
-                s.end_reason = REASON_SETTLED if s.settled_elsewhere else REASON_CREDIT
+                s.end_reason = self._paid_end(s)
                 actions.append(EndCall(ref, s.end_reason, now_ms))
                 log.info("ending %s: %s after %s paid seconds", ref, s.end_reason,
                          s.paid_seconds)
@@ -319,6 +424,7 @@ class Charger:
                         origin, answered_ms or now_ms, acc.max_call_seconds,
                         paid_seconds=paid_seconds, reserved=reserved)
         self.sessions[call_ref] = s
+        self.guard.adopt(acc.code, call_ref)
         log.info("adopted %s account=%s paid=%ss answered=%s", call_ref, acc.code, paid_seconds,
                  answered_ms)
         if answered_ms is None:
@@ -406,7 +512,8 @@ class Charger:
             if media is not None and media.billable_ms is not None:
                 s.billable_ms = max(s.answered_ms, media.billable_ms)
             duration = max(0, now_ms - s.billable_ms)
-            if lost or (s.ending and s.end_reason in (REASON_CREDIT, REASON_SETTLED)):
+            if lost or (s.ending and (s.end_reason in (REASON_CREDIT, REASON_SETTLED) or (
+                    s.cap_reason and s.end_reason == s.cap_reason))):
                 # The sidecar cut the call at the paid time; the BYE's latency is ours.
                 duration = min(duration, s.paid_seconds * 1000)
             rates = self.plans(s.plan)
@@ -425,6 +532,15 @@ class Charger:
         cdr.ended_by = ended_by
         cdr.end_reason = s.end_reason or reason
         self._settle(cdr, now_ms, s.reserved)
+        acc = self.book.get(s.account, now_ms)
+        if acc is not None:
+            lim = self.limits_of(acc, now_ms)
+            if lim.explicit:
+                trips = self.guard.ended(s.account, call_ref, lim,
+                                         cdr.disposition is Disposition.ANSWERED,
+                                         cdr.duration_ms, now_ms)
+                if trips:
+                    self._tripped(s.account, lim, trips, now_ms)
         return self._take()
 
     def fail(self, call_ref: str, now_ms: int, code: int, reason: str = "", route: str = "",
@@ -441,7 +557,8 @@ class Charger:
     # --- internals -----------------------------------------------------------------
     def _reject(self, call_ref: str, call_id: str, acc: Account | None, code: int, why: str,
                 caller: str, number: str, now_ms: int,
-                line: RateLine | None = None) -> AuthDecision:
+                line: RateLine | None = None, *, phrase: str = "", limit: str = ""
+                ) -> AuthDecision:
         log.info("rejected %s with %s: %s", call_ref, code, why)
         cdr = Cdr(call_ref, call_id or call_ref, Disposition.REJECTED,
                   account=acc.code if acc else None, plan=acc.plan if acc else None,
@@ -451,7 +568,8 @@ class Charger:
             cdr.destination, cdr.prefix, cdr.rate = line.destination, line.prefix, line.rate
             cdr.increment = str(line.increment)
         self._settle(cdr, now_ms, ZERO)
-        return AuthDecision(False, code, why, 0, acc.code if acc else None)
+        return AuthDecision(False, code, why, 0, acc.code if acc else None, phrase=phrase,
+                            limit=limit)
 
     def _cdr(self, s: CallSession, disposition: Disposition, now_ms: int) -> Cdr:
         return Cdr(
@@ -467,10 +585,24 @@ class Charger:
         self._remember_ended(cdr.call_ref)
         seq = self._next_seq()
         acc = self.book.get(cdr.account, now_ms) if cdr.account else None
-        if acc is not None:
-            amounts = settle_amounts(acc, held, cdr.cost, cdr.credited)
-            self.book.apply(seq, acc.code, amounts.effect)
+        if acc is None:
+            self._submit(Settle(seq, cdr, now_ms))
+            return
+        amounts = settle_amounts(acc, held, cdr.cost, cdr.credited)
+        self.book.apply(seq, acc.code, amounts.effect)
         self._submit(Settle(seq, cdr, now_ms))
+        if held or amounts.charged:
+            # Spend velocity: the reservations counted already; now what they missed
+            # (or gave back).
+            self._spent(acc, amounts.charged - amounts.credited - held, now_ms)
+
+    def _spent(self, acc: Account, amount: Decimal, now_ms: int) -> None:
+        lim = self.limits_of(acc, now_ms)
+        if lim.spend_per_minute is None and lim.spend_per_hour is None:
+            return
+        trips = self.guard.spent(acc.code, lim, amount, now_ms)
+        if trips:
+            self._tripped(acc.code, lim, trips, now_ms)
 
     def _on_settled(self, cmd: Settle, o: Outcome, actions: list[Action]) -> None:
         cdr = cmd.cdr
@@ -512,6 +644,16 @@ class Charger:
         s.timer_gen += 1
         heapq.heappush(self._timers, (deadline, s.timer_gen, s.call_ref))
 
+    @staticmethod
+    def _paid_end(s: CallSession) -> str:
+        """Why a call ends at its paid time: another node billed it, it reached its
+        limit (duration or cost), or credit ran out."""
+        if s.settled_elsewhere:
+            return REASON_SETTLED
+        if s.cap_reason and s.cap_seconds and s.paid_seconds >= s.cap_seconds:
+            return s.cap_reason
+        return REASON_CREDIT
+
     def _chunk_seconds(self, s: CallSession, acc: Account | None) -> int:
         base = (acc.chunk_seconds if acc and acc.chunk_seconds else None) or \
             self.plans(s.plan).chunk_seconds
@@ -536,6 +678,8 @@ class Charger:
             chunk = self._chunk_seconds(s, acc)
             paid = s.paid_seconds
             target = line.increment.billed(paid + chunk)
+            if s.cap_seconds and target > s.cap_seconds >= paid:
+                target = s.cap_seconds  # never pay beyond what the limits allow
             base = self._price(line, paid).cost if paid else ZERO
             want = self._price(line, target).cost - base
 
@@ -548,7 +692,7 @@ class Charger:
                 granted, seconds = ZERO, paid
             else:
                 granted, seconds = grant(acc, want, target, fit, paid)
-            if granted > 0:
+            if granted > 0 or seconds > paid:  # seconds for nothing: a free destination
                 seq = self._next_seq()
                 after = self.book.apply(seq, s.account, reserve_effect(granted))
                 live = {"number": s.number, **self._line_fields(line),
@@ -557,8 +701,9 @@ class Charger:
                 s.reserved += granted
                 self._submit(Reserve(seq, s.account, s.call_ref, granted, seconds, paid, fit,
                                      live, now_ms))
-                if acc is not None and after is not None:
+                if acc is not None and after is not None and granted:
                     self._thresholds(acc, after, now_ms, actions)
+                    self._spent(after, granted, now_ms)
             if seconds < target:
                 s.final = True
             paid_until = s.paid_until_ms
@@ -567,9 +712,9 @@ class Charger:
                 s.final = True
                 if paid_until <= now_ms:
                     s.ending = True
-                    s.end_reason = REASON_CREDIT
-                    actions.append(EndCall(s.call_ref, REASON_CREDIT, now_ms))
-                    log.info("ending %s at once: no credit for another increment", s.call_ref)
+                    s.end_reason = self._paid_end(s)
+                    actions.append(EndCall(s.call_ref, s.end_reason, now_ms))
+                    log.info("ending %s at once: %s", s.call_ref, s.end_reason)
                 else:
                     self._schedule(s, paid_until)
                 return
@@ -636,6 +781,14 @@ class Charger:
             "destination": line.destination, "prefix": line.prefix,
             "rate": to_text(line.rate), "increment": str(line.increment)})
 
+    def _cost_cap(self, line: RateLine, cost: Decimal) -> int:
+        """The longest call on ``line`` that costs at most ``cost`` (cached)."""
+        key = (id(line), cost)
+        hit = self._caps.get(key)
+        if hit is not None and hit[0] is line:
+            return hit[1]
+        return _remember(self._caps, key, line, affordable_seconds(line, cost))
+
     def _price(self, line: RateLine, seconds: int) -> Price:
         key = (id(line), seconds)
         hit = self._prices.get(key)
@@ -651,6 +804,11 @@ class Charger:
     def _submit(self, cmd: StoreCommand) -> None:
         self._inflight[cmd.seq] = cmd
         self.port.submit(cmd)
+
+    def take_actions(self) -> list[Action]:
+        """What an authorization asked of the edges (fraud alerts, and the ends of the
+        live calls of an account a fraud rule just suspended)."""
+        return self._take()
 
     def _take(self) -> list[Action]:
         out = self._out
@@ -680,6 +838,10 @@ class Charger:
                 self._on_reserved(cmd, o, now_ms, actions)
             elif isinstance(cmd, Settle):
                 self._on_settled(cmd, o, actions)
+            elif isinstance(cmd, Flag):
+                if not o.ok and not o.journaled:
+                    log.error("fraud rule %s (%s) on %s NOT recorded: %s", cmd.rule,
+                              cmd.action, cmd.account, o.error)
             elif not o.ok and not o.journaled:
                 log.error("top-up of %s %s on %s NOT recorded: %s", cmd.amount, cmd.note,
                           cmd.account, o.error)

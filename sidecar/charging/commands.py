@@ -60,7 +60,23 @@ class Topup:
     now_ms: int
 
 
-StoreCommand = Reserve | Settle | Topup
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """A fraud rule tripped on ``account``: store the event with its evidence and apply
+    its action (``alert``: nothing more; ``block``: new calls refused; ``suspend``: the
+    account suspended) until an operator lifts it. ``key`` makes it apply once."""
+
+    seq: int
+    account: str
+    rule: str
+    action: str
+    reason: str  # what the account's block or suspension says
+    evidence: str  # JSON: what the rule saw
+    key: str
+    now_ms: int
+
+
+StoreCommand = Reserve | Settle | Topup | Flag
 
 
 @dataclass(frozen=True, slots=True)

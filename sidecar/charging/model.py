@@ -7,6 +7,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from ..money import ZERO, to_text
+from .limits import NO_LIMITS, Limits
 
 
 class AccountKind(StrEnum):
@@ -38,6 +39,9 @@ class Account:
     suspended: bool = False
     suspend_reason: str = ""
     name: str = ""
+    blocked: str = ""  # why new calls are refused (a fraud rule), "" when they are not
+    parent: str | None = None  # the account above this one (limits are inherited)
+    limits: Limits = NO_LIMITS  # this account's own limits (see charging/limits.py)
 
     def to_dict(self) -> dict[str, object]:
         """The account for JSON (CLI ``--json`` and the HTTP API): money as strings."""
@@ -54,7 +58,8 @@ class Account:
             "chunk_seconds": self.chunk_seconds, "max_call_seconds": self.max_call_seconds,
             "low_balance": opt(self.low_balance), "recharge_below": opt(self.recharge_below),
             "recharge_amount": opt(self.recharge_amount), "suspended": self.suspended,
-            "suspend_reason": self.suspend_reason,
+            "suspend_reason": self.suspend_reason, "blocked": self.blocked,
+            "parent": self.parent, "limits": self.limits.to_dict(),
         }
 
     def available(self) -> Decimal:
@@ -150,6 +155,8 @@ class AuthDecision:
     account: str | None = None
     destination: str = ""
     prefix: str = ""
+    phrase: str = ""  # the SIP reason phrase of a refusal ("" = the code's usual one)
+    limit: str = ""  # the usage limit or fraud state that refused it (a counter name)
 
 
 # Actions the core asks its edges to carry out.

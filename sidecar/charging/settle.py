@@ -44,6 +44,7 @@ class Effect:
     held: Decimal = ZERO
     spend: Decimal = ZERO
     suspend_reason: str = ""
+    block_reason: str = ""  # a fraud rule blocks new calls
 
     def apply(self, acc: Account) -> Account:
         susp = self.suspend_reason
@@ -55,17 +56,20 @@ class Effect:
         if susp and not acc.suspended:
             changes["suspended"] = True
             changes["suspend_reason"] = susp
+        if self.block_reason and not acc.blocked:
+            changes["blocked"] = self.block_reason
         return evolve(acc, changes)
 
     def plus(self, other: Effect) -> Effect:
         """Both effects, one after the other."""
         return Effect(self.balance + other.balance, self.held + other.held,
-                      self.spend + other.spend, other.suspend_reason or self.suspend_reason)
+                      self.spend + other.spend, other.suspend_reason or self.suspend_reason,
+                      other.block_reason or self.block_reason)
 
     def minus(self, other: Effect) -> Effect:
         """This sum of effects without ``other`` (one of them, now confirmed)."""
         return Effect(self.balance - other.balance, self.held - other.held,
-                      self.spend - other.spend, self.suspend_reason)
+                      self.spend - other.spend, self.suspend_reason, self.block_reason)
 
 
 NO_EFFECT = Effect()

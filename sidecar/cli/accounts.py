@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..charging.model import AccountKind
@@ -22,12 +23,15 @@ from ..store.accounts import (
     ledger_for,
     list_accounts,
     map_sip,
+    set_parent,
     set_suspended,
     sip_mappings,
     verify_ledger,
 )
 from ..store.decks import PlanNotFound
+from ..store.fraud import limits_json
 from .app import Context, cli, emit_json, fail, pass_ctx
+from .fraud import print_limits
 
 
 def _now_ms() -> int:
@@ -66,7 +70,8 @@ def account() -> None:
 @click.option("--address", default="", help="Postal address for invoices.")
 @click.option("--tax-number", default="")
 @click.option("--tax-rate", default="0", help="Tax rate for invoices, e.g. 0.19.")
-@click.option("--parent", default=None, help="Parent account (departments).")
+@click.option("--parent", default=None, help="Parent account (departments); limits are "
+              "inherited from it.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def account_add(ctx: Context, code: str, plan: str, kind: str, name: str, balance: str | None,
@@ -90,7 +95,7 @@ def account_add(ctx: Context, code: str, plan: str, kind: str, name: str, balanc
         initial = _amount(balance, "--balance")
         if initial:
             acc = ledger_for(ctx.conn).topup(code, initial, now, "initial balance")
-    except (AccountExists, PlanNotFound, ValueError) as exc:
+    except (AccountExists, AccountNotFound, PlanNotFound, ValueError) as exc:
         fail(str(exc))
         return
     if as_json:
@@ -112,16 +117,26 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
         fail(str(exc))
         return
     maps = sip_mappings(ctx.conn, code)
+    lims = limits_json(ctx.conn, account=code)
     rows = ctx.conn.execute("SELECT ts_ms, kind, amount, call_ref, note FROM ledger WHERE "
                             "account = ? ORDER BY id DESC LIMIT 20", (code,)).fetchall()
     if as_json:
-        emit_json({**acc.to_dict(), "sip": [{"kind": k, "value": v} for k, v, _ in maps],
+        emit_json({**acc.to_dict(), "effective_limits": lims["effective"],
+                   "limits_source": lims["source"],
+                   "sip": [{"kind": k, "value": v} for k, v, _ in maps],
                    "ledger": [{"ts": _iso(r[0]), "kind": r[1], "amount": r[2],
                                "call_ref": r[3], "note": r[4]} for r in rows]})
         return
     console = Console()
-    state = f"[red]suspended: {acc.suspend_reason}[/]" if acc.suspended else "[green]active[/]"
-    console.print(f"[bold]{acc.code}[/] {acc.name} — {acc.kind.value}, plan {acc.plan}, {state}")
+    state = (f"[red]suspended: {escape(acc.suspend_reason)}[/]" if acc.suspended
+             else "[green]active[/]")
+    console.print(f"[bold]{escape(acc.code)}[/] {escape(acc.name)} — {acc.kind.value}, plan "
+                  f"{escape(acc.plan)}, {state}")
+    if acc.blocked:
+        console.print(f"[red]blocked: {escape(acc.blocked)}[/] (new calls refused; "
+                      f"sidecar fraud lift {escape(acc.code)})")
+    if acc.parent:
+        console.print(f"parent: {escape(acc.parent)}")
     console.print(f"balance {fmt(acc.balance)} {acc.currency} (held {fmt(acc.held)}, "
                   f"available {fmt(acc.available())})")
     if acc.kind is AccountKind.POSTPAID:
@@ -131,6 +146,7 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
                       f"{f' of {acc.monthly_cap}' if acc.monthly_cap is not None else ''}")
     if maps:
         console.print("SIP: " + ", ".join(f"{k} {v}" for k, v, _ in maps))
+    print_limits(lims, console)
     t = Table("time", "kind", "amount", "call", "note", title="Latest ledger rows")
     for r in rows:
         t.add_row(_iso(r[0]), r[1], r[2], r[3] or "", r[4])
@@ -155,7 +171,8 @@ def account_list(ctx: Context, as_json: bool) -> None:
     t = Table("code", "name", "kind", "plan", "balance", "held", "available", "state")
     for a in accs:
         t.add_row(a.code, a.name, a.kind.value, a.plan, f"{a.balance} {a.currency}",
-                  fmt(a.held), fmt(a.available()), "suspended" if a.suspended else "active")
+                  fmt(a.held), fmt(a.available()),
+                  "suspended" if a.suspended else "blocked" if a.blocked else "active")
     Console().print(t)
 
 
@@ -206,6 +223,23 @@ def account_resume(ctx: Context, code: str) -> None:
     except AccountNotFound as exc:
         fail(str(exc))
     click.echo(f"account {code} active")
+
+
+@account.command("parent")
+@click.argument("code")
+@click.argument("parent", required=False)
+@click.option("--none", "top", is_flag=True, help="No parent: a top-level account.")
+@pass_ctx
+def account_parent(ctx: Context, code: str, parent: str | None, top: bool) -> None:
+    """Put account CODE under PARENT (it inherits the limits it does not set), or at the
+    top with --none. Cycles and trees deeper than 4 accounts are refused."""
+    if (parent is None) == (not top):
+        fail("give PARENT or --none", 2)
+    try:
+        set_parent(ctx.conn, code, None if top else parent)
+    except (AccountNotFound, ValueError) as exc:
+        fail(str(exc))
+    click.echo(f"account {code}: " + (f"parent {parent}" if parent else "no parent"))
 
 
 @account.command("map-sip")

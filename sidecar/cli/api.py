@@ -1,4 +1,5 @@
-"""``sidecar api``: serve the HTTP API (loopback by default, bearer token required)."""
+"""``sidecar api``: serve the HTTP API (loopback by default, bearer token required; the
+write endpoints need a separate admin token)."""
 
 from __future__ import annotations
 
@@ -31,21 +32,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def read_token(token_file: str | None) -> str:
-    """The bearer token: the first line of ``token_file``, else ``$SIDECAR_API_TOKEN``;
-    '' when neither gives one."""
+def read_token(token_file: str | None, env: str = "SIDECAR_API_TOKEN",
+               option: str = "--token-file") -> str:
+    """The bearer token: the first line of ``token_file``, else ``$SIDECAR_API_TOKEN``
+    (``env``); '' when neither gives one."""
     if token_file:
         p = Path(token_file)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
             raise click.BadParameter(f"cannot read token file {p}: {exc.strerror}",
-                                     param_hint="--token-file") from exc
+                                     param_hint=option) from exc
         if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             click.echo(f"warning: token file {p} is readable by other users "
                        f"(chmod 600 it)", err=True)
         return text.strip().splitlines()[0].strip() if text.strip() else ""
-    return os.environ.get("SIDECAR_API_TOKEN", "").strip()
+    return os.environ.get(env, "").strip()
 
 
 @cli.command("api")
@@ -54,18 +56,24 @@ def read_token(token_file: str | None) -> str:
 @click.option("--token-file", default=None, metavar="FILE",
               help="File holding the bearer token (else [api] token_file, else "
                    "$SIDECAR_API_TOKEN). The API refuses to start without a token.")
+@click.option("--admin-token-file", default=None, metavar="FILE",
+              help="File holding the admin token (else $SIDECAR_API_ADMIN_TOKEN), at least "
+                   "32 characters: the only one the write endpoints (limits, fraud lift) "
+                   "accept. Without one, writes answer 403.")
 @click.option("--config", "config_path", default=None, metavar="FILE",
               help="TOML config ([api] and [invoice] sections).")
 @pass_ctx
 def api(ctx: Context, listen: str | None, token_file: str | None,
-        config_path: str | None) -> None:
-    """Serve the read-only HTTP API: CDRs, decks, balances, live calls, invoices.
+        admin_token_file: str | None, config_path: str | None) -> None:
+    """Serve the HTTP API: CDRs, decks, balances, live calls, invoices, limits, fraud
+    events (reads), and with the admin token an account's limits and fraud lifts.
 
     The OpenAPI document is at /openapi.json; every endpoint but /health needs
     'Authorization: Bearer TOKEN'."""
     from aiohttp import web
 
     from ..api import make_app
+    from ..api.app import MIN_ADMIN_TOKEN
 
     try:
         cfg = load_config(config_path) if config_path else Config()
@@ -75,12 +83,19 @@ def api(ctx: Context, listen: str | None, token_file: str | None,
     token = read_token(token_file or cfg.api_token_file or None)
     if not token:
         fail("no API token: give --token-file FILE or set $SIDECAR_API_TOKEN", 2)
+    admin = read_token(admin_token_file, "SIDECAR_API_ADMIN_TOKEN", "--admin-token-file")
+    if admin and len(admin) < MIN_ADMIN_TOKEN:
+        fail(f"the admin token must be at least {MIN_ADMIN_TOKEN} characters "
+             f"(it has {len(admin)})", 2)
+    if admin and admin == token:
+        fail("the admin token must differ from the read token", 2)
     host, port = parse_listen(listen or cfg.api_listen)
     if not _is_loopback(host):
         click.echo(f"warning: serving on {host}, not loopback: put TLS in front of it",
                    err=True)
     try:
-        app = make_app(ctx.conn, token, settings=InvoiceSettings.from_config(cfg))
+        app = make_app(ctx.conn, token, settings=InvoiceSettings.from_config(cfg),
+                       admin_token=admin)
     except InvoiceError as exc:  # e.g. the template directory does not exist
         fail(str(exc), 2)
         return

@@ -98,6 +98,7 @@ def main() -> None:
         db,
         decks,
         fas,
+        fraud,
         invoices,
         journal,
         rate,

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..charging.commands import Settle, Topup
+from ..charging.commands import Flag, Settle, Topup
 from ..money import fmt
 from ..store.conn import is_url
 from ..store.journal import Journal, default_journal
@@ -33,8 +33,8 @@ def _journal(ctx: Context, path: Path | None, node: str | None) -> Journal:
 @click.pass_context
 def journal_cmd(click_ctx: click.Context, path: Path | None, node: str | None,
                 as_json: bool) -> None:
-    """Settlements and top-ups waiting for the store (applied by `sidecar run` as soon as
-    the store takes writes again, or by `sidecar journal apply`)."""
+    """Settlements, top-ups and fraud events waiting for the store (applied by `sidecar
+    run` as soon as the store takes writes again, or by `sidecar journal apply`)."""
     if click_ctx.invoked_subcommand is not None:
         click_ctx.meta["journal_path"] = path
         click_ctx.meta["journal_node"] = node
@@ -51,6 +51,9 @@ def journal_cmd(click_ctx: click.Context, path: Path | None, node: str | None,
         elif isinstance(cmd, Topup):
             rows.append({"kind": "topup", "account": cmd.account, "amount": str(cmd.amount),
                          "note": cmd.note, "at_ms": cmd.now_ms})
+        elif isinstance(cmd, Flag):
+            rows.append({"kind": "flag", "account": cmd.account, "rule": cmd.rule,
+                         "action": cmd.action, "reason": cmd.reason, "at_ms": cmd.now_ms})
     if as_json:
         emit_json({"journal": str(j.path), "pending": rows})
         return
@@ -62,7 +65,9 @@ def journal_cmd(click_ctx: click.Context, path: Path | None, node: str | None,
         table.add_column(col)
     for r in rows:
         what = (f"{r['call_ref']} ({r['account'] or '-'}, {r['disposition']})"
-                if r["kind"] == "settle" else str(r["account"]))
+                if r["kind"] == "settle" else
+                f"{r['account']} ({r['rule']}: {r['action']})" if r["kind"] == "flag"
+                else str(r["account"]))
         amount = r.get("cost") or r.get("amount") or "0"
         table.add_row(str(r["kind"]), what, fmt(Decimal(str(amount))), str(r["at_ms"]))
     Console().print(table)

@@ -23,6 +23,7 @@ from ..store.accounts import add_account, ledger_for
 from ..store.conn import Db, describe, is_url, open_db
 from ..store.db import connect
 from ..store.decks import PlanCache, PlanNotFound
+from ..store.fraud import countries_called
 from ..supervision.calls import CallControl, ControlConfig
 from ..supervision.media import MediaConfig, MediaSupervisor
 from .app import Context, cli, emit_json, fail, pass_ctx
@@ -170,6 +171,9 @@ def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: str | No
         fail(str(exc))
         return
     charger = Charger(ledger_for(conn), PlanCache(conn), ChargingConfig())
+    if write_db is not None:  # the new-country rule starts from the store's history
+        for (account, country), last_ms in countries_called(conn, 0).items():
+            charger.guard.seed(account, country, last_ms)
     control = CallControl(charger, MediaSupervisor(MediaConfig(grace_ms=grace_ms)),
                           ControlConfig(supervise_rejected=True))
     try:

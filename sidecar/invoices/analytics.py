@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from ..money import ZERO
-from ..store.conn import Db
+from ..store.conn import Db, filters
 from ..supervision.routes import RouteCall
 from .model import present
 
@@ -91,19 +91,12 @@ def root_of(tree: dict[str, str | None], code: str) -> str:
 
 def _where(conn: Db, account: str | None, from_ms: int | None,
            to_ms: int | None, subaccounts: bool) -> tuple[str, list[object]]:
-    clauses: list[str] = ["1 = 1"]
-    args: list[object] = []
+    where, args = filters(("ended_ms >= ?", from_ms), ("ended_ms < ?", to_ms))
     if account is not None:
         codes = sorted(descendants(account_tree(conn), account)) if subaccounts else [account]
-        clauses.append(f"account IN ({', '.join('?' for _ in codes)})")
+        where += f" AND account IN ({', '.join('?' for _ in codes)})"
         args += codes
-    if from_ms is not None:
-        clauses.append("ended_ms >= ?")
-        args.append(from_ms)
-    if to_ms is not None:
-        clauses.append("ended_ms < ?")
-        args.append(to_ms)
-    return " AND ".join(clauses), args
+    return where, args
 
 
 def spend(conn: Db, by: str, *, account: str | None = None,

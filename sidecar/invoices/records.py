@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, NamedTuple
 
-from ..store.conn import Db
+from ..store.conn import Db, filters
 
 # Every column of the cdrs table, in table order (the API and CSV export show them all).
 CDR_COLUMNS = (
@@ -105,21 +105,10 @@ def query_cdrs(
 ) -> Iterator[dict[str, object]]:
     """CDRs as dicts of their stored values (money as the stored exact text), oldest id
     first; ``from_ms`` inclusive and ``to_ms`` exclusive on the call's end time."""
-    where = ["id > ?"]
-    args: list[object] = [after_id]
-    if account is not None:
-        where.append("account = ?")
-        args.append(account)
-    if call_ref is not None:
-        where.append("call_ref = ?")
-        args.append(call_ref)
-    if from_ms is not None:
-        where.append("ended_ms >= ?")
-        args.append(from_ms)
-    if to_ms is not None:
-        where.append("ended_ms < ?")
-        args.append(to_ms)
-    sql = f"SELECT {', '.join(CDR_COLUMNS)} FROM cdrs WHERE {' AND '.join(where)} ORDER BY id"
+    where, args = filters(("id > ?", after_id), ("account = ?", account),
+                          ("call_ref = ?", call_ref), ("ended_ms >= ?", from_ms),
+                          ("ended_ms < ?", to_ms))
+    sql = f"SELECT {', '.join(CDR_COLUMNS)} FROM cdrs WHERE {where} ORDER BY id"
     if limit is not None:
         sql += " LIMIT ?"
         args.append(limit)

@@ -161,11 +161,14 @@ class Sidecar:
         assert isinstance(ev, Snapshot)
         if ev.complete:
             self.book.load(ev.accounts, ev.sip)
+            self.charger.guard.elsewhere = ev.elsewhere
         self.plan_map.update(ev.plans)
         if ev.plans and not ev.first:
             log.info("rate plans reloaded: %s", ", ".join(sorted(ev.plans)))
         if ev.first:
             self._stored_calls = ev.live_calls
+            for (account, country), last_ms in ev.called.items():
+                self.charger.guard.seed(account, country, last_ms)
             log.info("store loaded: %d accounts, %d plans, %d live calls", len(ev.accounts),
                      len(ev.plans), len(ev.live_calls))
             self._ready.set()
@@ -200,6 +203,10 @@ class Sidecar:
         if shed:
             out += (f"; {self.counters['shed']} offers answered busy (overload): "
                     f"p99 {pct(shed, 0.99):.2f} ms")
+        refused = sorted((k.removeprefix("refused_"), n) for k, n in self.counters.items()
+                         if k.startswith("refused_"))
+        if refused:
+            out += "; refused by limits: " + ", ".join(f"{k} {n}" for k, n in refused)
         return out
 
     def _spawn(self, coro: Any) -> None:
@@ -242,7 +249,9 @@ class Sidecar:
                           "account": decision.account or ""}
             else:
                 reply |= {"action": "reject", "code": decision.code,
-                          "reason": _reason_phrase(decision.code)}
+                          "reason": decision.phrase or _reason_phrase(decision.code)}
+                if decision.limit:  # a usage limit or a fraud block: counted by name
+                    self.counters[f"refused_{decision.limit}"] += 1
             if not decision.allow:
                 log.info("offer %s from=%s to=%s -> reject %s (%s)", ref, ev.from_user,
                          ev.ruri_user, decision.code, decision.reason)

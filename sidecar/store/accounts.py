@@ -36,6 +36,54 @@ class AccountExists(ValueError):
     """An account with this code already exists."""
 
 
+#: How deep the account tree may be (a customer, its departments, their teams, ...):
+#: limits are inherited down it.
+MAX_TIERS = 4
+_TREE = "(account tree)"  # the lock that changes of the tree take
+
+
+class ParentError(ValueError):
+    """A parent account that cannot be: a cycle, or a tree deeper than :data:`MAX_TIERS`."""
+
+
+def _parents(conn: Connection, d: Dialect) -> dict[str, str | None]:
+    return {str(c): None if p is None or p == "" else str(p)
+            for c, p in d.execute(conn, "SELECT code, parent FROM accounts")}
+
+
+def check_parent(parents: dict[str, str | None], code: str, parent: str) -> None:
+    """Refuse ``parent`` as the parent of ``code`` (``parents``: every account's parent)
+    when it is unknown, ``code`` itself or below it (a cycle), or when the tree would be
+    deeper than :data:`MAX_TIERS`."""
+    if parent not in parents:
+        raise AccountNotFound(f"parent account '{parent}' not found")
+    if parent == code:
+        raise ParentError(f"account '{code}' cannot be its own parent")
+    chain = [parent]
+    up = parents.get(parent)
+    while up is not None and up not in chain:
+        chain.append(up)
+        up = parents.get(up)
+    if code in chain:
+        path = " -> ".join(chain[:chain.index(code) + 1])
+        raise ParentError(f"account '{code}' cannot have parent '{parent}': '{parent}' is "
+                          f"below it ({path}), that would be a cycle")
+    children: dict[str, list[str]] = {}
+    for c, p in parents.items():
+        if p is not None:
+            children.setdefault(p, []).append(c)
+    height, level, seen = 0, [code], {code}
+    while level:
+        height += 1
+        level = [c for x in level for c in children.get(x, ()) if c not in seen]
+        seen.update(level)
+    tiers = len(chain) + height
+    if tiers > MAX_TIERS:
+        raise ParentError(f"account '{code}' under '{parent}' would make a tree {tiers} "
+                          f"accounts deep ({' -> '.join(reversed(chain))} -> {code}"
+                          f"{' -> ...' if height > 1 else ''}); at most {MAX_TIERS} tiers")
+
+
 def add_account(
     conn: Connection,
     code: str,
@@ -77,6 +125,9 @@ def add_account(
     with d.transaction(conn):
         if d.execute(conn, "SELECT 1 FROM accounts WHERE code = ?", (code,)).fetchone():
             raise AccountExists(f"account '{code}' already exists")
+        if parent is not None:
+            d.serialize(conn, _TREE)
+            check_parent(_parents(conn, d), code, parent)
         d.execute(
             conn,
             "INSERT INTO accounts (code, name, plan, currency, kind, credit_limit, daily_cap, "
@@ -115,6 +166,23 @@ def set_suspended(conn: Db, code: str, suspended: bool, reason: str = "") -> Non
                          (int(suspended), reason if suspended else "", code)).rowcount
     if n == 0:
         raise AccountNotFound(f"account '{code}' not found")
+
+
+def set_parent(conn: Connection, code: str, parent: str | None,
+               dialect: Dialect | None = None) -> Account:
+    """Put account ``code`` under ``parent`` (None: at the top). Refused
+    (:class:`ParentError`) when it would make a cycle or a tree deeper than
+    :data:`MAX_TIERS`; an unknown account or parent is :class:`AccountNotFound`."""
+    d = dialect or dialect_of(conn)
+    with d.transaction(conn):
+        d.serialize(conn, _TREE)  # two changes of the tree at once cannot make a cycle
+        parents = _parents(conn, d)
+        if code not in parents:
+            raise AccountNotFound(f"account '{code}' not found")
+        if parent is not None:
+            check_parent(parents, code, parent)
+        d.execute(conn, "UPDATE accounts SET parent = ? WHERE code = ?", (parent, code))
+    return get_account(conn, code, dialect=d)
 
 
 def map_sip(conn: Connection, kind: str, value: str, code: str,

@@ -19,8 +19,9 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from enum import Enum
+from typing import cast
 
-from ..charging.commands import Outcome, Reserve, Settle, StoreCommand, Topup
+from ..charging.commands import Flag, Outcome, Reserve, Settle, StoreCommand, Topup
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
 from ..money import ZERO, to_text
@@ -53,18 +54,21 @@ _LEDGER = Bulk("INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note
                "VALUES (?, ?, ?, ?, ?, ?)",
                copy="COPY ledger (ts_ms, account, kind, amount, call_ref, note) FROM STDIN")
 _ACCOUNT_SET = ("balance", "held", "day_key", "day_spend", "month_key", "month_spend",
-                "suspended", "suspend_reason")
+                "suspended", "suspend_reason", "blocked")
 _ACCOUNTS = Bulk(
     f"UPDATE accounts SET {', '.join(f'{c} = ?' for c in _ACCOUNT_SET)} WHERE code = ?",
     unnest=f"UPDATE accounts AS a SET {', '.join(f'{c} = u.{c}' for c in _ACCOUNT_SET)} "
            f"FROM {{rows}} AS u({', '.join(_ACCOUNT_SET)}, code) WHERE a.code = u.code",
     types=("numeric", "numeric", "text", "numeric", "text", "numeric", "integer", "text",
-           "text"))
+           "text", "text"))
 _GONE = Bulk("DELETE FROM live_calls WHERE call_ref = ?",
              unnest="DELETE FROM live_calls WHERE call_ref IN (SELECT * FROM {rows})",
              types=("text",))
 _KEYS = Bulk("INSERT INTO applied_keys (key, applied_ms) VALUES (?, ?)",
              copy="COPY applied_keys (key, applied_ms) FROM STDIN")
+_FRAUD_COLUMNS = "ts_ms, account, rule, action, reason, evidence, node, key"
+_FRAUD = Bulk(f"INSERT INTO fraud_events ({_FRAUD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+              copy=f"COPY fraud_events ({_FRAUD_COLUMNS}) FROM STDIN")
 
 
 class UnknownAccount(LookupError):
@@ -81,7 +85,7 @@ def cdr_row(cdr: Cdr, money_as_text: bool = True) -> list[object]:
     out: list[object] = list(map(cdr.__dict__.__getitem__, CDR_FIELDS))
     if money_as_text:
         for i in _MONEY_AT:
-            out[i] = to_text(out[i])
+            out[i] = to_text(cast(Decimal, out[i]))
     for i in _ENUM_AT:
         v = out[i]
         if isinstance(v, Enum):
@@ -113,6 +117,8 @@ class Batch:
         self._stored: set[str] = set()  # calls with a live_calls row before this batch
         self._settled: set[str] = set()
         self._keys: list[tuple[str, int]] = []
+        self._fraud: list[tuple[object, ...]] = []
+        self._flagged: set[str] = set()  # fraud event keys stored in this batch
         self._prefetch(cmds)
 
     # --- reads, in bulk --------------------------------------------------------------
@@ -174,6 +180,8 @@ class Batch:
             if isinstance(cmd, Settle):
                 return Outcome(cmd.seq, True, settlement=self.settle(
                     cmd.cdr, cmd.now_ms, cmd.lease_ended_by))
+            if isinstance(cmd, Flag):
+                return Outcome(cmd.seq, True, settlement=self.flag(cmd))
             return Outcome(cmd.seq, True, settlement=self.topup(cmd))
         except UnknownAccount as exc:
             return Outcome(cmd.seq, False, error=str(exc))
@@ -268,6 +276,26 @@ class Batch:
         self._set(after)
         return Settlement(ZERO, ZERO, False, before, after)
 
+    def flag(self, cmd: Flag) -> Settlement:
+        """A fraud rule tripped: store the event with its evidence and apply its action
+        (``block``: new calls refused; ``suspend``: the account suspended; ``alert``:
+        nothing more), once per ``key`` (a replayed journal flags again)."""
+        if cmd.key in self._flagged or self.dialect.execute(
+                self.conn, "SELECT 1 FROM fraud_events WHERE key = ?", (cmd.key,)).fetchone():
+            return Settlement(ZERO, ZERO, True, None, None)
+        before = self._account(cmd.account, cmd.now_ms)
+        self._flagged.add(cmd.key)
+        self._fraud.append((cmd.now_ms, cmd.account, cmd.rule, cmd.action, cmd.reason,
+                            cmd.evidence or "{}", self.node, cmd.key))
+        after = before
+        if cmd.action == "suspend":
+            after = Effect(suspend_reason=cmd.reason).apply(before)
+        elif cmd.action == "block":
+            after = Effect(block_reason=cmd.reason).apply(before)
+        if after is not before:
+            self._set(after)
+        return Settlement(ZERO, ZERO, False, before, after)
+
     # --- writes, in bulk -------------------------------------------------------------
     def flush(self) -> dict[str, Account]:
         """Write everything; returns the touched accounts as they now stand."""
@@ -281,12 +309,13 @@ class Batch:
                 a = self.accounts[code]
                 rows.append((m(a.balance), m(a.held), a.day_key, m(a.day_spend),
                              a.day_key[:7], m(a.month_spend), int(a.suspended),
-                             a.suspend_reason, code))
+                             a.suspend_reason, a.blocked, code))
             write(c, _ACCOUNTS, rows)
         write(c, _LIVE, list(self._live.values()))
         write(c, _GONE, [(r,) for r in sorted(self._gone)])
         write(c, _CDRS, self._cdrs)
         write(c, _KEYS, self._keys)
+        write(c, _FRAUD, self._fraud)
         return {code: self.accounts[code] for code in self._touched()}
 
     def _touched(self) -> set[str]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from .db import connect
 from .dialect import dialect_of
 
-__all__ = ["Db", "describe", "dialect_of", "is_url", "open_db"]
+__all__ = ["Db", "describe", "dialect_of", "filters", "is_url", "open_db"]
 
 if TYPE_CHECKING:
     import sqlite3
@@ -50,3 +50,10 @@ def describe(target: str | os.PathLike[str]) -> str:
 
         return redact(str(target))
     return str(target)
+
+
+def filters(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
+    """The conditions whose value is not None, ANDed (``"1 = 1"`` when none), and their
+    parameters: ``filters(("account = ?", account), ("ended_ms >= ?", from_ms))``."""
+    clauses = [c for c, v in conditions if v is not None]
+    return " AND ".join(clauses) or "1 = 1", [v for _, v in conditions if v is not None]

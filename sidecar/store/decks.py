@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from ..charging import PlanRates
+from ..charging.limits import NO_LIMITS, Limits
 from ..money import check_currency, fmt, to_text
 from ..numbers import NumberPlan
 from ..rating import DeckError, DeckProblem, Increment, RateLine, RateTable, SecondRounding
 from ..rating.deck import ParsedDeck, parse_deck, parse_effective
 from .conn import Db
 from .db import transaction
-from .dialect import dialect_of
+from .dialect import dialect_of, stored_limits
 
 #: Rates written per transaction by :func:`import_deck`: other writers wait at most for
 #: one batch (tens of milliseconds).
@@ -56,7 +57,7 @@ _VISIBLE = ("EXISTS (SELECT 1 FROM deck_versions v WHERE v.plan = plans.name "
             "AND v.state = 'active')")
 _PLAN_COLUMNS = ("name, currency, notice_days, second_rounding, chunk_seconds, "
                  "international_prefix, national_prefix, country_code, strip_prefixes, "
-                 "revision")
+                 "revision, limits")
 _RATE_COLUMNS = ("version, destination, prefix, origin, rate, increment, effective_from, "
                  "connection_fee, minimum_charge, short_call_seconds, short_call_surcharge, "
                  "currency")
@@ -92,6 +93,7 @@ class Plan:
     second_rounding: SecondRounding
     chunk_seconds: int
     number_plan: NumberPlan
+    limits: Limits = NO_LIMITS  # the plan's default limits (its accounts inherit them)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,8 @@ def _plan_row(conn: Db, name: str) -> tuple[Plan, int] | None:
         return None
     strip = tuple(p for p in row[8].split(",") if p)
     return (Plan(row[0], row[1], row[2], SecondRounding(row[3]), row[4],
-                 NumberPlan(row[5], row[6], row[7], strip)), int(row[9]))
+                 NumberPlan(row[5], row[6], row[7], strip),
+                 stored_limits(row[10], f"plan {row[0]} limits")), int(row[9]))
 
 
 def _require_plan(conn: Db, name: str) -> tuple[Plan, int]:
@@ -189,6 +192,16 @@ def set_plan(
         with transaction(conn):
             conn.execute(f"UPDATE plans SET {sets}, revision = revision + 1 WHERE name = ?",
                          (*changes.values(), name))
+    return get_plan(conn, name)
+
+
+def set_plan_limits(conn: Db, name: str, limits: Limits) -> Plan:
+    """Replace a plan's default limits (the accounts on it inherit what they and their
+    parents do not set). Bumps the plan's revision, so live processes pick it up."""
+    get_plan(conn, name)
+    with transaction(conn):
+        conn.execute("UPDATE plans SET limits = ?, revision = revision + 1 WHERE name = ?",
+                     (limits.to_json() if limits.explicit else "", name))
     return get_plan(conn, name)
 
 
@@ -654,8 +667,8 @@ class PlanLoader:
         versions = _active_versions(conn, name)
         table = RateTable(_lines_of(conn, name, versions), plan.currency,
                           number_plan=plan.number_plan, rounding=plan.second_rounding)
-        st = _Loaded(PlanRates(table, plan.chunk_seconds), versions[-1] if versions else 0,
-                     revision)
+        st = _Loaded(PlanRates(table, plan.chunk_seconds, plan.limits),
+                     versions[-1] if versions else 0, revision)
         self._loaded[name] = st
         return st
 
@@ -666,6 +679,7 @@ class PlanLoader:
         lines = _lines_of(conn, name, _active_versions(conn, name, st.version, version))
         table = st.rates.table
         chunk = st.rates.chunk_seconds
+        limits = st.rates.limits
         number_plan: NumberPlan | None = None
         rounding: SecondRounding | None = None
         if revision != st.revision:
@@ -674,13 +688,14 @@ class PlanLoader:
                 return None
             plan, revision = found  # the settings and the revision they belong to
             chunk = plan.chunk_seconds
+            limits = plan.limits
             if plan.number_plan != table.number_plan:
                 number_plan = plan.number_plan
             if plan.second_rounding != table.rounding:
                 rounding = plan.second_rounding
         if lines or number_plan is not None or rounding is not None:
             table = table.extended(lines, number_plan=number_plan, rounding=rounding)
-        new = _Loaded(PlanRates(table, chunk), version, revision)
+        new = _Loaded(PlanRates(table, chunk, limits), version, revision)
         self._loaded[name] = new
         return new
 

@@ -14,12 +14,14 @@ This module is SQLite's dialect and what the dialects share; PostgreSQL's is in 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
+from ..charging.limits import NO_LIMITS, Limits, LimitsError
 from ..charging.model import Account, AccountKind
 from ..charging.settle import day_key
 from ..money import ZERO, to_text
@@ -28,7 +30,10 @@ from .db import transaction
 ACCOUNT_COLUMNS = (
     "code, plan, currency, kind, balance, held, credit_limit, daily_cap, monthly_cap, "
     "day_key, day_spend, month_key, month_spend, chunk_seconds, max_call_seconds, "
-    "low_balance, recharge_below, recharge_amount, suspended, suspend_reason, name")
+    "low_balance, recharge_below, recharge_amount, suspended, suspend_reason, name, "
+    "blocked, parent, limits")
+
+log = logging.getLogger("sidecar.store")
 
 
 class Connection(Protocol):
@@ -43,15 +48,40 @@ def _d(v: object) -> Decimal | None:
 
 _KINDS = {k.value: k for k in AccountKind}
 
+# Stored limit sets, parsed once: accounts mostly share a few (or have none), and an
+# account row is converted for every batch that touches it.
+_LIMITS: dict[str, Limits] = {"": NO_LIMITS}
+
+
+def stored_limits(text: object, where: str) -> Limits:
+    """A stored limit set (``accounts.limits``, ``plans.limits``), parsed once per text.
+    One that does not parse (written by hand, or by a newer release) is logged and read
+    as no limits: the live sidecar keeps running."""
+    key = "" if text is None else str(text)
+    found = _LIMITS.get(key)
+    if found is not None:
+        return found
+    try:
+        limits = Limits.from_json(key, where)
+    except LimitsError as exc:
+        log.error("%s: ignored, no limits applied until it is fixed (%s)", where, exc)
+        limits = NO_LIMITS
+    if len(_LIMITS) > 1000:
+        _LIMITS.clear()
+        _LIMITS[""] = NO_LIMITS
+    _LIMITS[key] = limits
+    return limits
+
 
 def row_to_account(r: Sequence[object], now_ms: int | None = None) -> Account:
     """An ``accounts`` row (``ACCOUNT_COLUMNS``) as the charging core's :class:`Account`:
     money from TEXT (SQLite) or NUMERIC (PostgreSQL, already a Decimal) alike. With
     ``now_ms``, the day and month spend of another day (month) read as zero."""
     (code, plan, ccy, kind, bal, held, limit, dcap, mcap, dkey, dspend, mkey, mspend, chunk,
-     maxs, low, rbelow, ramount, susp, sreason, name) = r
+     maxs, low, rbelow, ramount, susp, sreason, name, blocked, parent, limits) = r
     today = day_key(now_ms) if now_ms is not None else str(dkey)
     k = _KINDS.get(kind) if isinstance(kind, str) else None
+    lim = _LIMITS.get(limits) if isinstance(limits, str) else None
     # Built as ``Account(...)`` would build it, without the cost of its frozen __init__
     # (the store converts every account it touches in a batch).
     acc = object.__new__(Account)
@@ -65,7 +95,9 @@ def row_to_account(r: Sequence[object], now_ms: int | None = None) -> Account:
         chunk_seconds=int(str(chunk)) if chunk is not None else None,
         max_call_seconds=int(str(maxs)), low_balance=_d(low), recharge_below=_d(rbelow),
         recharge_amount=_d(ramount), suspended=bool(susp), suspend_reason=str(sreason),
-        name=str(name))
+        name=str(name), blocked=str(blocked or ""),
+        parent=None if parent is None or parent == "" else str(parent),
+        limits=lim if lim is not None else stored_limits(limits, f"account {code} limits"))
     return acc
 
 

@@ -1,10 +1,10 @@
-"""The local journal: settlements and top-ups the store could not take, kept on disk until
-it can.
+"""The local journal: settlements, top-ups and fraud events the store could not take, kept
+on disk until it can.
 
 One JSON object per line, appended and ``fsync``'d before the core is told the money is
 safe. When the store is back the entries are applied (each at most once: a CDR's call
-reference is unique, a top-up carries a key) and the file is emptied. A torn last line
-(a crash mid-write) is skipped with a warning. Keep the journal on another filesystem
+reference is unique, a top-up and a fraud event carry a key) and the file is emptied. A
+torn last line (a crash mid-write) is skipped with a warning. Keep the journal on another filesystem
 than the database: a full disk then still leaves room to journal.
 """
 
@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..charging.commands import Settle, StoreCommand, Topup
+from ..charging.commands import Flag, Settle, StoreCommand, Topup
 from ..charging.model import Cdr, Disposition
 
 log = logging.getLogger("sidecar.journal")
@@ -43,7 +43,8 @@ def default_journal(db: str | os.PathLike[str], node: str = "") -> Path:
 
 
 def encode(cmd: StoreCommand) -> dict[str, Any]:
-    """A settlement or a top-up as a JSON-ready object (money as exact strings)."""
+    """A settlement, a top-up or a fraud event as a JSON-ready object (money as exact
+    strings)."""
     if isinstance(cmd, Settle):
         cdr = {k: (str(v) if isinstance(v, Decimal) else v.value if isinstance(v, Enum) else v)
                for k, v in dataclasses.asdict(cmd.cdr).items()}
@@ -51,6 +52,10 @@ def encode(cmd: StoreCommand) -> dict[str, Any]:
     if isinstance(cmd, Topup):
         return {"kind": "topup", "seq": cmd.seq, "now_ms": cmd.now_ms, "account": cmd.account,
                 "amount": str(cmd.amount), "note": cmd.note, "key": cmd.key}
+    if isinstance(cmd, Flag):
+        return {"kind": "flag", "seq": cmd.seq, "now_ms": cmd.now_ms, "account": cmd.account,
+                "rule": cmd.rule, "action": cmd.action, "reason": cmd.reason,
+                "evidence": cmd.evidence, "key": cmd.key}
     raise TypeError(f"{type(cmd).__name__} is not journaled")
 
 
@@ -72,6 +77,10 @@ def decode(doc: dict[str, Any]) -> StoreCommand:
     if doc["kind"] == "topup":
         return Topup(int(doc["seq"]), str(doc["account"]), Decimal(doc["amount"]),
                      str(doc["note"]), str(doc["key"]), int(doc["now_ms"]))
+    if doc["kind"] == "flag":
+        return Flag(int(doc["seq"]), str(doc["account"]), str(doc["rule"]),
+                    str(doc["action"]), str(doc["reason"]), str(doc["evidence"]),
+                    str(doc["key"]), int(doc["now_ms"]))
     raise ValueError(f"unknown journal entry kind {doc['kind']!r}")
 
 

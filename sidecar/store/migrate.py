@@ -3,7 +3,8 @@
 - :func:`upgrade` brings a database (a SQLite path or a ``postgresql://`` URL) to this
   release's schema; a database of a newer schema is refused (:class:`~.db.SchemaTooNew`).
 - :func:`copy_to_postgres` copies every table (rate plans and decks, accounts, SIP
-  mappings, the ledger, live calls, applied keys, CDRs, invoices and their numbering)
+  mappings, the ledger, live calls, applied keys, CDRs, invoices and their numbering,
+  fraud events)
   from a SQLite file into an empty PostgreSQL database in ONE transaction, with
   PostgreSQL's ``COPY``, then proves nothing was lost: the same rows per table, the same
   sums of money, and ``ledger verify`` clean on both sides.
@@ -33,7 +34,7 @@ _SUMS = (("accounts", "balance"), ("accounts", "held"), ("ledger", "amount"),
 
 
 #: Tables whose ``id`` the database hands out (an identity on PostgreSQL).
-_IDENTITIES = ("deck_versions", "rates", "ledger", "cdrs")
+_IDENTITIES = ("deck_versions", "rates", "ledger", "cdrs", "fraud_events")
 #: Tables without SQLite's rowid (no insertion order to copy them in).
 _WITHOUT_ROWID = ("live_calls", "applied_keys")
 

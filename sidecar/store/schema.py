@@ -22,14 +22,16 @@ What only one of them can say (triggers) is given per database below.
 Versions: 1 the first SQLite schema; 2 and 3 added columns (``ADDED_COLUMNS``); 4 put
 rate plans, decks and invoices on PostgreSQL too and added the node columns (a call
 belongs to the node whose Kamailio carries it; ``live_calls.lease_ms`` is renewed while
-that node lives). Columns added after a table was first shipped go at its end, in the
+that node lives); 5 added usage and fraud limits (``accounts.limits``, ``plans.limits``:
+the limit sets as JSON), ``accounts.blocked`` (new calls refused by a fraud rule) and the
+``fraud_events`` table. Columns added after a table was first shipped go at its end, in the
 order of ``ADDED_COLUMNS``, so a new database and an upgraded one have the same column
 order.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 TYPES = {
     "sqlite": {"money": "TEXT", "zero": "'0'", "ms": "INTEGER", "id": "INTEGER PRIMARY KEY",
@@ -41,7 +43,8 @@ TYPES = {
 
 #: Every table, in the order their references need (the order a copy fills them in).
 TABLES = ("meta", "plans", "deck_versions", "rates", "accounts", "sip_accounts", "ledger",
-          "live_calls", "applied_keys", "cdrs", "invoices", "invoice_sequences")
+          "live_calls", "applied_keys", "cdrs", "invoices", "invoice_sequences",
+          "fraud_events")
 
 _STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -56,7 +59,8 @@ _STATEMENTS = (
     country_code TEXT NOT NULL DEFAULT '',
     strip_prefixes TEXT NOT NULL DEFAULT '',
     created_ms {ms} NOT NULL,
-    revision INTEGER NOT NULL DEFAULT 0  -- bumped by every change of the settings above
+    revision INTEGER NOT NULL DEFAULT 0,  -- bumped by every change of the settings
+    limits TEXT NOT NULL DEFAULT ''  -- the plan's default limits (JSON; '' = none)
 )""",
     # A deck version is written 'staged' (invisible to every reader), its rates in batches
     # of short transactions, then made 'active' at once. 'dropping': a failed or abandoned
@@ -118,7 +122,9 @@ _STATEMENTS = (
     address TEXT NOT NULL DEFAULT '',
     tax_number TEXT NOT NULL DEFAULT '',
     tax_rate {money} NOT NULL DEFAULT {zero},
-    created_ms {ms} NOT NULL
+    created_ms {ms} NOT NULL,
+    blocked TEXT NOT NULL DEFAULT '',  -- why a fraud rule refuses new calls ('' = it does not)
+    limits TEXT NOT NULL DEFAULT ''  -- the account's own limits (JSON; '' = none set)
 )""",
     """CREATE TABLE IF NOT EXISTS sip_accounts (
     kind TEXT NOT NULL CHECK (kind IN ('user', 'ip')),
@@ -231,6 +237,24 @@ _STATEMENTS = (
     kind TEXT PRIMARY KEY,
     last INTEGER NOT NULL
 )""",
+    # A fraud rule that tripped: what it saw (``evidence``, JSON) and what it did. A block
+    # or a suspension holds until an operator lifts it (``lifted_ms``, by whom, why);
+    # ``key`` makes a journaled event apply once.
+    """CREATE TABLE IF NOT EXISTS fraud_events (
+    id {id},
+    ts_ms {ms} NOT NULL,
+    account TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('alert', 'block', 'suspend')),
+    reason TEXT NOT NULL DEFAULT '',
+    evidence TEXT NOT NULL DEFAULT '{}',
+    node TEXT NOT NULL DEFAULT '',
+    key TEXT NOT NULL UNIQUE,
+    lifted_ms {ms},
+    lifted_by TEXT NOT NULL DEFAULT '',
+    lift_note TEXT NOT NULL DEFAULT ''
+)""",
+    "CREATE INDEX IF NOT EXISTS fraud_events_account ON fraud_events (account, ts_ms)",
 )
 
 # An issued document never changes: a correction is a credit note.
@@ -251,9 +275,10 @@ BEGIN
 END $$ LANGUAGE plpgsql""",
         "CREATE OR REPLACE TRIGGER invoices_immutable BEFORE UPDATE OR DELETE ON invoices "
         "FOR EACH ROW EXECUTE FUNCTION invoices_frozen()",
-        # Other sidecars keep accounts, SIP mappings and rate plans in memory: a commit that
-        # changes them tells every listener (``LISTEN sidecar_changes``) which table and
-        # which backend did it, so a writer can skip its own changes.
+        # Other sidecars keep accounts, SIP mappings, rate plans and the other nodes' call
+        # counts in memory: a commit that changes them tells every listener
+        # (``LISTEN sidecar_changes``) which table and which backend did it, so a writer
+        # can skip its own changes.
         """CREATE OR REPLACE FUNCTION sidecar_changed() RETURNS trigger AS $$
 BEGIN
     PERFORM pg_notify('sidecar_changes', TG_TABLE_NAME || ' ' || pg_backend_pid());
@@ -261,7 +286,7 @@ BEGIN
 END $$ LANGUAGE plpgsql""",
         *(f"CREATE OR REPLACE TRIGGER {t}_changed AFTER INSERT OR UPDATE OR DELETE ON {t} "
           "FOR EACH STATEMENT EXECUTE FUNCTION sidecar_changed()"
-          for t in ("accounts", "sip_accounts", "plans", "deck_versions")),
+          for t in ("accounts", "sip_accounts", "plans", "deck_versions", "live_calls")),
     ),
 }
 
@@ -277,6 +302,9 @@ ADDED_COLUMNS = (
     ("live_calls", "node", "TEXT NOT NULL DEFAULT ''"),
     ("live_calls", "lease_ms", "{ms} NOT NULL DEFAULT 0"),
     ("cdrs", "node", "TEXT NOT NULL DEFAULT ''"),
+    ("accounts", "blocked", "TEXT NOT NULL DEFAULT ''"),
+    ("accounts", "limits", "TEXT NOT NULL DEFAULT ''"),
+    ("plans", "limits", "TEXT NOT NULL DEFAULT ''"),
 )
 
 

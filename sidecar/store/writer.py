@@ -12,8 +12,8 @@ The loop never waits on the disk or a lock. The writer waits ``commit_delay_ms``
 first command of a batch so that those arriving meanwhile share its transaction: the
 core has decided already, so nothing waits on that delay, and a transaction's fixed cost
 is paid once per batch instead of once per command. When a batch cannot be committed (disk full,
-database locked for longer than ``busy_timeout_ms``, gone), its settlements and top-ups
-go to the local :class:`~sidecar.store.journal.Journal` (fsync'd) and are applied once
+database locked for longer than ``busy_timeout_ms``, gone), its settlements, top-ups and
+fraud events go to the local :class:`~sidecar.store.journal.Journal` (fsync'd) and are applied once
 the store commits again; reservations fail, and the core ends the prepaid calls that
 needed them. The store is probed every ``probe_s`` meanwhile.
 """
@@ -40,6 +40,7 @@ from ..charging.model import Account, Cdr, Disposition
 from .accounts import SqliteLedger, SqlLedger, list_accounts
 from .conn import Db, is_url
 from .db import connect
+from .fraud import calls_elsewhere, countries_called
 from .journal import Journal, JournalError
 
 log = logging.getLogger("sidecar.store")
@@ -56,10 +57,18 @@ class Snapshot:
     plans: dict[str, PlanRates]
     live_calls: list[dict[str, object]] = field(default_factory=list)
     first: bool = False
+    #: (account, country code) -> its last answered call (first snapshot only): the
+    #: history of the new-country fraud rule.
+    called: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Per account, the answered calls other nodes carry (with every complete snapshot).
+    elsewhere: dict[str, int] = field(default_factory=dict)
     complete: bool = True  # False: only plans changed; accounts and mappings as they were
 
 
 WriterEvent = BatchResult | Snapshot
+
+#: How far back the new-country rule's history goes (its ``new_country_days`` at most).
+HISTORY_MS = 366 * 86_400_000
 
 
 class PlanSource(Protocol):
@@ -136,7 +145,8 @@ class StoreWriter:
             log.error("store writer did not stop within %.0f s", timeout)
 
     def pending_journal(self) -> int:
-        """Settlements and top-ups waiting for the store (journal and memory)."""
+        """Settlements, top-ups and fraud events waiting for the store (journal and
+        memory)."""
         return len(self.journal) + len(self._memory)
 
     # --- the thread ---------------------------------------------------------------------
@@ -149,7 +159,9 @@ class StoreWriter:
             with _bulk_load():
                 plans = self.plans.warm(conn)  # loaded already by a standby: refreshed
             self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn), plans,
-                                  self.ledger.live_calls(self.node), first=True))
+                                  self.ledger.live_calls(self.node), first=True,
+                                  called=countries_called(conn, _now_ms() - HISTORY_MS),
+                                  elsewhere=calls_elsewhere(conn, self.node)))
         except BaseException as exc:  # the sidecar cannot start without its store
             self.start_error = exc
             self.started.set()
@@ -286,7 +298,8 @@ class StoreWriter:
                                    f"{result.error}")
             return
         self.journal.clear()
-        log.warning("applied %d journaled settlements/top-ups to the store", len(cmds))
+        log.warning("applied %d journaled settlements/top-ups/fraud events to the store",
+                    len(cmds))
         if not startup:
             # Outcomes of this run's commands reach the core; older runs' are not its own.
             mine = {c.seq for run, c in entries if run == self.run_id} | {c.seq for c in memory}
@@ -311,7 +324,7 @@ class StoreWriter:
                 self._accounts_stale = False
                 self._accounts_read = now
                 self.deliver(Snapshot(list_accounts(self.conn, _now_ms()), _sip(self.conn),
-                                      {}))
+                                      {}, elsewhere=calls_elsewhere(self.conn, self.node)))
         except self.ledger.dialect.errors as exc:
             log.error("could not read the store's changes: %s", exc)
             self._reconnect_reader()

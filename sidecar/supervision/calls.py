@@ -66,7 +66,7 @@ class CallControl:
                 call_id=ref)
             if media is not None and (decision.allow or self.config.supervise_rejected):
                 media.offer(ref, now_ms, ev.sdp)
-            return decision, []
+            return decision, self.charger.take_actions()
         if isinstance(ev, Early):
             self.charger.ringing(ref, now_ms)
             if media is not None:

@@ -201,3 +201,24 @@ def test_a_call_another_node_settled_ends_at_its_paid_time_with_that_reason() ->
     sim.end("c", ended_by="proxy")
     assert len(sim.cdrs()) == 1 and sim.balance("acme") == Decimal("9.94")
     assert all(not c.problems for c in verify_ledger(sim.conn))
+
+
+def test_a_call_to_a_free_destination_runs_its_chunks_and_costs_nothing() -> None:
+    deck = ("destination;code;rate_usd;increment;effective_from;connection_fee\n"
+            "Freephone;800;0.0000;1/1;2026-06-01;0\n"
+            "Germany Fixed;4930;0.06;1/1;2026-06-01;0\n")
+    sim = Sim(deck=deck)
+    sim.account("acme")  # no credit at all
+    d = sim.charger.authorize("f", number="800123", account_code="acme", now_ms=sim.now)
+    assert d.allow and d.max_seconds == 14_400
+    sim.answer("f")  # the first chunk: nothing to hold, but the call is recorded
+    (live,) = sim.conn.execute("SELECT paid_seconds, reserved FROM live_calls").fetchall()
+    assert live[0] == 60 and Decimal(live[1]) == 0
+    sim.advance_to(sim.now + 150_000)  # chunks renewed; never ended for credit
+    assert not sim.ended
+    sim.end("f", ended_by="caller")
+    (cdr,) = sim.cdrs("acme")
+    assert (cdr["billed_seconds"], Decimal(cdr["cost"])) == (150, Decimal(0))
+    assert not sim.charger.authorize("g", number="4930111", account_code="acme",
+                                     now_ms=sim.now).allow  # still no credit elsewhere
+    clean(sim)

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from sidecar.charging.commands import Flag
 from sidecar.store.accounts import SqliteLedger
 from sidecar.store.db import SCHEMA_VERSION, connect
 from sidecar.store.migrate import COPIED_TABLES
@@ -52,6 +53,11 @@ def node(tmp_path: Path) -> Path:
             seq += 1
             res = ledger.execute([settle(seq, f"c{i}", acct, Decimal("0.0123") * i)])
             assert not res.error, res.error
+    # A fraud rule blocked POST (the event and the account's block are copied too).
+    res = ledger.execute([Flag(seq + 1, "POST", "distinct_callees", "block",
+                               "fraud rule distinct_callees: 31 numbers in 10 min",
+                               '{"numbers": 31}', "fraud-1", T0 + 50)])
+    assert not res.error and res.accounts["POST"].blocked, res
     conn.close()
     run(tmp_path, "account", "topup", "ACME", "1.5", "--note", "card 1234")
     return tmp_path
@@ -109,6 +115,7 @@ def test_copy_a_node_onto_postgresql_without_losing_a_row(node: Path, pg_url: st
         "SELECT code, balance, held FROM accounts")}
     src.close()
     assert before["live_calls"] == 1 and before["cdrs"] == 39
+    assert before["fraud_events"] == 1
 
     doc = json.loads(run(node, "db", "copy", str(node / "cli.db"), pg_url, "--json").stdout)
     assert doc["rows"] == before
@@ -122,6 +129,10 @@ def test_copy_a_node_onto_postgresql_without_losing_a_row(node: Path, pg_url: st
             "SELECT code, balance, held FROM accounts")}
         assert got == balances  # exact: NUMERIC read back as Decimal
         assert pg.execute("SELECT reserved FROM live_calls").fetchone() == (Decimal("0.6"),)
+        assert pg.execute("SELECT blocked FROM accounts WHERE code = 'POST'").fetchone() == (
+            "fraud rule distinct_callees: 31 numbers in 10 min",)
+        assert pg.execute("SELECT account, rule, evidence FROM fraud_events").fetchall() == [
+            ("POST", "distinct_callees", '{"numbers": 31}')]
         # New rows continue after the copied ones (identities moved on).
         (top,) = pg.execute("INSERT INTO ledger (ts_ms, account, kind, amount) VALUES "
                             "(1, 'ACME', 'topup', 1) RETURNING id").fetchone() or (0,)

@@ -26,7 +26,7 @@ SIDECAR = [sys.executable, "-m", "sidecar"]
 
 
 def replay(name: str, sim: Sim | None = None) -> tuple[object, Sim]:
-    sim = sim or Sim()
+    sim = sim or charged_sim()
     control = CallControl(sim.charger, MediaSupervisor(), ControlConfig(supervise_rejected=True))
     reader = read_capture(PCAPS / name)
     result = Replay(control).run(reader)
@@ -192,3 +192,13 @@ def replay_file(path: Path, sim: Sim) -> tuple[object, Sim]:
     control = CallControl(sim.charger, MediaSupervisor(), ControlConfig(supervise_rejected=True))
     reader = read_capture(path)
     return Replay(control).run(reader), sim
+
+
+def test_a_call_the_sidecar_refuses_is_reported_rejected_with_its_code() -> None:
+    result, sim = replay("normal.pcap", Sim())  # no account for the lab's caller
+    (call,) = result.calls  # type: ignore[attr-defined]
+    assert call.disposition == "rejected"
+    assert call.auth.startswith("403 no account for SIP user '15551230001'")
+    assert call.cost is None  # nothing billed
+    (cdr,) = sim.cdrs()
+    assert (cdr["disposition"], cdr["sip_code"]) == ("rejected", 403)
