@@ -12,11 +12,12 @@ one configured they answer 403, and so they do to the read token. The OpenAPI do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import hmac
 import json
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -53,14 +54,15 @@ from ..store.accounts import AccountNotFound, get_account, ledger_for, list_acco
 from ..store.conn import Db
 from ..store.decks import PlanNotFound, deck_versions, get_plan, list_plans, load_table
 from ..store.fraud import fraud_events, lift, limits_json, set_account_limits
+from ..store.tokens import MIN_TOKEN, active_tokens, token_hash
 from ..supervision.routes import PatternConfig, score_routes
 from .openapi import openapi_document
 
+log = logging.getLogger("sidecar.api")
+
 CONN: web.AppKey[Db] = web.AppKey("conn")
-TOKEN = web.AppKey("token", str)
-ADMIN_TOKEN = web.AppKey("admin_token", str)  # '' = writes disabled
+
 #: The shortest admin token accepted (it can change what the sidecar lets through).
-MIN_ADMIN_TOKEN = 32
 WRITES = frozenset({"PUT", "POST", "PATCH", "DELETE"})
 SETTINGS = web.AppKey("settings", InvoiceSettings)
 RENDERER = web.AppKey("renderer", Renderer)
@@ -101,24 +103,47 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+class TokenSet:
+    """The tokens the API accepts, as their SHA-256 only: those given to ``sidecar api``
+    (a file or the environment) and those in the store (``sidecar token create``),
+    re-read every few seconds so a new or revoked token takes effect without a restart.
+    A presented token is hashed and looked up: what the lookup's time could tell is
+    about the hash, never the token."""
+
+    def __init__(self, given: dict[str, tuple[str, str]],
+                 stored: dict[str, tuple[str, str]]) -> None:
+        self.given = given
+        self.stored = stored
+
+    def scope_of(self, presented: str) -> str | None:
+        """``read`` or ``admin`` for a token accepted now, else None."""
+        h = token_hash(presented)
+        hit = self.given.get(h) or self.stored.get(h)
+        return hit[1] if hit is not None else None
+
+    def has_admin(self) -> bool:
+        return any(scope == "admin" for _, scope in (*self.given.values(),
+                                                      *self.stored.values()))
+
+
+TOKENS = web.AppKey("tokens", TokenSet)
+
+
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer-token check (constant time) on everything but the public paths: the read
-    token or the admin token reads; only the admin token writes."""
+    """Bearer-token check on everything but the public paths: a read or an admin token
+    reads; only an admin token writes."""
     if request.path not in PUBLIC:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        presented = given.strip().encode()
-        admin = request.app[ADMIN_TOKEN]
-        # Both compared whatever the first says: the time taken tells nothing.
-        is_reader = hmac.compare_digest(presented, request.app[TOKEN].encode())
-        is_admin = bool(admin) & hmac.compare_digest(presented, admin.encode())
-        if scheme.lower() != "bearer" or not (is_reader or is_admin):
+        tokens = request.app[TOKENS]
+        scope = tokens.scope_of(given) if scheme.lower() == "bearer" and given else None
+        if scope is None:
             return _error(401, "missing or wrong bearer token",
                           **{"WWW-Authenticate": 'Bearer realm="sidecar"'})
-        if request.method in WRITES and not is_admin:
-            return _error(403, "this endpoint changes the store: it needs the admin token"
-                          if admin else "writes are disabled: the API has no admin token "
-                          "(sidecar api --admin-token-file)")
+        if request.method in WRITES and scope != "admin":
+            return _error(403, "this endpoint changes the store: it needs an admin token"
+                          if tokens.has_admin() else "writes are disabled: the API has no "
+                          "admin token (sidecar token create NAME --scope admin)")
     return await handler(request)
 
 
@@ -449,29 +474,55 @@ WRITE_ROUTES: tuple[tuple[str, str, Handler], ...] = (
 )
 
 
-def make_app(conn: Db, token: str, *, settings: InvoiceSettings | None = None,
-             admin_token: str = "") -> web.Application:
-    """The API application on a database connection, answering only ``token`` holders;
-    the write endpoints answer ``admin_token`` holders only (none: writes disabled)."""
-    if not token or not token.strip():
-        raise ValueError("the API needs a non-empty bearer token")
-    admin_token = admin_token.strip()
-    if admin_token and len(admin_token) < MIN_ADMIN_TOKEN:
-        raise ValueError(f"the admin token must be at least {MIN_ADMIN_TOKEN} characters "
-                         f"(it has {len(admin_token)})")
-    if admin_token and hmac.compare_digest(admin_token.encode(), token.strip().encode()):
-        raise ValueError("the admin token must differ from the read token")
+def make_app(conn: Db, token: str = "", *, settings: InvoiceSettings | None = None,
+             admin_token: str = "", refresh_s: float = 2.0) -> web.Application:
+    """The API application on a database connection. It answers holders of ``token``
+    (read) and ``admin_token`` (the writes too), given here, and of the store's tokens
+    (``sidecar token create``), re-read every ``refresh_s``; it keeps only their
+    hashes. Refuses (ValueError) a given token shorter than ``MIN_TOKEN`` characters,
+    the same token for both, and having no token at all."""
+    given: dict[str, tuple[str, str]] = {}
+    for name, scope, value in (("--token-file", "read", token),
+                               ("--admin-token-file", "admin", admin_token)):
+        value = value.strip()
+        if not value:
+            continue
+        if len(value) < MIN_TOKEN:
+            raise ValueError(f"the {scope} token must be at least {MIN_TOKEN} characters "
+                             f"(it has {len(value)}): make one with 'sidecar token create'")
+        if token_hash(value) in given:
+            raise ValueError("the admin token must differ from the read token")
+        given[token_hash(value)] = (name, scope)
+    tokens = TokenSet(given, active_tokens(conn))
+    if not given and not tokens.stored:
+        raise ValueError("the API needs a token: 'sidecar token create NAME', or "
+                         "--token-file FILE / $SIDECAR_API_TOKEN")
     settings = settings or InvoiceSettings()
     app = web.Application(middlewares=[_errors, _auth])
     app[CONN] = conn
-    app[TOKEN] = token.strip()
-    app[ADMIN_TOKEN] = admin_token
+    app[TOKENS] = tokens
     app[SETTINGS] = settings
     app[RENDERER] = Renderer(settings.template_dir or None)
     app[STORE] = ThreadPoolExecutor(1, thread_name_prefix="api-store")
 
+    async def refresh_tokens(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(refresh_s)
+                try:
+                    tokens.stored = await asyncio.get_running_loop().run_in_executor(
+                        app[STORE], active_tokens, conn)
+                except Exception as exc:  # the store is away: keep the last word
+                    log.warning("could not re-read the API tokens: %s", exc)
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     async def close_store(app: web.Application) -> None:
         app[STORE].shutdown(wait=True)
+    app.cleanup_ctx.append(refresh_tokens)
     app.on_cleanup.append(close_store)
     for path, handler in ROUTES:
         app.router.add_get(path, handler)  # GET also answers HEAD

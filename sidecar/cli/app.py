@@ -104,6 +104,7 @@ def main() -> None:
         rate,
         replay,
         run,
+        tokens,
     )
 
     cli()

@@ -24,9 +24,9 @@ rate plans, decks and invoices on PostgreSQL too and added the node columns (a c
 belongs to the node whose Kamailio carries it; ``live_calls.lease_ms`` is renewed while
 that node lives); 5 added usage and fraud limits (``accounts.limits``, ``plans.limits``:
 the limit sets as JSON), ``accounts.blocked`` (new calls refused by a fraud rule) and the
-``fraud_events`` table. Columns added after a table was first shipped go at its end, in the
-order of ``ADDED_COLUMNS``, so a new database and an upgraded one have the same column
-order.
+``fraud_events`` table, and the HTTP API's tokens (``api_tokens``, hashed). Columns
+added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
+so a new database and an upgraded one have the same column order.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ TYPES = {
 #: Every table, in the order their references need (the order a copy fills them in).
 TABLES = ("meta", "plans", "deck_versions", "rates", "accounts", "sip_accounts", "ledger",
           "live_calls", "applied_keys", "cdrs", "invoices", "invoice_sequences",
-          "fraud_events")
+          "fraud_events", "api_tokens")
 
 _STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -255,6 +255,15 @@ _STATEMENTS = (
     lift_note TEXT NOT NULL DEFAULT ''
 )""",
     "CREATE INDEX IF NOT EXISTS fraud_events_account ON fraud_events (account, ts_ms)",
+    # The HTTP API's bearer tokens: only their SHA-256 is kept (a token is shown once,
+    # when it is made); ``scope`` read or admin; a revoked token stays for the record.
+    """CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    scope TEXT NOT NULL CHECK (scope IN ('read', 'admin')),
+    hash TEXT NOT NULL UNIQUE,
+    created_ms {ms} NOT NULL,
+    revoked_ms {ms}
+)""",
 )
 
 # An issued document never changes: a correction is a credit note.

@@ -161,7 +161,7 @@ def test_without_an_admin_token_writes_are_refused(db: Db) -> None:
 
 
 def test_admin_tokens_must_be_long_and_not_the_read_token(db: Db) -> None:
-    with pytest.raises(ValueError, match="at least 32 characters"):
+    with pytest.raises(ValueError, match="admin token must be at least 32 characters"):
         make_app(db, TOKEN, admin_token="short-admin-token")
     with pytest.raises(ValueError, match="differ"):
         make_app(db, ADMIN_TOKEN, admin_token=ADMIN_TOKEN)
