@@ -50,10 +50,12 @@ from ..invoices.analytics import (
 from ..invoices.model import to_json
 from ..invoices.records import UnknownAccount, cdr_json, check_account, iso, query_cdrs
 from ..invoices.render import detail_csv, file_stem
-from ..store.accounts import AccountNotFound, get_account, ledger_for, list_accounts
+from ..money import to_text
+from ..store.accounts import AccountNotFound, get_account, list_accounts
 from ..store.conn import Db
 from ..store.decks import PlanNotFound, deck_versions, get_plan, list_plans, load_table
 from ..store.fraud import fraud_events, lift, limits_json, set_account_limits
+from ..store.live import live_calls_view
 from ..store.tokens import MIN_TOKEN, active_tokens, token_hash
 from ..supervision.routes import PatternConfig, score_routes
 from .openapi import openapi_document
@@ -305,16 +307,10 @@ def account_one(request: web.Request) -> web.Response:
 
 @in_store
 def live_calls(request: web.Request) -> web.Response:
-    """Answered calls running now: paid time left and credit reserved (from the store)."""
-    now = _now_ms()
-    out = []
-    for r in ledger_for(request.app[CONN]).live_calls():
-        answered = int(str(r["answered_ms"]))
-        paid_until = answered + int(str(r["paid_seconds"])) * 1000
-        out.append({**r, "answered": iso(answered), "elapsed_ms": max(0, now - answered),
-                    "remaining_ms": max(0, paid_until - now), "reserved": str(r["reserved"]),
-                    "rate": str(r["rate"])})
-    return web.json_response({"calls": out})
+    """Answered calls running now: running cost, credit reserved, paid time left."""
+    calls, totals = live_calls_view(request.app[CONN], _now_ms())
+    return web.json_response({"calls": calls,
+                              "accounts": {k: to_text(v) for k, v in totals.items()}})
 
 
 @in_store

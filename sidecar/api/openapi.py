@@ -154,6 +154,7 @@ _SCHEMAS: dict[str, Any] = {
         "prefix": {"type": "string"}, "rate": _ref("Money"), "increment": {"type": "string"},
         "answered_ms": {"type": "integer"}, "answered": _TIME,
         "paid_seconds": {"type": "integer"}, "reserved": _ref("Money"),
+        "node": {"type": "string"}, "cost": _ref("Money"),
         "elapsed_ms": {"type": "integer"}, "remaining_ms": {"type": "integer"}}},
     "InvoiceSummary": {"type": "object", "properties": {
         "number": {"type": "string"}, "kind": {"enum": ["invoice", "credit_note"]},
@@ -260,9 +261,12 @@ _PATHS: dict[str, Any] = {
         "summary": "One account's balance.", "parameters": [_p("code", "Account code.")],
         "responses": {"200": _json(_ref("Account")), **_ERR404}}},
     "/v1/live-calls": {"get": {
-        "summary": "Answered calls running now, with reserved credit and paid time left.",
+        "summary": "Answered calls running now: running cost (fees included), reserved "
+                   "credit, paid time left; and each account's running total.",
         "responses": {"200": _json({"type": "object", "properties": {
-            "calls": {"type": "array", "items": _ref("LiveCall")}}}), **_ERR}}},
+            "calls": {"type": "array", "items": _ref("LiveCall")},
+            "accounts": {"type": "object", "additionalProperties": _ref("Money")}}}),
+            **_ERR}}},
     "/v1/invoices": {"get": {
         "summary": "Issued invoices and credit notes, newest first.",
         "parameters": [_ACCOUNT_Q],

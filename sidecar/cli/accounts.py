@@ -12,9 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..charging.model import AccountKind
-from ..money import MoneyError, fmt, parse_amount
-from ..rating import Increment, RateLine, price
-from ..rating.increments import duration_seconds
+from ..money import MoneyError, fmt, parse_amount, to_text
 from ..store.accounts import (
     AccountExists,
     AccountNotFound,
@@ -30,6 +28,7 @@ from ..store.accounts import (
 )
 from ..store.decks import PlanNotFound
 from ..store.fraud import limits_json
+from ..store.live import live_calls_view
 from .app import Context, cli, emit_json, fail, pass_ctx
 from .fraud import print_limits
 
@@ -296,30 +295,17 @@ def ledger_verify(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def calls_live(ctx: Context, live: bool, as_json: bool) -> None:
     """Running calls: cost so far, reserved credit, remaining paid time, account totals."""
-    now = _now_ms()
-    rows = ledger_for(ctx.conn).live_calls()
-    out = []
-    totals: dict[str, Decimal] = {}
-    for r in rows:
-        line = RateLine(str(r["destination"]), str(r["prefix"]), Decimal(str(r["rate"])),
-                        Increment.parse(str(r["increment"])), datetime.now(UTC), "")
-        answered = int(str(r["answered_ms"]))
-        elapsed = max(0, now - answered)
-        cost = price(line, duration_seconds(elapsed)).cost
-        remaining = max(0, answered + int(str(r["paid_seconds"])) * 1000 - now)
-        totals[str(r["account"])] = totals.get(str(r["account"]), Decimal(0)) + cost
-        out.append({"call_ref": r["call_ref"], "account": r["account"], "number": r["number"],
-                    "destination": r["destination"], "elapsed_s": elapsed // 1000,
-                    "cost": str(cost), "reserved": r["reserved"], "remaining_s": remaining // 1000})
+    calls, totals = live_calls_view(ctx.conn, _now_ms())
     if as_json:
-        emit_json({"calls": out, "accounts": {k: str(v) for k, v in totals.items()}})
+        emit_json({"calls": calls, "accounts": {k: to_text(v) for k, v in totals.items()}})
         return
     t = Table("call", "account", "number", "destination", "elapsed", "cost so far", "reserved",
-              "paid time left", title=f"{len(out)} live calls")
-    for c in out:
+              "paid time left", title=f"{len(calls)} live calls")
+    for c in calls:
         t.add_row(str(c["call_ref"]), str(c["account"]), str(c["number"]),
-                  str(c["destination"]), f"{c['elapsed_s']} s", fmt(Decimal(str(c["cost"]))),
-                  fmt(Decimal(str(c["reserved"]))), f"{c['remaining_s']} s")
+                  str(c["destination"]), f"{int(str(c['elapsed_ms'])) // 1000} s",
+                  fmt(Decimal(str(c["cost"]))), fmt(Decimal(str(c["reserved"]))),
+                  f"{int(str(c['remaining_ms'])) // 1000} s")
     Console().print(t)
     for acc, total in sorted(totals.items()):
         click.echo(f"{acc}: running total {fmt(total)}")

@@ -720,3 +720,21 @@ class PlanCache:
         if rates is None:
             rates = self.loader.load(self.conn, name)
         return rates
+
+
+def lines_for(conn: Db, plan: str, prefixes: Iterable[str]) -> list[RateLine]:
+    """The lines of the plan's active versions for these ``prefixes`` (every date and
+    origin): what rating a few known calls needs, without loading the whole deck."""
+    wanted = sorted(set(prefixes))
+    versions = _active_versions(conn, plan)
+    if not wanted or not versions:
+        return []
+    lines: list[RateLine] = []
+    for i in range(0, len(wanted), 500):
+        part = wanted[i:i + 500]
+        rows = conn.execute(
+            f"SELECT {_RATE_COLUMNS} FROM rates WHERE plan = ? AND version IN "
+            f"({', '.join('?' for _ in versions)}) AND prefix IN "
+            f"({', '.join('?' for _ in part)}) ORDER BY id", (plan, *versions, *part))
+        lines += _lines_from_rows(rows)
+    return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -73,5 +74,24 @@ def test_calls_live_lists_running_calls(db: Path) -> None:
     doc = json.loads(run(db, "calls", "--live", "--json").stdout)
     (call,) = doc["calls"]
     assert call["destination"] == "Germany Fixed"
-    assert 29 <= call["elapsed_s"] <= 32 and 27 <= call["remaining_s"] <= 31
+    assert 29_000 <= call["elapsed_ms"] <= 32_000 and 27_000 <= call["remaining_ms"] <= 31_000
     assert doc["accounts"]["X"] == call["cost"]
+
+
+def test_the_running_cost_counts_the_deck_lines_fees(tmp_path: Path) -> None:
+    """``calls --live`` and ``GET /v1/live-calls`` share one computation: the deck line's
+    connection fee is in the running cost (the live record alone does not carry it)."""
+    deck = ("destination;code;rate_usd;increment;effective_from;connection_fee\n"
+            "France;33;0.12;30/6;2026-06-01;0.05\n")
+    run(tmp_path, "deck", "import", str(write(tmp_path / "fr.csv", deck)), "--plan", "fr",
+        "--as-of", "2026-11-21")
+    run(tmp_path, "account", "add", "F", "--plan", "fr", "--balance", "5")
+    conn = sqlite3.connect(tmp_path / "cli.db")
+    conn.execute("INSERT INTO live_calls VALUES ('c1', 'F', '33123456', 'France', '33', "
+                 "'0.12', '30/6', CAST(strftime('%s','now') AS INTEGER) * 1000 - 10000, 60, "
+                 "'0.17', 0, 'node1', 0)")
+    conn.commit()
+    conn.close()
+    (call,) = json.loads(run(tmp_path, "calls", "--live", "--json").stdout)["calls"]
+    # 10 s on 30/6: 30 s billed at 0.12/min = 0.06, plus the 0.05 connection fee.
+    assert Decimal(call["cost"]) == Decimal("0.11")

@@ -200,4 +200,4 @@ def test_a_session_on_each_store(sessions: dict[str, dict[str, Any]], store: str
     assert api["/v1/accounts/acme"]["balance"] == "7.49100000"
     assert api["/v1/invoices/INV-000001"]["invoice"]["number"] == "INV-000001"
     assert api["/v1/reconcile?account=acme&period=" + s["period"]]["ok"] is True
-    assert api["/v1/live-calls"] == {"calls": []}
+    assert api["/v1/live-calls"] == {"calls": [], "accounts": {}}
