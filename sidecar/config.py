@@ -47,6 +47,10 @@ Example (every key optional; these are the defaults)::
     command = []            # e.g. ["/usr/local/bin/charge-card", "{account}", "{amount}"]
     webhook = ""            # or POST {"account", "amount", "currency"}; 2xx = paid
 
+    [metrics]
+    listen = "127.0.0.1:9464"   # `sidecar run` serves /metrics (Prometheus), /health/live
+                                # and /health/ready here; "" = off
+
     [api]
     listen = "127.0.0.1:8480"
     token_file = ""         # file holding the bearer token (else $SIDECAR_API_TOKEN)
@@ -101,6 +105,7 @@ class Config:
     alert_webhook: str = ""
     recharge_command: tuple[str, ...] = field(default_factory=tuple)
     recharge_webhook: str = ""
+    metrics_listen: str = "127.0.0.1:9464"
     api_listen: str = "127.0.0.1:8480"
     api_token_file: str = ""
     invoice_provider_name: str = ""
@@ -140,6 +145,7 @@ _KEYS: dict[tuple[str, str], tuple[str, type[Any]]] = {
     ("alerts", "webhook"): ("alert_webhook", str),
     ("recharge", "command"): ("recharge_command", list),
     ("recharge", "webhook"): ("recharge_webhook", str),
+    ("metrics", "listen"): ("metrics_listen", str),
     ("api", "listen"): ("api_listen", str),
     ("api", "token_file"): ("api_token_file", str),
     ("invoice", "provider_name"): ("invoice_provider_name", str),
@@ -204,8 +210,25 @@ def load_config(path: str | Path) -> Config:
             if name == "media_ports" and not _port_range_ok(value):
                 raise ConfigError(f"{p}: [{section}] {key} must be \"auto\" or a range "
                                   f"like \"10000-20000\", not {value!r}")
+            if name == "metrics_listen" and value and listen_address(value) is None:
+                raise ConfigError(f"{p}: [{section}] {key} must be \"HOST:PORT\" (e.g. "
+                                  f"\"127.0.0.1:9464\") or \"\" (off), not {value!r}")
             values[name] = value
     return Config(**values)
+
+
+def listen_address(text: str) -> tuple[str, int] | None:
+    """``"HOST:PORT"`` (``"[::1]:9464"`` for IPv6) as (host, port); None if it is not one
+    (a port outside 1-65535, no host, no port)."""
+    host, sep, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    if (not sep or not host or not port.isdigit() or any(c in host for c in " []/")
+            or (":" in host and not bracketed)):
+        return None
+    number = int(port)
+    return (host, number) if 1 <= number <= 65535 else None
 
 
 def port_range(text: str) -> tuple[int, int] | None:

@@ -13,8 +13,10 @@ else (the CLI, another process) changed the store.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Protocol
 
+from ..money import ZERO
 from .model import Account
 from .settle import NO_EFFECT, Effect, rolled
 
@@ -86,6 +88,18 @@ class AccountBook:
 
     def __len__(self) -> int:
         return len(self._view)
+
+    def held_by_currency(self) -> dict[str, Decimal]:
+        """Credit reserved (``held``) over every account in the book, per currency (each
+        currency of the book present, at zero when nothing is held)."""
+        out: dict[str, Decimal] = {}
+        for acc in self._view.values():
+            held = acc.held
+            if held:
+                out[acc.currency] = out.get(acc.currency, ZERO) + held
+            elif acc.currency not in out:
+                out[acc.currency] = ZERO
+        return out
 
     # --- the core's own commands -----------------------------------------------------
     def apply(self, seq: int, code: str, effect: Effect) -> Account | None:

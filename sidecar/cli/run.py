@@ -14,12 +14,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..config import Config, ConfigError, load_config, node_name_problem
+from ..config import Config, ConfigError, listen_address, load_config, node_name_problem
 from ..store.conn import describe, is_url
 from .app import Context, cli, fail, pass_ctx
+
+if TYPE_CHECKING:
+    from ..live.http import MetricsServer
+    from ..live.metrics import Metrics
 
 log = logging.getLogger("sidecar")
 
@@ -96,6 +101,7 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     config = dataclasses.replace(config, node=node)  # what the store's rows carry
     # --db / $SIDECAR_DB win over the file, so one config serves several databases.
     db = ctx.target if ctx.explicit or not config_path else config.db
+    from ..live.metrics import Metrics
     from ..live.service import Sidecar, StoreStartError
     from ..store.decks import PlanLoader
     from ..store.writer import WarmPlans
@@ -125,6 +131,17 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
             loop.add_signal_handler(sig, task.cancel if task else (lambda: None))
         log.info("sidecar starting: node=%s db=%s evapi=%s:%s rpc=%s", node, describe(db),
                  config.evapi_host, config.evapi_port, config.rpc_socket)
+        # /metrics and /health/*: served from the start (a standby answers "not ready").
+        metrics = Metrics()
+        server = await _serve_metrics(config, metrics)
+        try:
+            await _node(metrics)
+        finally:
+            if server is not None:
+                await server.stop()
+
+    async def _node(metrics: Metrics) -> None:
+        """Wait for the node's lock (as a standby), then serve Kamailio."""
         # Hot: the rate plans are loaded while waiting for the lock (a standby's wait).
         plans = PlanLoader()
         warm = WarmPlans(db, plans)
@@ -139,7 +156,7 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await _fence(config)
-                await _lead(Sidecar(config, db, plans), lock, lost)
+                await _lead(Sidecar(config, db, plans, metrics), lock, lost)
         finally:
             if not lost:  # a lost lock is gone already
                 await leader.release(lock)
@@ -170,6 +187,7 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
             serving.cancel()  # the evapi connection is closed first, then the store's
             with contextlib.suppress(asyncio.CancelledError):  # writer flushes its queue
                 await serving
+            sidecar.metrics.attach(None)  # no longer serving Kamailio: not ready
             log.info("sidecar stopped: %s", dict(sidecar.counters))
             log.info("%s", sidecar.latency_summary())
 
@@ -188,6 +206,18 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     if lost:
         fail(f"node {node}: leadership lost ({lost[0]}); restart to wait as the standby",
              EXIT_LEADERSHIP_LOST)
+
+
+async def _serve_metrics(config: Config, metrics: Metrics) -> MetricsServer | None:
+    """Start the metrics and health server on ``[metrics] listen`` (None when off)."""
+    address = listen_address(config.metrics_listen) if config.metrics_listen else None
+    if address is None:
+        return None
+    from ..live.http import MetricsServer
+
+    server = MetricsServer(metrics, *address)
+    await server.start()
+    return server
 
 
 async def _fence(config: Config) -> None:

@@ -35,7 +35,7 @@ class LiveLab:
                  pre_answer_timeout_ms: int = 60_000, extra_config: str = "",
                  carrier: VethNamespace | None = None, with_sidecar: bool = True,
                  kamailio_defines: Mapping[str, str | int | None] | None = None,
-                 journal: Path | None = None) -> None:
+                 journal: Path | None = None, metrics: bool = False) -> None:
         self.run_dir = Path(run_dir).resolve()
         # False: Kamailio (and SIPp) only, no sidecar started on entry (a baseline; with
         # fail_open the calls are relayed without authorization). start_sidecar() still works.
@@ -62,6 +62,9 @@ class LiveLab:
                              command_prefix=carrier.command() if carrier else ())
         self.config_path = self.run_dir / "sidecar.toml"
         self.extra_config = extra_config  # more TOML for sidecar.toml (e.g. a [media] table)
+        # The sidecar's /metrics and /health/* on a free port (``metrics_url``), else off:
+        # labs side by side must not share the default port.
+        self.metrics_port = free_port("tcp", HOST) if metrics else None
         self.sidecar_log = self.run_dir / "sidecar.log"
         self._sidecar: subprocess.Popen[bytes] | None = None
         # This Kamailio's node name (``sidecar run --node``): one per lab, so the labs of
@@ -82,6 +85,9 @@ class LiveLab:
             "[database]\n"
             f'path = "{self.db}"\n'
             + (f'journal = "{self.journal}"\n' if self.journal else "")
+            + "[metrics]\n"
+            + (f'listen = "{HOST}:{self.metrics_port}"\n' if self.metrics_port else
+               'listen = ""\n')
             + "[kamailio]\n"
             f'evapi_host = "{self.settings.evapi_ip}"\n'
             f"evapi_port = {self.settings.evapi_port}\n"
@@ -100,6 +106,13 @@ class LiveLab:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self._stack.close()
+
+    @property
+    def metrics_url(self) -> str:
+        """The sidecar's metrics and health server (a lab made with ``metrics=True``)."""
+        if self.metrics_port is None:
+            raise RuntimeError("this lab was made without metrics=True")
+        return f"http://{HOST}:{self.metrics_port}"
 
     @property
     def sidecar_pid(self) -> int | None:
@@ -137,7 +150,8 @@ class LiveLab:
             os.kill(p.pid, signal.SIGKILL)
             p.wait()
         deadline = time.monotonic() + timeout
-        while self.kam.evapi_clients() > 0 and time.monotonic() < deadline:
+        while (self.kam.running() and self.kam.evapi_clients() > 0
+               and time.monotonic() < deadline):  # (a test may have stopped Kamailio)
             time.sleep(0.05)
 
     # --- more sidecars for this Kamailio: standbys ------------------------------------------

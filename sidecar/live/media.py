@@ -156,6 +156,14 @@ class MediaPump:
             out |= {"kernel_packets": k.received, "kernel_drops": k.dropped}
         return out
 
+    def kernel_stats(self) -> tuple[int, int] | None:
+        """The kernel's packets and drops on the capture socket (cumulative; one
+        ``getsockopt``), None while no capture is open."""
+        if self.capture is None:
+            return None
+        k = self.capture.kernel_stats()
+        return k.received, k.dropped
+
     def _report_stats(self, again: bool = True) -> None:
         s = self.stats()
         drops = s.get("kernel_drops", 0)

@@ -50,6 +50,7 @@ from ..store.writer import Snapshot, StoreWriter, WriterEvent
 from ..supervision.calls import CallControl, ControlConfig
 from ..supervision.media import MediaConfig, MediaSupervisor
 from .media import MediaPump
+from .metrics import Metrics
 from .notify import Notifier, run_recharge
 from .timer import CreditTimer, wall_ms
 
@@ -62,8 +63,8 @@ SAMPLES = 20_000
 class Sidecar:
     """One live sidecar process."""
 
-    def __init__(self, config: Config, db: str | Path, plans: PlanLoader | None = None
-                 ) -> None:
+    def __init__(self, config: Config, db: str | Path, plans: PlanLoader | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.db = db
         self.book = AccountBook()
@@ -109,6 +110,14 @@ class Sidecar:
         self.shed_us: deque[int] = deque(maxlen=SAMPLES)  # offers answered busy
         self._wait_avg = 0.0  # moving average of offers' waits (ms)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Prometheus metrics (served by ``sidecar run``): counted here, read on scrape.
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.attach(self)
+
+    @property
+    def store_loaded(self) -> bool:
+        """The store's first snapshot (accounts, plans) is in memory."""
+        return self._ready.is_set()
 
     # --- lifecycle -------------------------------------------------------------
     async def run(self) -> None:
@@ -261,9 +270,12 @@ class Sidecar:
             if not self.evapi.send(reply):
                 log.error("could not answer offer %s: evapi not connected", ref)
             sent_us = time.time_ns() // 1000
-            self.auth_local_us.append(sent_us - received_us)
-            if d.ts_us:
-                self.auth_total_us.append(sent_us - d.ts_us)
+            local_us = sent_us - received_us
+            self.auth_local_us.append(local_us)
+            total_us = sent_us - d.ts_us if d.ts_us else None
+            if total_us is not None:
+                self.auth_total_us.append(total_us)
+            self.metrics.offered(decision.allow, decision.code, total_us, local_us)
             if self.pump is not None and decision.allow:
                 self.pump.flows_changed()
         elif self.pump is not None:
@@ -300,6 +312,7 @@ class Sidecar:
                          "call_id": ev.dialog.call_id, "action": "busy", "code": 503,
                          "reason": "Service Unavailable"})
         self.shed_us.append(time.time_ns() // 1000 - ts_us)
+        self.metrics.shed()
         return True
 
     # --- decisions out -------------------------------------------------------------
@@ -308,6 +321,8 @@ class Sidecar:
             if isinstance(a, EndCall):
                 self._spawn(self.end_call(a))
             elif isinstance(a, Alert):
+                if a.kind == "fraud":
+                    self.metrics.fraud(a.data.get("rule", ""), a.data.get("action", ""))
                 self._spawn(self.notifier.alert(a))
             elif isinstance(a, Recharge):
                 acc = self.book.get(a.account, a.at_ms)
@@ -317,6 +332,7 @@ class Sidecar:
                     self.charger.recharged))
             elif isinstance(a, CdrWritten):
                 c = a.cdr
+                self.metrics.cdr(c.disposition.value, c.fas_verdict)
                 # An ordinary CDR is in the store; the log tells what needs a look (a FAS
                 # verdict, money written off, a call the sidecar ended) at info level.
                 notable = bool(c.fas_verdict or c.written_off or (c.end_reason
@@ -344,11 +360,15 @@ class Sidecar:
             if h is None:
                 log.error("cannot end %s: no dialog id known", a.call_ref)
                 continue
+            if delay:
+                self.counters["rpc_retries"] += 1
             try:
                 await self.rpc.end_dialog(*h)
                 self.counters["ended_by_rpc"] += 1
+                lag_ms = wall_ms() - a.at_ms
+                self.metrics.cut_off(lag_ms)
                 log.info("end %s (%s): dlg.end_dlg %s:%s sent %d ms after the deadline",
-                         a.call_ref, a.reason, h[0], h[1], wall_ms() - a.at_ms)
+                         a.call_ref, a.reason, h[0], h[1], lag_ms)
                 return
             except RpcError as exc:
                 if exc.code == 404:  # Kamailio no longer has it: the end event was lost
@@ -357,6 +377,7 @@ class Sidecar:
                     return
                 self.counters["rpc_errors"] += 1
                 log.error("end %s: %s (retrying)", a.call_ref, exc)
+        self.counters["rpc_gave_up"] += 1
         log.error("gave up ending %s after %d tries", a.call_ref, len(END_RETRIES) + 1)
 
     # --- reconciliation ------------------------------------------------------------

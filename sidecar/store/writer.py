@@ -122,6 +122,9 @@ class StoreWriter:
         self.journaled = 0
         self.failed_batches = 0
         self.taken_over = 0  # other nodes' calls settled here after their lease ran out
+        #: Settlements, top-ups and fraud events waiting for the store in the journal (or
+        #: memory), counted without reading the journal file (for metrics).
+        self.journal_depth = 0
         self.cpu_s = 0.0  # CPU spent applying batches
         self.started = threading.Event()
         self.start_error: BaseException | None = None
@@ -143,6 +146,10 @@ class StoreWriter:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("store writer did not stop within %.0f s", timeout)
+
+    def queued(self) -> int:
+        """Commands submitted and not yet taken into a batch (approximate, never blocks)."""
+        return self._q.qsize()
 
     def pending_journal(self) -> int:
         """Settlements, top-ups and fraud events waiting for the store (journal and
@@ -248,6 +255,7 @@ class StoreWriter:
                 log.critical("cannot write the journal either (%s): %d settlements kept in "
                              "memory only until the store or the journal recovers", exc,
                              len(self._memory))
+            self.journal_depth += len(keep)
         kept = {c.seq for c in keep}
         outcomes = [Outcome(o.seq, False, journaled=o.seq in kept,
                             error=f"{result.error} (kept in the {where})" if o.seq in kept
@@ -285,11 +293,13 @@ class StoreWriter:
         entries = self.journal.entries()
         memory, self._memory = self._memory, []
         if not entries and not memory:
+            self.journal_depth = 0
             return
         cmds = [c for _run, c in entries] + memory
         result = self.ledger.execute(cmds)
         if result.error:
             self._memory = memory
+            self.journal_depth = len(cmds)
             self.down = True
             self.error = result.error
             log.error("journal not applied yet (%s): %d entries wait", result.error, len(cmds))
@@ -298,6 +308,7 @@ class StoreWriter:
                                    f"{result.error}")
             return
         self.journal.clear()
+        self.journal_depth = 0
         log.warning("applied %d journaled settlements/top-ups/fraud events to the store",
                     len(cmds))
         if not startup:

@@ -173,10 +173,12 @@ def test_full_disk_refuses_new_calls_ends_prepaid_ones_and_loses_no_settlement(
         live.wait(lambda: live.writer.journaled >= 3)
         assert len(Journal(journal)) >= 3
         assert live.writer.down
+        assert live.writer.journal_depth >= 3  # counted without reading the file
         # Space comes back: the journal is applied, the store takes new calls again.
         filler.unlink()
         live.wait(lambda: live.charger.store_ok and not journal.exists(), timeout=20)
         live.wait(lambda: live.charger.inflight() == 0)
+        assert live.writer.journal_depth == 0
         assert live.charger.authorize("after", number="4930123", account_code="acme",
                                       now_ms=now).allow
     finally:
@@ -216,6 +218,7 @@ def test_locked_store_journals_settlements_and_applies_them_once_after_a_restart
                                           now_ms=now).allow
             live.actions += live.charger.end(f"c{i}", now, ended_by="caller")  # unanswered
         live.wait(lambda: live.writer.journaled == 5)
+        assert live.writer.journal_depth == 5
     finally:
         live.stop()  # the sidecar goes away with its journal not applied
         locker.wait(10)
@@ -225,6 +228,7 @@ def test_locked_store_journals_settlements_and_applies_them_once_after_a_restart
     live = Live(db, journal)
     live.stop()
     assert not journal.exists()
+    assert live.writer.journal_depth == 0
     conn = check(db)
     assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 5
     # A crash between applying and emptying it: the same journal again changes nothing.
