@@ -163,17 +163,30 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(409, str(exc))
 
 
+#: The times the API takes and gives: 1970-01-01 to 9999-12-31 UTC.
+_LAST_MS = 253_402_300_799_999
+
+
 def _time_param(request: web.Request, name: str) -> int | None:
+    """An ISO 8601 date or date-time (naive means UTC) in Unix ms; None when absent. An
+    empty value, or one outside 1970-01-01 .. 9999-12-31 UTC, is a bad request."""
     text = request.query.get(name)
-    if text is None or text == "":
+    if text is None:
         return None
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise BadRequest(f"{name}: '{text}' is not an ISO 8601 date or date-time") from exc
+        raise BadRequest(f"{name}: '{text}' is not an ISO 8601 date or date-time "
+                         "(leave the parameter out for no bound)") from exc
     if dt.tzinfo is None:  # naive means UTC, as on the command line
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+    try:
+        ms = int(dt.timestamp() * 1000)
+    except (OverflowError, ValueError):
+        ms = -1
+    if not 0 <= ms <= _LAST_MS:
+        raise BadRequest(f"{name}: '{text}' is outside 1970-01-01 .. 9999-12-31 UTC")
+    return ms
 
 
 def _range(request: web.Request) -> tuple[int | None, int | None]:
@@ -186,7 +199,9 @@ def _range(request: web.Request) -> tuple[int | None, int | None]:
 
 def _account(request: web.Request) -> str | None:
     """The ``account`` filter; a code no account or CDR has is 404, not an empty list."""
-    code = request.query.get("account") or None
+    code = request.query.get("account")
+    if code == "":
+        raise BadRequest("account: empty (leave the parameter out for every account)")
     if code is not None:
         check_account(request.app[CONN], code)
     return code
@@ -277,7 +292,9 @@ def deck_one(request: web.Request) -> web.Response:
     conn = request.app[CONN]
     name = request.match_info["plan"]
     plan = get_plan(conn, name)
-    at = _time_param(request, "at") or _now_ms()
+    at = _time_param(request, "at")
+    if at is None:
+        at = _now_ms()
     lines = load_table(conn, name).lines_in_effect(at // 1000)
     return web.json_response({
         "plan": plan.name, "currency": plan.currency, "notice_days": plan.notice_days,
@@ -315,8 +332,7 @@ def live_calls(request: web.Request) -> web.Response:
 
 @in_store
 def invoices_list(request: web.Request) -> web.Response:
-    return web.json_response({"invoices": list_invoices(request.app[CONN],
-                                                        request.query.get("account") or None)})
+    return web.json_response({"invoices": list_invoices(request.app[CONN], _account(request))})
 
 
 @in_store
@@ -405,12 +421,8 @@ def account_limits(request: web.Request) -> web.Response:
 @in_store
 def fraud_events_list(request: web.Request) -> web.Response:
     """Fraud events oldest first (``open``: blocks and suspensions not lifted yet)."""
-    start, end = _time_param(request, "from"), _time_param(request, "to")
-    if start is not None and end is not None and end <= start:
-        raise BadRequest("to must be after from")
-    code = request.query.get("account") or None
-    if code is not None:
-        get_account(request.app[CONN], code)
+    start, end = _range(request)
+    code = _account(request)
     return web.json_response({"events": fraud_events(
         request.app[CONN], code, start, end, _bool_param(request, "open"))})
 

@@ -236,6 +236,26 @@ def test_invoices_and_reconciliation(sim: Sim) -> None:
     with_server(sim, test)
 
 
+def test_bad_parameters_get_a_json_400_or_404_never_a_500(sim: Sim) -> None:
+    async def test(http: aiohttp.ClientSession, base: str) -> None:
+        for url, status, words in (
+                ("/v1/decks/retail?at=0001-01-01T00:00:00%2B01:00", 400, "outside 1970"),
+                ("/v1/decks/retail?at=9999-12-31T23:59:59-01:00", 400, "outside 1970"),
+                ("/v1/cdrs?to=", 400, "to: '' is not an ISO 8601"),
+                ("/v1/cdrs?account=", 400, "account: empty"),
+                ("/v1/invoices?account=NOPE", 404, "account 'NOPE' not found"),
+                ("/v1/fraud-events?account=NOPE", 404, "account 'NOPE' not found"),
+                ("/v1/stats/spend?by=day&from=2026-12-01&to=2026-11-01", 400, "after from")):
+            async with http.get(base + url, headers=AUTH) as r:
+                assert r.status == status, (url, r.status, await r.text())
+                assert r.content_type == "application/json", url
+                assert words in (await r.json())["error"], url
+        # The first instant the API knows is a time like any other, not "now".
+        epoch = await get_json(http, base + "/v1/decks/retail?at=1970-01-01T00:00:00Z")
+        assert epoch["at"] == "1970-01-01T00:00:00.000Z"
+    with_server(sim, test)
+
+
 def test_an_api_without_a_token_is_refused() -> None:
     with pytest.raises(ValueError, match="token"):
         make_app(new_sim().conn, "  ")
