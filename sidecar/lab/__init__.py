@@ -89,15 +89,10 @@ def free_fixed_port(host: str = "127.0.0.1", low: int = 20_000, high: int = 30_0
     raise RuntimeError(f"no free UDP port in {low}-{high} on {host}")
 
 
-def free_port_block(host: str = "127.0.0.1", size: int = 4, step: int = 2,
-                    low: int = 20_000, high: int = 30_000) -> int:
-    """An even UDP port ``p`` with ``p .. p+size-1`` all free (SIPp media uses p and p+2,
-    its video p+2 and p+4), below the kernel's ephemeral range like
-    :func:`free_fixed_port`: no socket bound to port 0 can take one of them before the
-    process they are meant for binds them."""
-    rng = random.Random()
+def free_port_block(host: str = "127.0.0.1", size: int = 4, step: int = 2) -> int:
+    """An even UDP port ``p`` with ``p .. p+size-1`` all free (SIPp media uses p and p+2)."""
     for _ in range(200):
-        base = rng.randrange(low, high - size)
+        base = free_port("udp", host)
         base -= base % step
         socks: list[socket.socket] = []
         try:

@@ -35,6 +35,7 @@ from . import (
     KAMAILIO_DIR,
     ensure_port_free,
     free_fixed_port,
+    free_port,
     free_port_block,
     port_is_bound,
 )
@@ -424,7 +425,7 @@ class Sipp:
             media_port = media_port if media_port is not None else 6000
             control_port = 8888
         else:
-            sip_port = port if port is not None else free_fixed_port(self.host)
+            sip_port = port if port is not None else free_port("udp", self.host)
             ensure_port_free("udp", self.host, sip_port, f"SIPp {name} SIP port")
             if media_port is None:
                 media_port = free_port_block(self.host)
