@@ -58,6 +58,10 @@ class SippError(RuntimeError):
     """SIPp could not be started, or did not finish in time."""
 
 
+class SippPortTaken(SippError):
+    """SIPp exited at start because one of its ports was bound meanwhile (errno 98)."""
+
+
 @dataclass(frozen=True)
 class SipMessage:
     """One line of SIPp's ``-trace_shortmsg`` file."""
@@ -277,7 +281,11 @@ class SippProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, wait_bound: bool = True) -> None:
-        """Start SIPp; with ``wait_bound``, wait until its SIP port is bound."""
+        """Start SIPp; with ``wait_bound``, wait until its SIP and media ports are bound.
+
+        A port found free before the start can be taken by another socket before SIPp
+        binds it: SIPp then exits at once with errno 98, raised as :class:`SippPortTaken`
+        (the caller picks other ports and starts again)."""
         if self._proc is not None:
             raise SippError(f"{self.name}: already started")
         with open(self.files["out"], "wb") as out:
@@ -292,15 +300,20 @@ class SippProcess:
             return
         deadline = time.monotonic() + 5.0
         pid = self._proc.pid if self.in_namespace else None
-        while not port_is_bound("udp", self.sip_host, self.sip_port, pid):
+        ports = [self.sip_port, self.media_port, self.media_port + 2]
+        while not all(port_is_bound("udp", self.sip_host, p, pid) for p in ports):
             if not self.running():
+                output = self.result().output_tail()
+                if "errno = 98" in output:
+                    raise SippPortTaken(f"{self.name}: a port was taken before sipp bound it:\n"
+                                        + output)
                 raise SippError(
                     f"{self.name}: sipp exited at once ({self._proc.poll()}):\n"
                     + self.result().output_tail()
                 )
             if time.monotonic() > deadline:
                 self.stop()
-                raise SippError(f"{self.name}: SIP port {self.sip_port} not bound after 5 s")
+                raise SippError(f"{self.name}: ports {ports} not all bound after 5 s")
             time.sleep(0.02)
 
     def wait(self, timeout: float | None = None) -> SippResult:
@@ -483,6 +496,27 @@ class Sipp:
             in_namespace=bool(self.command_prefix),
         )
 
+    def _start(self, proc: SippProcess, auto_ports: bool, attempts: int = 4) -> SippProcess:
+        """Start ``proc`` once its ports are bound; ports the lab picked itself are picked
+        again when another socket took one of them first (see :class:`SippPortTaken`)."""
+        for attempt in range(attempts):
+            try:
+                proc.start(wait_bound=True)
+                return proc
+            except SippPortTaken:
+                if not auto_ports or self.command_prefix or attempt == attempts - 1:
+                    raise
+            sip_port = free_port("udp", self.host)
+            media_port = free_port_block(self.host)
+            argv = list(proc.argv)
+            for flag, value in (("-p", sip_port), ("-mp", media_port),
+                                ("-cp", free_fixed_port(self.host))):
+                argv[argv.index(flag) + 1] = str(value)
+            proc = SippProcess(proc.name, argv, self.run_dir, proc.files,
+                               sip_host=self.host, sip_port=sip_port, media_port=media_port,
+                               timeout_s=proc.timeout_s, in_namespace=False)
+        raise AssertionError("unreachable")
+
     def start_uas(
         self,
         scenario: str | Path = "uas.xml",
@@ -516,8 +550,7 @@ class Sipp:
             extra=extra,
             trace_messages=trace_messages,
         )
-        proc.start(wait_bound=True)
-        return proc
+        return self._start(proc, port is None and media_port is None)
 
     def start_uac(
         self,
@@ -564,5 +597,4 @@ class Sipp:
             extra=extra,
             trace_messages=trace_messages,
         )
-        proc.start(wait_bound=False)
-        return proc
+        return self._start(proc, port is None and media_port is None)

@@ -42,3 +42,35 @@ def test_stat_rows_of_a_missing_or_empty_file(tmp_path: Path) -> None:
     (tmp_path / "cut.csv").write_text("A;B;C;D;\n1;2;3;4;\n5;6")
     assert read_stat_rows(tmp_path / "cut.csv") == [{"A": "1", "B": "2", "C": "3", "D": "4",
                                                      "": ""}]
+
+
+def test_a_port_taken_before_sipp_binds_it_is_picked_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A media block found free can be taken by another socket before SIPp binds it: the
+    lab starts SIPp again on other ports instead of failing the test that asked for it."""
+    import socket
+
+    from sidecar.lab import PortInUseError, free_port_block
+    from sidecar.lab import sipp as sipp_module
+
+    taken = free_port_block()
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", taken + 2))  # SIPp's video RTP port
+    picks = iter([taken])
+    monkeypatch.setattr(sipp_module, "free_port_block",
+                        lambda host="127.0.0.1": next(picks, None) or free_port_block(host))
+    try:
+        sipp = Sipp(tmp_path / "sipp")
+        with sipp.start_uas("uas.xml", calls=1, timeout_s=20) as uas:
+            assert uas.media_port != taken
+            uac = sipp.start_uac(f"127.0.0.1:{uas.sip_port}", "uac.xml", duration_ms=200,
+                                 timeout_s=20)
+            with uac:
+                result = uac.wait()
+            assert uas.wait().calls_ok
+        assert result.calls_ok, result.output_tail()
+        # Asked for explicitly, a taken port is the caller's error, named, not picked again.
+        with pytest.raises(PortInUseError, match=f"SIPp .* media: UDP port 127.0.0.1:{taken + 2}"):
+            sipp.start_uas("uas.xml", media_port=taken, timeout_s=5)
+    finally:
+        blocker.close()
