@@ -8,6 +8,7 @@ from rich.table import Table
 
 from ..invoices.analytics import route_calls
 from ..invoices.records import query_cdrs
+from ..supervision.media import FAS_VERDICTS
 from ..supervision.routes import PatternConfig, score_routes
 from .app import Context, cli, emit_json, parse_when, pass_ctx
 from .cdrs import check_account_option
@@ -69,7 +70,7 @@ def calls_cmd(ctx: Context, from_: str | None, to: str | None, account: str | No
              "credited", "fas_reasons")
     rows = [{n: r[n] for n in names}
             for r in query_cdrs(ctx.conn, account=account, from_ms=from_ms, to_ms=to_ms)
-            if r["fas_verdict"]]
+            if r["fas_verdict"] in FAS_VERDICTS]
     if as_json:
         emit_json(rows)
         return

@@ -120,7 +120,9 @@ def _summary(result: ReplayResult) -> dict[str, object]:
             "truncated_file": cap.truncated_file, "sip": {
                 "messages": result.sip.messages, "duplicates": result.sip.duplicates,
                 "dialogs": result.sip.dialogs, "bad": dict(result.sip.bad)},
-            "cdrs_written": len(result.cdrs)}
+            "cdrs_written": len(result.cdrs),
+            "media_not_captured": sum(r.verdict == "media-not-captured"
+                                      for r in result.calls)}
 
 
 def replay_file(path: Path, control: CallControl, *, account_override: str = "",
@@ -190,8 +192,14 @@ def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: str | No
     _print_calls(result, show_auth=plan is not None or write_db is not None)
     s = _summary(result)
     skipped = sum(result.capture.skipped.values())
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.capture.skipped.items()))
     click.echo(f"{len(result.calls)} calls, {s['packets']} payloads ({s['rtp_packets']} RTP), "
-               f"{skipped} frames skipped, {result.sip.messages} SIP messages, "
+               f"{skipped} frames skipped" + (f" ({reasons})" if reasons else "")
+               + f", {result.sip.messages} SIP messages, "
                   f"{len(result.cdrs)} CDRs" + (f" written to {write_db}"
                                                  if write_db and not plan else ""))
+    if s["media_not_captured"]:
+        click.echo(f"warning: {s['media_not_captured']} answered call(s) billed from the "
+                   "200 OK with no FAS verdict: the capture holds no RTP of their address "
+                   "family (signalling only, or not the media's interface)", err=True)
 

@@ -11,6 +11,11 @@ arguments. At the end of a dialog it gives a :class:`MediaVerdict`:
 * **FAS verdict** with reasons: ``no-media``, ``late-media``, ``ringback`` (a ringing
   tone in the callee's G.711 stream in the first 10 s after the 200 OK), ``silence``
   (the callee's stream silent for the whole call or most of it). ``""`` is a clean call.
+* **Capture coverage**: a call without any media can only be judged ``no-media`` if the
+  capture could have seen its media. Until the capture has carried RTP of the call's
+  address family (from any call) and while the call itself showed none, its verdict is
+  ``media-not-captured``: billed from the 200 OK, never a FAS verdict, with a warning (a
+  capture of the signalling alone, a capture on an interface the media does not cross).
 
 An instant answer (200 OK within a few hundred ms, no ringing) is recorded as evidence
 but is not a verdict on its own: an IVR answers that way and plays a real prompt. Route
@@ -41,6 +46,7 @@ _unpack_rtp = struct.Struct("!BBHII").unpack_from  # the RTP fixed header (see m
 #: More cached flows than this (a sender hopping ports) and the cache starts afresh.
 _FLOW_CACHE_LIMIT = 8192
 _FlowKey = tuple[str, int, str, int]  # src ip, src port, dst ip, dst port
+_SIP_PORTS = frozenset({5060, 5061})
 
 
 class Verdict(StrEnum):
@@ -49,8 +55,14 @@ class Verdict(StrEnum):
     LATE_MEDIA = "late-media"
     RINGBACK = "ringback"
     SILENCE = "silence"
+    #: Not a FAS verdict: the capture carried no RTP that could be this call's, so its
+    #: absence proves nothing; billed from the 200 OK.
+    NOT_CAPTURED = "media-not-captured"
 
 
+#: The False Answer Supervision verdicts (what route statistics and `sidecar fas` count).
+FAS_VERDICTS = frozenset({Verdict.NO_MEDIA, Verdict.LATE_MEDIA, Verdict.RINGBACK,
+                          Verdict.SILENCE})
 #: Verdicts whose charge is credited: the answer was false, whatever the duration.
 CREDITED_VERDICTS = frozenset({Verdict.RINGBACK, Verdict.SILENCE})
 
@@ -111,6 +123,8 @@ class DialogMedia:
     ringback_tone: str = ""
     silence: SilenceDetector | None = None
     ended_for_no_media: bool = False
+    families: set[int] = field(default_factory=set)  # IP versions of its SDP addresses
+    flowed: bool = False  # some datagram (RTP, RTCP, anything) seen on its media flows
     # RTP payload type -> codec (None: not G.711), looked up from ``codecs`` when first
     # seen; cleared whenever an SDP of the dialog is read.
     payload_codecs: dict[int, Codec | None] = field(default_factory=dict, repr=False,
@@ -207,6 +221,9 @@ class MediaSupervisor:
         self.packets_unmatched = 0
         self.packets_not_rtp = 0
         self.bad_sdp = 0
+        #: IP versions (4, 6) in which the capture has carried RTP so far, of any call.
+        self.rtp_families: set[int] = set()
+        self.not_captured = 0  # answered calls judged media-not-captured
         # (src ip, src port, dst ip, dst port) -> its flow; and address -> the cached
         # flows it is part of, so a change of one address drops just those.
         self._flow_cache: dict[_FlowKey, _Flow] = {}
@@ -284,6 +301,7 @@ class MediaSupervisor:
         d.codecs.setdefault(party, {}).update(codecs)
         d.origins[party] = _origin_key(sdp.origin)
         if addrs:
+            d.families.update(6 if ":" in a[0] else 4 for a in addrs)
             self.flows.register(call_ref, party, addrs)
 
     # --- media --------------------------------------------------------------------
@@ -303,6 +321,8 @@ class MediaSupervisor:
         if flow is None:
             src, dst = (src_ip, src_port), (dst_ip, dst_port)
             hit = self.flows.classify(src, dst)
+            if len(self.rtp_families) < 2:
+                self._coverage(src_ip, src_port, dst_port, payload)
             if hit is None:
                 self.packets_unmatched += 1
                 return None
@@ -313,6 +333,7 @@ class MediaSupervisor:
                     self.packets_not_rtp += 1
                     return call_ref
                 return None
+            d.flowed = True
             if len(self._flow_cache) >= _FLOW_CACHE_LIMIT:
                 self._flow_cache.clear()
                 self._flows_of.clear()
@@ -403,6 +424,21 @@ class MediaSupervisor:
                     silence.feed(audio, codec)
         return call_ref
 
+    def _coverage(self, src_ip: str, src_port: int, dst_port: int, payload: bytes) -> None:
+        """Note the IP version of a datagram that looks like RTP (version 2, not RTCP,
+        between unprivileged ports other than SIP's), matched to a call or not: the
+        capture can see media of that family."""
+        if (len(payload) >= 12 and payload[0] & 0xC0 == 0x80
+                and not 192 <= payload[1] <= 223 and src_port >= 1024 and dst_port >= 1024
+                and src_port not in _SIP_PORTS and dst_port not in _SIP_PORTS):
+            self.rtp_families.add(6 if ":" in src_ip else 4)
+
+    def captured(self, d: DialogMedia) -> bool:
+        """Whether the capture could have seen this dialog's media: some datagram on its
+        media flows was seen, or RTP of its address family was (a dialog without SDP
+        addresses: assumed)."""
+        return bool(d.flowed or not d.families or d.families & self.rtp_families)
+
     def _forget_flows(self, addr: Address) -> None:
         """The owner of ``addr`` changed in the flow table: drop the cached flows through
         it (FlowTable.on_change)."""
@@ -430,7 +466,7 @@ class MediaSupervisor:
             d = self.dialogs.get(ref)
             if d is None or d.answer_ms is None or d.ended_for_no_media:
                 continue
-            if d.callee.first_after_answer_ms is None:
+            if d.callee.first_after_answer_ms is None and self.captured(d):
                 d.ended_for_no_media = True
                 out.append(NoMedia(ref, now_ms - d.answer_ms, now_ms))
         return out
@@ -445,7 +481,14 @@ class MediaSupervisor:
             return None
         self.flows.forget(call_ref)  # drops the dialog's cached flows with its addresses
         d.ended_ms = now_ms
-        return judge(d, self.config)
+        v = judge(d, self.config, self.captured(d))
+        if v.verdict is Verdict.NOT_CAPTURED:
+            self.not_captured += 1
+            if self.not_captured == 1:
+                log.warning("%s: answered, but the capture has carried no RTP of its "
+                            "address family: billed from the 200 OK (verdict %s; is the "
+                            "capture seeing the media's interface?)", call_ref, v.verdict)
+        return v
 
     def peek(self, call_ref: str, now_ms: int) -> MediaVerdict | None:
         """The verdict so far of a dialog still in progress (for status views)."""
@@ -455,7 +498,7 @@ class MediaSupervisor:
         saved = d.ended_ms
         d.ended_ms = now_ms
         try:
-            return judge(d, self.config)
+            return judge(d, self.config, self.captured(d))
         finally:
             d.ended_ms = saved
 
@@ -464,8 +507,9 @@ def _seconds(ms: int) -> str:
     return f"{ms / 1000:.2f} s"
 
 
-def judge(d: DialogMedia, config: MediaConfig) -> MediaVerdict:
-    """The verdict on one dialog from its recorded facts (pure)."""
+def judge(d: DialogMedia, config: MediaConfig, captured: bool = True) -> MediaVerdict:
+    """The verdict on one dialog from its recorded facts (pure). ``captured``: whether
+    the capture could have seen its media (see :meth:`MediaSupervisor.captured`)."""
     callee, caller = d.callee, d.caller
     evidence: dict[str, Any] = {
         "invite_ms": d.invite_ms, "ringing_ms": d.ringing_ms, "early_sdp_ms": d.early_sdp_ms,
@@ -481,6 +525,13 @@ def judge(d: DialogMedia, config: MediaConfig) -> MediaVerdict:
     evidence["answer_delay_ms"] = answer_delay
     evidence["instant_answer"] = instant
     first = callee.first_after_answer_ms
+    if first is None and not captured:
+        fams = " and ".join(f"IPv{f}" for f in sorted(d.families))
+        evidence["media_captured"] = False
+        reasons.append(f"media not captured: no RTP ({fams}) in the capture, so its absence "
+                       "proves nothing; billed from the 200 OK")
+        return MediaVerdict(d.call_ref, True, answer, Verdict.NOT_CAPTURED, tuple(reasons),
+                            evidence)
     if first is None:
         what = (f"{caller.packets} packets from the caller" if caller.packets
                 else "none from the caller either")

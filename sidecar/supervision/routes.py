@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .media import FAS_VERDICTS
+
 
 @dataclass(frozen=True)
 class RouteCall:
@@ -100,7 +102,7 @@ def score_routes(calls: Iterable[RouteCall], config: PatternConfig | None = None
 def _score(route: str, rows: list[RouteCall], cfg: PatternConfig) -> RouteScore:
     answered = [c for c in rows if c.answered_ms is not None]
     r = RouteScore(route, len(rows), len(answered))
-    r.fas_calls = Counter(c.fas_verdict for c in answered if c.fas_verdict)
+    r.fas_calls = Counter(c.fas_verdict for c in answered if c.fas_verdict in FAS_VERDICTS)
     durations = sorted(c.ended_ms - c.answered_ms for c in answered
                        if c.answered_ms is not None)
     r.short_calls = sum(1 for d in durations if d <= cfg.short_call_ms)

@@ -11,7 +11,7 @@ from sidecar.kamailio.events import Answer, Dialog, End, Offer
 from sidecar.supervision.calls import CallControl
 from sidecar.supervision.media import MediaSupervisor
 from tests.charging.harness import T0, Sim
-from tests.supervision.media_gen import sdp
+from tests.supervision.media_gen import packets, sdp, speech_like
 
 SIDECAR = [sys.executable, "-m", "sidecar"]
 
@@ -28,6 +28,9 @@ def test_fas_calls_and_routes(tmp_path: Path) -> None:
                                sdp("127.0.0.1", 6000 + 2 * i)), t)
         control.on_event(Answer(Dialog(ref, 1, 1, 0), sdp("127.0.0.1", 7000 + 2 * i),
                                 "carrier-x"), t + 200)
+        for ts, data in packets(speech_like(0.2), 300):  # the caller talks: media captured
+            control.on_packet(t + ts, "127.0.0.1", 6000 + 2 * i, "127.0.0.1", 7000 + 2 * i,
+                              data)
         control.on_event(End(Dialog(ref, 1, 1, 0), "caller", "bye", 0), t + 10_000)
     out = subprocess.run([*SIDECAR, "--db", str(db), "fas", "calls", "--json"],
                          capture_output=True, text=True, check=True)

@@ -37,13 +37,19 @@ class Lab:
         self.actions += actions
 
     def call(self, ref: str, callee_audio: list[tuple[int, bytes]] | None, *,
-             answer: bool = True, end_at: int = 63_000, number: str = "493012345") -> None:
+             answer: bool = True, end_at: int = 63_000, number: str = "493012345",
+             caller_talks: bool = True) -> None:
+        """One call; the caller's media (a second of it after the 200 OK) shows that the
+        capture sees the call's media path, unless ``caller_talks`` is False."""
         t = T0
         self.event(Offer(dialog(ref, t), 1, 2, "alice", "Alice", "", number, "sip:x", number,
                          "acme", "127.0.0.1", 5060, sdp(*CALLER)), t)
         self.event(Early(dialog(ref, t + 100), 180, ""), t + 100)
         if answer:
             self.event(Answer(dialog(ref, t + 3000), sdp(*CALLEE), "carrier-a"), t + 3000)
+            if caller_talks:
+                for ts, data in packets(speech_like(1.0), 3010):
+                    self.actions += self.control.on_packet(T0 + ts, *CALLER, *CALLEE, data)
         for ts, data in callee_audio or []:
             self.actions += self.control.on_packet(T0 + ts, *CALLEE, *CALLER, data)
         if answer:
@@ -128,6 +134,8 @@ def test_answered_call_without_media_is_ended_when_configured() -> None:
     lab.event(Offer(dialog("x", t), 1, 2, "alice", "", "", "493012345", "sip:x", "493012345",
                     "acme", "127.0.0.1", 5060, sdp(*CALLER)), t)
     lab.event(Answer(dialog("x", t + 1000), sdp(*CALLEE), ""), t + 1000)
+    for ts, data in packets(speech_like(1.0), 1010):  # the caller talks: media is captured
+        lab.control.on_packet(T0 + ts, *CALLER, *CALLEE, data)
     assert lab.control.next_deadline() is not None
     actions = lab.control.tick(t + 11_000)
     ends = [a for a in actions if isinstance(a, EndCall)]
@@ -156,3 +164,31 @@ def test_charger_without_media_supervision_bills_from_the_answer() -> None:
     control.on_event(End(dialog("m", t + 30_500), "caller", "bye", t + 500), t + 30_500)
     row = next(r for r in sim.cdrs() if r["call_ref"] == "m")
     assert row["billed_seconds"] == 30 and row["fas_verdict"] == "" and row["media"] == ""
+
+
+def test_a_capture_without_rtp_bills_from_the_answer_with_no_fas_verdict() -> None:
+    """Signalling alone in the capture (or the wrong interface): no media from either side
+    proves nothing. Billed from the 200 OK, verdict media-not-captured, no FAS credit, and
+    a call is not ended for lack of media it could not have seen."""
+    lab = Lab(media=MediaConfig(end_without_media_ms=10_000))
+    lab.call("blind", None, caller_talks=False)
+    c = lab.cdr("blind")
+    assert c["disposition"] == "answered" and c["fas_verdict"] == "media-not-captured"
+    assert c["billable_ms"] == T0 + 3000 and c["billed_seconds"] == 60
+    assert Decimal(str(c["charged"])) == Decimal("0.06") and Decimal(str(c["credited"])) == 0
+    assert "media not captured" in str(c["fas_reasons"])
+    assert json.loads(str(c["media"]))["media_captured"] is False
+    assert not [a for a in lab.actions if isinstance(a, EndCall)]
+    assert lab.control.media is not None and lab.control.media.not_captured == 1
+
+
+def test_rtp_of_another_call_shows_the_capture_sees_media() -> None:
+    """Once the capture has carried RTP (of any call) in the call's address family, a
+    call without any media of its own is no-media (FAS), as before."""
+    lab = Lab()
+    lab.call("talking", packets(speech_like(5.0), 3020), end_at=10_000)
+    lab.call("dead", None, caller_talks=False)
+    assert lab.cdr("talking")["fas_verdict"] == ""
+    c = lab.cdr("dead")
+    assert c["disposition"] == "no-media" and c["fas_verdict"] == "no-media"
+    assert Decimal(str(c["charged"])) == 0

@@ -202,3 +202,41 @@ def test_a_call_the_sidecar_refuses_is_reported_rejected_with_its_code() -> None
     assert call.cost is None  # nothing billed
     (cdr,) = sim.cdrs()
     assert (cdr["disposition"], cdr["sip_code"]) == ("rejected", 403)
+
+
+def _signalling_only(src: Path, dst: Path) -> int:
+    """``src`` without its RTP (what a capture of the SIP port holds); returns the number
+    of frames kept."""
+    import dpkt
+
+    kept = 0
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        writer = dpkt.pcap.Writer(fout, linktype=dpkt.pcap.Reader(src.open("rb")).datalink())
+        for ts, frame in dpkt.pcap.Reader(fin):
+            eth = dpkt.ethernet.Ethernet(frame)
+            udp = getattr(eth.data, "data", None)
+            if isinstance(udp, dpkt.udp.UDP) and udp.data[:1] and 0x80 <= udp.data[0] <= 0xBF:
+                continue  # RTP and RTCP (SIP starts with a letter)
+            writer.writepkt(frame, ts)
+            kept += 1
+    return kept
+
+
+@pytest.mark.parametrize("name", ["normal.pcap", "no_media.pcap", "ringback_after_answer.pcap"])
+def test_a_capture_of_the_signalling_alone_bills_from_the_answer_and_warns(
+        name: str, tmp_path: Path) -> None:
+    """Without RTP in the capture nothing can be said about media: every answered call is
+    billed from its 200 OK, verdict media-not-captured (never a FAS verdict), and the
+    replay warns, where the full capture gives its own verdict."""
+    stripped = tmp_path / f"sip-only-{name}"
+    assert _signalling_only(PCAPS / name, stripped) > 0
+    result, sim = replay(str(stripped))  # an absolute path: PCAPS / it is itself
+    (call,) = result.calls
+    assert call.verdict == "media-not-captured", call.reasons
+    assert call.disposition == "answered" and call.billable_ms == call.answer_ms
+    assert call.billable_seconds > 0 and "media not captured" in call.reasons
+    assert all(not c.problems for c in verify_ledger(sim.conn))
+    out = subprocess.run([*SIDECAR, "replay", str(stripped)], capture_output=True, text=True,
+                         check=True)
+    assert "FAS verdict: media-not-captured" in out.stdout, out.stdout
+    assert "warning: 1 answered call(s) billed from the 200 OK" in out.stderr, out.stderr
