@@ -275,7 +275,9 @@ class Charger:
             now_ms, max_seconds, cap_seconds=cap, cap_reason=cap_reason)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("authorized %s account=%s via %s dest=%s max=%ss", call_ref, acc.code,
-                      how, line.destination, max_seconds)
+                      how, line.destination, max_seconds,
+                      extra={"call": call_ref, "account": acc.code, "decision": "allow",
+                             "code": 200})
         return AuthDecision(True, 200, "", max_seconds, acc.code, line.destination, line.prefix)
 
     def limits_of(self, acc: Account, now_ms: int) -> Limits:
@@ -314,7 +316,9 @@ class Charger:
             if (action == "suspend" and acc.suspended) or (action == "block" and (
                     acc.blocked or acc.suspended)):
                 continue  # the account is stopped already: nothing new to do
-            log.warning("account %s: %s -> %s", code, reason, action)
+            log.warning("account %s: %s -> %s", code, reason, action,
+                        extra={"account": code, "decision": "fraud",
+                               "reason": f"{reason} ({action})"})
             self._out.append(Alert("fraud", code, f"account {code}: {reason} ({action})",
                                    now_ms, {"rule": trip.rule, "action": action}))
             seq = self._next_seq()
@@ -374,8 +378,10 @@ class Charger:
                 s.ending = True
                 s.end_reason = self._paid_end(s)
                 actions.append(EndCall(ref, s.end_reason, now_ms))
-                log.info("ending %s: %s after %s paid seconds", ref, s.end_reason,
-                         s.paid_seconds)
+                if log.isEnabledFor(logging.INFO):
+                    log.info("ending %s: %s after %s paid seconds", ref, s.end_reason,
+                             s.paid_seconds, extra={"call": ref, "account": s.account,
+                                                    "decision": "end", "reason": s.end_reason})
             else:
                 self._schedule(s, paid_until)
         return self._take()
@@ -426,7 +432,7 @@ class Charger:
         self.sessions[call_ref] = s
         self.guard.adopt(acc.code, call_ref)
         log.info("adopted %s account=%s paid=%ss answered=%s", call_ref, acc.code, paid_seconds,
-                 answered_ms)
+                 answered_ms, extra={"call": call_ref, "account": acc.code})
         if answered_ms is None:
             return []
         s.answered_ms = s.billable_ms = answered_ms
@@ -461,7 +467,9 @@ class Charger:
         s.ending = True
         s.end_reason = reason
         s.timer_gen += 1
-        log.info("ending %s: %s", call_ref, reason)
+        if log.isEnabledFor(logging.INFO):
+            log.info("ending %s: %s", call_ref, reason, extra={
+                "call": call_ref, "account": s.account, "decision": "end", "reason": reason})
         self._out.append(EndCall(call_ref, reason, now_ms))
         return self._take()
 
@@ -529,6 +537,8 @@ class Charger:
                 self._media(cdr, media)
                 if media.credit:
                     cdr.credited = cdr.cost  # the ledger credits what it charged
+        if s.answered_ms is not None:
+            cdr.signalled_ms = max(0, now_ms - s.answered_ms)
         cdr.ended_by = ended_by
         cdr.end_reason = s.end_reason or reason
         self._settle(cdr, now_ms, s.reserved)
@@ -559,7 +569,10 @@ class Charger:
                 caller: str, number: str, now_ms: int,
                 line: RateLine | None = None, *, phrase: str = "", limit: str = ""
                 ) -> AuthDecision:
-        log.info("rejected %s with %s: %s", call_ref, code, why)
+        if log.isEnabledFor(logging.INFO):
+            log.info("rejected %s with %s: %s", call_ref, code, why, extra={
+                "call": call_ref, "account": acc.code if acc else None, "decision": "reject",
+                "code": code, "reason": why})
         cdr = Cdr(call_ref, call_id or call_ref, Disposition.REJECTED,
                   account=acc.code if acc else None, plan=acc.plan if acc else None,
                   caller=caller, callee=number, currency=acc.currency if acc else "",
@@ -619,7 +632,9 @@ class Charger:
         actions.append(CdrWritten(cdr))
         if cdr.written_off:
             log.warning("call %s: %s written off (account %s could not cover it)",
-                        cdr.call_ref, cdr.written_off, cdr.account)
+                        cdr.call_ref, cdr.written_off, cdr.account,
+                        extra={"call": cdr.call_ref, "account": cdr.account, "decision": "cdr",
+                               "reason": f"{cdr.written_off} written off"})
         if res.before is not None and res.after is not None:
             self._thresholds(res.before, res.after, cmd.now_ms, actions)
             if res.suspended_now:
@@ -714,7 +729,10 @@ class Charger:
                     s.ending = True
                     s.end_reason = self._paid_end(s)
                     actions.append(EndCall(s.call_ref, s.end_reason, now_ms))
-                    log.info("ending %s at once: %s", s.call_ref, s.end_reason)
+                    if log.isEnabledFor(logging.INFO):
+                        log.info("ending %s at once: %s", s.call_ref, s.end_reason, extra={
+                            "call": s.call_ref, "account": s.account, "decision": "end",
+                            "reason": s.end_reason})
                 else:
                     self._schedule(s, paid_until)
                 return
@@ -743,7 +761,9 @@ class Charger:
                 s.ending = True
                 s.end_reason = REASON_STORE
                 s.timer_gen += 1
-                log.error("ending %s: %s (%s)", s.call_ref, REASON_STORE, o.error)
+                log.error("ending %s: %s (%s)", s.call_ref, REASON_STORE, o.error, extra={
+                    "call": s.call_ref, "account": s.account, "decision": "end",
+                    "reason": REASON_STORE})
                 actions.append(EndCall(s.call_ref, REASON_STORE, now_ms))
             return
         if o.seconds >= cmd.seconds:
@@ -755,7 +775,9 @@ class Charger:
         s.final = True
         if o.settled_elsewhere:
             s.settled_elsewhere = True
-            log.warning("call %s: %s; it ends at its paid time", s.call_ref, REASON_SETTLED)
+            log.warning("call %s: %s; it ends at its paid time", s.call_ref, REASON_SETTLED,
+                        extra={"call": s.call_ref, "account": s.account,
+                               "reason": REASON_SETTLED})
         else:
             log.warning("call %s: store granted %s s where %s s were expected", s.call_ref,
                         o.seconds, cmd.seconds)

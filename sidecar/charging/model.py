@@ -126,6 +126,9 @@ class Cdr:
     fas_reasons: str = ""
     route: str = ""
     media: str = ""  # media supervision evidence (JSON), "" when not supervised
+    #: 200 OK -> end, the signalled duration of an answered call, whatever was billed (a
+    #: no-media call too); None when not answered. ``duration_ms`` is the billable part.
+    signalled_ms: int | None = None
 
 
 @dataclass(frozen=True)

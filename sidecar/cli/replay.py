@@ -104,7 +104,9 @@ def _print_calls(result: ReplayResult, show_auth: bool) -> None:
             click.echo(f"  billable from {_rel(r.billable_ms, base)}: {r.billable_seconds} s"
                        + cost)
         else:
-            click.echo(f"  not billed ({r.disposition})")
+            up = r.signalled_ms
+            click.echo(f"  not billed ({r.disposition})"
+                       + (f", up {up / 1000:.1f} s after the 200 OK" if up is not None else ""))
         verdict = r.verdict or "ok"
         click.echo(f"  FAS verdict: {verdict}" + (f" - {r.reasons}" if r.reasons else ""))
         if show_auth and r.auth:

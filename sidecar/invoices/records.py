@@ -23,7 +23,7 @@ CDR_COLUMNS = (
     "answered_ms", "billable_ms", "media_ms", "ended_ms", "duration_ms", "billed_seconds",
     "usage", "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict",
-    "fas_reasons", "route", "media", "node",
+    "fas_reasons", "route", "media", "node", "signalled_ms",
 )
 MONEY_COLUMNS = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
                            "cost", "charged", "written_off", "credited"})
@@ -122,8 +122,8 @@ def cdr_json(row: dict[str, object]) -> dict[str, object]:
     out: dict[str, object] = {k: row[k] for k in (
         "id", "call_ref", "call_id", "account", "plan", "caller", "callee", "destination",
         "prefix", "origin", "route", "node", "disposition", "sip_code", "ended_by",
-        "end_reason", "duration_ms", "billed_seconds", "charged", "written_off", "credited",
-        "fas_verdict", "fas_reasons")}
+        "end_reason", "signalled_ms", "duration_ms", "billed_seconds", "charged",
+        "written_off", "credited", "fas_verdict", "fas_reasons")}
     # Media supervision's evidence (JSON text as stored); null when the call had none.
     out["media_evidence"] = row["media"] or None
     for col in TIME_COLUMNS:
@@ -159,7 +159,7 @@ CSV_HEADER = (
     "id", "call_ref", "account", "caller", "callee", "destination", "prefix", "origin",
     "route", "disposition", "sip_code", "start", "ringing", "answer", "media_start",
     "billing_start", "end",
-    "duration_ms", "billed_seconds", "rate", "increment", "currency", "usage",
+    "signalled_ms", "duration_ms", "billed_seconds", "rate", "increment", "currency", "usage",
     "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "fas_verdict", "fas_reasons", "ended_by", "end_reason", "node",
 )

@@ -52,8 +52,16 @@ class CallReport:
     auth: str = ""  # why the charger refused the call ("" if it allowed it)
     evidence: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def signalled_ms(self) -> int | None:
+        """200 OK -> end: how long the call was up as signalled, whatever is billed."""
+        if self.answer_ms is None or self.ended_ms is None:
+            return None
+        return max(0, self.ended_ms - self.answer_ms)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "evidence"}
+        d["signalled_ms"] = self.signalled_ms
         d["cost"] = None if self.cost is None else fmt(self.cost)
         d["evidence"] = self.evidence
         return d

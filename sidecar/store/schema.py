@@ -24,14 +24,15 @@ rate plans, decks and invoices on PostgreSQL too and added the node columns (a c
 belongs to the node whose Kamailio carries it; ``live_calls.lease_ms`` is renewed while
 that node lives); 5 added usage and fraud limits (``accounts.limits``, ``plans.limits``:
 the limit sets as JSON), ``accounts.blocked`` (new calls refused by a fraud rule) and the
-``fraud_events`` table, and the HTTP API's tokens (``api_tokens``, hashed). Columns
+``fraud_events`` table, and the HTTP API's tokens (``api_tokens``, hashed); 6 added
+``cdrs.signalled_ms`` (200 OK to end, whatever was billed). Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 TYPES = {
     "sqlite": {"money": "TEXT", "zero": "'0'", "ms": "INTEGER", "id": "INTEGER PRIMARY KEY",
@@ -204,7 +205,8 @@ _STATEMENTS = (
     fas_reasons TEXT NOT NULL DEFAULT '',
     route TEXT NOT NULL DEFAULT '',
     media TEXT NOT NULL DEFAULT '',
-    node TEXT NOT NULL DEFAULT ''
+    node TEXT NOT NULL DEFAULT '',
+    signalled_ms {ms}
 )""",
     "CREATE INDEX IF NOT EXISTS cdrs_route ON cdrs (route, offered_ms)",
     "CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms)",
@@ -314,6 +316,7 @@ ADDED_COLUMNS = (
     ("accounts", "blocked", "TEXT NOT NULL DEFAULT ''"),
     ("accounts", "limits", "TEXT NOT NULL DEFAULT ''"),
     ("plans", "limits", "TEXT NOT NULL DEFAULT ''"),
+    ("cdrs", "signalled_ms", "{ms}"),
 )
 
 

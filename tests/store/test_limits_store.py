@@ -297,6 +297,7 @@ def test_a_version_4_database_is_upgraded(db: Db) -> None:
     target = target_of(db)
     sql = ["ALTER TABLE accounts DROP COLUMN blocked", "ALTER TABLE accounts DROP COLUMN limits",
            "ALTER TABLE plans DROP COLUMN limits", "DROP TABLE fraud_events",
+           "ALTER TABLE cdrs DROP COLUMN signalled_ms",
            "UPDATE meta SET value = '4' WHERE key = 'schema_version'"]
     if isinstance(db, sqlite3.Connection):
         for q in sql:
@@ -312,7 +313,10 @@ def test_a_version_4_database_is_upgraded(db: Db) -> None:
     up = open_db(target)
     try:
         assert up.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[
-            0] == str(SCHEMA_VERSION) == "5"
+            0] == str(SCHEMA_VERSION) == "6"
+        # Version 6's column too, at the end of its table as on a new database.
+        assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-2:] == ["node",
+                                                                           "signalled_ms"]
         cols = [str(r[0]) for r in up.execute(columns, ("accounts",))]
         assert cols[-2:] == ["blocked", "limits"]
         assert [str(r[0]) for r in up.execute(columns, ("plans",))][-1] == "limits"

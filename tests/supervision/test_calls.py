@@ -84,6 +84,8 @@ def test_no_media_call_is_not_billed_and_releases_its_reservation() -> None:
     assert c["disposition"] == "no-media" and c["fas_verdict"] == "no-media"
     assert Decimal(str(c["cost"])) == 0 and Decimal(str(c["charged"])) == 0
     assert c["billable_ms"] is None
+    # Up for 60 s as signalled, none of it billable.
+    assert c["signalled_ms"] == 60_000 and c["duration_ms"] == 0
     assert lab.sim.balance("acme") == Decimal("10")
     assert all(not chk.problems for chk in verify_ledger(lab.sim.conn))
 
@@ -110,6 +112,7 @@ def test_late_media_is_billed_from_the_first_callee_packet() -> None:
     c = lab.cdr("late")
     assert c["fas_verdict"] == "late-media" and c["billable_ms"] == T0 + 13_000
     assert c["billed_seconds"] == 20 and c["answered_ms"] == T0 + 3000
+    assert c["signalled_ms"] == 30_000 and c["duration_ms"] == 20_000
 
 
 def test_observe_mode_records_the_verdict_but_bills_from_the_answer() -> None:
@@ -125,6 +128,7 @@ def test_failed_call_keeps_its_route_and_early_media_is_never_billed() -> None:
     lab.call("busy", None, answer=False, end_at=5000)
     c = lab.cdr("busy")
     assert c["disposition"] == "failed" and c["route"] == "carrier-a" and c["sip_code"] == 486
+    assert c["signalled_ms"] is None
     assert Decimal(str(c["cost"])) == 0
 
 

@@ -48,6 +48,9 @@ def test_capture_gives_its_expected_verdict(name: str) -> None:
     assert call.answer_ms is not None and call.invite_ms is not None
     if exp["fas"] == "no-media":
         assert call.billable_ms is None and call.billable_seconds == 0
+        # Not billed, but up as signalled: the CDR's signalled_ms says for how long.
+        assert call.signalled_ms is not None and call.signalled_ms > 3000
+        assert call.to_dict()["signalled_ms"] == call.signalled_ms
     elif exp["fas"] == "late-media":
         delay = (call.billable_ms - call.answer_ms) / 1000
         assert abs(delay - exp["late_media_delay_s"]) < 0.2
