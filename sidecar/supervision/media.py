@@ -47,6 +47,7 @@ _unpack_rtp = struct.Struct("!BBHII").unpack_from  # the RTP fixed header (see m
 _FLOW_CACHE_LIMIT = 8192
 _FlowKey = tuple[str, int, str, int]  # src ip, src port, dst ip, dst port
 _SIP_PORTS = frozenset({5060, 5061})
+_RTP_MEDIA = frozenset({"audio", "video"})  # m= lines whose RTP shows the party is there
 
 
 class Verdict(StrEnum):
@@ -188,12 +189,18 @@ class _Flow:
 
 
 def _addresses(sdp: SessionDescription) -> tuple[list[Address], dict[int, Codec]]:
+    """The RTP addresses of a party's audio and video streams (any codec: media presence
+    counts, whatever is carried), and its G.711 payload types (the audio the ringback and
+    silence detectors can decode)."""
     addrs: list[Address] = []
     codecs: dict[int, Codec] = {}
-    for m in sdp.active_audio:
-        if m.connection_address is None or m.on_hold:
+    for m in sdp.media:
+        if (m.media not in _RTP_MEDIA or not m.enabled or m.connection_address is None
+                or m.on_hold or "RTP/" not in m.protocol):
             continue
         addrs.append((m.connection_address, m.port))
+        if m.media != "audio":
+            continue
         for pt in m.payload_types:
             codec = m.g711_codec(pt)
             if codec is not None:

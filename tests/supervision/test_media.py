@@ -214,3 +214,65 @@ def test_bad_sdp_is_counted_and_does_not_break_the_dialog() -> None:
 
 def test_rtp_header_helper_round_trips() -> None:
     assert rtp(1, 2, 3, 8, b"x")[:2] == b"\x80\x08"
+
+
+def _sdp_with(ip: str, lines: str, origin: str) -> str:
+    return f"v=0\r\no={origin} IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n{lines}"
+
+
+def _stream(start_ms: int, seconds: float, pt: int, size: int, seed: int = 3,
+            every_ms: int = 20) -> list[tuple[int, bytes]]:
+    """RTP of a codec the detectors cannot decode: ``size`` random bytes every 20 ms."""
+    import random
+
+    rnd = random.Random(seed)
+    n = int(seconds * 1000 / every_ms)
+    return [(start_ms + k * every_ms, rtp(200 + k, 160 * k, 0x4242, pt, rnd.randbytes(size)))
+            for k in range(n)]
+
+
+def _undecodable(caller_m: str, callee_m: str, callee_media: list[tuple[int, bytes]] | None,
+                 callee_port: int = 7000) -> object:
+    sup = MediaSupervisor()
+    sup.offer("v", 0, _sdp_with("127.0.0.1", caller_m.format(port=6000), "alice 1 1"))
+    sup.provisional("v", 100, 180, "")
+    sup.answer("v", 3000, _sdp_with("127.0.0.1", callee_m.format(port=callee_port), "bob 2 1"))
+    feed(sup, _stream(3010, 5.0, 96, 40, seed=8), CALLER, ("127.0.0.1", callee_port))
+    if callee_media:
+        feed(sup, callee_media, ("127.0.0.1", callee_port), CALLER)
+    return sup.end("v", 9000)
+
+
+VIDEO_ONLY = ("m=audio 0 RTP/AVP 0\r\nm=video {port} RTP/AVP 96\r\n"
+              "a=rtpmap:96 H264/90000\r\na=sendrecv\r\n")
+
+
+def test_a_video_call_without_audio_is_billed_on_its_video() -> None:
+    """Media presence counts whatever the stream: a video-only call whose callee sends
+    video is a clean answer, billed from the 200 OK; without the callee's video, no-media."""
+    v = _undecodable(VIDEO_ONLY, VIDEO_ONLY, _stream(3020, 5.0, 96, 900))
+    assert v.verdict is Verdict.CLEAN and v.billable_ms == 3000, v.reasons
+    assert v.evidence["callee"]["packets"] == 250
+    assert "silent_frames" not in v.evidence  # no audio to judge: no silence verdict
+    v = _undecodable(VIDEO_ONLY, VIDEO_ONLY, None)
+    assert v.verdict is Verdict.NO_MEDIA and v.billable_ms is None
+
+
+def test_audio_the_detectors_cannot_decode_counts_as_media_but_is_never_judged() -> None:
+    """G.729, G.722 and opus: the callee's packets confirm the answer (and a late start is
+    still late media), but ringback and silence are looked for only in G.711."""
+    codecs = {
+        "G.729": ("m=audio {port} RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n", 18, 20),
+        "G.722": ("m=audio {port} RTP/AVP 9\r\na=rtpmap:9 G722/8000\r\n", 9, 160),
+        "opus": ("m=audio {port} RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n", 111, 60),
+    }
+    for name, (m, pt, size) in codecs.items():
+        # Low-level bytes that would be "silent" if read as G.711: still not judged.
+        quiet_bytes = [(ts, rtp(300 + k, 160 * k, 0x77, pt, b"\xd5" * size))
+                       for k, (ts, _) in enumerate(_stream(3020, 5.0, pt, size))]
+        v = _undecodable(m, m, quiet_bytes)
+        assert v.verdict is Verdict.CLEAN and v.billable_ms == 3000, (name, v.reasons)
+        assert "silent_frames" not in v.evidence, name
+        late = _stream(7000, 1.5, pt, size)
+        v = _undecodable(m, m, late)
+        assert v.verdict is Verdict.LATE_MEDIA and v.billable_ms == 7000, name
