@@ -134,8 +134,20 @@ class CallControl:
         if media is None:
             return []
         ref = media.datagram(ts_ms, src_ip, src_port, dst_ip, dst_port, payload)
+        if media.shared_hits:  # the packet was evidence for other dialogs too (B2BUA legs)
+            hits, media.shared_hits = media.shared_hits, []
+            actions = [a for r in hits for a in self._confirmed(r, ts_ms)]
+            return actions + self._confirmed(ref, ts_ms) if ref is not None else actions
         if ref is None or ref not in self._unconfirmed:
             return _NONE
+        return self._confirmed(ref, ts_ms)
+
+    def _confirmed(self, ref: str, ts_ms: int) -> list[Action]:
+        """Callee media may have just confirmed the answer of ``ref``: a late start moves
+        its billing start."""
+        media = self.media
+        if media is None or ref not in self._unconfirmed:
+            return []
         first = media.dialogs[ref].callee.first_after_answer_ms
         if first is None:
             return []

@@ -11,6 +11,14 @@ transcoders, and a FAS route can send anything in them.
 
 Ports are reused: a new registration of an address replaces an older dialog's, and a
 dialog forgets only the addresses that still point at it.
+
+An address can also be *shared*: the two legs of a B2BUA (or a hairpinned call) whose
+media a re-INVITE moved directly between the two endpoints both name the same endpoint
+addresses. An SDP update (re-INVITE, UPDATE) registered with ``share=True`` keeps the
+dialog that held the address as a second owner when the caller's predicate says it is
+still live (:class:`~.media.MediaSupervisor`: answered and not ended);
+:meth:`FlowTable.sharers` gives the other dialogs a packet is evidence for. The first
+offer and answer of a dialog never share: there a held address is a reused port.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class FlowTable:
 
     def __init__(self) -> None:
         self._owners: dict[Address, Owner] = {}
+        self._also: dict[Address, list[Owner]] = {}  # further owners of shared addresses
         self._by_call: dict[str, set[Address]] = {}
         self._latched: dict[tuple[str, Party], int] = {}
         self.version = 0  # bumped when the set of SDP addresses changes (capture filters)
@@ -59,25 +68,64 @@ class FlowTable:
     def __len__(self) -> int:
         return len(self._owners)
 
-    def register(self, call_ref: str, party: Party, addresses: list[Address]) -> None:
+    def register(self, call_ref: str, party: Party, addresses: list[Address],
+                 share: Callable[[str], bool] | None = None) -> None:
         """``party`` of ``call_ref`` receives media at ``addresses`` (its latest SDP:
-        replaces what its earlier SDP said)."""
+        replaces what its earlier SDP said). An address another dialog holds is taken
+        over, unless ``share`` says that dialog is to keep it beside this one."""
         mine = self._by_call.setdefault(call_ref, set())
-        for addr in [a for a in mine if self._owners.get(a) == Owner(call_ref, party, False)]:
+        me = Owner(call_ref, party, False)
+        for addr in [a for a in mine
+                     if self._owners.get(a) == me or me in self._also.get(a, ())]:
             if addr not in addresses:
-                del self._owners[addr]
+                self._drop(addr, call_ref)
                 mine.discard(addr)
-                self._changes(addr)
         for addr in addresses:
             previous = self._owners.get(addr)
+            also = self._also.get(addr)
+            if also is not None:  # this dialog is primary now, never also a sharer
+                also[:] = [o for o in also if o.call_ref != call_ref]
             if previous is not None and previous.call_ref != call_ref:
-                other = self._by_call.get(previous.call_ref)
-                if other is not None:
-                    other.discard(addr)
-            self._owners[addr] = Owner(call_ref, party, False)
+                if share is not None and not previous.latched and share(previous.call_ref):
+                    also = self._also.setdefault(addr, [])
+                    also.insert(0, previous)
+                else:  # a reused port: every earlier owner loses it
+                    for o in [previous, *self._also.pop(addr, ())]:
+                        other = self._by_call.get(o.call_ref)
+                        if other is not None:
+                            other.discard(addr)
+            if not self._also.get(addr, True):
+                del self._also[addr]
+            self._owners[addr] = me
             mine.add(addr)
             self._changes(addr)
         self.version += 1
+
+    def _drop(self, addr: Address, call_ref: str) -> None:
+        """``call_ref`` no longer owns ``addr``: a dialog sharing it becomes its owner."""
+        owner = self._owners.get(addr)
+        also = self._also.get(addr)
+        if owner is not None and owner.call_ref == call_ref:
+            if also:
+                self._owners[addr] = also.pop(0)
+            else:
+                del self._owners[addr]
+        elif also:
+            also[:] = [o for o in also if o.call_ref != call_ref]
+        else:
+            return
+        if also is not None and not also:
+            del self._also[addr]
+        self._changes(addr)
+
+    def sharers(self, src: Address, dst: Address) -> list[tuple[str, Party]]:
+        """The dialogs, besides the one :meth:`classify` gives, that a packet is evidence
+        for (shared addresses), with the sending party in each."""
+        if not self._also:
+            return []
+        if dst in self._owners:
+            return [(o.call_ref, o.party.other) for o in self._also.get(dst, ())]
+        return [(o.call_ref, o.party) for o in self._also.get(src, ())]
 
     def classify(self, src: Address, dst: Address) -> tuple[str, Party] | None:
         """The dialog and the *sending* party of a packet, or None if it is not ours."""
@@ -104,12 +152,10 @@ class FlowTable:
         self._changes(addr)
 
     def forget(self, call_ref: str) -> None:
-        """The dialog ended: drop its addresses (those no newer dialog took over)."""
+        """The dialog ended: drop its addresses (those no newer dialog took over; one it
+        shared stays with the other dialog)."""
         for addr in self._by_call.pop(call_ref, ()):
-            owner = self._owners.get(addr)
-            if owner is not None and owner.call_ref == call_ref:
-                del self._owners[addr]
-                self._changes(addr)
+            self._drop(addr, call_ref)
         for party in Party:
             self._latched.pop((call_ref, party), None)
         self.version += 1
@@ -120,8 +166,13 @@ class FlowTable:
 
     def addresses(self, call_ref: str) -> dict[Address, Owner]:
         """The addresses currently mapped to a dialog (for diagnostics and tests)."""
-        return {a: self._owners[a] for a in self._by_call.get(call_ref, ())
-                if a in self._owners and self._owners[a].call_ref == call_ref}
+        out = {a: self._owners[a] for a in self._by_call.get(call_ref, ())
+               if a in self._owners and self._owners[a].call_ref == call_ref}
+        for a in self._by_call.get(call_ref, ()):
+            for o in self._also.get(a, ()):
+                if o.call_ref == call_ref:
+                    out[a] = o
+        return out
 
     def ports(self) -> set[int]:
         """UDP ports of every SDP-registered address (what a capture filter must pass)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -179,13 +180,15 @@ class _Flow:
     SDP, a latched address, a port taken over by another dialog, or the dialog's end.
     """
 
-    __slots__ = ("call_ref", "callee", "dialog", "stream")
+    __slots__ = ("also", "call_ref", "callee", "dialog", "stream")
 
     def __init__(self, call_ref: str, dialog: DialogMedia, sender: Party) -> None:
         self.call_ref = call_ref
         self.dialog = dialog
         self.stream = dialog.streams[sender]
         self.callee = sender is Party.CALLEE
+        #: The same packets' flows in the other dialogs sharing the address (B2BUA legs).
+        self.also: tuple[_Flow, ...] = ()
 
 
 def _addresses(sdp: SessionDescription) -> tuple[list[Address], dict[int, Codec]]:
@@ -231,6 +234,9 @@ class MediaSupervisor:
         #: IP versions (4, 6) in which the capture has carried RTP so far, of any call.
         self.rtp_families: set[int] = set()
         self.not_captured = 0  # answered calls judged media-not-captured
+        #: Dialogs other than the one returned that the last packets were evidence for
+        #: (shared addresses); the caller takes and empties it.
+        self.shared_hits: list[str] = []
         # (src ip, src port, dst ip, dst port) -> its flow; and address -> the cached
         # flows it is part of, so a change of one address drops just those.
         self._flow_cache: dict[_FlowKey, _Flow] = {}
@@ -291,9 +297,17 @@ class MediaSupervisor:
                 log.warning("%s: SDP update from an unknown party (origin %r) ignored",
                             call_ref, key)
                 return
-        self._sdp(call_ref, party, sdp)
+        # A re-INVITE naming an address another answered dialog uses: the legs of a B2BUA
+        # whose media went direct (often right at the answer); both keep it.
+        self._sdp(call_ref, party, sdp, share=self._is_up)
 
-    def _sdp(self, call_ref: str, party: Party, text: str) -> None:
+    def _is_up(self, call_ref: str) -> bool:
+        """Whether a dialog is answered and not ended (a leg that may share addresses)."""
+        d = self.dialogs.get(call_ref)
+        return d is not None and d.answer_ms is not None and d.ended_ms is None
+
+    def _sdp(self, call_ref: str, party: Party, text: str,
+             share: Callable[[str], bool] | None = None) -> None:
         if not text:
             return
         try:
@@ -309,7 +323,7 @@ class MediaSupervisor:
         d.origins[party] = _origin_key(sdp.origin)
         if addrs:
             d.families.update(6 if ":" in a[0] else 4 for a in addrs)
-            self.flows.register(call_ref, party, addrs)
+            self.flows.register(call_ref, party, addrs, share)
 
     # --- media --------------------------------------------------------------------
     def packet(self, ts_ms: int, src: Address, dst: Address, payload: bytes) -> str | None:
@@ -317,14 +331,14 @@ class MediaSupervisor:
         return self.datagram(ts_ms, src[0], src[1], dst[0], dst[1], payload)
 
     def datagram(self, ts_ms: int, src_ip: str, src_port: int, dst_ip: str, dst_port: int,
-                 payload: bytes) -> str | None:
+                 payload: bytes, _flow: _Flow | None = None) -> str | None:
         """:meth:`packet` with the addresses as separate fields, as capture loops have them.
 
         The per-packet path of the sidecar (up to 10^5 packets/s live, 10^6 in replay): a
         known flow is found in one dict lookup, and the RTP header is read inline.
         """
         key = (src_ip, src_port, dst_ip, dst_port)
-        flow = self._flow_cache.get(key)
+        flow = self._flow_cache.get(key) if _flow is None else _flow
         if flow is None:
             src, dst = (src_ip, src_port), (dst_ip, dst_port)
             hit = self.flows.classify(src, dst)
@@ -347,9 +361,16 @@ class MediaSupervisor:
             flow = self._flow_cache[key] = _Flow(call_ref, d, sender)
             self._flows_of.setdefault(src, set()).add(key)
             self._flows_of.setdefault(dst, set()).add(key)
+            flow.also = tuple(_Flow(ref, self.dialogs[ref], party)
+                              for ref, party in self.flows.sharers(src, dst)
+                              if ref in self.dialogs)
         else:
             call_ref = flow.call_ref
             d = flow.dialog
+        if flow.also and _flow is None:  # evidence for the other legs too
+            for extra in flow.also:
+                self.datagram(ts_ms, src_ip, src_port, dst_ip, dst_port, payload, extra)
+                self.shared_hits.append(extra.call_ref)
         # The RTP header, read here rather than by parse_rtp for the common case: version
         # 2, no padding, extension or CSRCs (first byte 0x80), not RTCP.
         end = len(payload)

@@ -276,3 +276,65 @@ def test_audio_the_detectors_cannot_decode_counts_as_media_but_is_never_judged()
         late = _stream(7000, 1.5, pt, size)
         v = _undecodable(m, m, late)
         assert v.verdict is Verdict.LATE_MEDIA and v.billable_ms == 7000, name
+
+
+A = ("10.0.0.1", 4000)  # phone A (calls the PBX)
+B = ("10.0.0.2", 5000)  # phone B (the PBX calls it)
+PBX_IN, PBX_OUT = ("10.0.0.9", 10000), ("10.0.0.9", 10002)
+
+
+def _b2bua(sup: MediaSupervisor, relay_ms: int, end_ms: int = 10_600) -> None:
+    """Two legs through a B2BUA (inbound A -> PBX, outbound PBX -> B), answered at 1 s; the
+    PBX relays the media for ``relay_ms``, then re-INVITEs both legs so A and B send to
+    each other directly."""
+    sup.offer("in", 0, sdp(*A, origin="a 1 1"))
+    sup.offer("out", 10, sdp(*PBX_OUT, origin="pbx 9 1"))
+    sup.answer("out", 990, sdp(*B, origin="b 2 1"))
+    sup.answer("in", 1000, sdp(*PBX_IN, origin="pbx 8 1"))
+    t = 1000 + relay_ms
+    feed(sup, packets(speech_like(relay_ms / 1000, seed=4), 1010), A, PBX_IN)
+    feed(sup, packets(speech_like(relay_ms / 1000, seed=5), 1010), PBX_IN, A)
+    feed(sup, packets(speech_like(relay_ms / 1000, seed=4), 1012), PBX_OUT, B)
+    feed(sup, packets(speech_like(relay_ms / 1000, seed=5), 1008), B, PBX_OUT)
+    sup.update("in", t, "callee", sdp(*B, origin="pbx 8 2"))  # A now sends to B
+    sup.update("out", t + 5, "caller", sdp(*A, origin="pbx 9 2"))  # B now sends to A
+    direct = (end_ms - t - 100) / 1000
+    feed(sup, packets(speech_like(direct, seed=6), t + 50), A, B)
+    feed(sup, packets(speech_like(direct, seed=7), t + 50, ssrc=0x77), B, A)
+
+
+def test_b2bua_legs_with_direct_media_are_both_judged_on_it() -> None:
+    """A re-INVITE right at the answer moves the media straight between the phones: the
+    packets are evidence for both legs (the outbound leg was judged no-media before)."""
+    sup = MediaSupervisor()
+    _b2bua(sup, relay_ms=0)
+    v_in, v_out = sup.end("in", 10_600), sup.end("out", 10_600)
+    for v in (v_in, v_out):
+        assert v is not None and v.verdict is Verdict.CLEAN, v and v.reasons
+        assert v.billable_ms is not None and v.evidence["callee"]["packets"] > 400
+        assert v.evidence["caller"]["packets"] > 400
+    assert v_in.billable_ms == 1000 and v_out.billable_ms == 990
+
+
+def test_b2bua_legs_after_relayed_media_keep_both_and_one_leg_ending_frees_nothing() -> None:
+    sup = MediaSupervisor()
+    _b2bua(sup, relay_ms=2000, end_ms=20_000)
+    assert sup.flows.classify(A, B) is not None and len(sup.flows.sharers(A, B)) == 1
+    v_in = sup.end("in", 15_000)  # the inbound leg ends first: B stays the outbound's
+    assert v_in is not None and v_in.verdict is Verdict.CLEAN
+    assert sup.flows.sharers(A, B) == []
+    assert sup.flows.classify(B, A) == ("out", Party.CALLEE)
+    before = sup.dialogs["out"].callee.packets
+    feed(sup, packets(speech_like(1.0, seed=8), 15_100, ssrc=0x88), B, A)
+    assert sup.dialogs["out"].callee.packets == before + 50
+
+
+def test_a_port_reused_at_a_new_offer_is_still_taken_over_not_shared() -> None:
+    """Sharing is for SDP updates of answered dialogs only: a new dialog's offer naming an
+    address an older answered dialog holds is a reused port, as before."""
+    sup = MediaSupervisor()
+    sup.offer("old", 0, sdp(*CALLER))
+    sup.answer("old", 100, sdp(*CALLEE))
+    sup.offer("new", 5000, sdp(*CALLER))
+    assert sup.flows.classify(CALLEE, CALLER) == ("new", Party.CALLEE)
+    assert sup.flows.sharers(CALLEE, CALLER) == []
