@@ -3,16 +3,23 @@ write endpoints need a separate admin token)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
+import signal
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..config import Config, ConfigError, load_config
+from ..config import ConfigError, load_config
 from ..invoices import InvoiceError, InvoiceSettings
 from .app import Context, cli, fail, pass_ctx
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -71,12 +78,11 @@ def api(ctx: Context, listen: str | None, token_file: str | None,
 
     The OpenAPI document is at /openapi.json; every endpoint but /health needs
     'Authorization: Bearer TOKEN'."""
-    from aiohttp import web
-
     from ..api import make_app
+    from ..api.app import given_tokens
 
     try:
-        cfg = load_config(config_path) if config_path else Config()
+        cfg = load_config(config_path)  # None: the defaults and $SIDECAR_TABLE__KEY
     except ConfigError as exc:
         fail(str(exc), 2)
         return
@@ -92,8 +98,67 @@ def api(ctx: Context, listen: str | None, token_file: str | None,
     except (InvoiceError, ValueError) as exc:  # a bad token, no template directory
         fail(str(exc), 2)
         return
+    def tokens_again() -> dict[str, tuple[str, str]]:  # SIGHUP: token files replaced
+        again = load_config(config_path)
+        return given_tokens(read_token(token_file or again.api_token_file or None),
+                            read_token(admin_token_file, "SIDECAR_API_ADMIN_TOKEN",
+                                       "--admin-token-file"))
+
     click.echo(f"sidecar API on http://{host}:{port} (OpenAPI: /openapi.json)", err=True)
     try:
-        web.run_app(app, host=host, port=port, print=None)
+        asyncio.run(_serve(app, host, port, tokens_again))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+
+
+async def _serve(app: web.Application, host: str, port: int,
+                 tokens_again: Callable[[], dict[str, tuple[str, str]]]) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT; tell systemd (Type=notify) READY=1 once
+    listening and STOPPING=1 at the end. SIGHUP re-reads the token files (``--token-file``,
+    ``[api] token_file``, ``--admin-token-file``): a replaced token takes effect without a
+    restart; an unreadable or too short one changes nothing."""
+    from aiohttp import web
+
+    from ..api.app import TOKENS
+    from ..live.systemd import SystemdNotifier
+
+    systemd = SystemdNotifier.from_environment()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def reload() -> None:
+        systemd.reloading()
+        try:
+            given = await asyncio.to_thread(tokens_again)
+            tokens = app[TOKENS]
+            if not given and not tokens.stored:
+                raise ValueError("no token left: 'sidecar token create NAME', or a token file")
+            tokens.given = given
+            click.echo(f"SIGHUP: API tokens re-read ({len(given)} given, "
+                       f"{len(tokens.stored)} in the store)", err=True)
+        except (ConfigError, click.ClickException, ValueError) as exc:
+            message = exc.format_message() if isinstance(exc, click.ClickException) else exc
+            click.echo(f"SIGHUP: tokens not reloaded, nothing changed: {message}", err=True)
+        finally:
+            systemd.ready(f"serving the API on {host}:{port}")
+
+    reloads: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        systemd.ready(f"serving the API on {host}:{port}")
+        await stop.wait()
+        systemd.stopping()
+    finally:
+        await runner.cleanup()
+        systemd.close()

@@ -95,6 +95,7 @@ def main() -> None:
         accounts,
         api,
         cdrs,
+        config,
         db,
         decks,
         fas,

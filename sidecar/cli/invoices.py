@@ -36,7 +36,7 @@ _FORMAT = click.Choice(["html", "pdf", "both"])
 
 def _config(path: str | None) -> Config:
     try:
-        return load_config(path) if path else Config()
+        return load_config(path)  # None: the defaults and $SIDECAR_TABLE__KEY
     except ConfigError as exc:
         fail(str(exc), 2)
         raise  # unreachable: fail() exits

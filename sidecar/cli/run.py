@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..config import Config, ConfigError, listen_address, load_config, node_name_problem
+from ..logs import setup_logging
 from ..store.conn import describe, is_url
 from .app import Context, cli, fail, pass_ctx
 
@@ -36,27 +35,6 @@ LOST_EXIT_WITHIN_S = 20.0
 #: Once it holds the lock, a sidecar waits at most this long for Kamailio to count no
 #: other evapi client (a former leader that has not noticed yet) before it connects.
 FENCE_S = 5.0
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-               + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
-               "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -87,7 +65,7 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     store. A second one started for the same node waits as a hot standby and takes over
     when the active one stops or dies."""
     try:
-        config = load_config(config_path) if config_path else Config()
+        config = load_config(config_path)  # None: the defaults and $SIDECAR_TABLE__KEY
     except ConfigError as exc:
         fail(str(exc), 2)
         return
@@ -99,8 +77,13 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
         return
     setup_logging(log_format, log_level)
     config = dataclasses.replace(config, node=node)  # what the store's rows carry
+    # Under systemd (Type=notify): READY=1 once serving, STATUS, RELOADING=1, STOPPING=1.
+    from ..live.systemd import SystemdNotifier
+
+    systemd = SystemdNotifier.from_environment()
+    running = _Running(config)  # the configuration in force (SIGHUP reloads it)
     # --db / $SIDECAR_DB win over the file, so one config serves several databases.
-    db = ctx.target if ctx.explicit or not config_path else config.db
+    db = ctx.target if ctx.explicit else config.db
     from ..live.metrics import Metrics
     from ..live.service import Sidecar, StoreStartError
     from ..store.decks import PlanLoader
@@ -127,18 +110,107 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     async def main() -> None:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            if not running.stopping:
+                running.stopping = True
+                systemd.stopping(f"stopping: node {node}")
+            if task is not None:
+                task.cancel()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel if task else (lambda: None))
+            loop.add_signal_handler(sig, stop)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def hangup() -> None:  # SIGHUP: reload the configuration (one at a time)
+            t = loop.create_task(_reload(metrics))
+            reloads.add(t)
+            t.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hangup)
         log.info("sidecar starting: node=%s db=%s evapi=%s:%s rpc=%s", node, describe(db),
                  config.evapi_host, config.evapi_port, config.rpc_socket)
+        systemd.status(f"starting: node {node}")
         # /metrics and /health/*: served from the start (a standby answers "not ready").
         metrics = Metrics()
         server = await _serve_metrics(config, metrics)
+        reporting = loop.create_task(_report(metrics)) if systemd.enabled else None
         try:
             await _node(metrics)
         finally:
+            if reporting is not None:
+                reporting.cancel()
+            for t in list(reloads):
+                t.cancel()
+            if not running.stopping:  # leadership lost, a failure: stopping all the same
+                running.stopping = True
+                systemd.stopping(f"stopping: node {node}")
             if server is not None:
                 await server.stop()
+
+    async def _report(metrics: Metrics) -> None:
+        """Tell systemd how the sidecar is doing: READY=1 once it serves Kamailio (as
+        /health/ready decides: the node's leader, its store loaded and taking writes,
+        evapi connected), STATUS when that changes, WATCHDOG=1 while the loop runs."""
+        loop = asyncio.get_running_loop()
+        ping = systemd.watchdog_interval_s
+        next_ping = loop.time()
+        last = ""
+        while True:
+            ready, doc = metrics.readiness()
+            text = _status_text(doc, node, running.config)
+            if ready and not running.ready_sent:
+                running.ready_sent = True
+                systemd.ready(text)
+                log.info("ready: %s", text)
+            elif text != last and not running.reloading:
+                systemd.status(text)
+            last = text
+            if ping is not None and loop.time() >= next_ping:
+                systemd.watchdog()
+                next_ping = loop.time() + ping
+            await asyncio.sleep(0.1)
+
+    async def _reload(metrics: Metrics) -> None:
+        """SIGHUP: read the configuration file again (off the loop) and apply what can
+        change live; a file with an error changes nothing (``live/reload.py``)."""
+        from ..live.reload import plan_reload, read_again
+
+        async with running.lock:
+            if config_path is None:
+                log.warning("SIGHUP: nothing to reload (started without --config)")
+                return
+            running.reloading = True
+            if running.ready_sent:
+                systemd.reloading()
+            try:
+                try:
+                    new = await asyncio.to_thread(read_again, config_path, node_opt)
+                except ConfigError as exc:
+                    log.error("configuration reload refused, nothing changed: %s",
+                              "; ".join(str(exc).splitlines()))
+                    return
+                plan = plan_reload(running.config, new)
+                running.config = plan.config
+                if metrics.sidecar is not None:
+                    metrics.sidecar.apply_config(plan.config)
+                if not plan.changed:
+                    log.info("configuration reloaded from %s: nothing changed", config_path)
+                if plan.applied:
+                    log.info("configuration reloaded from %s: applied %s", config_path,
+                             ", ".join(plan.applied))
+                if plan.need_restart:
+                    log.warning("configuration reload: %s changed: needs a restart; "
+                                "running on with the old value(s)",
+                                ", ".join(plan.need_restart))
+                if plan.not_used:
+                    log.info("configuration reload: %s changed (not used by sidecar run)",
+                             ", ".join(plan.not_used))
+            finally:
+                running.reloading = False
+                if running.ready_sent:
+                    systemd.ready(_status_text(metrics.readiness()[1], node,
+                                               running.config))
 
     async def _node(metrics: Metrics) -> None:
         """Wait for the node's lock (as a standby), then serve Kamailio."""
@@ -155,8 +227,8 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
         await asyncio.to_thread(warm.stop)
         try:
             with contextlib.suppress(asyncio.CancelledError):
-                await _fence(config)
-                await _lead(Sidecar(config, db, plans, metrics), lock, lost)
+                await _fence(running.config)
+                await _lead(Sidecar(running.config, db, plans, metrics), lock, lost)
         finally:
             if not lost:  # a lost lock is gone already
                 await leader.release(lock)
@@ -206,6 +278,33 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
     if lost:
         fail(f"node {node}: leadership lost ({lost[0]}); restart to wait as the standby",
              EXIT_LEADERSHIP_LOST)
+
+
+@dataclasses.dataclass
+class _Running:
+    """What ``sidecar run`` keeps across its tasks: the configuration in force (the one it
+    started with, plus the live keys of reloads) and what systemd was told."""
+
+    config: Config
+    ready_sent: bool = False  # READY=1 was sent (reloads then send RELOADING=1 / READY=1)
+    reloading: bool = False
+    stopping: bool = False
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+
+def _status_text(doc: dict[str, object], node: str, config: Config) -> str:
+    """One line for ``systemctl status``, from the readiness document."""
+    evapi = f"{config.evapi_host}:{config.evapi_port}"
+    if doc.get("ready"):
+        return f"serving Kamailio (evapi {evapi}) as node {node}"
+    missing = doc.get("not_ready") or []
+    if "leader" in (missing if isinstance(missing, list) else []):
+        return f"node {node}: waiting for the leader lock (standby while another is active)"
+    if doc.get("store_error"):
+        return f"store unavailable: {doc['store_error']}"
+    if "store" in (missing if isinstance(missing, list) else []):
+        return f"node {node}: loading the store"
+    return f"node {node}: connecting to Kamailio evapi {evapi}"
 
 
 async def _serve_metrics(config: Config, metrics: Metrics) -> MetricsServer | None:

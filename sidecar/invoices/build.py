@@ -7,7 +7,7 @@ writes: issuing (numbering, freezing) is :mod:`sidecar.invoices.issue`.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -40,27 +40,28 @@ class InvoiceNotFound(InvoiceError):
     """The account or the issued document named does not exist."""
 
 
+_D = Config  # the defaults: the configuration schema's, never written twice
+
+
 @dataclass(frozen=True)
 class InvoiceSettings:
-    """The operator's invoice settings (``[invoice]`` in the TOML config)."""
+    """The operator's invoice settings: ``[invoice]`` of the configuration, whose schema
+    (:class:`sidecar.config.Config`, ``invoice_*``) gives their meaning and defaults."""
 
-    provider_name: str = ""
-    provider_address: str = ""
-    provider_tax_number: str = ""
-    provider_email: str = ""
-    payment_details: str = ""
-    tax_label: str = "Tax"
-    template_dir: str = ""
-    due_days: int = 14
-    detail_csv_over: int = 500
+    provider_name: str = _D.invoice_provider_name
+    provider_address: str = _D.invoice_provider_address
+    provider_tax_number: str = _D.invoice_provider_tax_number
+    provider_email: str = _D.invoice_provider_email
+    payment_details: str = _D.invoice_payment_details
+    tax_label: str = _D.invoice_tax_label
+    template_dir: str = _D.invoice_template_dir
+    due_days: int = _D.invoice_due_days
+    detail_csv_over: int = _D.invoice_detail_csv_over
 
     @classmethod
     def from_config(cls, cfg: Config) -> InvoiceSettings:
-        """The invoice settings of a loaded configuration."""
-        return cls(cfg.invoice_provider_name, cfg.invoice_provider_address,
-                   cfg.invoice_provider_tax_number, cfg.invoice_provider_email,
-                   cfg.invoice_payment_details, cfg.invoice_tax_label,
-                   cfg.invoice_template_dir, cfg.invoice_due_days, cfg.invoice_detail_csv_over)
+        """The invoice settings of a loaded configuration (``invoice.KEY`` is ``KEY``)."""
+        return cls(**{f.name: getattr(cfg, f"invoice_{f.name}") for f in fields(cls)})
 
 
 _CDR_SQL = (

@@ -32,6 +32,11 @@ class _Protocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.client._on_reply(data)
 
+    def error_received(self, exc: Exception) -> None:
+        # A send the kernel refused (no permission on Kamailio's socket, no socket): the
+        # loop reports it here, not to sendto's caller.
+        self.client._on_send_error(exc)
+
 
 class KamailioRpc:
     """Async JSON-RPC client; use as ``async with KamailioRpc(path) as rpc``."""
@@ -53,6 +58,10 @@ class KamailioRpc:
 
     async def open(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="sidecar-rpc-")
+        # Kamailio, as its own user, must reach the reply socket: the directory (0700 from
+        # mkdtemp) is opened for traversal only. Who may reach it at all is up to the
+        # directory it is in ($TMPDIR: /run/sidecar, 0710 group kamailio, under systemd).
+        os.chmod(self._dir, 0o711)
         local = os.path.join(self._dir, "reply.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(local)
@@ -75,6 +84,15 @@ class KamailioRpc:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(RpcError("client closed"))
+        self._pending.clear()
+
+    def _on_send_error(self, exc: Exception) -> None:
+        """Every request waiting now fails with why the datagram could not be sent
+        (they all went to the one socket), instead of waiting for its timeout."""
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(RpcError(f"cannot reach Kamailio at {self.server_path}: "
+                                           f"{exc}"))
         self._pending.clear()
 
     def _on_reply(self, data: bytes) -> None:

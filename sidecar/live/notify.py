@@ -52,7 +52,9 @@ class Notifier:
         self.timeout = timeout
 
     async def alert(self, a: Alert) -> None:
-        log.warning("alert %s account=%s: %s", a.kind, a.account, a.message)
+        log.warning("alert %s account=%s: %s", a.kind, a.account, a.message,
+                    extra={"account": a.account, "decision": "alert",
+                           "reason": f"{a.kind}: {a.message}"})
         if not self.alert_webhook:
             return
         payload: dict[str, object] = {"kind": a.kind, "account": a.account,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
@@ -30,6 +31,7 @@ from typing import Any
 from ..charging import (
     Action,
     Alert,
+    AuthDecision,
     CdrWritten,
     Charger,
     ChargingConfig,
@@ -118,6 +120,25 @@ class Sidecar:
     def store_loaded(self) -> bool:
         """The store's first snapshot (accounts, plans) is in memory."""
         return self._ready.is_set()
+
+    def apply_config(self, config: Config) -> None:
+        """Run on with a reloaded configuration (SIGHUP; ``live/reload.py``): the keys
+        that can change under running calls take effect from now on (webhooks and the
+        recharge command, shedding, the RPC timeout, chunking, media thresholds); the
+        caller passes the others unchanged (they need a restart)."""
+        self.config = config
+        self.notifier.alert_webhook = config.alert_webhook
+        self.notifier.recharge_command = tuple(config.recharge_command)
+        self.notifier.recharge_webhook = config.recharge_webhook
+        self.rpc.timeout = config.rpc_timeout
+        self.charger.config = dataclasses.replace(
+            self.charger.config, renew_lead_ms=config.renew_lead_ms,
+            min_chunk_seconds=config.min_chunk_seconds)
+        if self.media is not None:
+            self.media.config = dataclasses.replace(
+                self.media.config, grace_ms=config.media_grace_ms,
+                silence_share=config.media_silence_share,
+                end_without_media_ms=config.media_end_without_media_s * 1000)
 
     # --- lifecycle -------------------------------------------------------------
     async def run(self) -> None:
@@ -261,14 +282,9 @@ class Sidecar:
                           "reason": decision.phrase or _reason_phrase(decision.code)}
                 if decision.limit:  # a usage limit or a fraud block: counted by name
                     self.counters[f"refused_{decision.limit}"] += 1
-            if not decision.allow:
-                log.info("offer %s from=%s to=%s -> reject %s (%s)", ref, ev.from_user,
-                         ev.ruri_user, decision.code, decision.reason)
-            elif log.isEnabledFor(logging.DEBUG):
-                log.debug("offer %s from=%s to=%s -> allow %ss account=%s", ref,
-                          ev.from_user, ev.ruri_user, decision.max_seconds, decision.account)
             if not self.evapi.send(reply):
-                log.error("could not answer offer %s: evapi not connected", ref)
+                log.error("could not answer offer %s: evapi not connected", ref,
+                          extra={"call": ref, "node": self.config.node})
             sent_us = time.time_ns() // 1000
             local_us = sent_us - received_us
             self.auth_local_us.append(local_us)
@@ -276,6 +292,10 @@ class Sidecar:
             if total_us is not None:
                 self.auth_total_us.append(total_us)
             self.metrics.offered(decision.allow, decision.code, total_us, local_us)
+            # Logged once answered (the answer never waits for a log line): a refusal at
+            # info, an allow at debug; nothing is built for a line that is not written.
+            if log.isEnabledFor(logging.DEBUG if decision.allow else logging.INFO):
+                self._log_decision(ev, decision, local_us if total_us is None else total_us)
             if self.pump is not None and decision.allow:
                 self.pump.flows_changed()
         elif self.pump is not None:
@@ -283,6 +303,23 @@ class Sidecar:
         if isinstance(ev, End | Failed):
             self.dialogs.pop(ref, None)
         self.on_actions(actions)
+
+    def _log_decision(self, ev: Offer, decision: AuthDecision, latency_us: int) -> None:
+        """The decision's log line, with its fields (``sidecar.logs``); ``latency_us``
+        from Kamailio's timestamp on the offer to the answer sent (else from its
+        arrival)."""
+        ref = ev.dialog.call_id
+        fields: dict[str, object] = {
+            "call": ref, "account": decision.account, "code": decision.code,
+            "latency_ms": round(latency_us / 1000, 3), "node": self.config.node}
+        if decision.allow:
+            fields["decision"] = "allow"
+            log.debug("offer %s from=%s to=%s -> allow %ss account=%s", ref, ev.from_user,
+                      ev.ruri_user, decision.max_seconds, decision.account, extra=fields)
+        else:
+            fields["decision"], fields["reason"] = "reject", decision.reason
+            log.info("offer %s from=%s to=%s -> reject %s (%s)", ref, ev.from_user,
+                     ev.ruri_user, decision.code, decision.reason, extra=fields)
 
     def _late(self, ev: Offer, received_us: int) -> bool:
         """Overload: an offer that already waited longer than ``shed_after_ms`` (in
@@ -337,14 +374,20 @@ class Sidecar:
                 # verdict, money written off, a call the sidecar ended) at info level.
                 notable = bool(c.fas_verdict or c.written_off or (c.end_reason
                                and c.ended_by == "proxy"))
-                if notable or log.isEnabledFor(logging.DEBUG):
-                    log.log(logging.INFO if notable else logging.DEBUG,
+                level = logging.INFO if notable else logging.DEBUG
+                if log.isEnabledFor(level):
+                    why = [c.end_reason, f"FAS {c.fas_verdict}" if c.fas_verdict else "",
+                           f"{c.written_off} written off" if c.written_off else ""]
+                    log.log(level,
                             "cdr %s account=%s %s duration=%sms billed=%ss cost=%s "
                             "charged=%s%s%s", c.call_ref, c.account, c.disposition.value,
                             c.duration_ms, c.billed_seconds, c.cost, c.charged,
                             f" ended_by={c.ended_by} ({c.end_reason})" if c.ended_by else "",
                             f" FAS {c.fas_verdict}: {c.fas_reasons} credited={c.credited}"
-                            if c.fas_verdict else "")
+                            if c.fas_verdict else "",
+                            extra={"call": c.call_ref, "account": c.account, "decision": "cdr",
+                                   "code": c.sip_code, "reason": "; ".join(w for w in why if w)
+                                   or c.disposition.value, "node": self.config.node})
 
     def _topup(self, code: str, amount: Decimal, note: str) -> None:
         self.charger.topup(code, amount, wall_ms(), note)
@@ -362,23 +405,34 @@ class Sidecar:
                 continue
             if delay:
                 self.counters["rpc_retries"] += 1
+            session = self.charger.sessions.get(a.call_ref)  # gone once the end arrives
             try:
                 await self.rpc.end_dialog(*h)
                 self.counters["ended_by_rpc"] += 1
                 lag_ms = wall_ms() - a.at_ms
                 self.metrics.cut_off(lag_ms)
-                log.info("end %s (%s): dlg.end_dlg %s:%s sent %d ms after the deadline",
-                         a.call_ref, a.reason, h[0], h[1], lag_ms)
+                if log.isEnabledFor(logging.INFO):
+                    log.info("end %s (%s): dlg.end_dlg %s:%s sent %d ms after the deadline",
+                             a.call_ref, a.reason, h[0], h[1], lag_ms, extra={
+                                 "call": a.call_ref,
+                                 "account": session.account if session else None,
+                                 "decision": "end", "reason": a.reason, "latency_ms": lag_ms,
+                                 "node": self.config.node})
                 return
             except RpcError as exc:
                 if exc.code == 404:  # Kamailio no longer has it: the end event was lost
-                    log.warning("end %s: dialog already gone; settling", a.call_ref)
+                    log.warning("end %s: dialog already gone; settling", a.call_ref,
+                                extra={"call": a.call_ref, "decision": "end",
+                                       "reason": a.reason, "node": self.config.node})
                     self.on_actions(self.control.end_lost(a.call_ref, wall_ms(), "dialog gone"))
                     return
                 self.counters["rpc_errors"] += 1
-                log.error("end %s: %s (retrying)", a.call_ref, exc)
+                log.error("end %s: %s (retrying)", a.call_ref, exc,
+                          extra={"call": a.call_ref, "node": self.config.node})
         self.counters["rpc_gave_up"] += 1
-        log.error("gave up ending %s after %d tries", a.call_ref, len(END_RETRIES) + 1)
+        log.error("gave up ending %s after %d tries", a.call_ref, len(END_RETRIES) + 1,
+                  extra={"call": a.call_ref, "decision": "end", "reason": a.reason,
+                         "node": self.config.node})
 
     # --- reconciliation ------------------------------------------------------------
     async def reconcile(self) -> None:

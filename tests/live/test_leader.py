@@ -75,7 +75,7 @@ def test_a_bad_node_name_is_refused_naming_file_and_key(tmp_path: Path, value: s
     cfg.write_text(f"[node]\nname = {value}\n")
     with pytest.raises(ConfigError) as err:
         load_config(cfg)
-    assert str(err.value).startswith(f"{cfg}: [node] name ")
+    assert str(err.value).startswith(f"{cfg}: node.name: ")
     assert problem in str(err.value)
 
 

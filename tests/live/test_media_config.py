@@ -28,12 +28,12 @@ def test_media_is_off_by_default_and_reads_its_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "needle"), [
-    ('[media]\nports = "lots"\n', "[media] ports must be"),
-    ('[media]\nports = "20000-10000"\n', "[media] ports must be"),
-    ("[media]\nsilence_share = 1.5\n", "silence_share must be a share"),
-    ("[media]\ngrace_ms = -1\n", "grace_ms must be at least 0"),
-    ('[media]\nenabled = "yes"\n', "enabled must be bool"),
-    ("[media]\ninterfaces = 1\n", "unknown key [media] interfaces"),
+    ('[media]\nports = "lots"\n', 'media.ports: must be "auto" or a range'),
+    ('[media]\nports = "20000-10000"\n', "media.ports: must be"),
+    ("[media]\nsilence_share = 1.5\n", "media.silence_share: must be at most 1"),
+    ("[media]\ngrace_ms = -1\n", "media.grace_ms: must be at least 0, not -1"),
+    ('[media]\nenabled = "yes"\n', "media.enabled: must be bool, not str"),
+    ("[media]\ninterfaces = 1\n", "media.interfaces: unknown key (did you mean media.interface?)"),
 ])
 def test_bad_media_settings_are_named(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(ConfigError) as e:

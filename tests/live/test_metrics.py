@@ -219,11 +219,11 @@ def test_metrics_listen_key(tmp_path: Path) -> None:
     for bad in ('"9464"', '"127.0.0.1:"', '"127.0.0.1:70000"', '"::1:9464"', '":9464"',
                 '"host:port"'):
         cfg.write_text(f"[metrics]\nlisten = {bad}\n")
-        with pytest.raises(ConfigError, match=r"\[metrics\] listen must be \"HOST:PORT\""):
+        with pytest.raises(ConfigError, match=r"metrics\.listen: must be \"HOST:PORT\""):
             load_config(cfg)
     cfg.write_text("[metrics]\nlisten = 9464\n")
-    with pytest.raises(ConfigError, match=r"\[metrics\] listen must be str"):
+    with pytest.raises(ConfigError, match=r"metrics\.listen: must be str, not int"):
         load_config(cfg)
     cfg.write_text("[metrics]\nport = 9464\n")
-    with pytest.raises(ConfigError, match=r"unknown key \[metrics\] port"):
+    with pytest.raises(ConfigError, match=r"metrics\.port: unknown key"):
         load_config(cfg)
