@@ -10,8 +10,11 @@ not pull in the others or dpkt):
 * :mod:`sidecar.media.g711` - PCMU/PCMA to 16-bit linear by 256-entry tables (``Codec``).
 * :mod:`sidecar.media.tones` - streaming ringback (Goertzel-style projection, the published
   10x / 8-block rule) and silence (mean |sample| < 512) detectors.
+* :mod:`sidecar.media.frames` - the sans-IO ``FrameDecoder``: link-layer frames (VLAN,
+  QinQ, PPPoE, MPLS, GRE/ERSPAN, VXLAN, ... ; dpkt for the rest) to UDP/TCP payloads,
+  shared by both capture edges.
 * :mod:`sidecar.media.pcap` - the capture edge: pcap/pcapng files to UDP/TCP payloads
-  (``read_capture``), with the sans-IO ``FrameDecoder`` the live capture reuses.
+  (``read_capture``); re-exports the decoder's names.
 * :mod:`sidecar.media.capture` - the live edge: an AF_PACKET socket (TPACKET_V3 ring) with
   a libpcap-compiled kernel filter, loopback de-duplication and kernel drop counters
   (``LiveCapture``, ``interface_towards``, ``port_filter``).

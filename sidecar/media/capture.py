@@ -20,6 +20,21 @@ The socket
     the kernel strips any link header, and link type raw IP: one rule that works for all
     of them rather than a header parser per type.
 
+VLAN trunks
+    On receive the kernel moves a frame's outer 802.1Q or 802.1ad tag out of the frame
+    into the packet's metadata (``skb_vlan_untag``; AF_PACKET reports it as auxdata,
+    ``tp_vlan_tci`` in the ring), before the BPF filter runs and before the frame is
+    copied to the socket: a tagged frame on a trunk reaches the filter and the decoder
+    untagged and needs nothing more. A QinQ frame keeps its inner tag in the frame. The
+    decoder walks any stack of tags; for the filter, :meth:`LiveCapture.set_filter`
+    attaches, on Ethernet interfaces other than loopback, the expression and behind it
+    the same expression compiled after ``vlan`` (the first program's rejections jump to
+    the second), so frames that still carry a tag are matched past it. That is a second
+    compile: 64 ports take about 35 ms instead of 10 (about 55 ms for libpcap's own
+    ``A or (vlan and A)``). Other encapsulations (PPPoE, MPLS, GRE, VXLAN) are decoded
+    when they reach the decoder, but a port filter does not pass them: capture them
+    with a filter that names them, or in a file for ``sidecar replay``.
+
 Loopback's double copies
     On ``lo`` the kernel shows a packet twice: once as it is sent (``PACKET_OUTGOING``)
     and once as it is received (``PACKET_HOST``). On loopback only, three instructions
@@ -261,6 +276,23 @@ def compile_filter(expression: str, *, linktype: int, snaplen: int) -> bytes:
     return code
 
 
+def _either(first: bytes, second: bytes) -> bytes:
+    """One classic BPF program that accepts what either program accepts.
+
+    Each of ``first``'s rejections (``ret #0``, the only way libpcap's programs reject)
+    becomes a forward jump to the start of ``second``; its acceptances stay. Costs one
+    more compile instead of libpcap optimizing ``A or (vlan and A)`` as one expression,
+    which takes ten times as long for 64 ports.
+    """
+    count = len(first) // _INSN.size
+    out = bytearray(first)
+    for i in range(count):
+        code, _jt, _jf, k = _INSN.unpack_from(first, i * _INSN.size)
+        if code == 0x06 and k == 0:  # BPF_RET | BPF_K, 0
+            _INSN.pack_into(out, i * _INSN.size, 0x05, 0, 0, count - i - 1)  # BPF_JMP | BPF_JA
+    return bytes(out) + second
+
+
 def port_filter(ports: Iterable[int], *, max_ports: int = 64) -> str:
     """A filter expression for UDP datagrams to any of ``ports``.
 
@@ -418,8 +450,22 @@ class LiveCapture:
     def _program(self, expression: str) -> bytes:
         linktype = LINKTYPE_ETHERNET if self.linktype == LINKTYPE_ETHERNET else DLT_RAW
         code = compile_filter(expression, linktype=linktype, snaplen=self.snaplen)
-        # The prefix's jumps are relative, so the program after it runs unchanged.
-        return _DROP_OUTGOING + code if self.loopback else code
+        if self.loopback:
+            # The prefix's jumps are relative, so the program after it runs unchanged.
+            return _DROP_OUTGOING + code
+        if linktype == LINKTYPE_ETHERNET:
+            # A frame that still carries a tag (QinQ's inner one, see the module notes)
+            # gets a second chance: the same expression past the tag.
+            try:
+                tagged = compile_filter(
+                    f"vlan and ({expression})", linktype=linktype, snaplen=self.snaplen
+                )
+            except CaptureError:
+                return code  # an expression "vlan" cannot prefix: untagged frames only
+            either = _either(code, tagged)
+            if len(either) // _INSN.size <= _BPF_MAXINSNS:
+                return either
+        return code
 
     def _setup_ring(
         self, buffer_bytes: int, block_bytes: int, block_timeout_ms: int, snaplen: int
