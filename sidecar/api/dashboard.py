@@ -35,7 +35,7 @@ from .. import __version__
 from ..invoices import list_invoices
 from ..invoices.analytics import route_calls, spend, spend_json
 from ..invoices.records import iso
-from ..money import to_text
+from ..money import fmt
 from ..store.accounts import list_accounts
 from ..store.conn import Db
 from ..store.fraud import fraud_events
@@ -80,7 +80,7 @@ def live_snapshot(conn: Db, now_ms: int, recent: int = RECENT) -> dict[str, obje
             # Each call as a row of values in the order of ``call_fields`` (half the JSON
             # of an object per call, and half the time to encode it).
             "call_fields": _CALL_FIELDS, "calls": [[c[k] for k in _CALL_FIELDS] for c in calls],
-            "accounts": {k: to_text(v) for k, v in sorted(totals.items())},
+            "accounts": {k: fmt(v) for k, v in sorted(totals.items())},
             "recent": cdrs}
 
 

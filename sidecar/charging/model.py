@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
-from ..money import ZERO, to_text
+from ..money import ZERO, fmt
 from .limits import NO_LIMITS, Limits
 
 
@@ -46,15 +46,15 @@ class Account:
     def to_dict(self) -> dict[str, object]:
         """The account for JSON (CLI ``--json`` and the HTTP API): money as strings."""
         def opt(v: Decimal | None) -> str | None:
-            return None if v is None else to_text(v)
+            return None if v is None else fmt(v)
 
         return {
             "code": self.code, "name": self.name, "plan": self.plan, "currency": self.currency,
-            "kind": self.kind.value, "balance": to_text(self.balance),
-            "held": to_text(self.held), "available": to_text(self.available()),
-            "credit_limit": to_text(self.credit_limit),
+            "kind": self.kind.value, "balance": fmt(self.balance),
+            "held": fmt(self.held), "available": fmt(self.available()),
+            "credit_limit": fmt(self.credit_limit),
             "daily_cap": opt(self.daily_cap), "monthly_cap": opt(self.monthly_cap),
-            "day_spend": to_text(self.day_spend), "month_spend": to_text(self.month_spend),
+            "day_spend": fmt(self.day_spend), "month_spend": fmt(self.month_spend),
             "chunk_seconds": self.chunk_seconds, "max_call_seconds": self.max_call_seconds,
             "low_balance": opt(self.low_balance), "recharge_below": opt(self.recharge_below),
             "recharge_amount": opt(self.recharge_amount), "suspended": self.suspended,

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..charging.model import AccountKind
-from ..money import MoneyError, fmt, parse_amount, to_text
+from ..money import MoneyError, fmt, parse_amount
 from ..store.accounts import (
     AccountExists,
     AccountNotFound,
@@ -297,7 +297,7 @@ def calls_live(ctx: Context, live: bool, as_json: bool) -> None:
     """Running calls: cost so far, reserved credit, remaining paid time, account totals."""
     calls, totals = live_calls_view(ctx.conn, _now_ms())
     if as_json:
-        emit_json({"calls": calls, "accounts": {k: to_text(v) for k, v in totals.items()}})
+        emit_json({"calls": calls, "accounts": {k: fmt(v) for k, v in totals.items()}})
         return
     t = Table("call", "account", "number", "destination", "elapsed", "cost so far", "reserved",
               "paid time left", title=f"{len(calls)} live calls")

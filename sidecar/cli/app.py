@@ -6,11 +6,13 @@ import json
 import sqlite3
 import sys
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import click
 
 from .. import __version__
+from ..money import fmt
 from ..store.conn import Db, describe, is_url, open_db
 from ..store.db import SchemaTooNew, db_path
 
@@ -67,9 +69,17 @@ def parse_when(text: str | None, option: str = "--at") -> datetime:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+def _json_default(value: Any) -> str:
+    """Amounts as people read them (``money.fmt``: plain digits, no exponent, no trailing
+    zeros, as the HTTP API prints them); anything else as its text."""
+    if isinstance(value, Decimal):
+        return fmt(value)
+    return str(value)
+
+
 def emit_json(obj: Any) -> None:
     """Print one JSON document to stdout."""
-    click.echo(json.dumps(obj, indent=None, sort_keys=False, default=str))
+    click.echo(json.dumps(obj, indent=None, sort_keys=False, default=_json_default))
 
 
 def fail(message: str, code: int = 1) -> None:

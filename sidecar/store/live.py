@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from ..invoices.records import iso
-from ..money import ZERO, to_text
+from ..money import ZERO, fmt
 from ..rating import RateLine, price
 from ..rating.increments import Increment, duration_seconds
 from .accounts import ledger_for
@@ -52,9 +52,9 @@ def live_calls_view(conn: Db, now_ms: int) -> tuple[list[dict[str, object]],
         out.append({
             "call_ref": r["call_ref"], "account": account, "node": r["node"],
             "number": r["number"], "destination": r["destination"], "prefix": r["prefix"],
-            "rate": to_text(Decimal(str(r["rate"]))), "increment": r["increment"],
+            "rate": fmt(Decimal(str(r["rate"]))), "increment": r["increment"],
             "answered": iso(answered), "answered_ms": answered, "elapsed_ms": elapsed,
-            "cost": to_text(cost), "reserved": to_text(Decimal(str(r["reserved"]))),
+            "cost": fmt(cost), "reserved": fmt(Decimal(str(r["reserved"]))),
             "paid_seconds": int(str(r["paid_seconds"])),
             "remaining_ms": max(0, paid_until - now_ms)})
     return out, dict(totals)

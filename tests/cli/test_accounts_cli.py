@@ -27,7 +27,7 @@ def test_account_lifecycle(db: Path) -> None:
     run(db, "account", "topup", "ACME-1", "2.50", "--note", "invoice 77")
     run(db, "account", "map-sip", "ACME-1", "--user", "alice", "--ip", "192.0.2.7")
     shown = json.loads(run(db, "account", "show", "ACME-1", "--json").stdout)
-    assert shown["balance"] == "12.50"
+    assert shown["balance"] == "12.5"
     assert {m["value"] for m in shown["sip"]} == {"alice", "192.0.2.7"}
     assert [r["kind"] for r in shown["ledger"]] == ["topup", "topup"]
     run(db, "account", "suspend", "ACME-1", "--reason", "unpaid invoice")

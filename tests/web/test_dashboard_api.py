@@ -23,6 +23,7 @@ from aiohttp import web
 from sidecar.api import app as api_app
 from sidecar.api import dashboard, make_app
 from sidecar.api.dashboard import PUBLIC_PATHS, alerts
+from sidecar.money import fmt
 from tests.charging.harness import Sim
 from tests.invoices.helpers import NUMBERS, SETTINGS, add_customer, call, new_sim
 
@@ -121,7 +122,7 @@ def test_the_summary_has_balances_alerts_spend_fas_fraud_and_invoices(sim: Sim) 
                 assert r.status == 400
                 assert "days must be an integer between 1 and 3660" in (await r.json())["error"]
         (acme,) = doc["accounts"]
-        assert acme["balance"] == str(sim.balance("ACME")) and Decimal(acme["held"]) > 0
+        assert acme["balance"] == fmt(sim.balance("ACME")) and Decimal(acme["held"]) > 0
         (dest,) = doc["spend"]["destination"]
         assert dest["key"] == "Germany Fixed" and dest["calls"] == 1
         assert [r["route"] for r in doc["fas_routes"]] == ["carrier-a"]
