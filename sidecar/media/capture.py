@@ -108,13 +108,8 @@ from types import TracebackType
 from typing import Final, Literal, Self
 
 from sidecar.media import pcap
-from sidecar.media.pcap import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_RAW,
-    CapturedPayload,
-    CaptureStats,
-    FrameDecoder,
-)
+from sidecar.media.frames import LINKTYPE_ETHERNET, LINKTYPE_RAW, FrameDecoder
+from sidecar.media.pcap import CapturedPayload, CaptureStats
 
 __all__ = [
     "DLT_RAW",

@@ -31,7 +31,8 @@ from sidecar.media.capture import (
     interface_towards,
     port_filter,
 )
-from sidecar.media.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, CapturedPayload
+from sidecar.media.frames import LINKTYPE_ETHERNET, LINKTYPE_RAW
+from sidecar.media.pcap import CapturedPayload
 from tests.media import packets
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="live capture needs root")

@@ -35,8 +35,7 @@ from hypothesis import strategies as st
 
 from sidecar.cli.replay import replay_file
 from sidecar.media.capture import LiveCapture, Mechanism, port_filter
-from sidecar.media.g711 import Codec
-from sidecar.media.pcap import (
+from sidecar.media.frames import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
@@ -47,10 +46,10 @@ from sidecar.media.pcap import (
     SKIP_TRUNCATED_FRAME,
     SKIP_UNSUPPORTED_ENCAPSULATION,
     SKIP_UNSUPPORTED_LINKTYPE,
-    CapturedPayload,
     FrameDecoder,
-    read_capture,
 )
+from sidecar.media.g711 import Codec
+from sidecar.media.pcap import CapturedPayload, read_capture
 from sidecar.replay.run import ReplayResult
 from sidecar.store.accounts import map_sip
 from sidecar.supervision.calls import CallControl, ControlConfig

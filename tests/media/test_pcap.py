@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.media.pcap import (
+from sidecar.media.frames import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -42,12 +42,9 @@ from sidecar.media.pcap import (
     SKIP_TRUNCATED_RECORD,
     SKIP_UNKNOWN_INTERFACE,
     SKIP_UNSUPPORTED_LINKTYPE,
-    CapturedPayload,
-    CaptureError,
-    CaptureReader,
     FrameDecoder,
-    read_capture,
 )
+from sidecar.media.pcap import CapturedPayload, CaptureError, CaptureReader, read_capture
 from sidecar.media.rtp import parse_rtp
 
 from .packets import (
