@@ -145,6 +145,34 @@ def _ports_problem(value: str) -> str | None:
         f'must be "auto" or a range like "10000-20000", not {value!r}')
 
 
+#: Where ``sidecar run`` learns of the calls' media (``[media] source``).
+MEDIA_SOURCES = ("capture", "rtpengine")
+
+
+def _source_problem(value: str) -> str | None:
+    return None if value in MEDIA_SOURCES else (
+        f"must be one of {', '.join(repr(s) for s in MEDIA_SOURCES)}, not {value!r}")
+
+
+def ng_address(text: str) -> tuple[str, int] | None:
+    """rtpengine's ng address in Kamailio's ``rtpengine_sock`` form ``"udp:HOST:PORT"``
+    as (host, port); None if it is not one."""
+    if not text.startswith("udp:"):
+        return None
+    host, sep, port = text[4:].rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or " " in host or not port.isdigit():
+        return None
+    number = int(port)
+    return (host, number) if 1 <= number <= 65535 else None
+
+
+def _ng_problem(value: str) -> str | None:
+    return None if ng_address(value) else (
+        f'must be "udp:HOST:PORT" (e.g. "udp:127.0.0.1:2223"), not {value!r}')
+
+
 def _listen_problem(value: str) -> str | None:
     return None if not value or listen_address(value) else (
         f'must be "HOST:PORT" (e.g. "127.0.0.1:9464") or "" (off), not {value!r}')
@@ -225,6 +253,21 @@ class Config:
                                           doc="end answered calls with no callee media "
                                               "after this (0: never)")
     media_buffer_mb: int = _key("media.buffer_mb", 64, ge=1, doc="kernel capture buffer")
+    media_source: str = _key("media.source", "capture", check=_source_problem,
+                             doc="\"capture\": sniff the RTP (interface, peer, ports); "
+                                 "\"rtpengine\": read rtpengine's per-call counters (ng "
+                                 "query) where the media cannot be sniffed: answer, no "
+                                 "media and late media judged, not ringback or silence")
+    media_rtpengine: str = _key("media.rtpengine", "udp:127.0.0.1:2223", check=_ng_problem,
+                                doc="rtpengine's ng address (Kamailio's RTPENGINE_SOCK), "
+                                    "with source = \"rtpengine\"")
+    media_rtpengine_poll_ms: int = _key("media.rtpengine_poll_ms", 250, ge=20, le=5_000,
+                                        doc="each answered call without callee media yet "
+                                            "is queried this often (late media is billed "
+                                            "up to this much late)")
+    media_rtpengine_max_qps: int = _key("media.rtpengine_max_qps", 200, ge=1,
+                                        doc="at most this many ng queries per second in "
+                                            "all (more calls: each is queried less often)")
     # [alerts]
     alert_webhook: str = _key("alerts.webhook", "", secret=True, restart=False,
                               doc="POSTed JSON for low-balance, budget, fraud and "

@@ -4,6 +4,7 @@
     evapi "early"   -> ringing time; early-media SDP registered for the capture
     evapi "answer"  -> Charger.answer    -> first chunk reserved; media grace opens
     AF_PACKET RTP   -> MediaSupervisor   -> answer confirmed by media, FAS evidence
+    (or rtpengine's counters, ng query: source = "rtpengine", live/rtpengine_source.py)
     credit timer    -> CallControl.tick  -> EndCall -> JSON-RPC dlg.end_dlg (retried)
     evapi "end"     -> media verdict + Charger.end -> CDR written once (FAS credited)
     (re)connect     -> events Kamailio kept while no sidecar was connected (replayed)
@@ -54,6 +55,7 @@ from ..supervision.media import MediaConfig, MediaSupervisor
 from .media import MediaPump
 from .metrics import Metrics
 from .notify import Notifier, run_recharge
+from .rtpengine_source import RtpengineSource
 from .timer import CreditTimer, wall_ms
 
 log = logging.getLogger("sidecar.live")
@@ -90,7 +92,15 @@ class Sidecar:
         self.control = CallControl(self.charger, self.media,
                                    ControlConfig(enforce=config.media_enforce))
         self.pump: MediaPump | None = None
-        if self.media is not None:
+        self.rtpe: RtpengineSource | None = None  # [media] source = "rtpengine"
+        self.counters: Counter[str] = Counter()
+        if self.media is not None and config.media_source == "rtpengine":
+            self.rtpe = RtpengineSource(self.control, self.media,
+                                        address=config.media_rtpengine,
+                                        poll_ms=config.media_rtpengine_poll_ms,
+                                        max_qps=config.media_rtpengine_max_qps,
+                                        on_actions=self.on_actions, counters=self.counters)
+        elif self.media is not None:
             self.pump = MediaPump(self.control, self.media, interface=config.media_interface,
                                   peer=config.media_peer,
                                   port_range=port_range(config.media_ports),
@@ -103,7 +113,6 @@ class Sidecar:
         self.notifier = Notifier(config.alert_webhook, config.recharge_command,
                                  config.recharge_webhook)
         self.dialogs: dict[str, tuple[int, int]] = {}  # call_ref -> (h_entry, h_id)
-        self.counters: Counter[str] = Counter()
         # Authorization latency samples in microseconds: Kamailio's offer timestamp to
         # our reply written, and our own share of it (message in -> reply out).
         # (The latest 20,000 of each: enough for percentiles, a bounded memory.)
@@ -155,12 +164,16 @@ class Sidecar:
             await self.rpc.open()
             if self.pump is not None:
                 self.pump.start()  # before evapi: media can beat the answer event
+            if self.rtpe is not None:
+                self.rtpe.start()
             self.timer.start()
             await self.evapi.run()
         finally:
             await self.timer.stop()
             if self.pump is not None:
                 self.pump.stop()
+            if self.rtpe is not None:
+                self.rtpe.stop()
             for t in list(self._tasks):
                 t.cancel()
             self.rpc.close()
@@ -254,11 +267,27 @@ class Sidecar:
             log.error("ignored evapi message (%s): %r", exc, payload[:200])
             return
         self.counters[type(ev).__name__.lower()] += 1
+        if (self.rtpe is not None and isinstance(ev, End)
+                and ev.dialog.call_id in self.control.awaiting_media()):
+            self._spawn(self._end_after_count(ev))  # rtpengine's last count first
+            return
         try:
             self._dispatch(ev)
         except Exception:  # one bad call must not stop the others being charged
             self.counters["errors"] += 1
             log.exception("failed to handle %s for %s", type(ev).__name__, ev.dialog.call_id)
+        self.timer.poke()
+
+    async def _end_after_count(self, ev: End) -> None:
+        """The end of a call whose callee media rtpengine has not shown yet: one last
+        query (at most its timeout), then the end as it came."""
+        assert self.rtpe is not None
+        await self.rtpe.final(ev.dialog.call_id, ev.dialog.ts_ms or wall_ms())
+        try:
+            self._dispatch(ev)
+        except Exception:
+            self.counters["errors"] += 1
+            log.exception("failed to handle End for %s", ev.dialog.call_id)
         self.timer.poke()
 
     def _dispatch(self, ev: Event) -> None:

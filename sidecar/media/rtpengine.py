@@ -10,6 +10,8 @@ for the reply with the same cookie. :func:`received_at` reads, from a ``query`` 
 what arrived on the port rtpengine advertised to the carrier (the ``offer`` event's SDP
 with ``WITH_RTPENGINE``): the carrier's media. Bad input gets :class:`BencodeError` naming the
 offset; an ng ``error`` result raises :class:`NgError` with rtpengine's reason.
+``sidecar run`` with ``[media] source = "rtpengine"`` polls with it
+(:mod:`sidecar.live.rtpengine_source`).
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ class NgClient:
         cookie = os.urandom(8).hex().encode()
         message = cookie + b" " + bencode({"command": name, **args})
         deadline = time.monotonic() + self.timeout
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.connect(self.address)
             sock.send(message)
             while True:

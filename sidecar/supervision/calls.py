@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..charging import Action, AuthDecision, Charger, MediaOutcome
 from ..kamailio.events import Answer, Early, End, Event, Failed, MediaUpdate, Offer
+from .flows import Party
 from .media import MediaSupervisor, MediaVerdict
 
 log = logging.getLogger("sidecar.supervision")
@@ -141,6 +143,22 @@ class CallControl:
         if ref is None or ref not in self._unconfirmed:
             return _NONE
         return self._confirmed(ref, ts_ms)
+
+    def on_media_count(self, ref: str, party: Party, ts_ms: int, packets: int,
+                       octets: int = 0, source: str = "rtpengine") -> list[Action]:
+        """A media relay's counters for ``ref`` at ``ts_ms`` (where the media cannot be
+        sniffed; :meth:`MediaSupervisor.media_seen`): like packets, callee media may
+        confirm the answer, and a late start moves the billing start."""
+        media = self.media
+        if media is None or ref not in media.dialogs:
+            return []
+        media.media_seen(ref, party, ts_ms, packets, octets, source)
+        return self._confirmed(ref, ts_ms)
+
+    def awaiting_media(self) -> Mapping[str, int]:
+        """Answered dialogs whose callee media has not been seen yet -> their answer
+        time (ms). A live view: read it, do not keep it."""
+        return self._unconfirmed
 
     def _confirmed(self, ref: str, ts_ms: int) -> list[Action]:
         """Callee media may have just confirmed the answer of ``ref``: a late start moves

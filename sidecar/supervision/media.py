@@ -127,6 +127,11 @@ class DialogMedia:
     ended_for_no_media: bool = False
     families: set[int] = field(default_factory=set)  # IP versions of its SDP addresses
     flowed: bool = False  # some datagram (RTP, RTCP, anything) seen on its media flows
+    #: Where its media facts came from besides the capture ("rtpengine": a relay's
+    #: counters, see MediaSupervisor.media_seen), and per party the relay's last count
+    #: (when, packets and bytes in all).
+    source: str = ""
+    counted: dict[Party, tuple[int, int, int]] = field(default_factory=dict)
     # RTP payload type -> codec (None: not G.711), looked up from ``codecs`` when first
     # seen; cleared whenever an SDP of the dialog is read.
     payload_codecs: dict[int, Codec | None] = field(default_factory=dict, repr=False,
@@ -452,6 +457,55 @@ class MediaSupervisor:
                     silence.feed(audio, codec)
         return call_ref
 
+    def media_seen(self, call_ref: str, party: Party, ts_ms: int, packets: int,
+                   octets: int = 0, source: str = "rtpengine") -> bool:
+        """A media relay's counters instead of captured packets, where the media cannot
+        be sniffed: by ``ts_ms`` the relay had received ``packets`` RTP packets
+        (``octets`` bytes, as the relay counts them) in all from ``party`` of the
+        dialog. Returns True when this count is the first to show the callee's media
+        after the 200 OK.
+
+        The packets new since the previous count arrived in the window between the two
+        counts (the first count's window opens at the INVITE) and are taken as seen at
+        its end, ``ts_ms`` (the first media is billed at most one window late). Only a
+        window that opens at or after the 200 OK shows media after it: packets counted
+        in a window reaching back before it are early media (count once right after the
+        200 OK to keep that window short). A count, zero included, shows that the
+        dialog's media could be seen (no ``media-not-captured``): pass only counts the
+        relay gave for this dialog. A total below the previous one (the relay started
+        counting afresh) is all new. Ringback and silence need the audio: counters never
+        give those verdicts."""
+        d = self.dialogs.get(call_ref)
+        if d is None:
+            return False
+        d.flowed = True
+        d.source = source
+        previous = d.counted.get(party)
+        d.counted[party] = (ts_ms, packets, octets)
+        if previous is None or packets < previous[1]:  # the first count, or afresh
+            new, new_octets = packets, octets
+        else:
+            new, new_octets = packets - previous[1], max(0, octets - previous[2])
+        if new <= 0:
+            return False
+        s = d.streams[party]
+        s.octets += new_octets
+        s.packets += new
+        if s.first_ms is None:
+            s.first_ms = ts_ms
+        elif s.last_ms is not None and previous is not None:
+            s.max_gap_ms = max(s.max_gap_ms, previous[0] - s.last_ms)
+        s.last_ms = ts_ms
+        after = (d.answer_ms is not None and previous is not None
+                 and previous[0] >= d.answer_ms)
+        if not after:
+            s.before_answer += new
+            return False
+        if s.first_after_answer_ms is None:
+            s.first_after_answer_ms = ts_ms
+            return party is Party.CALLEE
+        return False
+
     def _coverage(self, src_ip: str, src_port: int, dst_port: int, payload: bytes) -> None:
         """Note the IP version of a datagram that looks like RTP (version 2, not RTCP,
         between unprivileged ports other than SIP's), matched to a call or not: the
@@ -513,9 +567,10 @@ class MediaSupervisor:
         if v.verdict is Verdict.NOT_CAPTURED:
             self.not_captured += 1
             if self.not_captured == 1:
-                log.warning("%s: answered, but the capture has carried no RTP of its "
-                            "address family: billed from the 200 OK (verdict %s; is the "
-                            "capture seeing the media's interface?)", call_ref, v.verdict)
+                log.warning("%s: answered, but no media of its address family has been "
+                            "seen: billed from the 200 OK (verdict %s; does the sidecar see "
+                            "the media: the capture's interface, rtpengine?)", call_ref,
+                            v.verdict)
         return v
 
     def peek(self, call_ref: str, now_ms: int) -> MediaVerdict | None:
@@ -544,6 +599,8 @@ def judge(d: DialogMedia, config: MediaConfig, captured: bool = True) -> MediaVe
         "answer_ms": d.answer_ms, "ended_ms": d.ended_ms,
         "caller": caller.to_dict(), "callee": callee.to_dict(),
     }
+    if d.source:  # counted by a relay, not captured: no audio judged
+        evidence["source"] = d.source
     if d.answer_ms is None:
         return MediaVerdict(d.call_ref, False, None, Verdict.CLEAN, (), evidence)
     answer = d.answer_ms

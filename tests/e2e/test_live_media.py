@@ -148,9 +148,12 @@ def test_live_and_replay_give_the_same_cdr(tmp_path: Path, db: sqlite3.Connectio
     for key in ("disposition", "fas_verdict", "billed_seconds", "cost", "charged", "credited",
                 "route", "callee", "destination", "rate", "account"):
         assert rep[key] == live[key], (key, rep[key], live[key])
+    # The same SIP message's time, on the wire (replay) and when Kamailio's worker handled
+    # it (live): apart by Kamailio's queueing, a few ms, over 100 ms on a loaded machine.
+    # The money above is equal to the last digit.
     for key in ("offered_ms", "ringing_ms", "answered_ms", "billable_ms", "media_ms",
                 "ended_ms"):
-        assert abs(int(str(rep[key])) - int(str(live[key]))) < 50, (key, rep[key], live[key])
+        assert abs(int(str(rep[key])) - int(str(live[key]))) < 250, (key, rep[key], live[key])
 
 
 def test_carrier_in_its_own_namespace_media_seen_on_the_veth(tmp_path: Path,
