@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import sqlite3
 import threading
 import time
@@ -32,11 +31,7 @@ from sidecar.store.accounts import verify_ledger
 from .test_live_media import MEDIA, fresh_db
 from .test_live_sidecar import DIALLED, account, balance, cdrs, wait_for
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(shutil.which("rtpengine") is None,
-                       reason="Debian's rtpengine-daemon is not installed (scripts/setup)"),
-]
+pytestmark = pytest.mark.timeout(240)  # rtpengine: installed by scripts/setup, never skipped
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ media": such calls are billed from the 200 OK (``media-not-captured``).
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
@@ -29,11 +28,7 @@ from .test_live_media import fresh_db
 from .test_live_sidecar import account, balance, cdrs, wait_for
 from .test_rtpengine import call
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(shutil.which("rtpengine") is None,
-                       reason="Debian's rtpengine-daemon is not installed (scripts/setup)"),
-]
+pytestmark = pytest.mark.timeout(240)  # rtpengine: installed by scripts/setup, never skipped
 
 
 @pytest.fixture

@@ -66,8 +66,7 @@ def test_compile_filter_gives_the_program_tcpdump_prints() -> None:
     program = compile_filter("udp and dst port 5004", linktype=LINKTYPE_ETHERNET, snaplen=2048)
     assert program and len(program) % 8 == 0
     tcpdump = shutil.which("tcpdump")
-    if tcpdump is None:
-        pytest.skip("tcpdump not installed")
+    assert tcpdump is not None, "tcpdump missing: apt-get install tcpdump (scripts/setup does)"
     # tcpdump -ddd prints the count, then "code jt jf k" per instruction, in decimal.
     lines = subprocess.run(
         [tcpdump, "-y", "EN10MB", "-s", "2048", "-ddd", "udp and dst port 5004"],

@@ -30,10 +30,11 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
 
 
 def need_browser() -> None:
-    """Skip (with the fix) where Debian's chromium or chromium-driver is missing."""
+    """Fail (with the fix) where Debian's chromium or chromium-driver is missing: a
+    browser test that skips proves nothing."""
     for path, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not Path(path).exists():
-            pytest.skip(f"{path} missing: apt-get install {pkg} (scripts/setup does)")
+            pytest.fail(f"{path} missing: apt-get install {pkg} (scripts/setup does)")
 
 
 def free_port() -> int:
