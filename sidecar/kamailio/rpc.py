@@ -126,7 +126,8 @@ class KamailioRpc:
             self._pending.pop(rid, None)
             raise RpcError(f"cannot reach Kamailio at {self.server_path}: {exc}") from exc
         try:
-            return await asyncio.wait_for(fut, self.timeout)
+            async with asyncio.timeout(self.timeout):  # (not wait_for: see leader.off_loop)
+                return await fut
         except TimeoutError as exc:
             self._pending.pop(rid, None)
             raise RpcError(f"{method}: no answer from Kamailio within {self.timeout} s") from exc

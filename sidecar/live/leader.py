@@ -379,7 +379,11 @@ async def off_loop(fn: Callable[[], T], timeout: float | None = None) -> T:
             loop.call_soon_threadsafe(settle, ok, result)
 
     threading.Thread(target=work, name="leader-lock", daemon=True).start()
-    return await asyncio.wait_for(fut, timeout)
+    # Not asyncio.wait_for: on Python 3.11 it returns the result when the task is cancelled
+    # in the same loop turn as ``fut`` settles, and the cancellation is lost (a standby
+    # told to stop went on waiting). asyncio.timeout delivers it.
+    async with asyncio.timeout(timeout):
+        return await fut
 
 
 async def acquire(lock: LeaderLock, *, poll_s: float | None = None) -> float:

@@ -75,7 +75,8 @@ class Notifier:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-                out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    out, err = await proc.communicate()
             except (OSError, TimeoutError) as exc:
                 return RechargeResult(False, "", f"payment command failed: {exc}")
             if proc.returncode != 0:

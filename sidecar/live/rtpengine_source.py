@@ -175,8 +175,8 @@ class RtpengineSource:
         self._inflight.add(ref)
         # Bounded even behind queries that hang (the pool's threads are all waiting).
         try:
-            await asyncio.wait_for(self._query(ref, answer_ms, until_ms=end_ms),
-                                   self.client.timeout + 0.25)
+            async with asyncio.timeout(self.client.timeout + 0.25):
+                await self._query(ref, answer_ms, until_ms=end_ms)
         except TimeoutError:
             self.counters["rtpengine_errors"] += 1
 

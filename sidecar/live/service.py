@@ -159,7 +159,8 @@ class Sidecar:
                 if self.writer.start_error is not None:
                     raise StoreStartError(str(self.writer.start_error))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), 0.05)
+                    async with asyncio.timeout(0.05):
+                        await self._ready.wait()
             self._adopt_stored()
             await self.rpc.open()
             if self.pump is not None:

@@ -39,6 +39,7 @@ from sidecar.live.leader import (
     keep,
     leader_key,
     leader_lock,
+    off_loop,
 )
 from sidecar.store.db import connect
 from sidecar.store.decks import import_deck
@@ -119,6 +120,29 @@ def holder_process(db: Path, node: str) -> Iterator[subprocess.Popen[str]]:
 def wait_locked(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "locked"
+
+
+def test_a_stop_that_comes_as_the_lock_answers_is_not_lost() -> None:
+    """SIGTERM cancels the standby's task in the very loop turn in which a lock try
+    answers: the cancellation must still end the wait (it once went on polling)."""
+
+    async def scenario() -> str:
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        assert me is not None
+
+        def try_acquire() -> bool:  # the stop is queued just before the answer
+            loop.call_soon_threadsafe(me.cancel)
+            return False
+
+        try:
+            await off_loop(try_acquire, timeout=5.0)
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "went on"
+
+    for _ in range(20):
+        assert asyncio.run(scenario()) == "cancelled"
 
 
 def test_file_lock_one_holder_across_processes_released_by_kill_9(tmp_path: Path) -> None:
