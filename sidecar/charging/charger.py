@@ -22,11 +22,12 @@ Timeline of an answered prepaid call::
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TypeVar
@@ -228,7 +229,7 @@ class Charger:
                                 now_ms)
         lim = self.limits_of(acc, now_ms)
         cap = acc.max_call_seconds
-        cap_reason = f"maximum call duration {cap} s reached"
+        cap_reason = _duration_reason(cap)
         if lim.explicit:
             refusal = self.guard.check(acc.code, lim, line, digits, now_ms)
             if refusal is not None:
@@ -245,7 +246,7 @@ class Charger:
                         phrase="Call Cost Limit", limit="max_call_cost")
                 if by_cost < cap:
                     cap = by_cost
-                    cap_reason = f"maximum call cost {lim.max_call_cost} reached"
+                    cap_reason = _cost_reason(lim.max_call_cost)
         avail = acc.available()
         if cap > 0 and self._price(line, cap).cost <= avail:
             seconds = cap  # the longest call allowed is affordable: no search needed
@@ -304,7 +305,7 @@ class Charger:
         self._eff[acc.code] = (chain, eff)
         return eff
 
-    def _tripped(self, code: str, lim: Limits, trips: list[Trip], now_ms: int) -> None:
+    def _tripped(self, code: str, lim: Limits, trips: Sequence[Trip], now_ms: int) -> None:
         """Fraud rules tripped on an account: alert, store the event with its evidence,
         and block new calls or suspend the account (ending its live calls at once)."""
         for trip in trips:
@@ -953,3 +954,15 @@ def _remember(cache: dict[_K, tuple[RateLine, _V]], key: _K, line: RateLine, val
         cache.clear()
     cache[key] = (line, value)
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _duration_reason(cap: int) -> str:
+    """What a call's end says when it reaches the account's longest call (one string per
+    value, not one per call)."""
+    return f"maximum call duration {cap} s reached"
+
+
+@functools.lru_cache(maxsize=256)
+def _cost_reason(cost: Decimal) -> str:
+    return f"maximum call cost {cost} reached"

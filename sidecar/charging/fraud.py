@@ -23,20 +23,26 @@ carry (:attr:`FraudGuard.elsewhere`, from the store's live calls).
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from ..money import ZERO, fmt
 from ..numbers import country_code
 from ..rating import RateLine
-from .limits import Limits, matches
+from .limits import Limits
 
 DAY_MS = 86_400_000
 DEFAULT_NEW_COUNTRY_DAYS = 90
 DEFAULT_DISTINCT_MINUTES = 10
 DEFAULT_SHORT_SECONDS = 6
 DEFAULT_SHORT_MINUTES = 10
+
+#: What a call that trips nothing returns (shared: callers only read it).
+_NO_TRIPS: tuple[Trip, ...] = ()
+#: Country codes by the first three digits of a number (at most 1,110 keys).
+_countries: dict[str, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +66,33 @@ class Trip:
     evidence: dict[str, object] = field(default_factory=dict)
 
 
+class _Times:
+    """Times (ms) in a sliding window, oldest first: the count of what happened in the
+    last ``span`` ms. Plain ints: nothing for the cyclic collector to track."""
+
+    __slots__ = ("span", "times")
+
+    def __init__(self, span_ms: int) -> None:
+        self.span = span_ms
+        self.times: deque[int] = deque()
+
+    def add(self, now_ms: int) -> None:
+        self.times.append(now_ms)
+        self.prune(now_ms)
+
+    def prune(self, now_ms: int) -> None:
+        times = self.times
+        edge = now_ms - self.span
+        while times and times[0] <= edge:
+            times.popleft()
+
+    def count(self, now_ms: int) -> int:
+        self.prune(now_ms)
+        return len(self.times)
+
+
 class _Window:
-    """Timestamps (with amounts) in a sliding window, their count and sum."""
+    """Timestamps with amounts in a sliding window, their count and sum."""
 
     __slots__ = ("items", "span", "total")
 
@@ -84,34 +115,35 @@ class _Window:
             if amount:
                 self.total -= amount
 
-    def count(self, now_ms: int) -> int:
-        self.prune(now_ms)
-        return len(self.items)
-
     def clear(self) -> None:
         self.items.clear()
         self.total = ZERO
 
 
 class _Recent:
-    """Distinct keys seen in a sliding window (the last time each was seen)."""
+    """Distinct keys seen in a sliding window (the last time each was seen; a plain dict
+    keeps them in the order they were last seen)."""
 
     __slots__ = ("seen", "span")
 
     def __init__(self, span_ms: int) -> None:
         self.span = span_ms
-        self.seen: OrderedDict[str, int] = OrderedDict()
+        self.seen: dict[str, int] = {}
 
     def add(self, key: str, now_ms: int) -> int:
         seen = self.seen
+        if key in seen:
+            del seen[key]  # seen again: it moves to the end
         seen[key] = now_ms
-        seen.move_to_end(key)
         edge = now_ms - self.span
-        while seen:
-            first = next(iter(seen.values()))
-            if first > edge:
-                break
-            seen.popitem(last=False)
+        if next(iter(seen.values())) <= edge:
+            stale = []
+            for k, t in seen.items():
+                if t > edge:
+                    break
+                stale.append(k)
+            for k in stale:
+                del seen[k]
         return len(seen)
 
 
@@ -123,7 +155,8 @@ class _Account:
         "calls",
         "countries",
         "high_cost_up",
-        "hour",
+        "hour_numbers",
+        "hour_times",
         "minute",
         "numbers",
         "second",
@@ -138,23 +171,26 @@ class _Account:
         self.up = 0  # calls offered and allowed, not yet ended
         self.high_cost_up = 0
         self.calls: dict[str, bool] = {}  # call -> high cost
-        self.second: _Window | None = None
-        self.minute: _Window | None = None
+        self.second: _Times | None = None
+        self.minute: _Times | None = None
         self.numbers: dict[str, int] = {}  # number -> calls to it in the last hour
-        self.hour: deque[tuple[int, str]] = deque()  # (when, number), oldest first
+        # the calls of the last hour, oldest first: when, and the number called
+        self.hour_times: deque[int] = deque()
+        self.hour_numbers: deque[str] = deque()
         self.spend_minute: _Window | None = None
         self.spend_hour: _Window | None = None
         self.callees: _Recent | None = None
         self.countries: _Recent | None = None
-        self.short: _Window | None = None
+        self.short: _Times | None = None
         self.seen: dict[str, int] = {}  # country -> last call (ms), history included
 
     def expire_numbers(self, now_ms: int) -> None:
         """Forget the calls to numbers made an hour ago or more."""
-        hour, numbers = self.hour, self.numbers
+        times, called, numbers = self.hour_times, self.hour_numbers, self.numbers
         edge = now_ms - 3_600_000
-        while hour and hour[0][0] <= edge:
-            _, number = hour.popleft()
+        while times and times[0] <= edge:
+            times.popleft()
+            number = called.popleft()
             left = numbers[number] - 1
             if left:
                 numbers[number] = left
@@ -199,13 +235,14 @@ class FraudGuard:
     # --- at the INVITE -------------------------------------------------------------------
     def check(self, code: str, lim: Limits, line: RateLine, number: str, now_ms: int
               ) -> Refusal | None:
-        """The first limit this offer breaks, or None. Changes nothing."""
-        allowed = matches(number, lim.allow)
-        if allowed is None:
-            denied = matches(number, lim.deny)
-            if denied is not None:
-                return Refusal(403, "Destination Not Allowed", "deny",
-                               f"destination {number} denied (prefix {denied})")
+        """The first limit this offer breaks, or None. Changes nothing (but forgetting
+        what left the windows)."""
+        if lim.allow is None or lim.allow_prefixes.match(number) is None:
+            if lim.deny is not None:
+                denied = lim.deny_prefixes.match(number)
+                if denied is not None:
+                    return Refusal(403, "Destination Not Allowed", "deny",
+                                   f"destination {number} denied (prefix {denied})")
             hc = lim.high_cost_rate
             if hc is not None and line.rate >= hc:
                 return Refusal(403, "High-Cost Destination Not Allowed", "high_cost",
@@ -228,15 +265,17 @@ class FraudGuard:
                 return Refusal(486, "Concurrent Call Limit", "concurrent_calls",
                                f"{here + there} calls up{where}, the limit is "
                                f"{lim.concurrent_calls}")
-        if lim.calls_per_second is not None and a is not None and a.second is not None and \
+        if a is None:
+            return None  # no call of the account seen yet: no window to break
+        if lim.calls_per_second is not None and a.second is not None and \
                 a.second.count(now_ms) >= lim.calls_per_second:
             return Refusal(503, "Call Rate Limit", "calls_per_second",
                            f"{lim.calls_per_second} calls in the last second already")
-        if lim.calls_per_minute is not None and a is not None and a.minute is not None and \
+        if lim.calls_per_minute is not None and a.minute is not None and \
                 a.minute.count(now_ms) >= lim.calls_per_minute:
             return Refusal(503, "Call Rate Limit", "calls_per_minute",
                            f"{lim.calls_per_minute} calls in the last minute already")
-        if lim.same_number_per_hour is not None and a is not None and a.numbers:
+        if lim.same_number_per_hour is not None and a.numbers:
             a.expire_numbers(now_ms)
             if a.numbers.get(number, 0) >= lim.same_number_per_hour:
                 return Refusal(403, "Too Many Calls To Number", "same_number_per_hour",
@@ -245,31 +284,50 @@ class FraudGuard:
         return None
 
     def started(self, code: str, call_ref: str, lim: Limits, line: RateLine, number: str,
-                now_ms: int) -> list[Trip]:
+                now_ms: int) -> Sequence[Trip]:
         """An offer was allowed: count it, and evaluate the rules on new calls."""
-        a = self._acct(code)
-        high = lim.high_cost_rate is not None and line.rate >= lim.high_cost_rate
-        if call_ref in a.calls:
-            return []
+        a = self._accounts.get(code)
+        if a is None:
+            a = self._accounts[code] = _Account()
+        elif call_ref in a.calls:
+            return _NO_TRIPS
+        hc = lim.high_cost_rate
+        high = hc is not None and line.rate >= hc
         a.calls[call_ref] = high
         a.up += 1
+        # (The windows' adds are written out here: this runs for every allowed offer.)
         if lim.calls_per_second is not None:
-            if a.second is None:
-                a.second = _Window(1000)
-            a.second.add(now_ms)
+            w = a.second
+            if w is None:
+                w = a.second = _Times(1000)
+            times = w.times
+            times.append(now_ms)
+            edge = now_ms - 1000
+            while times[0] <= edge:
+                times.popleft()
         if lim.calls_per_minute is not None:
-            if a.minute is None:
-                a.minute = _Window(60_000)
-            a.minute.add(now_ms)
+            w = a.minute
+            if w is None:
+                w = a.minute = _Times(60_000)
+            times = w.times
+            times.append(now_ms)
+            edge = now_ms - 60_000
+            while times[0] <= edge:
+                times.popleft()
         if lim.same_number_per_hour is not None:
-            a.numbers[number] = a.numbers.get(number, 0) + 1
-            a.hour.append((now_ms, number))
-            a.expire_numbers(now_ms)
-        if not (lim.new_country_rate is not None or lim.distinct_callees is not None
-                or lim.distinct_countries is not None or lim.high_cost_calls is not None):
-            return []
+            numbers = a.numbers
+            numbers[number] = numbers.get(number, 0) + 1
+            a.hour_times.append(now_ms)
+            a.hour_numbers.append(number)
+            if a.hour_times[0] <= now_ms - 3_600_000:
+                a.expire_numbers(now_ms)
+        if not lim.rules_on_new_calls:
+            return _NO_TRIPS
         trips: list[Trip] = []
-        country = country_code(number) or "?"
+        head = number[:3]  # the country code is in the first three digits
+        country = _countries.get(head)
+        if country is None:
+            country = _countries[head] = country_code(head) or "?"
         if lim.new_country_rate is not None:
             days = lim.new_country_days or DEFAULT_NEW_COUNTRY_DAYS
             last = a.seen.get(country)
@@ -283,26 +341,28 @@ class FraudGuard:
                      "number": number, "rate": str(line.rate),
                      "last_call_ms": last, "days": days}))
         a.seen[country] = now_ms
-        span = (lim.distinct_minutes or DEFAULT_DISTINCT_MINUTES) * 60_000
-        for rule, attr, key, limit, what in (
-                ("distinct_callees", "callees", number, lim.distinct_callees, "numbers"),
-                ("distinct_countries", "countries", country, lim.distinct_countries,
-                 "countries")):
-            if limit is None:
-                continue
-            recent: _Recent | None = getattr(a, attr)
-            if recent is None or recent.span != span:
-                recent = _Recent(span)
-                setattr(a, attr, recent)
-            distinct = recent.add(key, now_ms)
-            if distinct > limit:
-                trips.append(Trip(
-                    rule, lim.action(rule),
-                    f"{distinct} distinct {what} called in {span // 60_000} min (limit "
-                    f"{limit})",
-                    {"distinct": distinct, "minutes": span // 60_000,
-                     what: list(recent.seen)[-20:]}))
-                setattr(a, attr, None)  # the evidence is used: trip again on new calls
+        if lim.distinct_callees is not None or lim.distinct_countries is not None:
+            span = (lim.distinct_minutes or DEFAULT_DISTINCT_MINUTES) * 60_000
+            limit = lim.distinct_callees
+            if limit is not None:
+                recent = a.callees
+                if recent is None or recent.span != span:
+                    recent = a.callees = _Recent(span)
+                distinct = recent.add(number, now_ms)
+                if distinct > limit:
+                    trips.append(_distinct_trip("distinct_callees", lim, distinct, span,
+                                                limit, "numbers", recent))
+                    a.callees = None  # the evidence is used: trip again on new calls
+            limit = lim.distinct_countries
+            if limit is not None:
+                recent = a.countries
+                if recent is None or recent.span != span:
+                    recent = a.countries = _Recent(span)
+                distinct = recent.add(country, now_ms)
+                if distinct > limit:
+                    trips.append(_distinct_trip("distinct_countries", lim, distinct, span,
+                                                limit, "countries", recent))
+                    a.countries = None
         if high:
             a.high_cost_up += 1
             if lim.high_cost_calls is not None and a.high_cost_up > lim.high_cost_calls:
@@ -312,7 +372,7 @@ class FraudGuard:
                     f"{lim.high_cost_calls})",
                     {"calls": a.high_cost_up, "destination": line.destination,
                      "rate": str(line.rate)}))
-        return trips
+        return trips or _NO_TRIPS
 
     # --- during and after the call -------------------------------------------------------
     def spent(self, code: str, lim: Limits, amount: Decimal, now_ms: int) -> list[Trip]:
@@ -362,14 +422,22 @@ class FraudGuard:
             return []
         span = (lim.short_calls_minutes or DEFAULT_SHORT_MINUTES) * 60_000
         if a.short is None or a.short.span != span:
-            a.short = _Window(span)
+            a.short = _Times(span)
         a.short.add(now_ms)
-        n = len(a.short.items)
+        n = len(a.short.times)
         if n <= lim.short_calls:
             return []
-        a.short.clear()
+        a.short.times.clear()
         return [Trip("short_calls", lim.action("short_calls"),
                      f"{n} answered calls shorter than {short_ms // 1000} s in "
                      f"{span // 60_000} min (limit {lim.short_calls})",
                      {"calls": n, "shorter_than_s": short_ms // 1000,
                       "minutes": span // 60_000})]
+
+
+def _distinct_trip(rule: str, lim: Limits, distinct: int, span: int, limit: int, what: str,
+                   recent: _Recent) -> Trip:
+    return Trip(rule, lim.action(rule),
+                f"{distinct} distinct {what} called in {span // 60_000} min (limit {limit})",
+                {"distinct": distinct, "minutes": span // 60_000,
+                 what: list(recent.seen)[-20:]})

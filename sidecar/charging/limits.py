@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 ACTIONS = ("alert", "block", "suspend")
@@ -189,6 +190,22 @@ class Limits:
         """The action of a detection rule (``alert`` unless set)."""
         return getattr(self, RULES[rule][1]) or "alert"
 
+    # --- what the INVITE needs, worked out once per limit set ---------------------------
+    @cached_property
+    def allow_prefixes(self) -> Prefixes:
+        return Prefixes(self.allow or ())
+
+    @cached_property
+    def deny_prefixes(self) -> Prefixes:
+        return Prefixes(self.deny or ())
+
+    @cached_property
+    def rules_on_new_calls(self) -> bool:
+        """Whether a rule looks at each new call (a new country, distinct callees or
+        countries, simultaneous high-cost calls)."""
+        return (self.new_country_rate is not None or self.distinct_callees is not None
+                or self.distinct_countries is not None or self.high_cost_calls is not None)
+
 
 _OFFER_KEYS = ("concurrent_calls", "calls_per_second", "calls_per_minute", "max_rate",
                "max_connection_fee", "allow", "deny", "high_cost_rate",
@@ -278,20 +295,22 @@ def _jsonable(v: object) -> object:
     return v
 
 
-def matches(number: str, prefixes: tuple[str, ...] | None) -> str | None:
-    """The longest of ``prefixes`` that ``number`` starts with, or None."""
-    if not prefixes:
+class Prefixes:
+    """A set of digit prefixes, matched longest first."""
+
+    __slots__ = ("lengths", "members")
+
+    def __init__(self, prefixes: Iterable[str]) -> None:
+        self.members = frozenset(prefixes)
+        self.lengths = tuple(sorted({len(p) for p in self.members}, reverse=True))
+
+    def match(self, number: str) -> str | None:
+        """The longest prefix that ``number`` starts with, or None."""
+        members = self.members
+        size = len(number)
+        for n in self.lengths:
+            if n <= size:
+                head = number[:n]
+                if head in members:
+                    return head
         return None
-    found = _prefix_sets.get(prefixes)
-    if found is None:
-        found = _prefix_sets[prefixes] = (
-            frozenset(prefixes), tuple(sorted({len(p) for p in prefixes}, reverse=True)))
-    members, lengths = found
-    for n in lengths:
-        head = number[:n]
-        if len(head) == n and head in members:
-            return head
-    return None
-
-
-_prefix_sets: dict[tuple[str, ...], tuple[frozenset[str], tuple[int, ...]]] = {}
