@@ -190,9 +190,11 @@ class Lab:
         self.kam.wait_evapi_clients(len(self.clients))
         return client
 
-    def uas(self, scenario: str = "uas.xml", duration_ms: int = 0) -> SippProcess:
-        """Start the callee at DEST."""
-        proc = self.sipp.start_uas(scenario, port=self.uas_port, duration_ms=duration_ms)
+    def uas(self, scenario: str = "uas.xml", duration_ms: int = 0, calls: int = 1
+            ) -> SippProcess:
+        """Start the callee at DEST (for ``calls`` calls)."""
+        proc = self.sipp.start_uas(scenario, port=self.uas_port, duration_ms=duration_ms,
+                                   calls=calls)
         return self.stack.enter_context(proc)
 
     def uac(self, scenario: str = "uac.xml", **kwargs: Any) -> SippProcess:
@@ -362,6 +364,56 @@ def test_fail_open_relays_without_authorization(
     if sidecar is not None:
         call_id = r_uac.sent("INVITE")[0].call_id
         assert sidecar.wait_for("end", call_id)["by"] == "caller"
+
+
+def _auth_wait(lab: Lab, key: str) -> int:
+    """A count of the ``authwait`` table: ``n`` INVITEs waiting for the sidecar now,
+    ``shed`` refused at once because MAX_PENDING were waiting."""
+    try:
+        item = lab.kam.rpc("htable.get", "authwait", key)
+    except JsonRpcError:  # not set yet (or expired): 0
+        return 0
+    return int(item["item"]["value"])
+
+
+def test_beyond_max_pending_offers_are_refused_at_once_and_every_place_comes_back(
+        make_lab: Callable[..., Lab]) -> None:
+    """Admission control in Kamailio: with MAX_PENDING=3 and a sidecar that does not
+    answer, 10 INVITEs sent within 0.2 s: 3 wait AUTH_TIMEOUT, 7 get 503 at once
+    instead of queueing. Each place is given back when its INVITE stops waiting (timed
+    out here), so a second burst behaves the same, and the count ends at 0."""
+    lab = make_lab(auth_timeout_ms=2500, extra_defines={"MAX_PENDING": 3})
+    lab.client(silent)
+    for burst in (1, 2):
+        r = lab.uac("uac_reject.xml", calls=10, extra=["-r", "50"], timeout_s=30).wait()
+        assert r.calls_ok, r.output_tail()
+        sent = {m.call_id: m.timestamp for m in r.sent("INVITE")}
+        waits = sorted(m.timestamp - sent[m.call_id] for m in r.received("INVITE")
+                       if m.status_code == 503)
+        assert len(waits) == 10, (burst, waits)
+        fast = [w for w in waits if w < 0.5]
+        slow = [w for w in waits if w >= 2.0]
+        assert (len(fast), len(slow)) == (7, 3), (burst, waits)
+        assert _auth_wait(lab, "n") == 0
+        assert _auth_wait(lab, "shed") == 7 * burst
+
+
+def test_answered_and_busy_offers_give_their_place_back(make_lab: Callable[..., Lab]
+                                                        ) -> None:
+    """Offers the sidecar answers (allow, busy) leave no place taken: after 20 of each,
+    the count of waiting INVITEs is 0 and none was refused for MAX_PENDING."""
+    lab = make_lab(extra_defines={"MAX_PENDING": 2})
+    client = lab.client(busy)
+    r = lab.uac("uac_reject.xml", calls=20, extra=["-r", "20"]).wait()
+    assert r.final_codes == [503] * 20
+    assert _auth_wait(lab, "n") == 0
+    client.policy = allow(60)
+    uas = lab.uas("uas.xml", calls=20)
+    r = lab.uac(calls=20, duration_ms=100, extra=["-r", "20"]).wait()
+    assert r.calls_ok, r.output_tail()
+    assert uas.wait().calls_ok
+    assert _auth_wait(lab, "n") == 0
+    assert _auth_wait(lab, "shed") == 0
 
 
 def busy(offer: Event) -> Event:
