@@ -134,6 +134,12 @@ class LeaderLock(abc.ABC):
         """How often a standby tries the lock."""
         return POLL_FILE_S
 
+    #: Whether the lock can be lost without this process knowing (a database session
+    #: the server ended): then a check that does not answer in time counts as lost. A
+    #: file lock lasts as long as its descriptor: a slow check only means the process
+    #: was starved of CPU.
+    can_expire = False
+
 
 class FileLeaderLock(LeaderLock):
     """``flock(LOCK_EX | LOCK_NB)`` on ``DB.leader.NODE`` beside a SQLite database."""
@@ -233,6 +239,7 @@ def _key_parts(key: int) -> tuple[int, int]:
 
 
 class PgLeaderLock(LeaderLock):
+    can_expire = True
     """``pg_try_advisory_lock`` on a dedicated connection to the PostgreSQL store."""
 
     def __init__(self, url: str, node: str) -> None:
@@ -445,17 +452,27 @@ async def keep(lock: LeaderLock, *, interval_s: float = CHECK_INTERVAL_S,
     """Check every ``interval_s`` that this process still holds ``lock``; raise
     :class:`LeadershipLost` when it does not, or when a check takes longer than
     ``timeout_s`` (a server that stopped answering may have ended the session)."""
+    slow = False
     while True:
         await asyncio.sleep(interval_s)
         try:
             await off_loop(lock.check, timeout=timeout_s)
+            if slow:
+                slow = False
+                log.info("node %s: the leader lock answers its checks again", lock.node)
         except SessionLost as exc:
             await _regain(lock, exc)
         except LeadershipLost:
             raise
         except TimeoutError:
-            raise LeadershipLost(f"the leader lock on {lock.where} did not answer a check "
-                                 f"within {timeout_s:.0f} s") from None
+            if lock.can_expire:
+                raise LeadershipLost(f"the leader lock on {lock.where} did not answer a "
+                                     f"check within {timeout_s:.0f} s") from None
+            if not slow:  # held by its descriptor: still ours, the process is starved
+                slow = True
+                log.warning("node %s: a check of the leader lock %s took over %g s (the "
+                            "process is short of CPU); a file lock cannot expire: still "
+                            "active", lock.node, lock.where, timeout_s)
         except Exception as exc:  # it cannot be confirmed: as good as lost
             raise LeadershipLost(f"checking the leader lock on {lock.where} failed: "
                                  f"{type(exc).__name__}: {exc}") from None

@@ -276,6 +276,7 @@ class HangingLock(LeaderLock):
     """A lock whose check never answers (a server that stopped answering)."""
 
     where = "nowhere"
+    can_expire = True
 
     def try_acquire(self) -> bool:
         return True
@@ -295,6 +296,44 @@ def test_keep_gives_up_leadership_when_a_check_does_not_answer() -> None:
         return time.monotonic() - t0
 
     assert asyncio.run(scenario()) < 1.5  # and the hanging thread does not hold us up
+
+
+class SlowFileLock(FileLeaderLock):
+    """A file lock whose checks answer late for a while (a process short of CPU)."""
+
+    def __init__(self, path: Path, node: str, slow: int) -> None:
+        super().__init__(path, node)
+        self.slow = slow
+
+    def check(self) -> None:
+        if self.slow > 0:
+            self.slow -= 1
+            time.sleep(0.5)
+        super().check()
+
+
+def test_a_slow_check_of_a_file_lock_is_not_taken_for_a_lost_lock(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file lock is held by its descriptor: a check that answers late (the process
+    starved of CPU under overload) says nothing about the lock, and the sidecar stays
+    active; removing the file is still noticed."""
+    lock = SlowFileLock(tmp_path / "x", "n", slow=3)
+    assert lock.try_acquire()
+
+    async def scenario() -> None:
+        keeping = asyncio.ensure_future(keep(lock, interval_s=0.05, timeout_s=0.2))
+        await asyncio.sleep(2.5)
+        assert not keeping.done()  # three late checks: still the leader
+        (tmp_path / "x.leader.n").unlink()
+        with pytest.raises(LeadershipLost, match="removed or replaced"):
+            await asyncio.wait_for(keeping, 3)
+
+    with caplog.at_level(logging.INFO, logger="sidecar.leader"):
+        asyncio.run(scenario())
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len([m for m in msgs if "took over 0.2 s" in m]) == 1, msgs
+    assert any("answers its checks again" in m for m in msgs), msgs
+    lock.release()
 
 
 # --- PostgreSQL: an advisory lock per node -------------------------------------------------
