@@ -17,13 +17,7 @@ import pytest
 
 from sidecar.lab import free_port
 from sidecar.lab.sipp import SippProcess
-from tests.lab.test_kamailio_lab import (  # noqa: F401  (make_lab is a fixture)
-    HOST,
-    Event,
-    Lab,
-    Policy,
-    make_lab,
-)
+from tests.lab.test_kamailio_lab import HOST, Event, Lab, Policy
 
 pytestmark = [pytest.mark.timeout(120)]
 
