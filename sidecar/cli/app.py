@@ -104,6 +104,7 @@ def main() -> None:
     from . import (  # noqa: F401  (registers the subcommands)
         accounts,
         api,
+        carriers,
         cdrs,
         config,
         db,
@@ -114,6 +115,7 @@ def main() -> None:
         journal,
         rate,
         replay,
+        route,
         run,
         tokens,
     )

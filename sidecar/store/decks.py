@@ -15,6 +15,11 @@ version nobody sees, which a later import removes (:func:`remove_abandoned_impor
 Versions become active in the order of their numbers: an import whose plan gained a
 version while it ran is refused with :class:`ImportConflict` (its notice check was made
 against a plan that no longer stands).
+
+A plan is of one kind: ``sell`` (a customer's rate plan, the default everywhere here) or
+``buy`` (a carrier's buy deck, :mod:`.carriers`). Both are imported, versioned and read by
+the same code; each reader takes the kind it wants, so a carrier's deck is never listed,
+loaded or rated as a sell plan, nor an account put on it.
 """
 
 from __future__ import annotations
@@ -52,12 +57,18 @@ ACTIVE = "active"
 STAGED = "staged"
 DROPPING = "dropping"
 
+#: Plan kinds: a customer's rate plan, a carrier's buy deck.
+SELL = "sell"
+BUY = "buy"
+PLAN_KINDS = (SELL, BUY)
+
 # A plan is visible once one of its versions is active.
 _VISIBLE = ("EXISTS (SELECT 1 FROM deck_versions v WHERE v.plan = plans.name "
             "AND v.state = 'active')")
 _PLAN_COLUMNS = ("name, currency, notice_days, second_rounding, chunk_seconds, "
                  "international_prefix, national_prefix, country_code, strip_prefixes, "
                  "revision, limits")
+_KIND_NAMES = {SELL: "rate plan", BUY: "buy deck"}
 _RATE_COLUMNS = ("version, destination, prefix, origin, rate, increment, effective_from, "
                  "connection_fee, minimum_charge, short_call_seconds, short_call_surcharge, "
                  "currency")
@@ -107,10 +118,10 @@ class ImportResult:
     new_prefixes: int
 
 
-def _plan_row(conn: Db, name: str) -> tuple[Plan, int] | None:
+def _plan_row(conn: Db, name: str, kind: str = SELL) -> tuple[Plan, int] | None:
     """A visible plan's settings and their revision, read together."""
-    row = conn.execute(f"SELECT {_PLAN_COLUMNS} FROM plans WHERE name = ? AND {_VISIBLE}",
-                       (name,)).fetchone()
+    row = conn.execute(f"SELECT {_PLAN_COLUMNS} FROM plans WHERE name = ? AND kind = ? "
+                       f"AND {_VISIBLE}", (name, kind)).fetchone()
     if row is None:
         return None
     strip = tuple(p for p in row[8].split(",") if p)
@@ -119,32 +130,34 @@ def _plan_row(conn: Db, name: str) -> tuple[Plan, int] | None:
                  stored_limits(row[10], f"plan {row[0]} limits")), int(row[9]))
 
 
-def _require_plan(conn: Db, name: str) -> tuple[Plan, int]:
-    found = _plan_row(conn, name)
+def _require_plan(conn: Db, name: str, kind: str = SELL) -> tuple[Plan, int]:
+    found = _plan_row(conn, name, kind)
     if found is None:
         known = [r[0] for r in conn.execute(
-            f"SELECT name FROM plans WHERE {_VISIBLE} ORDER BY name")]
+            f"SELECT name FROM plans WHERE kind = ? AND {_VISIBLE} ORDER BY name", (kind,))]
         hint = f" (plans: {', '.join(known)})" if known else " (no plans yet: import a deck)"
-        raise PlanNotFound(f"rate plan '{name}' not found{hint}")
+        raise PlanNotFound(f"{_KIND_NAMES.get(kind, kind)} '{name}' not found"
+                           f"{hint if kind == SELL else ''}")
     return found
 
 
-def get_plan(conn: Db, name: str) -> Plan:
-    """Load a plan's settings or raise :class:`PlanNotFound`."""
-    return _require_plan(conn, name)[0]
+def get_plan(conn: Db, name: str, *, kind: str = SELL) -> Plan:
+    """Load a plan's settings or raise :class:`PlanNotFound` (also for a plan of the
+    other kind: a carrier's buy deck is not a rate plan)."""
+    return _require_plan(conn, name, kind)[0]
 
 
-def list_plans(conn: Db) -> list[dict[str, object]]:
-    """Every plan with its latest version and line count."""
+def list_plans(conn: Db, *, kind: str = SELL) -> list[dict[str, object]]:
+    """Every plan of ``kind`` with its latest version and line count."""
     rows = conn.execute(
         "SELECT p.name, p.currency, p.notice_days, MAX(v.version), SUM(v.lines) "
         "FROM plans p JOIN deck_versions v ON v.plan = p.name WHERE v.state = 'active' "
-        "GROUP BY p.name ORDER BY p.name").fetchall()
+        "AND p.kind = ? GROUP BY p.name ORDER BY p.name", (kind,)).fetchall()
     return [dict(zip(("plan", "currency", "notice_days", "versions", "lines"), r, strict=True))
             for r in rows]
 
 
-def plan_revisions(conn: Db) -> dict[str, tuple[int, int]]:
+def plan_revisions(conn: Db, kind: str = SELL) -> dict[str, tuple[int, int]]:
     """Every plan's (latest active deck version, settings revision), in one small query.
 
     A live process compares this with what it loaded to see what changed: a new version
@@ -152,7 +165,8 @@ def plan_revisions(conn: Db) -> dict[str, tuple[int, int]]:
     """
     rows = conn.execute(
         "SELECT p.name, MAX(v.version), p.revision FROM plans p "
-        "JOIN deck_versions v ON v.plan = p.name WHERE v.state = 'active' GROUP BY p.name")
+        "JOIN deck_versions v ON v.plan = p.name WHERE v.state = 'active' AND p.kind = ? "
+        "GROUP BY p.name", (kind,))
     return {name: (int(version), int(revision)) for name, version, revision in rows}
 
 
@@ -267,9 +281,10 @@ def load_lines(conn: Db, plan: str) -> list[RateLine]:
     return _lines_of(conn, plan, _active_versions(conn, plan))
 
 
-def load_table(conn: Db, plan: str) -> RateTable:
-    """The plan's rate table, ready to rate calls."""
-    p = get_plan(conn, plan)
+def load_table(conn: Db, plan: str, *, kind: str = SELL) -> RateTable:
+    """The plan's rate table, ready to rate calls (or, ``kind=BUY``, a carrier's buy
+    deck ready to price the calls sent to it)."""
+    p = get_plan(conn, plan, kind=kind)
     return RateTable(load_lines(conn, plan), p.currency, number_plan=p.number_plan,
                      rounding=p.second_rounding)
 
@@ -320,6 +335,7 @@ def import_deck(
     notice_days: int | None = None,
     progress: Callable[[int], None] | None = None,
     batch_rows: int = IMPORT_BATCH_ROWS,
+    kind: str = SELL,
 ) -> ImportResult:
     """Import a deck file as the next version of ``plan`` (created if new).
 
@@ -329,9 +345,13 @@ def import_deck(
     :class:`ImportConflict` (a :class:`DeckError`) when another import of the plan got
     in the way. ``progress(rows_written)`` is called after each batch of ``batch_rows``
     rows is committed, outside any transaction; if it raises, the import is undone.
+    ``kind``: a sell plan (the default) or a carrier's buy deck (:data:`BUY`); a deck of
+    one kind is refused for a plan of the other.
     """
     if batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
+    if kind not in PLAN_KINDS:
+        raise ValueError(f"plan kind must be one of {', '.join(PLAN_KINDS)}")
     p = Path(path)
     source = str(p)
     raw = p.read_bytes()
@@ -340,7 +360,8 @@ def import_deck(
     except UnicodeDecodeError as exc:
         raise DeckError([DeckProblem(source, 0, 0, "", f"not UTF-8 text ({exc.reason} at "
                                      f"byte {exc.start})")]) from exc
-    found = _plan_row(conn, plan)
+    _check_kind(conn, plan, kind, source)
+    found = _plan_row(conn, plan, kind)
     settings = found[0] if found else None
     plan_ccy = settings.currency if settings else (check_currency(currency) if currency
                                                    else None)
@@ -365,7 +386,7 @@ def import_deck(
     remove_abandoned_imports(conn)
     version_id, version = _stage(conn, plan, parsed.currency, source, p.name,
                                  hashlib.sha256(raw).hexdigest(), len(parsed.lines), known,
-                                 now_ms, notice_days)
+                                 now_ms, notice_days, kind)
     try:
         done = 0
         lines = parsed.lines
@@ -440,23 +461,40 @@ def _still_staged(
                              "imported: import the deck again")
 
 
+def _check_kind(conn: Db, plan: str, kind: str, source: str) -> None:
+    """Refuse a deck of one kind for a plan of the other (a sell deck for a carrier's buy
+    deck, or the reverse)."""
+    row = conn.execute("SELECT kind FROM plans WHERE name = ?", (plan,)).fetchone()
+    if row is not None and row[0] != kind:
+        raise DeckError([DeckProblem(
+            source, 0, 0, "", f"'{plan}' is a {_KIND_NAMES.get(str(row[0]), str(row[0]))}, "
+            f"not a {_KIND_NAMES[kind]}: nothing imported"
+            + (" (a carrier's deck is imported with 'sidecar carrier deck import')"
+               if row[0] == BUY else ""))])
+
+
 def _stage(
     conn: Db, plan: str, currency: str, source: str, name: str, sha256: str,
-    lines: int, known: int, now_ms: int, notice_days: int | None,
+    lines: int, known: int, now_ms: int, notice_days: int | None, kind: str = SELL,
 ) -> tuple[int, int]:
     """Record the next version of ``plan`` as staged; returns (row id, version number)."""
     with transaction(conn):
         dialect_of(conn).serialize(conn, plan)
         _same_active(conn, plan, known, source)
+        _check_kind(conn, plan, kind, source)
         row = conn.execute("SELECT currency FROM plans WHERE name = ?", (plan,)).fetchone()
         if row is None:
             # A staged version needs its plan row; the plan stays invisible until activation.
             conn.execute(
-                "INSERT INTO plans (name, currency, notice_days, created_ms) VALUES (?, ?, ?, ?)",
-                (plan, currency, 7 if notice_days is None else notice_days, now_ms))
+                "INSERT INTO plans (name, currency, notice_days, created_ms, kind) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (plan, currency, 7 if notice_days is None else notice_days, now_ms, kind))
         elif row[0] != currency:
             # Only a plan not visible yet can differ: another import's first version is
             # staged, or a row left over (with no version at all) by a failed one.
+            if kind == BUY:  # a carrier's deck is in the currency the carrier was given
+                raise DeckError([DeckProblem(source, 1, 0, "", f"deck is in {currency} but "
+                                             f"buy deck '{plan}' is in {row[0]}")])
             if conn.execute("SELECT 1 FROM deck_versions WHERE plan = ?",
                             (plan,)).fetchone() is not None:
                 raise ImportConflict(source, f"another import of plan '{plan}' in {row[0]} is "
@@ -506,8 +544,9 @@ def _drop_version(conn: Db, version_id: int,
                      (version_id,))
         conn.execute(
             "DELETE FROM plans WHERE name = ? AND NOT EXISTS (SELECT 1 FROM deck_versions "
-            "WHERE plan = ?) AND NOT EXISTS (SELECT 1 FROM accounts WHERE plan = ?)",
-            (plan, plan, plan))
+            "WHERE plan = ?) AND NOT EXISTS (SELECT 1 FROM accounts WHERE plan = ?) "
+            "AND NOT EXISTS (SELECT 1 FROM carriers WHERE plan = ?)",
+            (plan, plan, plan, plan))
 
 
 def _process_gone(importer: str | None) -> bool:
@@ -564,9 +603,9 @@ def _line_numbers(text: str, count: int) -> dict[int, int]:
     return out
 
 
-def deck_versions(conn: Db, plan: str) -> list[dict[str, object]]:
+def deck_versions(conn: Db, plan: str, *, kind: str = SELL) -> list[dict[str, object]]:
     """The import history of a plan (active versions), oldest first."""
-    get_plan(conn, plan)
+    get_plan(conn, plan, kind=kind)
     rows = conn.execute(
         "SELECT version, imported_ms, source, sha256, lines FROM deck_versions WHERE plan = ? "
         "AND state = 'active' ORDER BY version", (plan,)).fetchall()
@@ -596,11 +635,13 @@ class PlanLoader:
     disturbed. One thread at a time may use a loader.
 
     ``follow_new_plans=False``: :meth:`refresh` only follows plans already loaded (with
-    :meth:`load` or :meth:`load_all`) and ignores new ones.
+    :meth:`load` or :meth:`load_all`) and ignores new ones. ``kind``: the sell plans (the
+    default) or the carriers' buy decks (:data:`BUY`).
     """
 
-    def __init__(self, *, follow_new_plans: bool = True) -> None:
+    def __init__(self, *, follow_new_plans: bool = True, kind: str = SELL) -> None:
         self.follow_new_plans = follow_new_plans
+        self.kind = kind
         self._loaded: dict[str, _Loaded] = {}
 
     @property
@@ -616,7 +657,7 @@ class PlanLoader:
     def load_all(self, conn: Db) -> dict[str, PlanRates]:
         """Load every plan afresh (forgetting what was loaded) and return them all."""
         self._loaded.clear()
-        for name in plan_revisions(conn):
+        for name in plan_revisions(conn, self.kind):
             with contextlib.suppress(PlanNotFound):
                 self._load(conn, name)
         return self.plans
@@ -637,7 +678,7 @@ class PlanLoader:
         """Bring the loaded plans up to date; return only those that changed since the
         last call (and, when following new plans, plans not loaded before)."""
         changed: dict[str, PlanRates] = {}
-        current = plan_revisions(conn)
+        current = plan_revisions(conn, self.kind)
         for name in [n for n in self._loaded if n not in current]:
             del self._loaded[name]
         for name, (version, revision) in current.items():
@@ -660,7 +701,7 @@ class PlanLoader:
 
     def _load(self, conn: Db, name: str) -> _Loaded:
         try:
-            plan, revision = _require_plan(conn, name)
+            plan, revision = _require_plan(conn, name, self.kind)
         except PlanNotFound:
             self._loaded.pop(name, None)
             raise
@@ -683,7 +724,7 @@ class PlanLoader:
         number_plan: NumberPlan | None = None
         rounding: SecondRounding | None = None
         if revision != st.revision:
-            found = _plan_row(conn, name)
+            found = _plan_row(conn, name, self.kind)
             if found is None:
                 return None
             plan, revision = found  # the settings and the revision they belong to

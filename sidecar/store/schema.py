@@ -25,14 +25,17 @@ belongs to the node whose Kamailio carries it; ``live_calls.lease_ms`` is renewe
 that node lives); 5 added usage and fraud limits (``accounts.limits``, ``plans.limits``:
 the limit sets as JSON), ``accounts.blocked`` (new calls refused by a fraud rule) and the
 ``fraud_events`` table, and the HTTP API's tokens (``api_tokens``, hashed); 6 added
-``cdrs.signalled_ms`` (200 OK to end, whatever was billed). Columns
+``cdrs.signalled_ms`` (200 OK to end, whatever was billed); 7 added carriers for
+least-cost routing (``carriers``, ``carrier_events``) and ``plans.kind``: ``sell`` (a
+customer's rate plan) or ``buy`` (a carrier's buy deck, stored as a plan of its own and
+never shown or loaded as a sell plan). Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 TYPES = {
     "sqlite": {"money": "TEXT", "zero": "'0'", "ms": "INTEGER", "id": "INTEGER PRIMARY KEY",
@@ -45,7 +48,7 @@ TYPES = {
 #: Every table, in the order their references need (the order a copy fills them in).
 TABLES = ("meta", "plans", "deck_versions", "rates", "accounts", "sip_accounts", "ledger",
           "live_calls", "applied_keys", "cdrs", "invoices", "invoice_sequences",
-          "fraud_events", "api_tokens")
+          "fraud_events", "api_tokens", "carriers", "carrier_events")
 
 _STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -61,7 +64,8 @@ _STATEMENTS = (
     strip_prefixes TEXT NOT NULL DEFAULT '',
     created_ms {ms} NOT NULL,
     revision INTEGER NOT NULL DEFAULT 0,  -- bumped by every change of the settings
-    limits TEXT NOT NULL DEFAULT ''  -- the plan's default limits (JSON; '' = none)
+    limits TEXT NOT NULL DEFAULT '',  -- the plan's default limits (JSON; '' = none)
+    kind TEXT NOT NULL DEFAULT 'sell'  -- 'sell': a customer's plan; 'buy': a carrier's deck
 )""",
     # A deck version is written 'staged' (invisible to every reader), its rates in batches
     # of short transactions, then made 'active' at once. 'dropping': a failed or abandoned
@@ -266,6 +270,35 @@ _STATEMENTS = (
     created_ms {ms} NOT NULL,
     revoked_ms {ms}
 )""",
+    # A carrier calls are sent to (least-cost routing): its SIP destination, its capacity
+    # (NULL: no limit), its buy deck (``plan``, a plan of kind 'buy') and whether routes
+    # may use it. ``disabled_by`` 'operator' or 'health' (route health pulled it); a
+    # carrier pulled by route health comes back at ``until_ms`` (NULL: only by command).
+    """CREATE TABLE IF NOT EXISTS carriers (
+    name TEXT PRIMARY KEY,
+    uri TEXT NOT NULL,
+    plan TEXT NOT NULL UNIQUE REFERENCES plans(name),
+    max_calls INTEGER,
+    max_cps INTEGER,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    disabled_reason TEXT NOT NULL DEFAULT '',
+    disabled_ms {ms},
+    disabled_by TEXT NOT NULL DEFAULT '',
+    until_ms {ms},
+    created_ms {ms} NOT NULL
+)""",
+    # What happened to a carrier: added, disabled, enabled (an operator), pulled and
+    # restored (route health, with its evidence as JSON). ``key`` makes an event apply once.
+    """CREATE TABLE IF NOT EXISTS carrier_events (
+    key TEXT PRIMARY KEY,
+    ts_ms {ms} NOT NULL,
+    carrier TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL DEFAULT '',  -- who: operator, health, cool-down
+    reason TEXT NOT NULL DEFAULT '',
+    evidence TEXT NOT NULL DEFAULT '{}'
+)""",
+    "CREATE INDEX IF NOT EXISTS carrier_events_carrier ON carrier_events (carrier, ts_ms)",
 )
 
 # An issued document never changes: a correction is a credit note.
@@ -317,6 +350,7 @@ ADDED_COLUMNS = (
     ("accounts", "limits", "TEXT NOT NULL DEFAULT ''"),
     ("plans", "limits", "TEXT NOT NULL DEFAULT ''"),
     ("cdrs", "signalled_ms", "{ms}"),
+    ("plans", "kind", "TEXT NOT NULL DEFAULT 'sell'"),
 )
 
 

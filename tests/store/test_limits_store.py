@@ -297,7 +297,8 @@ def test_a_version_4_database_is_upgraded(db: Db) -> None:
     target = target_of(db)
     sql = ["ALTER TABLE accounts DROP COLUMN blocked", "ALTER TABLE accounts DROP COLUMN limits",
            "ALTER TABLE plans DROP COLUMN limits", "DROP TABLE fraud_events",
-           "ALTER TABLE cdrs DROP COLUMN signalled_ms",
+           "ALTER TABLE cdrs DROP COLUMN signalled_ms", "ALTER TABLE plans DROP COLUMN kind",
+           "DROP TABLE carrier_events", "DROP TABLE carriers",
            "UPDATE meta SET value = '4' WHERE key = 'schema_version'"]
     if isinstance(db, sqlite3.Connection):
         for q in sql:
@@ -313,13 +314,13 @@ def test_a_version_4_database_is_upgraded(db: Db) -> None:
     up = open_db(target)
     try:
         assert up.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[
-            0] == str(SCHEMA_VERSION) == "6"
+            0] == str(SCHEMA_VERSION) == "7"
         # Version 6's column too, at the end of its table as on a new database.
         assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-2:] == ["node",
                                                                            "signalled_ms"]
         cols = [str(r[0]) for r in up.execute(columns, ("accounts",))]
         assert cols[-2:] == ["blocked", "limits"]
-        assert [str(r[0]) for r in up.execute(columns, ("plans",))][-1] == "limits"
+        assert [str(r[0]) for r in up.execute(columns, ("plans",))][-2:] == ["limits", "kind"]
         a = get_account(up, "A")
         assert (a.blocked, a.limits, a.parent) == ("", NO_LIMITS, None)
         ledger_for(up).execute([flag(1, "A", "block", "k1", BLOCK)])
