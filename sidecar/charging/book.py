@@ -18,7 +18,7 @@ from typing import Protocol
 
 from ..money import ZERO
 from .model import Account
-from .settle import NO_EFFECT, Effect, rolled
+from .settle import Effect, rolled
 
 
 class AccountSource(Protocol):
@@ -107,8 +107,13 @@ class AccountBook:
         view = self._view.get(code)
         if view is None:
             return None
-        self._pending.setdefault(code, {})[seq] = effect
-        self._totals[code] = self._totals.get(code, NO_EFFECT).plus(effect)
+        pending = self._pending.get(code)
+        if pending is None:
+            self._pending[code] = {seq: effect}
+            self._totals[code] = effect
+        else:
+            pending[seq] = effect
+            self._totals[code] = self._totals[code].plus(effect)
         view = effect.apply(view)
         self._view[code] = view
         return view

@@ -7,20 +7,25 @@ many to a transaction (group commit), and answers with a :class:`BatchResult`: o
 The store applies the same rules (``settle.py``) against its own state, so it stays the
 authority: a reservation the store cannot cover in full comes back smaller, and the core
 shortens the call.
+
+The commands that every call sends (:class:`Reserve`, :class:`Settle`) and the outcomes
+that come back are named tuples: immutable like frozen dataclasses, and several times
+cheaper to build (a frozen dataclass sets each field through ``object.__setattr__``), which
+counts at thousands of them per second.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import NamedTuple
 
 from ..money import ZERO
 from .model import Account, Cdr, Settlement
 from .settle import Fit
 
 
-@dataclass(frozen=True, slots=True)
-class Reserve:
+class Reserve(NamedTuple):
     """Hold ``amount`` on ``account`` for a call, bringing it to ``seconds`` paid; if the
     store has less available than the core thought, it grants ``fit(available)``."""
 
@@ -35,8 +40,7 @@ class Reserve:
     now_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Settle:
+class Settle(NamedTuple):
     """Write the CDR once; for a billed call release its holds and charge its cost."""
 
     seq: int
@@ -79,8 +83,7 @@ class Flag:
 StoreCommand = Reserve | Settle | Topup | Flag
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The store's answer to one command. ``ok`` False: it was not applied (the store
     failed); ``journaled``: it will be, from the local journal, once the store is back."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 from ..money import ZERO, fmt
 from .limits import NO_LIMITS, Limits
@@ -70,12 +71,12 @@ class Account:
         """
         if self.kind is AccountKind.PREPAID:
             avail = self.balance
-        else:
-            avail = self.balance + self.credit_limit
-            if self.daily_cap is not None:
-                avail = min(avail, self.daily_cap - self.day_spend - self.held)
-            if self.monthly_cap is not None:
-                avail = min(avail, self.monthly_cap - self.month_spend - self.held)
+            return avail if avail >= ZERO else ZERO  # max(avail, ZERO), without the call
+        avail = self.balance + self.credit_limit
+        if self.daily_cap is not None:
+            avail = min(avail, self.daily_cap - self.day_spend - self.held)
+        if self.monthly_cap is not None:
+            avail = min(avail, self.monthly_cap - self.month_spend - self.held)
         return max(avail, ZERO)
 
 
@@ -204,9 +205,9 @@ class CdrWritten:
 Action = EndCall | Alert | Recharge | CdrWritten
 
 
-@dataclass(frozen=True)
-class Settlement:
-    """What settling a call did to the account."""
+class Settlement(NamedTuple):
+    """What settling a call did to the account (a named tuple: one per call, built in the
+    store's writer thread; ``commands.py`` says why)."""
 
     charged: Decimal
     written_off: Decimal

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from ..money import ZERO
 from .model import Account, AccountKind
@@ -27,7 +27,7 @@ def _day_key(day: int) -> str:
 
 def rolled(acc: Account, now_ms: int) -> Account:
     """The account as of ``now_ms``: daily (monthly) spend restarts on a new UTC day (month)."""
-    today = day_key(now_ms)
+    today = _day_key(now_ms // 86_400_000)  # day_key(now_ms), one call less: every command
     if acc.day_key == today:
         return acc
     month_same = acc.day_key[:7] == today[:7]
@@ -35,10 +35,10 @@ def rolled(acc: Account, now_ms: int) -> Account:
                         "month_spend": acc.month_spend if month_same else ZERO})
 
 
-@dataclass(frozen=True, slots=True)
-class Effect:
+class Effect(NamedTuple):
     """What one command does to an account: changes of balance, holds and spend, and a
-    suspension it causes (a postpaid cap reached)."""
+    suspension it causes (a postpaid cap reached). A named tuple: the core and the store
+    make several per call (``commands.py`` says why not a frozen dataclass)."""
 
     balance: Decimal = ZERO
     held: Decimal = ZERO
@@ -77,12 +77,16 @@ NO_EFFECT = Effect()
 
 def evolve(acc: Account, changes: dict[str, object]) -> Account:
     """A copy of ``acc`` with ``changes``: ``dataclasses.replace`` without its cost (the
-    charging core and the store do this for every command)."""
-    new = object.__new__(Account)
-    d = new.__dict__
-    d.update(acc.__dict__)
-    d.update(changes)
+    charging core and the store do this for every command). The new instance dictionary
+    is built in one step and set through ``object.__setattr__`` (the frozen class refuses
+    assignments of its own)."""
+    new = _new(Account)
+    _setattr(new, "__dict__", acc.__dict__ | changes)
     return new
+
+
+_new = object.__new__
+_setattr = object.__setattr__
 
 
 Fit = Callable[[Decimal], tuple[Decimal, int]]
@@ -101,11 +105,10 @@ def grant(acc: Account, want: Decimal, want_seconds: int, fit: Fit, paid_before:
 
 
 def reserve_effect(amount: Decimal) -> Effect:
-    return Effect(balance=-amount, held=amount)
+    return Effect(-amount, amount)  # (balance, held): positional, the cheaper call
 
 
-@dataclass(frozen=True, slots=True)
-class SettleAmounts:
+class SettleAmounts(NamedTuple):
     """Settling one call: its holds released, its cost charged (what the account can
     cover; the rest written off), and a FAS credit given back."""
 
@@ -135,5 +138,4 @@ def settle_amounts(acc: Account, held: Decimal, cost: Decimal, credit: Decimal
         elif acc.monthly_cap is not None and acc.month_spend + spend >= acc.monthly_cap:
             reason = f"monthly cap {acc.monthly_cap} reached"
     return SettleAmounts(collectable, cost - collectable, credited,
-                         Effect(balance=held - collectable + credited, held=-held, spend=spend,
-                                suspend_reason=reason))
+                         Effect(held - collectable + credited, -held, spend, reason))

@@ -16,10 +16,10 @@ transaction on those accounts left, across processes and hosts.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from enum import Enum
-from typing import cast
 
 from ..charging.commands import Flag, Outcome, Reserve, Settle, StoreCommand, Topup
 from ..charging.model import Account, Cdr, Settlement
@@ -78,14 +78,20 @@ class UnknownAccount(LookupError):
 _MONEY_AT = tuple(i for i, f in enumerate(dataclasses.fields(Cdr))
                   if f.type in ("Decimal", Decimal))
 _ENUM_AT = tuple(i for i, f in enumerate(dataclasses.fields(Cdr)) if f.name == "disposition")
+_CDR_VALUES = operator.itemgetter(*CDR_FIELDS)  # of a Cdr's __dict__: its columns
+_ZERO_TEXT = to_text(ZERO)
+#: What a duplicate settlement (or one left to another node) did: nothing.
+_NOTHING = Settlement(ZERO, ZERO, True, None, None)
 
 
 def cdr_row(cdr: Cdr, money_as_text: bool = True) -> list[object]:
     """A CDR's column values for ``CDR_INSERT`` (money as exact text, or as Decimals)."""
-    out: list[object] = list(map(cdr.__dict__.__getitem__, CDR_FIELDS))
+    out: list[object] = list(_CDR_VALUES(cdr.__dict__))
     if money_as_text:
         for i in _MONEY_AT:
-            out[i] = to_text(cast(Decimal, out[i]))
+            v = out[i]
+            # Most of a CDR's amounts are the shared ZERO (no fee, nothing credited).
+            out[i] = _ZERO_TEXT if v is ZERO else to_text(v)  # type: ignore[arg-type]
     for i in _ENUM_AT:
         v = out[i]
         if isinstance(v, Enum):
@@ -106,12 +112,14 @@ class Batch:
         self.node = node
         self.lease_ms = lease_ms
         self._owner: dict[str, tuple[str, int]] = {}  # stored live call -> (node, lease)
+        self._mine = (node, 0)  # the owner of a call not stored yet: this node
         self._m = dialect.money
         self.accounts: dict[str, Account] = {}
         self._dirty: set[str] = set()
         self._ledger: list[tuple[object, ...]] = []
         self._held: dict[str, Decimal] = {}  # call_ref -> what the store holds for it
-        self._live: dict[str, tuple[object, ...]] = {}  # live-call rows to write
+        # Live-call rows to write, without their holds (``_held``, added at the end).
+        self._live: dict[str, tuple[object, ...]] = {}
         self._gone: set[str] = set()  # stored live calls settled in this batch
         self._cdrs: list[list[object]] = []
         self._stored: set[str] = set()  # calls with a live_calls row before this batch
@@ -189,22 +197,22 @@ class Batch:
     def reserve(self, cmd: Reserve) -> Outcome:
         """Hold what the core asked for, or what the account can still cover; record the
         live call (its paid time and holds) for a restart to adopt."""
-        acc = self._account(cmd.account, cmd.now_ms)
-        ref = cmd.call_ref
+        seq, code, ref, amount, want_seconds, paid_before, fit, live, now_ms = cmd
+        acc = self._account(code, now_ms)
         if ref in self._settled:  # settled already (by a node that took over): no more
-            return Outcome(cmd.seq, True, ZERO, cmd.paid_before, settled_elsewhere=True)
-        granted, seconds = grant(acc, cmd.amount, cmd.seconds, cmd.fit, cmd.paid_before)
+            return Outcome(seq, True, ZERO, paid_before, settled_elsewhere=True)
+        granted, seconds = grant(acc, amount, want_seconds, fit, paid_before)
         if granted > 0:  # a hold moves no money: live_calls records it, not the ledger
-            self._set(evolve(acc, {"balance": acc.balance - granted,
-                                   "held": acc.held + granted}))
-        held = self._held.get(ref, ZERO) + granted
-        self._held[ref] = held
-        live = cmd.live.get
-        self._live[ref] = (ref, cmd.account, live("number"), live("destination"),
-                           live("prefix"), live("rate"), live("increment"),
-                           live("answered_ms"), seconds, self._m(held), cmd.now_ms,
-                           self._owner.get(ref, (self.node, 0))[0], self.lease_ms)
-        return Outcome(cmd.seq, True, granted, seconds)
+            self.accounts[code] = evolve(acc, {"balance": acc.balance - granted,
+                                               "held": acc.held + granted})
+            self._dirty.add(code)
+        held = self._held
+        held[ref] = held.get(ref, ZERO) + granted
+        get = live.get
+        self._live[ref] = (ref, code, get("number"), get("destination"), get("prefix"),
+                           get("rate"), get("increment"), get("answered_ms"), seconds,
+                           now_ms, self._owner.get(ref, self._mine)[0])
+        return Outcome(seq, True, granted, seconds)
 
     def settle(self, cdr: Cdr, now_ms: int, lease_ended_by: int | None = None
                ) -> Settlement:
@@ -219,10 +227,10 @@ class Batch:
         if lease_ended_by is not None and (
                 ref in self._settled or self._owner.get(ref, ("", lease_ended_by))[1]
                 >= lease_ended_by):
-            return Settlement(ZERO, ZERO, True, None, None)
+            return _NOTHING
         if ref in self._settled:
             self._release_left(ref, cdr.account, now_ms)
-            return Settlement(ZERO, ZERO, True, None, None)
+            return _NOTHING
         self._settled.add(ref)
         before = after = None
         suspended = False
@@ -248,7 +256,7 @@ class Batch:
         if ref in self._stored:
             self._gone.add(ref)
         row = cdr_row(cdr, self.dialect.money_as_text)
-        row.append(self._owner.get(ref, (self.node, 0))[0] or self.node)
+        row.append(self._owner.get(ref, self._mine)[0] or self.node)
         self._cdrs.append(row)
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended)
 
@@ -267,7 +275,7 @@ class Batch:
         """A recharge, applied once per ``key`` (a replayed journal applies it again)."""
         if any(k == cmd.key for k, _ in self._keys) or self.dialect.execute(
                 self.conn, "SELECT 1 FROM applied_keys WHERE key = ?", (cmd.key,)).fetchone():
-            return Settlement(ZERO, ZERO, True, None, None)
+            return _NOTHING
         self._keys.append((cmd.key, cmd.now_ms))
         before = self._account(cmd.account, cmd.now_ms)
         self._ledger.append((cmd.now_ms, cmd.account, "topup", self._m(cmd.amount), None,
@@ -282,7 +290,7 @@ class Batch:
         nothing more), once per ``key`` (a replayed journal flags again)."""
         if cmd.key in self._flagged or self.dialect.execute(
                 self.conn, "SELECT 1 FROM fraud_events WHERE key = ?", (cmd.key,)).fetchone():
-            return Settlement(ZERO, ZERO, True, None, None)
+            return _NOTHING
         before = self._account(cmd.account, cmd.now_ms)
         self._flagged.add(cmd.key)
         self._fraud.append((cmd.now_ms, cmd.account, cmd.rule, cmd.action, cmd.reason,
@@ -311,7 +319,10 @@ class Batch:
                              a.day_key[:7], m(a.month_spend), int(a.suspended),
                              a.suspend_reason, a.blocked, code))
             write(c, _ACCOUNTS, rows)
-        write(c, _LIVE, list(self._live.values()))
+        if self._live:
+            held, lease = self._held, self.lease_ms
+            write(c, _LIVE, [(*r[:9], m(held[ref]), *r[9:], lease)
+                             for ref, r in self._live.items()])
         write(c, _GONE, [(r,) for r in sorted(self._gone)])
         write(c, _CDRS, self._cdrs)
         write(c, _KEYS, self._keys)
