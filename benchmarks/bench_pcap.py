@@ -5,8 +5,10 @@ directions, each call set up with a SIP INVITE / 200 OK carrying SDP so tshark k
 RTP ports), then times:
 
 * ``read_capture`` + ``parse_rtp`` over every payload, on one core (CPU time);
-* the full replay, as ``sidecar replay`` runs it: SIP to events (SipTracker), the charging
-  core, and media supervision of every RTP packet (flows, counters, ringback and silence
+* the full replay, as ``sidecar replay --plan`` runs it (``replay_file`` of the CLI): SIP to
+  events (SipTracker); every call charged by the charging core (rated from the sample deck,
+  credit reserved in chunks, settled, a CDR written: in the store as ``--plan`` builds it);
+  and media supervision of every RTP packet (flows, counters, ringback and silence
   detectors on the callee's audio);
 * ``tshark -r FILE -Y 'sip || rtp'`` on the same file (wall and CPU time of tshark).
 
@@ -77,12 +79,14 @@ def _sip(method_or_status: str, call: int, rtp_port: int) -> bytes:
         f"v=0\r\no=- {call} 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n"
         f"m=audio {rtp_port} RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"
     )
+    number = f"4930{call:07d}"  # Germany Fixed in the sample deck: every call is rated
     start = (
-        f"INVITE sip:{call}@10.0.0.2 SIP/2.0" if method_or_status == "INVITE" else "SIP/2.0 200 OK"
+        f"INVITE sip:{number}@10.0.0.2 SIP/2.0" if method_or_status == "INVITE"
+        else "SIP/2.0 200 OK"
     )
     return (
         f"{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK{call}\r\n"
-        f"From: <sip:a@10.0.0.1>;tag={call}\r\nTo: <sip:{call}@10.0.0.2>\r\n"
+        f"From: <sip:a@10.0.0.1>;tag={call}\r\nTo: <sip:{number}@10.0.0.2>\r\n"
         f"Call-ID: bench-{call}\r\nCSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
         f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
     ).encode()
@@ -96,7 +100,7 @@ def build_capture(path: Path, packets: int,
     written = 0
     payload = b"\xd5" * PAYLOAD_BYTES
     records: list[tuple[float, bytes]] = []
-    t0 = 1_700_000_000.0
+    t0 = 1_793_577_600.0  # 2026-11-02 UTC: the sample deck is in effect
     call = 0
     while True:
         legs = round(rnd.uniform(*call_seconds) * PACKETS_PER_SECOND)
@@ -149,26 +153,33 @@ def time_reader(path: Path) -> tuple[float, float, int, int]:
     return time.process_time() - cpu, time.perf_counter() - wall, payloads, rtp
 
 
-def time_replay(path: Path) -> tuple[float, float, int, int]:
-    """CPU s, wall s, calls reported and RTP packets matched by the full replay."""
-    from sidecar.charging import Charger
-    from sidecar.replay.run import Replay
-    from sidecar.store.accounts import SqliteLedger
+def time_replay(path: Path) -> tuple[float, float, int, int, int]:
+    """CPU s, wall s, calls reported, calls charged (a CDR with a cost) and RTP packets
+    matched by the full replay, set up as ``sidecar replay --plan`` sets it up."""
+    from sidecar.charging import Charger, ChargingConfig
+    from sidecar.cli.replay import REPLAY_ACCOUNT, _what_if_db, replay_file
+    from sidecar.store.accounts import ledger_for
     from sidecar.store.db import connect
-    from sidecar.store.decks import PlanCache
+    from sidecar.store.decks import PlanCache, import_deck
     from sidecar.supervision.calls import CallControl, ControlConfig
-    from sidecar.supervision.media import MediaSupervisor
+    from sidecar.supervision.media import MediaConfig, MediaSupervisor
 
-    conn = connect(":memory:")
-    media = MediaSupervisor()
-    control = CallControl(Charger(SqliteLedger(conn), PlanCache(conn)), media,
+    db = path.with_suffix(".db")
+    db.unlink(missing_ok=True)
+    source = connect(db)
+    import_deck(source, "bench", Path(__file__).resolve().parent.parent / "sidecar" / "data"
+                / "sample-deck.csv")
+    source.close()
+    conn = _what_if_db(db, "bench")
+    media = MediaSupervisor(MediaConfig(grace_ms=2000))
+    control = CallControl(Charger(ledger_for(conn), PlanCache(conn), ChargingConfig()), media,
                           ControlConfig(supervise_rejected=True))
-    reader = read_capture(path)
     cpu = time.process_time()
     wall = time.perf_counter()
-    result = Replay(control).run(reader)
-    return (time.process_time() - cpu, time.perf_counter() - wall, len(result.calls),
-            media.packets_matched)
+    result = replay_file(path, control, account_override=REPLAY_ACCOUNT)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    charged = sum(1 for c in result.cdrs if c.cost)
+    return cpu, wall, len(result.calls), charged, media.packets_matched
 
 
 def time_tshark(path: Path) -> tuple[float, float, int]:
@@ -217,12 +228,12 @@ def main() -> None:
             f"-> {rate:,.0f} packets/s on one core, {size / cpu / 1e6:.0f} MB/s; "
             f"{payloads:,} UDP payloads, {rtp:,} RTP"
         )
-        r_cpu, r_wall, calls, matched = time_replay(path)
+        r_cpu, r_wall, calls, charged, matched = time_replay(path)
         r_rate = count / r_cpu
         print(
             f"full replay (SIP, charging, media supervision): {r_cpu:.2f} s CPU "
-            f"({r_wall:.2f} s wall) -> {r_rate:,.0f} packets/s on one core; {calls:,} calls, "
-            f"{matched:,} RTP packets matched to their dialogs"
+            f"({r_wall:.2f} s wall) -> {r_rate:,.0f} packets/s on one core; {calls:,} calls "
+            f"({charged:,} charged), {matched:,} RTP packets matched to their dialogs"
         )
         print(f"target 500,000 packets/s (full replay): "
               f"{'met' if r_rate >= 500_000 else 'NOT met'}")

@@ -84,8 +84,10 @@ __all__ = [
     "CaptureStats",
     "CapturedPayload",
     "FrameDecoder",
+    "KeyedDatagram",
     "PayloadFields",
     "Transport",
+    "udp4_fields",
 ]
 
 Transport = Literal["udp", "tcp"]
@@ -198,6 +200,10 @@ _ADDRESS_CACHE_LIMIT: Final = 65536
 
 #: :class:`CapturedPayload`'s fields as a plain tuple (see :meth:`CaptureReader.tuples`).
 PayloadFields = tuple[float, str, int, str, int, Transport, bytes]
+#: A UDP/IPv4 datagram as :meth:`CaptureReader.datagrams` gives the fast path's: capture
+#: time, the 12 bytes of source address, destination address, source port and
+#: destination port as on the wire (:func:`udp4_fields` reads them), and the payload.
+KeyedDatagram = tuple[float, bytes, bytes]
 
 
 class CapturedPayload(NamedTuple):
@@ -345,6 +351,24 @@ def _address_text(raw: bytes) -> str:
     # ipaddress gives the RFC 5952 compressed IPv6 form, the same as sdp.py produces,
     # so addresses from SDP and from packets compare as strings.
     return str(ipaddress.ip_address(raw))
+
+
+_KEY_FIELDS: dict[bytes, tuple[str, int, str, int]] = {}
+
+
+def udp4_fields(key: bytes) -> tuple[str, int, str, int]:
+    """Source address, source port, destination address and destination port of the
+    12-byte addressing of a :data:`KeyedDatagram` (cached: a capture has few flows)."""
+    fields = _KEY_FIELDS.get(key)
+    if fields is None:
+        if len(key) != 12:
+            raise ValueError(f"a UDP/IPv4 key is 12 bytes, got {len(key)}")
+        if len(_KEY_FIELDS) >= _ADDRESS_CACHE_LIMIT:
+            _KEY_FIELDS.clear()
+        sport, dport = _unpack_u16_pair(key, 8)
+        fields = _KEY_FIELDS[key] = (_address_text(key[:4]), sport, _address_text(key[4:8]),
+                                     dport)
+    return fields
 
 
 def _udp_tunnel(packet: bytes, start: int, end: int, port: int) -> tuple[int, int] | None:

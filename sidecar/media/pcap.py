@@ -53,6 +53,7 @@ from .frames import (
     CapturedPayload,
     CaptureStats,
     FrameDecoder,
+    KeyedDatagram,
     PayloadFields,
     Transport,
     _unpack_eth_ipv4_udp_pair,
@@ -171,10 +172,25 @@ class CaptureReader:
         """
         return self._iterate(tuple)
 
+    def datagrams(self) -> Iterator[PayloadFields | KeyedDatagram]:
+        """The same payloads, for a loop that matches UDP/IPv4 datagrams by their raw
+        addressing (``sidecar replay``): each datagram of the Ethernet/IPv4/UDP fast path
+        as a :data:`~sidecar.media.frames.KeyedDatagram` ``(timestamp, key, payload)``,
+        ``key`` the 12 bytes of its addresses and ports as on the wire
+        (:func:`~sidecar.media.frames.udp4_fields` gives their text and numbers); every
+        other payload as in :meth:`tuples` (7 fields). No address is turned into text
+        unless the consumer asks: most packets of a capture are of a few known flows.
+        """
+        if self.format == "pcap":
+            return self._iter_pcap(tuple, keyed=True)
+        return self._iter_pcapng()
+
     def _iterate(self, kind: type[tuple[Any, ...]]) -> Iterator[PayloadFields]:
         # One generator per format, not one delegating to another: ``yield from`` costs
         # about 0.1 us per payload.
-        return self._iter_pcap(kind) if self.format == "pcap" else self._iter_pcapng()
+        if self.format == "pcap":
+            return cast(Iterator[PayloadFields], self._iter_pcap(kind))
+        return self._iter_pcapng()
 
     def _start(self) -> tuple[BinaryIO, FrameDecoder]:
         """Fresh stats and decoder, and the file opened (at the start of an iteration)."""
@@ -191,7 +207,8 @@ class CaptureReader:
         self._file = f
         return f, decoder
 
-    def _iter_pcap(self, kind: type[tuple[Any, ...]]) -> Iterator[PayloadFields]:
+    def _iter_pcap(self, kind: type[tuple[Any, ...]], keyed: bool = False
+                   ) -> Iterator[PayloadFields | KeyedDatagram]:
         f, decoder = self._start()
         stats = self.stats
         header = f.read(24)
@@ -259,6 +276,11 @@ class CaptureReader:
                         and total + 14 <= caplen
                         and (dport > _UDP_TUNNEL_MAX or dport not in _UDP_TUNNEL_PORTS)
                     ):
+                        if keyed:  # addresses and ports as on the wire: see datagrams()
+                            fast += 1
+                            yield (timestamp, buf[start + 26 : start + 38],
+                                   buf[start + 42 : start + 34 + ulen])
+                            continue
                         pair = pairs.get(src_dst)
                         if pair is None:
                             if len(pairs) >= _ADDRESS_CACHE_LIMIT:

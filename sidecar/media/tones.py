@@ -57,7 +57,7 @@ import cmath
 import enum
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zlib import adler32
@@ -343,6 +343,15 @@ def _byte_sum(data: bytes) -> int:
     return sum(data)
 
 
+#: byte -> absolute linear sample, per law, for summing many frames at once (NumPy).
+_ABS_ARRAYS: dict[Codec, npt.NDArray[np.int32]] = {
+    codec: np.array([abs(v) for v in codec.table], dtype=np.int32) for codec in Codec
+}
+#: SilenceDetector.feed sums whole frames with NumPy from this many frames in one call
+#: (a batch of packets); fewer are summed one by one (the per-packet case).
+_VECTOR_FRAMES = 4
+
+
 def _absolute_sum(payload: bytes, codec: Codec) -> int:
     low, high = _ABS_TABLES[codec]
     return _byte_sum(payload.translate(high)) * 256 + _byte_sum(payload.translate(low))
@@ -597,10 +606,42 @@ class SilenceDetector:
         self._abs_low = self._abs_high = b""  # _ABS_TABLES of the last codec fed
         self._whole_frames = frame_samples <= _ADLER_EXACT  # feed's one-frame shortcut
         self._surely_silent = self._limit - 255 * frame_samples  # whatever the low bytes
-        self.silent_frames = 0
-        self.voiced_frames = 0
-        self.first_voiced_sample: int | None = None  # start of the first voiced frame
-        self.samples_fed = 0
+        self._silent = 0
+        self._voiced = 0
+        self._first_voiced: int | None = None
+        self._fed = 0
+        #: Set by a caller that queues audio and feeds it in batches (the media
+        #: supervisor): called before any count is read, so a count is always that of
+        #: all the audio given so far.
+        self.feed_pending: Callable[[], None] | None = None
+
+    @property
+    def silent_frames(self) -> int:
+        """Silent frames counted so far."""
+        if self.feed_pending is not None:
+            self.feed_pending()
+        return self._silent
+
+    @property
+    def voiced_frames(self) -> int:
+        """Voiced frames counted so far."""
+        if self.feed_pending is not None:
+            self.feed_pending()
+        return self._voiced
+
+    @property
+    def first_voiced_sample(self) -> int | None:
+        """Start of the first voiced frame (samples from the first fed), if any."""
+        if self.feed_pending is not None:
+            self.feed_pending()
+        return self._first_voiced
+
+    @property
+    def samples_fed(self) -> int:
+        """Samples fed so far, those lost included (see :meth:`discontinuity`)."""
+        if self.feed_pending is not None:
+            self.feed_pending()
+        return self._fed
 
     @property
     def frames(self) -> int:
@@ -624,14 +665,16 @@ class SilenceDetector:
                 upper < limit
                 and upper + (adler32(payload.translate(self._abs_low)) & 0xFFFF) - 1 < limit
             ):
-                self.silent_frames += 1
+                self._silent += 1
             else:
-                if self.first_voiced_sample is None:
-                    self.first_voiced_sample = self.samples_fed
-                self.voiced_frames += 1
-            self.samples_fed += size
+                if self._first_voiced is None:
+                    self._first_voiced = self._fed
+                self._voiced += 1
+            self._fed += size
             return
         position = 0
+        if size >= _VECTOR_FRAMES * frame:
+            position = self._feed_frames(payload, codec)
         while position < size:
             take = min(frame - self._partial_count, size - position)
             self._partial_sum += _absolute_sum(payload[position : position + take], codec)
@@ -639,17 +682,50 @@ class SilenceDetector:
             position += take
             if self._partial_count == frame:
                 if self._partial_sum < self._limit:
-                    self.silent_frames += 1
+                    self._silent += 1
                 else:
-                    if self.first_voiced_sample is None:
-                        self.first_voiced_sample = self.samples_fed + position - frame
-                    self.voiced_frames += 1
+                    if self._first_voiced is None:
+                        self._first_voiced = self._fed + position - frame
+                    self._voiced += 1
                 self._partial_sum = 0
                 self._partial_count = 0
-        self.samples_fed += size
+        self._fed += size
+
+    def _feed_frames(self, payload: bytes, codec: Codec) -> int:
+        """Count the frames of a long ``payload`` (many packets' audio at once) as the
+        frame-by-frame loop of :meth:`feed` does: the partial frame completed first, then
+        every whole frame summed by NumPy. Returns how many bytes were taken (the rest,
+        under a frame, is left to that loop); ``samples_fed`` is :meth:`feed`'s to move."""
+        frame = self._frame
+        position = 0
+        if self._partial_count:
+            position = frame - self._partial_count
+            total = self._partial_sum + _absolute_sum(payload[:position], codec)
+            self._partial_sum = self._partial_count = 0
+            if total < self._limit:
+                self._silent += 1
+            else:
+                if self._first_voiced is None:
+                    self._first_voiced = self._fed + position - frame
+                self._voiced += 1
+        count = (len(payload) - position) // frame
+        if count:
+            data = np.frombuffer(payload, dtype=np.uint8, count=count * frame, offset=position)
+            sums = np.take(_ABS_ARRAYS[codec], data).reshape(count, frame).sum(axis=1,
+                                                                              dtype=np.int64)
+            silent = sums < self._limit
+            quiet = int(np.count_nonzero(silent))
+            self._silent += quiet
+            if quiet < count:
+                self._voiced += count - quiet
+                if self._first_voiced is None:
+                    first = position + int(np.argmin(silent)) * frame
+                    self._first_voiced = self._fed + first
+            position += count * frame
+        return position
 
     def discontinuity(self, missing_samples: int) -> None:
         """Note lost samples: the partial frame is dropped and the sample clock advances."""
-        self.samples_fed += missing_samples
+        self._fed += missing_samples
         self._partial_sum = 0
         self._partial_count = 0

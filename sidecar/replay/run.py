@@ -19,6 +19,7 @@ from typing import Any
 
 from ..charging import Action, Cdr, CdrWritten, EndCall
 from ..kamailio.events import Answer, Dialog, Early, End, Event, Failed, Offer
+from ..media.frames import KeyedDatagram, udp4_fields
 from ..media.pcap import CapturedPayload, CaptureReader, CaptureStats, PayloadFields
 from ..money import fmt
 from ..supervision.calls import CallControl
@@ -100,6 +101,14 @@ class Replay:
         """Replay every payload; a reader's ``stats`` (read after the loop) are reported."""
         control = self.control
         on_packet = control.on_packet
+        media = control.media
+        # UDP/IPv4 datagrams of a capture file come with their addressing as on the wire
+        # (CaptureReader.datagrams): a packet of a known media flow goes to the supervisor
+        # by those bytes, and only what it matched to an answer awaiting media, or to
+        # several dialogs, goes on to the call control (what on_packet does).
+        datagram_key = media.datagram_key if media is not None else None
+        matched = control.matched
+        awaiting = control.awaiting_media()
         tracker = self.tracker
         looks_like_sip = tracker.looks_like_sip
         deadline = control.next_deadline()
@@ -107,10 +116,10 @@ class Replay:
         last_ms = 0
         first_ts = self.first_ts
         # A capture file's own iterator of plain tuples: no NamedTuple per packet.
-        source: Iterable[PayloadFields] = (
-            payloads.tuples() if isinstance(payloads, CaptureReader) else payloads)
+        source: Iterable[PayloadFields | KeyedDatagram] = (
+            payloads.datagrams() if isinstance(payloads, CaptureReader) else payloads)
         for p in source:
-            timestamp, src_ip, src_port, dst_ip, dst_port, transport, payload = p
+            timestamp = p[0]
             count += 1
             if first_ts is None:
                 first_ts = self.first_ts = timestamp
@@ -119,6 +128,31 @@ class Replay:
                 self._tick(ts_ms)
                 deadline = control.next_deadline()
             last_ms = ts_ms
+            if len(p) == 3:  # a UDP/IPv4 datagram by its addressing (KeyedDatagram)
+                _, key, payload = p
+                if payload and 0x80 <= payload[0] <= 0xBF:
+                    rtp += 1
+                    if datagram_key is not None and media is not None:
+                        ref = datagram_key(ts_ms, key, payload)
+                        if media.shared_hits or ref in awaiting:
+                            actions = matched(ref, ts_ms)
+                            if actions:
+                                self._actions(actions)
+                                deadline = control.next_deadline()
+                    if progress is not None and not count % every:
+                        progress()
+                    continue
+                src_ip, src_port, dst_ip, dst_port = udp4_fields(key)
+                captured = CapturedPayload(timestamp, src_ip, src_port, dst_ip, dst_port,
+                                           "udp", payload)
+                if looks_like_sip(captured):
+                    for ev in tracker.feed(captured):
+                        self._event(ev)
+                    deadline = control.next_deadline()
+                if progress is not None and not count % every:
+                    progress()
+                continue
+            _, src_ip, src_port, dst_ip, dst_port, transport, payload = p
             if payload and 0x80 <= payload[0] <= 0xBF and transport == "udp":
                 rtp += 1
                 actions = on_packet(ts_ms, src_ip, src_port, dst_ip, dst_port, payload)

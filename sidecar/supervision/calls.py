@@ -136,6 +136,18 @@ class CallControl:
         if media is None:
             return []
         ref = media.datagram(ts_ms, src_ip, src_port, dst_ip, dst_port, payload)
+        if media.shared_hits or ref in self._unconfirmed:
+            return self.matched(ref, ts_ms)
+        return _NONE
+
+    def matched(self, ref: str | None, ts_ms: int) -> list[Action]:
+        """The media supervisor took a packet at ``ts_ms`` for ``ref`` (None: no dialog)
+        and maybe for others (its ``shared_hits``): the answers it confirmed. A loop that
+        hands packets to the supervisor itself calls this when ``shared_hits`` is set or
+        ``ref`` is awaiting media (:meth:`awaiting_media`); :meth:`on_packet` does."""
+        media = self.media
+        if media is None:
+            return []
         if media.shared_hits:  # the packet was evidence for other dialogs too (B2BUA legs)
             hits, media.shared_hits = media.shared_hits, []
             actions = [a for r in hits for a in self._confirmed(r, ts_ms)]

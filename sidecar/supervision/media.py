@@ -33,8 +33,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
+from ..media.frames import udp4_fields
 from ..media.g711 import Codec, codec_for_payload_type
 from ..media.rtp import parse_rtp
 from ..media.sdp import SdpError, SessionDescription, parse_sdp
@@ -48,6 +49,9 @@ _unpack_rtp = struct.Struct("!BBHII").unpack_from  # the RTP fixed header (see m
 _FLOW_CACHE_LIMIT = 8192
 _FlowKey = tuple[str, int, str, int]  # src ip, src port, dst ip, dst port
 _SIP_PORTS = frozenset({5060, 5061})
+#: The callee's audio is given to the FAS detectors this many packets at a time (about
+#: 1.3 s of 20 ms packets: a few KB per call).
+_AUDIO_BATCH = 64
 _RTP_MEDIA = frozenset({"audio", "video"})  # m= lines whose RTP shows the party is there
 
 
@@ -136,10 +140,54 @@ class DialogMedia:
     # seen; cleared whenever an SDP of the dialog is read.
     payload_codecs: dict[int, Codec | None] = field(default_factory=dict, repr=False,
                                                     compare=False)
+    # The callee's G.711 audio after the 200 OK not yet given to the FAS detectors, in
+    # order: payloads, and the samples lost between them (int), all of ``audio_codec``.
+    # Fed in batches (feed_audio): one call of each detector per batch.
+    audio: list[bytes | int] = field(default_factory=list, repr=False, compare=False)
+    audio_codec: Codec | None = field(default=None, repr=False, compare=False)
+    audio_gaps: bool = field(default=False, repr=False, compare=False)  # ints in audio
 
     @property
     def callee(self) -> Stream:
         return self.streams[Party.CALLEE]
+
+    def feed_audio(self) -> None:
+        """Feed the callee's queued audio (:attr:`audio`) to the ringback and silence
+        detectors: each run of payloads joined into one call, the samples lost between
+        runs as discontinuities; a ringing tone found sets :attr:`ringback_at_ms`. What a
+        detector finds in a stream does not depend on how the stream is cut into calls."""
+        items, codec = self.audio, self.audio_codec
+        if not items or codec is None:
+            return
+        ring, silence = self.ringback, self.silence
+        if not self.audio_gaps:  # one run, the usual case
+            batch: list[bytes | int] = [b"".join(cast("list[bytes]", items)), 0]
+        else:
+            batch = [*items, 0]
+            self.audio_gaps = False
+        items.clear()
+        run: list[bytes] = []
+        for item in batch:
+            if isinstance(item, bytes):
+                run.append(item)
+                continue
+            if run:
+                audio = run[0] if len(run) == 1 else b"".join(run)
+                run = []
+                if ring is not None and not ring.finished:
+                    found = ring.feed(audio, codec)
+                    if found is not None and self.ringback_base_ms is not None \
+                            and self.answer_ms is not None:
+                        self.ringback_at_ms = (self.ringback_base_ms + round(found.start_ms)
+                                               - self.answer_ms)
+                        self.ringback_tone = found.tone.name
+                if silence is not None:
+                    silence.feed(audio, codec)
+            if item:  # samples lost before the next payload
+                if ring is not None and not ring.finished:
+                    ring.discontinuity(item)
+                if silence is not None:
+                    silence.discontinuity(item)
 
     @property
     def caller(self) -> Stream:
@@ -185,7 +233,7 @@ class _Flow:
     SDP, a latched address, a port taken over by another dialog, or the dialog's end.
     """
 
-    __slots__ = ("also", "call_ref", "callee", "dialog", "stream")
+    __slots__ = ("also", "call_ref", "callee", "dialog", "key", "stream")
 
     def __init__(self, call_ref: str, dialog: DialogMedia, sender: Party) -> None:
         self.call_ref = call_ref
@@ -194,6 +242,8 @@ class _Flow:
         self.callee = sender is Party.CALLEE
         #: The same packets' flows in the other dialogs sharing the address (B2BUA legs).
         self.also: tuple[_Flow, ...] = ()
+        #: Its addressing as on the wire, once a packet came by that (datagram_key).
+        self.key: bytes | None = None
 
 
 def _addresses(sdp: SessionDescription) -> tuple[list[Address], dict[int, Codec]]:
@@ -246,6 +296,9 @@ class MediaSupervisor:
         # flows it is part of, so a change of one address drops just those.
         self._flow_cache: dict[_FlowKey, _Flow] = {}
         self._flows_of: dict[Address, set[_FlowKey]] = {}
+        # The same flows by their UDP/IPv4 addressing as on the wire (datagram_key): an
+        # entry is dropped with the flow's entry in _flow_cache.
+        self._key_cache: dict[bytes, _Flow] = {}
         self.flows.on_change = self._forget_flows
 
     # --- signalling -------------------------------------------------------------
@@ -280,6 +333,7 @@ class MediaSupervisor:
         d.ringback = RingbackDetector(
             window_samples=self.config.ringback_window_ms * SAMPLE_RATE // 1000)
         d.silence = SilenceDetector()
+        d.silence.feed_pending = d.feed_audio  # its counts include the queued audio
         if self.config.end_without_media_ms > 0:
             heapq.heappush(self._deadlines,
                            (now_ms + self.config.end_without_media_ms, call_ref))
@@ -336,14 +390,14 @@ class MediaSupervisor:
         return self.datagram(ts_ms, src[0], src[1], dst[0], dst[1], payload)
 
     def datagram(self, ts_ms: int, src_ip: str, src_port: int, dst_ip: str, dst_port: int,
-                 payload: bytes, _flow: _Flow | None = None) -> str | None:
+                 payload: bytes) -> str | None:
         """:meth:`packet` with the addresses as separate fields, as capture loops have them.
 
         The per-packet path of the sidecar (up to 10^5 packets/s live, 10^6 in replay): a
         known flow is found in one dict lookup, and the RTP header is read inline.
         """
         key = (src_ip, src_port, dst_ip, dst_port)
-        flow = self._flow_cache.get(key) if _flow is None else _flow
+        flow = self._flow_cache.get(key)
         if flow is None:
             src, dst = (src_ip, src_port), (dst_ip, dst_port)
             hit = self.flows.classify(src, dst)
@@ -363,19 +417,44 @@ class MediaSupervisor:
             if len(self._flow_cache) >= _FLOW_CACHE_LIMIT:
                 self._flow_cache.clear()
                 self._flows_of.clear()
+                self._key_cache.clear()
             flow = self._flow_cache[key] = _Flow(call_ref, d, sender)
             self._flows_of.setdefault(src, set()).add(key)
             self._flows_of.setdefault(dst, set()).add(key)
             flow.also = tuple(_Flow(ref, self.dialogs[ref], party)
                               for ref, party in self.flows.sharers(src, dst)
                               if ref in self.dialogs)
-        else:
-            call_ref = flow.call_ref
-            d = flow.dialog
-        if flow.also and _flow is None:  # evidence for the other legs too
+        if flow.also:  # evidence for the other legs too
             for extra in flow.also:
-                self.datagram(ts_ms, src_ip, src_port, dst_ip, dst_port, payload, extra)
+                self.datagram_key(ts_ms, b"", payload, extra)
                 self.shared_hits.append(extra.call_ref)
+        return self.datagram_key(ts_ms, b"", payload, flow)
+
+    def datagram_key(self, ts_ms: int, key: bytes, payload: bytes,
+                     _flow: _Flow | None = None) -> str | None:
+        """:meth:`datagram` of a UDP/IPv4 datagram given by its addressing as on the wire:
+        ``key`` is the 12 bytes of source and destination address, source and destination
+        port (:meth:`CaptureReader.datagrams <sidecar.media.pcap.CaptureReader.datagrams>`).
+        A packet of a known flow then costs one lookup of those bytes: no address text.
+
+        (``_flow``: the flow :meth:`datagram` found, whose packet is counted here: the
+        one per-packet body of both, in one call.)"""
+        if _flow is None:
+            flow = self._key_cache.get(key)
+            if flow is None or flow.also:
+                src_ip, src_port, dst_ip, dst_port = udp4_fields(key)
+                ref = self.datagram(ts_ms, src_ip, src_port, dst_ip, dst_port, payload)
+                if flow is None:
+                    flow = self._flow_cache.get((src_ip, src_port, dst_ip, dst_port))
+                    if flow is not None:
+                        flow.key = key
+                        self._key_cache[key] = flow
+                return ref
+        else:
+            flow = _flow
+        # One datagram of a known flow: its RTP counted, the callee's audio queued.
+        call_ref = flow.call_ref
+        d = flow.dialog
         # The RTP header, read here rather than by parse_rtp for the common case: version
         # 2, no padding, extension or CSRCs (first byte 0x80), not RTCP.
         end = len(payload)
@@ -436,25 +515,24 @@ class MediaSupervisor:
                     or d.codecs.get(Party.CALLER, {}).get(payload_type)
                     or codec_for_payload_type(payload_type))
             if codec is not None:
-                # The callee's G.711 audio to the FAS detectors (inline: this runs for
-                # half of all packets).
-                audio = payload[offset:end]
-                ring = d.ringback
-                if ring is not None and not ring.finished:
-                    if d.ringback_base_ms is None:
+                # The callee's G.711 audio, queued for the FAS detectors (fed in batches:
+                # this runs for half of all packets). The detectors read the audio as one
+                # stream, so a batch gives them what packet by packet would.
+                audio = d.audio
+                if codec is not d.audio_codec:
+                    if audio:
+                        d.feed_audio()
+                    d.audio_codec = codec
+                if d.ringback_base_ms is None:  # arrival time of the first sample fed
+                    ring = d.ringback
+                    if ring is not None and not ring.finished:
                         d.ringback_base_ms = ts_ms
-                    if missing:
-                        ring.discontinuity(missing)
-                    found = ring.feed(audio, codec)
-                    if found is not None:
-                        d.ringback_at_ms = (d.ringback_base_ms + round(found.start_ms)
-                                            - answer_ms)
-                        d.ringback_tone = found.tone.name
-                silence = d.silence
-                if silence is not None:
-                    if missing:
-                        silence.discontinuity(missing)
-                    silence.feed(audio, codec)
+                if missing:
+                    audio.append(missing)
+                    d.audio_gaps = True
+                audio.append(payload[offset:end])
+                if len(audio) >= _AUDIO_BATCH:
+                    d.feed_audio()
         return call_ref
 
     def media_seen(self, call_ref: str, party: Party, ts_ms: int, packets: int,
@@ -527,7 +605,9 @@ class MediaSupervisor:
         cache = self._flow_cache
         flows_of = self._flows_of
         for key in flows_of.pop(addr, ()):
-            del cache[key]
+            wire = cache.pop(key).key
+            if wire is not None:
+                del self._key_cache[wire]
             # ... and from the index of its other address (a key is in the cache exactly
             # when it is in the sets of both its addresses).
             src, dst = (key[0], key[1]), (key[2], key[3])
@@ -564,6 +644,8 @@ class MediaSupervisor:
         self.flows.forget(call_ref)  # drops the dialog's cached flows with its addresses
         d.ended_ms = now_ms
         v = judge(d, self.config, self.captured(d))
+        if d.silence is not None:
+            d.silence.feed_pending = None  # all fed; and no reference cycle left
         if v.verdict is Verdict.NOT_CAPTURED:
             self.not_captured += 1
             if self.not_captured == 1:
@@ -593,6 +675,7 @@ def _seconds(ms: int) -> str:
 def judge(d: DialogMedia, config: MediaConfig, captured: bool = True) -> MediaVerdict:
     """The verdict on one dialog from its recorded facts (pure). ``captured``: whether
     the capture could have seen its media (see :meth:`MediaSupervisor.captured`)."""
+    d.feed_audio()  # the detectors' findings on all the audio so far
     callee, caller = d.callee, d.caller
     evidence: dict[str, Any] = {
         "invite_ms": d.invite_ms, "ringing_ms": d.ringing_ms, "early_sdp_ms": d.early_sdp_ms,
