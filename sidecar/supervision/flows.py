@@ -13,12 +13,13 @@ Ports are reused: a new registration of an address replaces an older dialog's, a
 dialog forgets only the addresses that still point at it.
 
 An address can also be *shared*: the two legs of a B2BUA (or a hairpinned call) whose
-media a re-INVITE moved directly between the two endpoints both name the same endpoint
-addresses. An SDP update (re-INVITE, UPDATE) registered with ``share=True`` keeps the
-dialog that held the address as a second owner when the caller's predicate says it is
-still live (:class:`~.media.MediaSupervisor`: answered and not ended);
-:meth:`FlowTable.sharers` gives the other dialogs a packet is evidence for. The first
-offer and answer of a dialog never share: there a held address is a reused port.
+media goes directly between the two endpoints both name the same endpoint addresses (in
+their offer and answer, or after a re-INVITE moved the media). An SDP registered with a
+``share`` predicate keeps the dialog that held the address as a second owner when the
+predicate says that dialog is still live (:class:`~.media.MediaSupervisor`: offered and
+not ended); :meth:`FlowTable.sharers` gives the other dialogs a packet is evidence for.
+An address of a dialog that is over, or one learnt by latching, is a reused port: the
+new dialog takes it over.
 """
 
 from __future__ import annotations

@@ -308,7 +308,7 @@ class MediaSupervisor:
         if call_ref in self.dialogs:
             return  # a retransmission or a second copy
         self.dialogs[call_ref] = DialogMedia(call_ref, now_ms)
-        self._sdp(call_ref, Party.CALLER, sdp)
+        self._sdp(call_ref, Party.CALLER, sdp, share=self._is_live)
 
     def provisional(self, call_ref: str, now_ms: int, code: int, sdp: str) -> None:
         """An 18x: ringing starts; with SDP, early media may flow from the callee."""
@@ -320,7 +320,7 @@ class MediaSupervisor:
         if sdp:
             if d.early_sdp_ms is None:
                 d.early_sdp_ms = now_ms
-            self._sdp(call_ref, Party.CALLEE, sdp)
+            self._sdp(call_ref, Party.CALLEE, sdp, share=self._is_live)
 
     def answer(self, call_ref: str, now_ms: int, sdp: str) -> None:
         """The 200 OK: the grace window for the callee's media starts."""
@@ -329,7 +329,7 @@ class MediaSupervisor:
             return
         d.answer_ms = now_ms
         if sdp:
-            self._sdp(call_ref, Party.CALLEE, sdp)
+            self._sdp(call_ref, Party.CALLEE, sdp, share=self._is_live)
         d.ringback = RingbackDetector(
             window_samples=self.config.ringback_window_ms * SAMPLE_RATE // 1000)
         d.silence = SilenceDetector()
@@ -356,14 +356,17 @@ class MediaSupervisor:
                 log.warning("%s: SDP update from an unknown party (origin %r) ignored",
                             call_ref, key)
                 return
-        # A re-INVITE naming an address another answered dialog uses: the legs of a B2BUA
+        # A re-INVITE naming an address another live dialog uses: the legs of a B2BUA
         # whose media went direct (often right at the answer); both keep it.
-        self._sdp(call_ref, party, sdp, share=self._is_up)
+        self._sdp(call_ref, party, sdp, share=self._is_live)
 
-    def _is_up(self, call_ref: str) -> bool:
-        """Whether a dialog is answered and not ended (a leg that may share addresses)."""
+    def _is_live(self, call_ref: str) -> bool:
+        """Whether a dialog is offered and not ended: one whose address another dialog's
+        SDP names shares it (the legs of a B2BUA with direct media, a hairpin: the second
+        leg's offer names the first leg's caller, and the first leg's answer the second
+        leg's callee). An address of a dialog that ended is a reused port: taken over."""
         d = self.dialogs.get(call_ref)
-        return d is not None and d.answer_ms is not None and d.ended_ms is None
+        return d is not None and d.ended_ms is None
 
     def _sdp(self, call_ref: str, party: Party, text: str,
              share: Callable[[str], bool] | None = None) -> None:

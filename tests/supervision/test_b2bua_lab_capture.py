@@ -182,21 +182,13 @@ def replay() -> tuple[Any, Sim]:
     return Replay(control).run(read_capture(DIR / NAME)), sim
 
 
-# Leg in's dialog comes first. Leg out's offer, a new dialog's SDP, takes phone A's
-# address from it as a reused port would be (README, "B2BUA legs and hairpins": only a
-# re-INVITE or UPDATE shares); leg in's answer then takes phone B's from leg out. So
-# phone B's packets to phone A count for leg out only, phone A's to phone B for leg in
-# only (until leg in ends).
-_LEG_IN_BUG = ("replay: leg in is judged no-media (0 callee packets) and not billed, "
-               "although phone B's media reaches phone A for its whole 4.5 s: a new "
-               "dialog's offer naming an address a ringing or answered dialog holds takes "
-               "it over instead of sharing it")
+# Leg in's dialog comes first. Leg out's offer names phone A's address, which leg in
+# (ringing, not ended) holds, and leg in's answer names phone B's, which leg out
+# (answered) holds: both legs share both addresses, so every packet between the phones
+# is evidence for both dialogs.
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("in", marks=pytest.mark.xfail(strict=True, reason=_LEG_IN_BUG)),
-    "out",
-])
+@pytest.mark.parametrize("name", ["in", "out"])
 def test_replay_gives_each_leg_the_verdict_and_billing_its_media_justifies(name: str) -> None:
     facts = LEGS[name]
     cap = read(DIR / NAME)
@@ -231,9 +223,6 @@ def test_the_recorder_records_it_again(tmp_path: Path) -> None:
     assert cap.legs["out"].answer_media == ("127.0.0.1", phones["phone_b"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "replay: each packet counts for one leg only: leg in 0 of phone B's 183 packets "
-    "(counted for leg out), leg out 10 of phone A's 168 (those after leg in ended)"))
 def test_replay_counts_the_same_packets_for_both_legs() -> None:
     cap = read(DIR / NAME)
     result, _ = replay()

@@ -70,15 +70,27 @@ def test_reinvite_drops_the_cached_flow_of_the_old_address() -> None:
     assert sup.dialogs["c1"].callee.packets == 2
 
 
-def test_port_reuse_moves_a_cached_flow_to_the_new_dialog() -> None:
+def test_a_new_dialog_naming_a_cached_address_gets_the_flow_rebuilt() -> None:
     sup = MediaSupervisor()
     answered(sup, "old", CALLER, CALLEE)
     assert sup.packet(200, ("10.0.0.9", 4000), CALLER, one(1)) == "old"  # cached
-    # A new dialog's SDP takes the caller's address over while "old" is still up.
+    # A new dialog's SDP names the caller's address while "old" is still up (a B2BUA's
+    # second leg): the cached flow is rebuilt, the packet counts for both.
     answered(sup, "new", CALLER, ("127.0.0.1", 7002), at=300)
     assert sup.packet(500, ("10.0.0.9", 4000), CALLER, one(2)) == "new"
-    assert sup.dialogs["old"].callee.packets == 1
+    assert sup.dialogs["old"].callee.packets == 2
     assert sup.dialogs["new"].callee.packets == 1
+
+
+def test_port_reuse_after_the_end_moves_a_cached_flow_to_the_new_dialog() -> None:
+    sup = MediaSupervisor()
+    answered(sup, "old", CALLER, CALLEE)
+    assert sup.packet(200, ("10.0.0.9", 4000), CALLER, one(1)) == "old"  # cached
+    sup.end("old", 250)
+    answered(sup, "new", CALLER, ("127.0.0.1", 7002), at=300)
+    assert sup.packet(500, ("10.0.0.9", 4000), CALLER, one(2)) == "new"
+    assert sup.dialogs["new"].callee.packets == 1
+    assert "old" not in sup.dialogs or sup.dialogs["old"].callee.packets == 1
 
 
 def test_dialog_end_drops_its_cached_flows() -> None:

@@ -329,12 +329,18 @@ def test_b2bua_legs_after_relayed_media_keep_both_and_one_leg_ending_frees_nothi
     assert sup.dialogs["out"].callee.packets == before + 50
 
 
-def test_a_port_reused_at_a_new_offer_is_still_taken_over_not_shared() -> None:
-    """Sharing is for SDP updates of answered dialogs only: a new dialog's offer naming an
-    address an older answered dialog holds is a reused port, as before."""
+def test_a_new_offer_naming_a_live_dialogs_address_shares_it_an_ended_ones_takes_it() -> None:
+    """A new dialog's offer naming an address a dialog that has not ended holds is a
+    second leg of the same media (a B2BUA with direct media): both keep it. Once a
+    dialog has ended, its address named again is a reused port: taken over."""
     sup = MediaSupervisor()
     sup.offer("old", 0, sdp(*CALLER))
     sup.answer("old", 100, sdp(*CALLEE))
     sup.offer("new", 5000, sdp(*CALLER))
     assert sup.flows.classify(CALLEE, CALLER) == ("new", Party.CALLEE)
+    assert sup.flows.sharers(CALLEE, CALLER) == [("old", Party.CALLEE)]
+    sup.end("new", 6000)
+    sup.end("old", 6000)
+    sup.offer("third", 7000, sdp(*CALLER))
+    assert sup.flows.classify(CALLEE, CALLER) == ("third", Party.CALLEE)
     assert sup.flows.sharers(CALLEE, CALLER) == []
