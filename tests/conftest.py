@@ -67,6 +67,25 @@ def reopen(db: Db) -> Db:
     return open_db(target_of(db))
 
 
+def downgrade_and_reopen(db: Db, sql: list[str]) -> tuple[Db, str]:
+    """Turn ``db`` into an older release's store with ``sql`` (in one transaction on
+    PostgreSQL), close it and open it again as a command would (which upgrades it): the
+    new connection, and the query listing a table's columns in order on that database."""
+    target = target_of(db)
+    if isinstance(db, sqlite3.Connection):
+        for q in sql:
+            db.execute(q)
+        columns = "SELECT name FROM pragma_table_info(?)"
+    else:
+        with db.transaction():
+            for q in sql:
+                db.execute(q)
+        columns = ("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                   "ORDER BY ordinal_position")
+    db.close()
+    return open_db(target), columns
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
     """A fresh store with the project's schema, on each database: a SQLite file, and a new

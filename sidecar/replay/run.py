@@ -110,7 +110,6 @@ class Replay:
         matched = control.matched
         awaiting = control.awaiting_media()
         tracker = self.tracker
-        looks_like_sip = tracker.looks_like_sip
         deadline = control.next_deadline()
         count = rtp = 0
         last_ms = 0
@@ -143,11 +142,8 @@ class Replay:
                         progress()
                     continue
                 src_ip, src_port, dst_ip, dst_port = udp4_fields(key)
-                captured = CapturedPayload(timestamp, src_ip, src_port, dst_ip, dst_port,
-                                           "udp", payload)
-                if looks_like_sip(captured):
-                    for ev in tracker.feed(captured):
-                        self._event(ev)
+                if self._sip(CapturedPayload(timestamp, src_ip, src_port, dst_ip, dst_port,
+                                             "udp", payload)):
                     deadline = control.next_deadline()
                 if progress is not None and not count % every:
                     progress()
@@ -160,10 +156,7 @@ class Replay:
                     self._actions(actions)
                     deadline = control.next_deadline()
             else:
-                captured = p if isinstance(p, CapturedPayload) else CapturedPayload(*p)
-                if looks_like_sip(captured):
-                    for ev in tracker.feed(captured):
-                        self._event(ev)
+                if self._sip(p if isinstance(p, CapturedPayload) else CapturedPayload(*p)):
                     deadline = control.next_deadline()
             if progress is not None and not count % every:
                 progress()
@@ -192,6 +185,15 @@ class Replay:
             if d is None or d > now_ms:
                 return
             self._actions(control.tick(d))
+
+    def _sip(self, captured: CapturedPayload) -> bool:
+        """Feed a payload that looks like SIP to the signalling tracker and handle the
+        events it completes; False when it is not SIP."""
+        if not self.tracker.looks_like_sip(captured):
+            return False
+        for ev in self.tracker.feed(captured):
+            self._event(ev)
+        return True
 
     def _event(self, ev: Event) -> None:
         now = ev.dialog.ts_ms

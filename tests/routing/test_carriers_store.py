@@ -5,7 +5,6 @@ events applied once, and the schema upgrade from version 6."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -30,7 +29,7 @@ from sidecar.store.carriers import (
     record_health_event,
     set_enabled,
 )
-from sidecar.store.conn import Db, open_db
+from sidecar.store.conn import Db
 from sidecar.store.decks import (
     BUY,
     PlanLoader,
@@ -42,7 +41,7 @@ from sidecar.store.decks import (
     plan_revisions,
 )
 from sidecar.store.schema import SCHEMA_VERSION
-from tests.conftest import target_of, write
+from tests.conftest import downgrade_and_reopen, write
 
 H = "destination;code;rate_usd;increment;effective_from\n"
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
@@ -193,22 +192,10 @@ def test_route_health_events_apply_once(db: Db) -> None:
 def test_a_version_6_store_gains_carriers(db: Db, tmp_path: Path) -> None:
     """A store of the previous release (no carriers, no plan kinds) is upgraded in place:
     its plans are sell plans, and carriers can be added."""
-    target = target_of(db)
     sql = ["DROP TABLE carrier_events", "DROP TABLE carriers",
            "DELETE FROM plans WHERE kind = 'buy'", "ALTER TABLE plans DROP COLUMN kind",
            "UPDATE meta SET value = '6' WHERE key = 'schema_version'"]
-    if isinstance(db, sqlite3.Connection):
-        for q in sql:
-            db.execute(q)
-        columns = "SELECT name FROM pragma_table_info(?)"
-    else:
-        with db.transaction():
-            for q in sql:
-                db.execute(q)
-        columns = ("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-                   "ORDER BY ordinal_position")
-    db.close()
-    up = open_db(target)
+    up, columns = downgrade_and_reopen(db, sql)
     try:
         assert up.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[
             0] == str(SCHEMA_VERSION) == "7"

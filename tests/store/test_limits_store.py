@@ -28,7 +28,7 @@ from sidecar.store.accounts import (
     set_parent,
     set_suspended,
 )
-from sidecar.store.conn import Db, open_db
+from sidecar.store.conn import Db
 from sidecar.store.db import connect, transaction
 from sidecar.store.decks import PlanLoader, import_deck
 from sidecar.store.fraud import (
@@ -44,7 +44,7 @@ from sidecar.store.fraud import (
 from sidecar.store.journal import Journal, decode, encode
 from sidecar.store.schema import SCHEMA_VERSION
 from sidecar.store.writer import SqliteChanges
-from tests.conftest import reopen, target_of
+from tests.conftest import downgrade_and_reopen, reopen, target_of
 from tests.store.pgdb import RETAIL_DECK, T0
 
 SUSPEND = "fraud rule spend_per_minute: 1.20 spent in the last minute (limit 0.50)"
@@ -294,24 +294,12 @@ def test_a_flag_journaled_while_the_store_failed_is_applied_once(db: Db,
 def test_a_version_4_database_is_upgraded(db: Db) -> None:
     """A store written by the previous release (no limits, no block, no fraud events)
     gains them; its accounts read back with no limits and not blocked."""
-    target = target_of(db)
     sql = ["ALTER TABLE accounts DROP COLUMN blocked", "ALTER TABLE accounts DROP COLUMN limits",
            "ALTER TABLE plans DROP COLUMN limits", "DROP TABLE fraud_events",
            "ALTER TABLE cdrs DROP COLUMN signalled_ms", "ALTER TABLE plans DROP COLUMN kind",
            "DROP TABLE carrier_events", "DROP TABLE carriers",
            "UPDATE meta SET value = '4' WHERE key = 'schema_version'"]
-    if isinstance(db, sqlite3.Connection):
-        for q in sql:
-            db.execute(q)
-        columns = "SELECT name FROM pragma_table_info(?)"
-    else:
-        with db.transaction():
-            for q in sql:
-                db.execute(q)
-        columns = ("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
-                   "ORDER BY ordinal_position")
-    db.close()
-    up = open_db(target)
+    up, columns = downgrade_and_reopen(db, sql)
     try:
         assert up.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[
             0] == str(SCHEMA_VERSION) == "7"
