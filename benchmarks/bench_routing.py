@@ -35,6 +35,8 @@ import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from bench_rating import make_numbers  # the same dialled numbers as the rating benchmark
+
 from sidecar.rating import Increment, RateLine, RateTable
 from sidecar.routing import (
     Carrier,
@@ -68,14 +70,6 @@ def make_lines(n: int, rng: random.Random, low: int, high: int) -> list[RateLine
         rate = amounts.setdefault(cents, Decimal(f"0.{cents:04d}"))
         out.append(RateLine(f"Breakout {i}", p, rate, INCREMENTS[i % 4], JUNE, "USD",
                             version=1))
-    return out
-
-
-def make_numbers(prefixes: list[str], n: int, rng: random.Random) -> list[str]:
-    out = []
-    for _ in range(n):
-        p = rng.choice(prefixes)
-        out.append((p + "".join(rng.choice("0123456789") for _ in range(12)))[:15])
     return out
 
 
