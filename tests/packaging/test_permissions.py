@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.lab import free_port, port_is_bound
-from sidecar.lab.kamailio import KamailioProcess, KamailioSettings
+from sidecar.lab.kamailio import DEFAULT_CFG, KamailioProcess, KamailioSettings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -72,8 +72,20 @@ def host() -> Iterator[tuple[Path, Path, KamailioProcess]]:
     run_side.mkdir()
     os.chown(run_side, pwd.getpwnam("nobody").pw_uid, kam_gid)
     run_side.chmod(0o710)
+    # The shipped configuration and package where users kamailio and nobody can read
+    # them (as installed: /etc/kamailio, site-packages), whatever the permissions of the
+    # checkout they come from.
+    cfg = base / "kamailio.cfg"
+    shutil.copyfile(DEFAULT_CFG, cfg)
+    cfg.chmod(0o644)
+    shutil.copytree(ROOT / "sidecar", base / "pkg" / "sidecar",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in (base / "pkg").rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    (base / "pkg").chmod(0o755)
     kam = KamailioProcess(run_kam, KamailioSettings(
-        sip_port=free_port("udp"), evapi_port=free_port("tcp"), children=1, shm_mb=64))
+        sip_port=free_port("udp"), evapi_port=free_port("tcp"), children=1, shm_mb=64),
+        cfg=cfg)
     log = (base / "kamailio.log").open("wb")
     # Started as its user, as systemd starts it (with -u from root, the jsonrpcs socket
     # would stay root's).
@@ -108,10 +120,12 @@ def client(rpc_socket: Path, tmpdir: Path, *, kamailio_group: bool) -> dict[str,
 
     groups = ["--groups=kamailio"] if kamailio_group else ["--clear-groups"]
     # Debian's python3 (this interpreter may live where user nobody cannot reach it)
-    # with this checkout's package.
+    # with this checkout's package, as the host fixture copied it beside Kamailio's run
+    # directory (the socket's).
     p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", *groups,
                         "env", f"TMPDIR={tmpdir}", "HOME=/nonexistent",
-                        f"PYTHONPATH={ROOT}", "PYTHONDONTWRITEBYTECODE=1", "/usr/bin/python3",
+                        f"PYTHONPATH={rpc_socket.parents[1] / 'pkg'}",
+                        "PYTHONDONTWRITEBYTECODE=1", "/usr/bin/python3",
                         "-c", CLIENT, str(rpc_socket)],
                        capture_output=True, text=True, timeout=30, cwd="/")
     assert p.returncode == 0, p.stderr
