@@ -343,26 +343,15 @@ class FraudGuard:
         a.seen[country] = now_ms
         if lim.distinct_callees is not None or lim.distinct_countries is not None:
             span = (lim.distinct_minutes or DEFAULT_DISTINCT_MINUTES) * 60_000
-            limit = lim.distinct_callees
-            if limit is not None:
-                recent = a.callees
-                if recent is None or recent.span != span:
-                    recent = a.callees = _Recent(span)
-                distinct = recent.add(number, now_ms)
-                if distinct > limit:
-                    trips.append(_distinct_trip("distinct_callees", lim, distinct, span,
-                                                limit, "numbers", recent))
-                    a.callees = None  # the evidence is used: trip again on new calls
-            limit = lim.distinct_countries
-            if limit is not None:
-                recent = a.countries
-                if recent is None or recent.span != span:
-                    recent = a.countries = _Recent(span)
-                distinct = recent.add(country, now_ms)
-                if distinct > limit:
-                    trips.append(_distinct_trip("distinct_countries", lim, distinct, span,
-                                                limit, "countries", recent))
-                    a.countries = None
+            # (The evidence a rule used is dropped when it trips: it trips again only on
+            # new calls.)
+            if lim.distinct_callees is not None:
+                a.callees = _distinct(trips, "distinct_callees", "numbers", lim,
+                                      lim.distinct_callees, a.callees, span, number, now_ms)
+            if lim.distinct_countries is not None:
+                a.countries = _distinct(trips, "distinct_countries", "countries", lim,
+                                        lim.distinct_countries, a.countries, span, country,
+                                        now_ms)
         if high:
             a.high_cost_up += 1
             if lim.high_cost_calls is not None and a.high_cost_up > lim.high_cost_calls:
@@ -435,9 +424,18 @@ class FraudGuard:
                       "minutes": span // 60_000})]
 
 
-def _distinct_trip(rule: str, lim: Limits, distinct: int, span: int, limit: int, what: str,
-                   recent: _Recent) -> Trip:
-    return Trip(rule, lim.action(rule),
-                f"{distinct} distinct {what} called in {span // 60_000} min (limit {limit})",
-                {"distinct": distinct, "minutes": span // 60_000,
-                 what: list(recent.seen)[-20:]})
+def _distinct(trips: list[Trip], rule: str, what: str, lim: Limits, limit: int,
+              recent: _Recent | None, span: int, key: str, now_ms: int) -> _Recent | None:
+    """Count ``key`` in a distinct-keys window (a new one when the span changed); append
+    the rule's trip past ``limit``. The window to keep: None once its evidence is used."""
+    if recent is None or recent.span != span:
+        recent = _Recent(span)
+    distinct = recent.add(key, now_ms)
+    if distinct <= limit:
+        return recent
+    trips.append(Trip(rule, lim.action(rule),
+                      f"{distinct} distinct {what} called in {span // 60_000} min "
+                      f"(limit {limit})",
+                      {"distinct": distinct, "minutes": span // 60_000,
+                       what: list(recent.seen)[-20:]}))
+    return None
