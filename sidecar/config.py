@@ -36,6 +36,7 @@ import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -183,6 +184,26 @@ def _url_problem(value: str) -> str | None:
         f"must be a postgresql:// URL, not {mask_url(value)[:20]!r}...")
 
 
+#: How least-cost routing orders the carriers (``[routing] order``).
+ROUTING_ORDERS = ("cost", "quality")
+
+
+def _order_problem(value: str) -> str | None:
+    return None if value in ROUTING_ORDERS else (
+        f"must be one of {', '.join(repr(s) for s in ROUTING_ORDERS)}, not {value!r}")
+
+
+def _amount_problem(value: str) -> str | None:
+    """An amount given as text (exact): a plain decimal number, 0 or more."""
+    try:
+        d = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        return f'must be a decimal amount as a string (e.g. "0.005"), not {value!r}'
+    if not d.is_finite() or d < 0:
+        return f"must be a finite amount of 0 or more, not {value!r}"
+    return None
+
+
 # --- the schema ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -312,6 +333,40 @@ class Config:
     invoice_detail_csv_over: int = _key("invoice.detail_csv_over", 500, ge=0, restart=False,
                                         doc="more calls than this: the call detail goes to "
                                             "a CSV, not the PDF")
+
+    routing_order: str = _key("routing.order", "cost", check=_order_problem, restart=False,
+                              doc='least-cost routing: "cost" (cheapest first) or "quality" '
+                                  "(cost weighed by ASR, ACD, PDD and FAS score)")
+    routing_min_margin_per_minute: str = _key(
+        "routing.min_margin_per_minute", "0", check=_amount_problem, restart=False,
+        doc="a carrier is used only if it leaves at least this per minute (sell currency)")
+    routing_min_margin_percent: str = _key(
+        "routing.min_margin_percent", "0", check=_amount_problem, restart=False,
+        doc="... and at least this percentage of the sell price")
+    routing_reference_seconds: int = _key(
+        "routing.reference_seconds", 60, ge=1, le=86_400, restart=False,
+        doc="margins compare buy and sell prices of a call this long (fees, increments)")
+    routing_max_routes: int = _key("routing.max_routes", 0, ge=0, le=100, restart=False,
+                                   doc="the most carriers a call tries (0: every one that "
+                                       "qualifies)")
+    routing_no_route_code: int = _key("routing.no_route_code", 503, ge=400, le=699,
+                                      restart=False,
+                                      doc="the SIP code of a call no carrier may take")
+    routing_health_window_s: int = _key(
+        "routing.health_window_s", 3600, ge=60, restart=False,
+        doc="route health judges each carrier on its calls of this many seconds")
+    routing_health_min_attempts: int = _key(
+        "routing.health_min_attempts", 20, ge=1, restart=False,
+        doc="a carrier with fewer calls in the window is not judged")
+    routing_health_max_fas_score: int = _key(
+        "routing.health_max_fas_score", 50, ge=1, le=100, restart=False,
+        doc="a carrier whose FAS score reaches this is pulled")
+    routing_health_min_asr: float = _key(
+        "routing.health_min_asr", 0.15, ge=0, le=1, restart=False,
+        doc="a carrier whose ASR falls below this is pulled")
+    routing_health_cooldown_s: int = _key(
+        "routing.health_cooldown_s", 900, ge=1, restart=False,
+        doc="a pulled carrier comes back after this many seconds")
 
     #: Where it was read from (not a key).
     source: str = "<defaults>"

@@ -30,13 +30,24 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..money import ZERO, to_text
 from ..numbers import InvalidNumber, normalize, origin_class
 from ..rating import NoRate, Price, RateLine, RateTable, affordable_seconds, price
+from ..routing.health import HealthEvent
+from ..routing.router import Router
 from .book import AccountBook
-from .commands import BatchResult, Flag, Outcome, Reserve, Settle, StoreCommand, Topup
+from .commands import (
+    BatchResult,
+    CarrierHealth,
+    Flag,
+    Outcome,
+    Reserve,
+    Settle,
+    StoreCommand,
+    Topup,
+)
 from .fraud import FraudGuard, Trip
 from .limits import NO_LIMITS, Limits, effective
 from .model import (
@@ -178,6 +189,8 @@ class Charger:
         #: Usage limits and fraud rules (counters per account, in memory).
         self.guard = FraudGuard()
         self._eff: dict[str, tuple[list[Limits], Limits]] = {}
+        #: Least-cost routing (None, or no carriers: calls go where Kamailio sends them).
+        self.router: Router | None = None
 
     # --- events --------------------------------------------------------------------
     def authorize(
@@ -197,7 +210,9 @@ class Charger:
         existing = self.sessions.get(call_ref)
         if existing is not None:  # a retransmitted offer gets the same answer
             return AuthDecision(True, 200, "", existing.max_seconds, existing.account,
-                                existing.line.destination, existing.line.prefix)
+                                existing.line.destination, existing.line.prefix,
+                                routes=self.router.routes_of(call_ref)
+                                if self.router is not None else ())
         if call_ref in self._ended:
             return AuthDecision(False, 403, "call already ended")
         acc, how = self.book.resolve(account_code, sip_user, src_ip, now_ms)
@@ -258,6 +273,16 @@ class Charger:
                 f"account {acc.code} has no credit for {line.destination}",
                 caller, digits, now_ms, line)
         max_seconds = min(seconds, cap)
+        routes: tuple[Any, ...] = ()
+        router = self.router
+        if router is not None and router.active:
+            rl = router.route(digits, now_ms, line, origin)
+            if not rl.routes:
+                rc = router.config
+                return self._reject(call_ref, call_id, acc, rc.no_route_code, rl.reason,
+                                    caller, digits, now_ms, line, phrase=rc.no_route_phrase,
+                                    limit="no_route")
+            routes = rl.routes
         if lim.explicit:
             trips = self.guard.started(acc.code, call_ref, lim, line, digits, now_ms)
             if trips:
@@ -274,12 +299,16 @@ class Charger:
         self.sessions[call_ref] = CallSession(
             call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller, origin,
             now_ms, max_seconds, cap_seconds=cap, cap_reason=cap_reason)
+        if routes:
+            assert router is not None
+            router.started(call_ref, routes, now_ms)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("authorized %s account=%s via %s dest=%s max=%ss", call_ref, acc.code,
                       how, line.destination, max_seconds,
                       extra={"call": call_ref, "account": acc.code, "decision": "allow",
                              "code": 200})
-        return AuthDecision(True, 200, "", max_seconds, acc.code, line.destination, line.prefix)
+        return AuthDecision(True, 200, "", max_seconds, acc.code, line.destination, line.prefix,
+                            routes=routes)
 
     def limits_of(self, acc: Account, now_ms: int) -> Limits:
         """The account's effective limits: its own, else its parents', else its plan's."""
@@ -343,6 +372,17 @@ class Charger:
         if s is not None and s.ringing_ms is None and s.answered_ms is None:
             s.ringing_ms = now_ms
 
+    def attempt(self, call_ref: str, now_ms: int, code: int, carrier: str) -> list[Action]:
+        """A carrier of the call's route list refused it with ``code`` (408: no answer in
+        time); Kamailio tries the next one on a 408 or a 5xx. Counted for route health."""
+        s = self.sessions.get(call_ref)
+        if self.router is None or s is None or s.answered_ms is not None:
+            return []
+        self.router.attempt(call_ref, carrier, code, now_ms)
+        if s.ringing_ms is not None and (code == 408 or 500 <= code <= 599):
+            s.ringing_ms = None  # the next carrier's ringing is the call's post-dial delay
+        return self._take()
+
     def answer(self, call_ref: str, now_ms: int, billable_ms: int | None = None,
                route: str = "") -> list[Action]:
         """The call was answered at ``now_ms``; billing starts at ``billable_ms``
@@ -385,6 +425,11 @@ class Charger:
                                                     "decision": "end", "reason": s.end_reason})
             else:
                 self._schedule(s, paid_until)
+        router = self.router
+        if router is not None:
+            due = router.next_deadline()
+            if due is not None and due <= now_ms:
+                self._health(router.tick(now_ms))
         return self._take()
 
     def knows(self, call_ref: str) -> bool:
@@ -394,13 +439,14 @@ class Charger:
     def next_deadline(self) -> int | None:
         """When :meth:`tick` next has something to do (ms), or None."""
         timers = self._timers
+        due = self.router.next_deadline() if self.router is not None else None
         while timers:
             deadline, gen, ref = timers[0]
             s = self.sessions.get(ref)
             if s is not None and gen == s.timer_gen and not s.ending:
-                return deadline
+                return deadline if due is None else min(deadline, due)
             heapq.heappop(timers)
-        return None
+        return due
 
     def adopt(self, call_ref: str, *, account: str, number: str, caller: str, now_ms: int,
               answered_ms: int | None, paid_seconds: int = 0, reserved: Decimal = ZERO,
@@ -542,6 +588,8 @@ class Charger:
             cdr.signalled_ms = max(0, now_ms - s.answered_ms)
         cdr.ended_by = ended_by
         cdr.end_reason = s.end_reason or reason
+        if self.router is not None:
+            self._routed(s, cdr, now_ms)
         self._settle(cdr, now_ms, s.reserved)
         acc = self.book.get(s.account, now_ms)
         if acc is not None:
@@ -559,6 +607,45 @@ class Charger:
         """The INVITE failed (final negative reply or CANCEL): a zero-cost CDR."""
         return self.end(call_ref, now_ms, ended_by="", reason=reason or "failed", sip_code=code,
                         route=route, media=media)
+
+    def _routed(self, s: CallSession, cdr: Cdr, now_ms: int) -> None:
+        """A call the router sent to carriers: what the carrier that took it charges
+        (its buy line, from its 200 OK to the end, by its deck's rounding) and the margin
+        on the CDR; the try counted for the carrier's health."""
+        router = self.router
+        assert router is not None
+        carrier = cdr.route
+        got = router.line_of(s.call_ref, carrier) if carrier else None
+        if got is not None:
+            line, table = got
+            buy = ZERO
+            if s.answered_ms is not None:
+                buy = self._price(line, table.rounding_seconds(
+                    max(0, now_ms - s.answered_ms))).cost
+            cdr.buy_cost = buy
+            cdr.margin = cdr.cost - cdr.credited - buy
+        router.finished(s.call_ref, carrier, offered_ms=s.offered_ms,
+                        ringing_ms=s.ringing_ms, answered_ms=s.answered_ms, ended_ms=now_ms,
+                        fas_verdict=cdr.fas_verdict)
+
+    def health_events(self, events: Sequence[HealthEvent]) -> list[Action]:
+        """Route health pulled or restored carriers: each event stored (with its
+        evidence) and told to the operator (an alert)."""
+        self._health(events)
+        return self._take()
+
+    def _health(self, events: Sequence[HealthEvent]) -> None:
+        for ev in events:
+            what = (f"carrier {ev.carrier} pulled from the routes: {ev.reason}"
+                    if ev.kind.value == "pulled" else
+                    f"carrier {ev.carrier} back in the routes: {ev.reason}")
+            log.warning("%s", what, extra={"decision": "route_" + ev.kind.value,
+                                           "reason": ev.reason})
+            self._out.append(Alert("route_" + ev.kind.value, "", what, ev.at_ms,
+                                   {"carrier": ev.carrier, "actor": ev.actor}))
+            self._submit(CarrierHealth(
+                self._next_seq(), ev.carrier, ev.kind.value, ev.actor, ev.reason,
+                json.dumps(ev.evidence, default=str, sort_keys=True), ev.until_ms, ev.at_ms))
 
     @staticmethod
     def _media(cdr: Cdr, media: MediaOutcome) -> None:
@@ -865,6 +952,9 @@ class Charger:
                 if not o.ok and not o.journaled:
                     log.error("fraud rule %s (%s) on %s NOT recorded: %s", cmd.rule,
                               cmd.action, cmd.account, o.error)
+            elif isinstance(cmd, CarrierHealth):
+                if not o.ok and not o.journaled:
+                    log.error("carrier %s %s NOT recorded: %s", cmd.carrier, cmd.kind, o.error)
             elif not o.ok and not o.journaled:
                 log.error("top-up of %s %s on %s NOT recorded: %s", cmd.amount, cmd.note,
                           cmd.account, o.error)

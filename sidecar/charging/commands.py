@@ -80,7 +80,24 @@ class Flag:
     now_ms: int
 
 
-StoreCommand = Reserve | Settle | Topup | Flag
+@dataclass(frozen=True, slots=True)
+class CarrierHealth:
+    """Route health pulled a carrier out of the route lists, or brought it back: store the
+    event with its evidence and apply it to the carrier (``store.carriers``), once per
+    carrier, kind and time (a replayed journal changes nothing more)."""
+
+    seq: int
+    carrier: str
+    kind: str  # pulled, restored
+    actor: str  # health, cool-down, operator
+    reason: str
+    evidence: str  # JSON: the window's figures and the threshold crossed
+    until_ms: int | None  # pulled: when its cool-down ends
+    now_ms: int
+    account: str = ""  # no account's money moves
+
+
+StoreCommand = Reserve | Settle | Topup | Flag | CarrierHealth
 
 
 class Outcome(NamedTuple):

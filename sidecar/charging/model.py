@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..money import ZERO, fmt
 from .limits import NO_LIMITS, Limits
@@ -130,6 +130,12 @@ class Cdr:
     #: 200 OK -> end, the signalled duration of an answered call, whatever was billed (a
     #: no-media call too); None when not answered. ``duration_ms`` is the billable part.
     signalled_ms: int | None = None
+    #: Least-cost routing (None: the call was not routed to a carrier by the sidecar):
+    #: what the carrier that took it (``route``) charges for it, on its buy deck from its
+    #: 200 OK to the end (0 for a call it did not answer), and ``cost - credited -
+    #: buy_cost``, what the call leaves (negative: a loss).
+    buy_cost: Decimal | None = None
+    margin: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,9 @@ class AuthDecision:
     prefix: str = ""
     phrase: str = ""  # the SIP reason phrase of a refusal ("" = the code's usual one)
     limit: str = ""  # the usage limit or fraud state that refused it (a counter name)
+    #: Least-cost routing: the carriers to try, in order (``sidecar.routing.Route``);
+    #: empty when the sidecar does not route (Kamailio sends the call where it is set to).
+    routes: tuple[Any, ...] = ()
 
 
 # Actions the core asks its edges to carry out.

@@ -106,7 +106,19 @@ class Failed:
     route: str = ""
 
 
-Event = Offer | Early | Answer | MediaUpdate | End | Failed
+@dataclass(frozen=True)
+class Attempt:
+    """A carrier of the sidecar's route list refused the call or did not answer
+    (least-cost routing): ``code`` its final reply (408: no answer in time), ``route`` the
+    carrier. On a 408 or a 5xx Kamailio goes on to the next carrier of the list."""
+
+    dialog: Dialog
+    code: int
+    reason: str
+    route: str
+
+
+Event = Offer | Early | Answer | MediaUpdate | End | Failed | Attempt
 
 
 # Limits (docs/evapi-events.md, "Validation"). Kamailio's own values sit far inside them;
@@ -315,6 +327,8 @@ def _checked_event(doc: dict[str, Any]) -> Event:
                    _str(doc, "caller"))
     if kind == "failed":
         return Failed(dialog, _code(doc), _str(doc, "reason"), _str(doc, "route"))
+    if kind == "attempt":
+        return Attempt(dialog, _code(doc), _str(doc, "reason"), _str(doc, "route"))
     if isinstance(kind, str):
         raise EventError(f"unknown event {_show(kind)}")
     raise EventError("missing 'event'" if kind is None else

@@ -47,6 +47,9 @@ from ..kamailio.evapi import EvapiClient
 from ..kamailio.events import End, Event, EventError, Failed, Offer, parse_event
 from ..kamailio.rpc import KamailioRpc, RpcError
 from ..rating import RateTable
+from ..routing.health import HealthPolicy
+from ..routing.router import Router, RouterConfig
+from ..routing.select import Margin, Order, RoutingPolicy
 from ..store.decks import PlanLoader
 from ..store.journal import default_journal
 from ..store.writer import Snapshot, StoreWriter, WriterEvent
@@ -80,6 +83,8 @@ class Sidecar:
         self.charger = Charger(self.writer, self._plan, ChargingConfig(
             renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds),
             book=self.book)
+        self.router = Router(router_config(config))  # least-cost routing
+        self.charger.router = self.router
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
         self._stored_calls: list[dict[str, object]] = []  # the store's live calls at start
@@ -143,6 +148,7 @@ class Sidecar:
         self.charger.config = dataclasses.replace(
             self.charger.config, renew_lead_ms=config.renew_lead_ms,
             min_chunk_seconds=config.min_chunk_seconds)
+        self.router.reconfigure(router_config(config))
         if self.media is not None:
             self.media.config = dataclasses.replace(
                 self.media.config, grace_ms=config.media_grace_ms,
@@ -207,6 +213,14 @@ class Sidecar:
             self.book.load(ev.accounts, ev.sip)
             self.charger.guard.elsewhere = ev.elsewhere
         self.plan_map.update(ev.plans)
+        if ev.carriers is not None:
+            said = self.router.set_book(ev.carriers, wall_ms())
+            names = [d.carrier.name for d in ev.carriers.decks]
+            log.info("carriers %s: %s", "loaded" if ev.first else "changed",
+                     ", ".join(names) if names else "none (calls go where Kamailio sends "
+                     "them)")
+            for line in said:
+                log.info("route health: %s", line)
         if ev.plans and not ev.first:
             log.info("rate plans reloaded: %s", ", ".join(sorted(ev.plans)))
         if ev.first:
@@ -307,6 +321,9 @@ class Sidecar:
             if decision.allow:
                 reply |= {"action": "allow", "max_duration": decision.max_seconds,
                           "account": decision.account or ""}
+                if decision.routes:  # least-cost routing: the carriers to try, in order
+                    reply["routes"] = [{"carrier": r.carrier, "uri": r.uri}
+                                       for r in decision.routes]
             else:
                 reply |= {"action": "reject", "code": decision.code,
                           "reason": decision.phrase or _reason_phrase(decision.code)}
@@ -511,6 +528,24 @@ class Sidecar:
         self.timer.poke()
         log.info("reconciled with Kamailio: %d dialogs, %d adopted, %d settled as lost",
                  len(present), adopted, settled)
+
+
+def router_config(config: Config) -> RouterConfig:
+    """Least-cost routing's settings from the ``[routing]`` keys."""
+    return RouterConfig(
+        policy=RoutingPolicy(
+            margin=Margin(Decimal(config.routing_min_margin_per_minute),
+                          Decimal(config.routing_min_margin_percent)),
+            order=Order(config.routing_order),
+            reference_seconds=config.routing_reference_seconds,
+            max_routes=config.routing_max_routes or None),
+        health=HealthPolicy(
+            window_ms=config.routing_health_window_s * 1000,
+            min_attempts=config.routing_health_min_attempts,
+            max_fas_score=config.routing_health_max_fas_score,
+            min_asr=Decimal(str(config.routing_health_min_asr)),
+            cooldown_ms=config.routing_health_cooldown_s * 1000),
+        no_route_code=config.routing_no_route_code)
 
 
 class StoreStartError(RuntimeError):

@@ -330,6 +330,18 @@ class CarrierBook:
         # kept with its price, so its id cannot be another line's while it is here.
         self._sell: dict[int, dict[int, tuple[RateLine, Decimal]]] = {}
 
+    def with_carriers(self, carriers: Sequence[Carrier]) -> CarrierBook:
+        """The same decks with the carriers' new states (enabled, pulled, capacity,
+        destination): a new book sharing this one's index and prices, at no cost. The
+        carriers must be this book's, in the same order, on the same decks."""
+        if [c.name for c in carriers] != [d.carrier.name for d in self.decks]:
+            raise RoutingError("with_carriers takes the book's own carriers, in order")
+        book = object.__new__(CarrierBook)
+        book.__dict__.update(self.__dict__)
+        book.decks = tuple(CarrierDeck(c, d.table) for c, d in zip(carriers, self.decks,
+                                                                   strict=True))
+        return book
+
     def lines(self, digits: str, at: int, origin: str = "") -> list[RateLine | None]:
         """Each carrier's line for ``digits`` at ``at`` (Unix seconds), in deck order:
         what ``deck.table.lookup(digits, at, origin)`` gives, for every deck."""

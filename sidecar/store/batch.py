@@ -21,7 +21,15 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from enum import Enum
 
-from ..charging.commands import Flag, Outcome, Reserve, Settle, StoreCommand, Topup
+from ..charging.commands import (
+    CarrierHealth,
+    Flag,
+    Outcome,
+    Reserve,
+    Settle,
+    StoreCommand,
+    Topup,
+)
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
 from ..money import ZERO, to_text
@@ -77,6 +85,9 @@ class UnknownAccount(LookupError):
 
 _MONEY_AT = tuple(i for i, f in enumerate(dataclasses.fields(Cdr))
                   if f.type in ("Decimal", Decimal))
+#: Amounts that may be absent (NULL): a routed call's buy cost and margin.
+_OPT_MONEY_AT = tuple(i for i, f in enumerate(dataclasses.fields(Cdr))
+                      if f.type in ("Decimal | None",))
 _ENUM_AT = tuple(i for i, f in enumerate(dataclasses.fields(Cdr)) if f.name == "disposition")
 _CDR_VALUES = operator.itemgetter(*CDR_FIELDS)  # of a Cdr's __dict__: its columns
 _ZERO_TEXT = to_text(ZERO)
@@ -92,6 +103,10 @@ def cdr_row(cdr: Cdr, money_as_text: bool = True) -> list[object]:
             v = out[i]
             # Most of a CDR's amounts are the shared ZERO (no fee, nothing credited).
             out[i] = _ZERO_TEXT if v is ZERO else to_text(v)  # type: ignore[arg-type]
+        for i in _OPT_MONEY_AT:
+            v = out[i]
+            if v is not None:
+                out[i] = to_text(v)  # type: ignore[arg-type]
     for i in _ENUM_AT:
         v = out[i]
         if isinstance(v, Enum):
@@ -190,6 +205,9 @@ class Batch:
                     cmd.cdr, cmd.now_ms, cmd.lease_ended_by))
             if isinstance(cmd, Flag):
                 return Outcome(cmd.seq, True, settlement=self.flag(cmd))
+            if isinstance(cmd, CarrierHealth):
+                self.carrier_health(cmd)
+                return Outcome(cmd.seq, True)
             return Outcome(cmd.seq, True, settlement=self.topup(cmd))
         except UnknownAccount as exc:
             return Outcome(cmd.seq, False, error=str(exc))
@@ -303,6 +321,13 @@ class Batch:
         if after is not before:
             self._set(after)
         return Settlement(ZERO, ZERO, False, before, after)
+
+    def carrier_health(self, cmd: CarrierHealth) -> None:
+        """Route health pulled or restored a carrier: the event stored once (by carrier,
+        kind and time) and applied to the carrier (``store.carriers``)."""
+        from .carriers import apply_health_event  # the carriers' rules, in one place
+
+        apply_health_event(self.conn, self.dialect, cmd)
 
     # --- writes, in bulk -------------------------------------------------------------
     def flush(self) -> dict[str, Account]:

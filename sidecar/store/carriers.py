@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..charging.commands import CarrierHealth
 from ..money import check_currency
 from ..rating import RateTable
 from ..routing.carriers import (
@@ -30,10 +31,18 @@ from ..routing.carriers import (
     check_uri,
 )
 from ..routing.health import EventKind, HealthEvent
-from ..routing.select import CarrierDeck
+from ..routing.select import CarrierBook, CarrierDeck
 from .conn import Db
 from .db import transaction
-from .decks import BUY, ImportResult, PlanNotFound, deck_versions, import_deck, load_table
+from .decks import (
+    BUY,
+    ImportResult,
+    PlanLoader,
+    PlanNotFound,
+    deck_versions,
+    import_deck,
+    load_table,
+)
 
 _COLUMNS = ("name, uri, plan, max_calls, max_cps, enabled, disabled_reason, disabled_ms, "
             "disabled_by, until_ms")
@@ -147,22 +156,46 @@ def record_health_event(conn: Db, event: HealthEvent) -> bool:
     """Store a route health event once (a journal may replay it) and apply it: a carrier
     pulled is disabled by health until its cool-down ends; a restore enables it again
     unless an operator disabled it meanwhile. True when the event was new."""
-    key = f"{event.carrier}:{event.kind.value}:{event.at_ms}"
     with transaction(conn):
-        c = get_carrier(conn, event.carrier)
-        if not _event(conn, key, event.at_ms, event.carrier, event.kind.value, event.actor,
-                      event.reason, {**event.evidence, "until_ms": event.until_ms}):
-            return False
-        if event.kind is EventKind.PULLED:
-            if c.enabled or c.disabled_by == HEALTH:
-                conn.execute("UPDATE carriers SET enabled = 0, disabled_reason = ?, "
-                             "disabled_ms = ?, disabled_by = ?, until_ms = ? WHERE name = ?",
-                             (event.reason, event.at_ms, HEALTH, event.until_ms,
-                              event.carrier))
-        elif not c.enabled and c.disabled_by == HEALTH:
-            conn.execute("UPDATE carriers SET enabled = 1, disabled_reason = '', "
-                         "disabled_ms = NULL, disabled_by = '', until_ms = NULL "
-                         "WHERE name = ?", (event.carrier,))
+        get_carrier(conn, event.carrier)  # CarrierNotFound names the carriers there are
+        return _apply_health(conn.execute, event.carrier, event.kind.value, event.at_ms,
+                             event.actor, event.reason,
+                             json.dumps({**event.evidence, "until_ms": event.until_ms},
+                                        sort_keys=True, default=str), event.until_ms)
+
+
+def apply_health_event(conn: Any, dialect: Any, cmd: CarrierHealth) -> bool:
+    """:func:`record_health_event` for the live sidecar's store batches (inside the
+    batch's transaction, through its dialect). A carrier removed meanwhile: nothing."""
+
+    def execute(q: str, params: tuple[object, ...]) -> Any:
+        return dialect.execute(conn, q, params)
+
+    if execute("SELECT 1 FROM carriers WHERE name = ?", (cmd.carrier,)).fetchone() is None:
+        return False
+    return _apply_health(execute, cmd.carrier, cmd.kind, cmd.now_ms, cmd.actor, cmd.reason,
+                         cmd.evidence or "{}", cmd.until_ms)
+
+
+def _apply_health(execute: Callable[..., Any], carrier: str, kind: str, at_ms: int,
+                  actor: str, reason: str, evidence: str, until_ms: int | None) -> bool:
+    key = f"{carrier}:{kind}:{at_ms}"
+    if execute("SELECT 1 FROM carrier_events WHERE key = ?", (key,)).fetchone():
+        return False
+    execute("INSERT INTO carrier_events (key, ts_ms, carrier, kind, actor, reason, "
+            "evidence) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, at_ms, carrier, kind, actor, reason, evidence))
+    row = execute("SELECT enabled, disabled_by FROM carriers WHERE name = ?",
+                  (carrier,)).fetchone()
+    enabled, by = bool(row[0]), str(row[1])
+    if kind == EventKind.PULLED.value:
+        if enabled or by == HEALTH:
+            execute("UPDATE carriers SET enabled = 0, disabled_reason = ?, disabled_ms = ?, "
+                    "disabled_by = ?, until_ms = ? WHERE name = ?",
+                    (reason, at_ms, HEALTH, until_ms, carrier))
+    elif not enabled and by == HEALTH:
+        execute("UPDATE carriers SET enabled = 1, disabled_reason = '', disabled_ms = NULL, "
+                "disabled_by = '', until_ms = NULL WHERE name = ?", (carrier,))
     return True
 
 
@@ -217,3 +250,38 @@ def load_carrier_decks(conn: Db) -> list[CarrierDeck]:
             table = RateTable([], str(ccy))
         out.append(CarrierDeck(c, table))
     return out
+
+
+class CarrierLoader:
+    """The carriers and their buy decks kept loaded for the live sidecar (its store
+    thread): :meth:`load` gives a new :class:`~sidecar.routing.select.CarrierBook` when
+    something changed since the last call, else None. A new deck version or a new or
+    removed carrier builds a new book (the decks' lines are read through a
+    :class:`~.decks.PlanLoader`, which reads only what is new); a change of a carrier's
+    state alone (enabled, pulled, capacity, destination) reuses the book's index."""
+
+    def __init__(self) -> None:
+        self.plans = PlanLoader(kind=BUY)
+        self.book: CarrierBook | None = None
+        self._rows: list[Carrier] | None = None
+
+    def load(self, conn: Db) -> CarrierBook | None:
+        rows = list_carriers(conn)
+        changed = self.plans.refresh(conn) if self._rows is not None \
+            else self.plans.load_all(conn)
+        if rows == self._rows and not changed:
+            return None
+        book = self.book
+        if (book is not None and not changed and self._rows is not None
+                and [(c.name, c.plan) for c in rows]
+                == [(c.name, c.plan) for c in self._rows]):
+            book = book.with_carriers(rows)
+        else:
+            decks = []
+            for c in rows:
+                rates = self.plans.get(c.plan)
+                decks.append(CarrierDeck(c, rates.table if rates is not None
+                                         else RateTable([], "")))
+            book = CarrierBook(decks)
+        self._rows, self.book = rows, book
+        return book

@@ -20,13 +20,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..charging.commands import Flag, Settle, StoreCommand, Topup
+from ..charging.commands import CarrierHealth, Flag, Settle, StoreCommand, Topup
 from ..charging.model import Cdr, Disposition
 
 log = logging.getLogger("sidecar.journal")
 
 _CDR_FIELDS = {f.name: f for f in dataclasses.fields(Cdr)}
 _DECIMAL_FIELDS = {n for n, f in _CDR_FIELDS.items() if f.type in ("Decimal", Decimal)}
+_OPT_DECIMAL_FIELDS = {n for n, f in _CDR_FIELDS.items() if f.type == "Decimal | None"}
 
 
 class JournalError(OSError):
@@ -56,6 +57,10 @@ def encode(cmd: StoreCommand) -> dict[str, Any]:
         return {"kind": "flag", "seq": cmd.seq, "now_ms": cmd.now_ms, "account": cmd.account,
                 "rule": cmd.rule, "action": cmd.action, "reason": cmd.reason,
                 "evidence": cmd.evidence, "key": cmd.key}
+    if isinstance(cmd, CarrierHealth):
+        return {"kind": "carrier_health", "seq": cmd.seq, "now_ms": cmd.now_ms,
+                "carrier": cmd.carrier, "event": cmd.kind, "actor": cmd.actor,
+                "reason": cmd.reason, "evidence": cmd.evidence, "until_ms": cmd.until_ms}
     raise TypeError(f"{type(cmd).__name__} is not journaled")
 
 
@@ -69,6 +74,8 @@ def decode(doc: dict[str, Any]) -> StoreCommand:
                 continue
             if k in _DECIMAL_FIELDS:
                 values[k] = Decimal(v)
+            elif k in _OPT_DECIMAL_FIELDS:
+                values[k] = None if v is None else Decimal(v)
             elif k == "disposition":
                 values[k] = Disposition(v)
             else:
@@ -81,6 +88,11 @@ def decode(doc: dict[str, Any]) -> StoreCommand:
         return Flag(int(doc["seq"]), str(doc["account"]), str(doc["rule"]),
                     str(doc["action"]), str(doc["reason"]), str(doc["evidence"]),
                     str(doc["key"]), int(doc["now_ms"]))
+    if doc["kind"] == "carrier_health":
+        until = doc["until_ms"]
+        return CarrierHealth(int(doc["seq"]), str(doc["carrier"]), str(doc["event"]),
+                             str(doc["actor"]), str(doc["reason"]), str(doc["evidence"]),
+                             None if until is None else int(until), int(doc["now_ms"]))
     raise ValueError(f"unknown journal entry kind {doc['kind']!r}")
 
 

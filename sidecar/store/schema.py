@@ -28,14 +28,16 @@ the limit sets as JSON), ``accounts.blocked`` (new calls refused by a fraud rule
 ``cdrs.signalled_ms`` (200 OK to end, whatever was billed); 7 added carriers for
 least-cost routing (``carriers``, ``carrier_events``) and ``plans.kind``: ``sell`` (a
 customer's rate plan) or ``buy`` (a carrier's buy deck, stored as a plan of its own and
-never shown or loaded as a sell plan). Columns
+never shown or loaded as a sell plan); 8 added what a routed call costs and leaves
+(``cdrs.buy_cost``, ``cdrs.margin``: NULL for a call the sidecar did not route), and
+tells other sidecars of carriers' changes (PostgreSQL: ``carriers`` notifies). Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 TYPES = {
     "sqlite": {"money": "TEXT", "zero": "'0'", "ms": "INTEGER", "id": "INTEGER PRIMARY KEY",
@@ -210,7 +212,9 @@ _STATEMENTS = (
     route TEXT NOT NULL DEFAULT '',
     media TEXT NOT NULL DEFAULT '',
     node TEXT NOT NULL DEFAULT '',
-    signalled_ms {ms}
+    signalled_ms {ms},
+    buy_cost {money},
+    margin {money}
 )""",
     "CREATE INDEX IF NOT EXISTS cdrs_route ON cdrs (route, offered_ms)",
     "CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms)",
@@ -330,7 +334,8 @@ BEGIN
 END $$ LANGUAGE plpgsql""",
         *(f"CREATE OR REPLACE TRIGGER {t}_changed AFTER INSERT OR UPDATE OR DELETE ON {t} "
           "FOR EACH STATEMENT EXECUTE FUNCTION sidecar_changed()"
-          for t in ("accounts", "sip_accounts", "plans", "deck_versions", "live_calls")),
+          for t in ("accounts", "sip_accounts", "plans", "deck_versions", "live_calls",
+                    "carriers")),
     ),
 }
 
@@ -351,6 +356,8 @@ ADDED_COLUMNS = (
     ("plans", "limits", "TEXT NOT NULL DEFAULT ''"),
     ("cdrs", "signalled_ms", "{ms}"),
     ("plans", "kind", "TEXT NOT NULL DEFAULT 'sell'"),
+    ("cdrs", "buy_cost", "{money}"),
+    ("cdrs", "margin", "{money}"),
 )
 
 

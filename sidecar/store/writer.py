@@ -37,7 +37,9 @@ from typing import Any, Protocol
 from ..charging import PlanRates
 from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreCommand
 from ..charging.model import Account, Cdr, Disposition
+from ..routing.select import CarrierBook
 from .accounts import SqliteLedger, SqlLedger, list_accounts
+from .carriers import CarrierLoader
 from .conn import Db, is_url
 from .db import connect
 from .fraud import calls_elsewhere, countries_called
@@ -63,6 +65,9 @@ class Snapshot:
     #: Per account, the answered calls other nodes carry (with every complete snapshot).
     elsewhere: dict[str, int] = field(default_factory=dict)
     complete: bool = True  # False: only plans changed; accounts and mappings as they were
+    #: The carriers and their buy decks (least-cost routing) when they changed (all of
+    #: them in the first snapshot); None: as they were.
+    carriers: CarrierBook | None = None
 
 
 WriterEvent = BatchResult | Snapshot
@@ -99,6 +104,7 @@ class StoreWriter:
         self.expired_every_s = lease_ms / 6000
         self.journal = Journal(journal)
         self.plans = plans
+        self.carriers = CarrierLoader()  # least-cost routing: carriers and buy decks
         self.deliver = deliver
         self.max_batch = max_batch
         self.poll_s = poll_s
@@ -165,10 +171,12 @@ class StoreWriter:
             self._changes.changed()  # from here on
             with _bulk_load():
                 plans = self.plans.warm(conn)  # loaded already by a standby: refreshed
+                carriers = self.carriers.load(conn)
             self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn), plans,
                                   self.ledger.live_calls(self.node), first=True,
                                   called=countries_called(conn, _now_ms() - HISTORY_MS),
-                                  elsewhere=calls_elsewhere(conn, self.node)))
+                                  elsewhere=calls_elsewhere(conn, self.node),
+                                  carriers=carriers))
         except BaseException as exc:  # the sidecar cannot start without its store
             self.start_error = exc
             self.started.set()
@@ -328,8 +336,9 @@ class StoreWriter:
                 self._accounts_stale = True
                 with _bulk_load():
                     plans = self.plans.refresh(self.conn)
-                if plans:
-                    self.deliver(Snapshot([], {}, plans, complete=False))
+                    carriers = self.carriers.load(self.conn)
+                if plans or carriers is not None:
+                    self.deliver(Snapshot([], {}, plans, complete=False, carriers=carriers))
             now = time.monotonic()
             if self._accounts_stale and now - self._accounts_read >= self.accounts_every_s:
                 self._accounts_stale = False

@@ -9,6 +9,7 @@ pcap replay (events rebuilt from the capture's SIP, packets from the file) both 
     Answer       -> Charger.answer (first chunk reserved), media grace window opens
     MediaUpdate  -> new SDP registered for the party that sent it
     packet       -> media facts; late callee media moves the billing start
+    Attempt      -> Charger.attempt (a carrier of the route list failed: the next one)
     End / Failed -> media verdict -> Charger.end (billable start, FAS credit) -> CDR
 
 Pure: no I/O, time is an argument.
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..charging import Action, AuthDecision, Charger, MediaOutcome
-from ..kamailio.events import Answer, Early, End, Event, Failed, MediaUpdate, Offer
+from ..kamailio.events import Answer, Attempt, Early, End, Event, Failed, MediaUpdate, Offer
 from .flows import Party
 from .media import MediaSupervisor, MediaVerdict
 
@@ -96,6 +97,8 @@ class CallControl:
             outcome = self._outcome(ref, now_ms)
             return None, self.charger.end(ref, now_ms, ended_by=ev.by, reason=ev.reason,
                                           media=outcome)
+        if isinstance(ev, Attempt):
+            return None, self.charger.attempt(ref, now_ms, ev.code, ev.route)
         if isinstance(ev, Failed):
             outcome = self._outcome(ref, now_ms)
             return None, self.charger.fail(ref, now_ms, ev.code, ev.reason, route=ev.route,

@@ -74,7 +74,7 @@ def test_every_problem_of_a_file_is_named_by_its_key_path(tmp_path: Path) -> Non
         f"{p}: media.grace_ms: must be at least 0, not -5",
         f"{p}: recharge.command: must be a list of strings (item 2 is int)",
         f"{p}: medai: unknown table (did you mean [media]? tables: alerts, api, charging, "
-        "database, invoice, kamailio, media, metrics, node, recharge)",
+        "database, invoice, kamailio, media, metrics, node, recharge, routing)",
     ]
     assert all("secret" not in line for line in found)
     assert problems(write(tmp_path, "media = 1\n")) == [
