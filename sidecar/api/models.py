@@ -249,6 +249,13 @@ class Cdr(Out):
     credited: Money
     fas_verdict: str
     fas_reasons: str
+    buy_cost: Money | None = Field(description="Least-cost routing: what the carrier that "
+                                               "took the call charges for it (its buy deck, "
+                                               "from its 200 OK to the end); null when the "
+                                               "sidecar did not route the call.")
+    margin: Money | None = Field(description="The rated price less any credit less "
+                                             "buy_cost (negative: a loss); null when the "
+                                             "sidecar did not route the call.")
     media_evidence: Evidence = Field(description="What media supervision saw (a JSON "
                                                  "value); null when the call had none.")
     offered_ms: Ms | None

@@ -1,4 +1,4 @@
-"""``sidecar cdrs`` (call records) and ``sidecar stats spend|routes`` (cost analytics)."""
+"""``sidecar cdrs`` (call records) and ``sidecar stats spend|routes|margin`` (cost analytics)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..invoices.analytics import SPEND_BY, route_stats, route_stats_json, spend, spend_json
+from ..invoices.analytics import (
+    MARGIN_BY,
+    SPEND_BY,
+    margins,
+    margins_json,
+    route_stats,
+    route_stats_json,
+    spend,
+    spend_json,
+)
 from ..invoices.records import (
     CSV_HEADER,
     UnknownAccount,
@@ -156,4 +165,34 @@ def stats_routes(ctx: Context, account: str | None, start: str | None, end: str 
                       "" if r.acd_seconds is None else f"{r.acd_seconds} s",
                       ms(r.pdd_mean_ms), ms(r.pdd_p95_ms), ms(r.answer_delay_mean_ms),
                       ms(r.answer_delay_p95_ms))
+    Console(markup=False, highlight=False).print(table)
+
+
+@stats.command("margin")
+@click.option("--by", "by", type=click.Choice(MARGIN_BY), default="carrier", show_default=True,
+              help="customer: top-level accounts with their departments rolled up.")
+@click.option("--account", default=None, help="Only this account (and its departments).")
+@click.option("--from", "start", default=None, help=_FROM_HELP)
+@click.option("--to", "end", default=None, help=_TO_HELP)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def stats_margin(ctx: Context, by: str, account: str | None, start: str | None,
+                 end: str | None, as_json: bool) -> None:
+    """Margins of the calls the sidecar routed (least-cost routing): what customers were
+    charged (sell: the rated price less FAS credits), what carriers charge (buy), and
+    the margin, by carrier, destination, account, customer or day. Exact sums."""
+    f, t = _range(start, end)
+    check_account_option(ctx, account)
+    rows = margins(ctx.conn, by, account=account, from_ms=f, to_ms=t)
+    if as_json:
+        emit_json({"by": by, "rows": margins_json(rows, by)})
+        return
+    table = Table(by, "calls", "answered", "sell", "buy", "margin", "%", "losing",
+                  title=f"Margin by {by}")
+    for r in rows:
+        table.add_row(r.key or "(none)", str(r.calls), str(r.answered),
+                      f"{fmt(r.sell)} {r.currency}", fmt(r.buy), fmt(r.margin),
+                      "" if r.percent is None else str(r.percent), str(r.losses))
+    if not rows:
+        table.caption = "no routed calls (carriers: sidecar carrier add)"
     Console(markup=False, highlight=False).print(table)

@@ -1,5 +1,6 @@
 """Cost analytics from the CDRs: spend by destination, day, account, customer or route, and
-route quality (ASR, ACD, PDD, answer delay).
+route quality (ASR, ACD, PDD, answer delay), and the margins of routed calls (buy cost,
+sell price, margin by carrier, destination, account, customer or day).
 
 Spend is what the ledger took (``charged``), exact at the money scale, rounded to the
 currency's minor unit only in ``amount``. Calls belong to the time they ended.
@@ -12,8 +13,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
-from ..money import ZERO
+from ..money import ZERO, fmt
 from ..store.conn import Db, filters
 from ..supervision.routes import RouteCall
 from .model import present
@@ -141,6 +143,86 @@ def spend(conn: Db, by: str, *, account: str | None = None,
     else:
         rows.sort(key=lambda r: (-r.exact, r.key, r.currency))
     return rows
+
+
+#: How ``sidecar stats margin`` groups routed calls.
+MARGIN_BY = ("carrier", "destination", "account", "customer", "day")
+
+
+@dataclass(frozen=True)
+class MarginRow:
+    """Routed calls of one group: what customers were charged for them (``sell``: the
+    rated price less FAS credits), what the carriers charge (``buy``) and the
+    difference (``margin``, exact: the CDRs' margins summed)."""
+
+    key: str
+    currency: str
+    calls: int  # routed calls (answered or not)
+    answered: int
+    billed_seconds: int
+    sell: Decimal
+    buy: Decimal
+    margin: Decimal
+    losses: int  # calls that lost money (margin below 0)
+
+    @property
+    def percent(self) -> Decimal | None:
+        """The margin as a percentage of the sell price (2 places, half-up)."""
+        if not self.sell:
+            return None
+        return (self.margin * 100 / self.sell).quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+
+def margins(conn: Db, by: str, *, account: str | None = None,
+            from_ms: int | None = None, to_ms: int | None = None) -> list[MarginRow]:
+    """Buy cost, sell price and margin of the calls the sidecar routed (least-cost
+    routing: their CDRs carry ``buy_cost``), grouped ``by`` carrier, destination,
+    account, customer (departments rolled up) or day (UTC, by the call's end). Summed
+    exactly; the largest margin first, by day in date order."""
+    if by not in MARGIN_BY:
+        raise ValueError(f"margin by must be one of {', '.join(MARGIN_BY)}")
+    where, args = _where(conn, account, from_ms, to_ms, True)
+    tree = account_tree(conn)
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for acc, dest, route, ended, ccy, billed, cost, credited, buy, margin, disp in \
+            conn.execute(
+                "SELECT account, destination, route, ended_ms, currency, billed_seconds, "
+                "cost, credited, buy_cost, margin, disposition FROM cdrs "
+                f"WHERE {where} AND buy_cost IS NOT NULL", args):
+        if by == "carrier":
+            key = str(route)
+        elif by == "destination":
+            key = str(dest)
+        elif by == "account":
+            key = str(acc)
+        elif by == "customer":
+            key = root_of(tree, str(acc))
+        else:
+            key = datetime.fromtimestamp(int(ended) / 1000, UTC).strftime("%Y-%m-%d")
+        g = groups.setdefault((key, str(ccy)), [0, 0, 0, ZERO, ZERO, ZERO, 0])
+        m = Decimal(str(margin))
+        g[0] += 1
+        g[1] += disp in ("answered", "no-media")
+        g[2] += int(billed)
+        g[3] += Decimal(str(cost)) - Decimal(str(credited))
+        g[4] += Decimal(str(buy))
+        g[5] += m
+        g[6] += m < 0
+    rows = [MarginRow(key, ccy, *g) for (key, ccy), g in groups.items()]
+    if by == "day":
+        rows.sort(key=lambda r: (r.key, r.currency))
+    else:
+        rows.sort(key=lambda r: (-r.margin, r.key, r.currency))
+    return rows
+
+
+def margins_json(rows: list[MarginRow], by: str) -> list[dict[str, object]]:
+    """Margin rows for JSON output (money as exact strings, without trailing zeros)."""
+    return [{by: r.key, "currency": r.currency, "calls": r.calls, "answered": r.answered,
+             "billed_seconds": r.billed_seconds, "sell": fmt(r.sell), "buy": fmt(r.buy),
+             "margin": fmt(r.margin),
+             "margin_percent": None if r.percent is None else str(r.percent),
+             "losses": r.losses} for r in rows]
 
 
 def _mean_p95(values: list[int]) -> tuple[int | None, int | None]:

@@ -23,7 +23,7 @@ CDR_COLUMNS = (
     "answered_ms", "billable_ms", "media_ms", "ended_ms", "duration_ms", "billed_seconds",
     "usage", "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict",
-    "fas_reasons", "route", "media", "node", "signalled_ms",
+    "fas_reasons", "route", "media", "node", "signalled_ms", "buy_cost", "margin",
 )
 MONEY_COLUMNS = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
                            "cost", "charged", "written_off", "credited"})
@@ -135,6 +135,10 @@ def cdr_json(row: dict[str, object]) -> dict[str, object]:
         "minimum_uplift", "cost")}
     for k in ("charged", "written_off", "credited"):
         out[k] = str(row[k])
+    # Least-cost routing: what the carrier charges for the call and what it leaves
+    # (null for a call the sidecar did not route).
+    for k in ("buy_cost", "margin"):
+        out[k] = None if row[k] is None else str(row[k])
     return out
 
 
@@ -148,6 +152,8 @@ def cdr_csv_rows(rows: Iterable[dict[str, object]]) -> Iterator[list[object]]:
                 out.append(iso(v) if isinstance(v, int) else "")
             elif col in MONEY_COLUMNS:
                 out.append(Decimal(str(r[col])))
+            elif col in _OPTIONAL_MONEY:
+                out.append("" if r[col] is None else Decimal(str(r[col])))
             else:
                 out.append(r[col])
         yield out
@@ -162,7 +168,10 @@ CSV_HEADER = (
     "signalled_ms", "duration_ms", "billed_seconds", "rate", "increment", "currency", "usage",
     "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "fas_verdict", "fas_reasons", "ended_by", "end_reason", "node",
+    "buy_cost", "margin",
 )
+#: Amounts only a routed call has (empty in the CSV otherwise).
+_OPTIONAL_MONEY = frozenset({"buy_cost", "margin"})
 
 
 class CallRow(NamedTuple):

@@ -123,6 +123,11 @@ class RouteHealth:
         """The carriers pulled now, with why (what :func:`select_routes` takes)."""
         return {name: p.reason for name, p in self._pulled.items()}
 
+    def since(self, carrier: str) -> int | None:
+        """When a pulled carrier was pulled (None if it is not pulled)."""
+        p = self._pulled.get(carrier)
+        return None if p is None else p.since_ms
+
     def until(self, carrier: str) -> int | None:
         """When a pulled carrier's cool-down ends (None if it is not pulled)."""
         p = self._pulled.get(carrier)

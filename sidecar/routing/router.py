@@ -125,7 +125,8 @@ class Router:
     def set_book(self, book: CarrierBook, now_ms: int) -> list[str]:
         """Use ``book`` for new calls. Pulls the store holds that route health here does
         not know (a restart, another node) are taken up; a carrier an operator enabled
-        again is no longer pulled. Returns what changed, in words, for the log."""
+        after it was pulled is no longer pulled. Returns what changed, in words, for the
+        log."""
         self.book = book
         self._tables = {d.carrier.name: d.table for d in book.decks}
         said = []
@@ -137,7 +138,8 @@ class Router:
                 self.health.load(c.name, c.until_ms, c.disabled_ms or now_ms,
                                  c.disabled_reason)
                 said.append(f"{c.name} pulled until {c.until_ms} ({c.disabled_reason})")
-            elif pulled and c.enabled:
+            elif pulled and c.enabled and book.enabled_ms.get(c.name, -1) >= (
+                    self.health.since(c.name) or 0):
                 self.health.restore(c.name, now_ms, "enabled by an operator")
                 said.append(f"{c.name} enabled by an operator")
         return said

@@ -299,8 +299,12 @@ class CarrierBook:
     routed keeps the book it started with.
     """
 
-    def __init__(self, decks: Sequence[CarrierDeck]) -> None:
+    def __init__(self, decks: Sequence[CarrierDeck],
+                 enabled_ms: Mapping[str, int] | None = None) -> None:
         self.decks = tuple(decks)
+        #: When an operator last enabled each carrier (Unix ms): what ends a pull by route
+        #: health made before it (:meth:`sidecar.routing.router.Router.set_book`).
+        self.enabled_ms: Mapping[str, int] = dict(enabled_ms or {})
         merged: dict[str, list[_Entry]] = {}
         stamps: dict[int, int] = {}  # one int object per effective date
         for i, deck in enumerate(self.decks):
@@ -330,7 +334,8 @@ class CarrierBook:
         # kept with its price, so its id cannot be another line's while it is here.
         self._sell: dict[int, dict[int, tuple[RateLine, Decimal]]] = {}
 
-    def with_carriers(self, carriers: Sequence[Carrier]) -> CarrierBook:
+    def with_carriers(self, carriers: Sequence[Carrier],
+                      enabled_ms: Mapping[str, int] | None = None) -> CarrierBook:
         """The same decks with the carriers' new states (enabled, pulled, capacity,
         destination): a new book sharing this one's index and prices, at no cost. The
         carriers must be this book's, in the same order, on the same decks."""
@@ -340,6 +345,7 @@ class CarrierBook:
         book.__dict__.update(self.__dict__)
         book.decks = tuple(CarrierDeck(c, d.table) for c, d in zip(carriers, self.decks,
                                                                    strict=True))
+        book.enabled_ms = dict(enabled_ms or {})
         return book
 
     def lines(self, digits: str, at: int, origin: str = "") -> list[RateLine | None]:

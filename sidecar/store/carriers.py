@@ -264,24 +264,31 @@ class CarrierLoader:
         self.plans = PlanLoader(kind=BUY)
         self.book: CarrierBook | None = None
         self._rows: list[Carrier] | None = None
+        self._enabled: dict[str, int] = {}
 
     def load(self, conn: Db) -> CarrierBook | None:
         rows = list_carriers(conn)
+        # When an operator last enabled each carrier: a carrier pulled by route health
+        # and enabled again reads the same as before the pull.
+        enabled = {str(c): int(ts) for c, ts in conn.execute(
+            "SELECT carrier, MAX(ts_ms) FROM carrier_events WHERE kind = 'enabled' "
+            "GROUP BY carrier")}
         changed = self.plans.refresh(conn) if self._rows is not None \
             else self.plans.load_all(conn)
-        if rows == self._rows and not changed:
+        if rows == self._rows and not changed and enabled == self._enabled:
             return None
+        self._enabled = enabled
         book = self.book
         if (book is not None and not changed and self._rows is not None
                 and [(c.name, c.plan) for c in rows]
                 == [(c.name, c.plan) for c in self._rows]):
-            book = book.with_carriers(rows)
+            book = book.with_carriers(rows, enabled)
         else:
             decks = []
             for c in rows:
                 rates = self.plans.get(c.plan)
                 decks.append(CarrierDeck(c, rates.table if rates is not None
                                          else RateTable([], "")))
-            book = CarrierBook(decks)
+            book = CarrierBook(decks, enabled)
         self._rows, self.book = rows, book
         return book
