@@ -615,7 +615,8 @@ class Charger:
         router = self.router
         assert router is not None
         carrier = cdr.route
-        got = router.line_of(s.call_ref, carrier) if carrier else None
+        got = router.line_of(s.call_ref, carrier, s.number, s.offered_ms, s.origin) \
+            if carrier else None
         if got is not None:
             line, table = got
             buy = ZERO

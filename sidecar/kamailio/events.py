@@ -87,7 +87,7 @@ class MediaUpdate:
 class End:
     """The dialog ended. ``account``/``callee``/``caller``: the dialog variables set at
     authorization, so a sidecar that never saw the call answered (it ended while no
-    sidecar was connected) can still settle it."""
+    sidecar was connected) can still settle it; ``route``: the carrier that took it."""
 
     dialog: Dialog
     by: str
@@ -96,6 +96,7 @@ class End:
     account: str = ""
     callee: str = ""
     caller: str = ""
+    route: str = ""
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def _checked_event(doc: dict[str, Any]) -> Event:
     if kind == "end":
         return End(dialog, _str(doc, "by"), _str(doc, "reason"),
                    _ts_us(doc, "start_ts") // 1000, _str(doc, "account"), _str(doc, "callee"),
-                   _str(doc, "caller"))
+                   _str(doc, "caller"), _str(doc, "route"))
     if kind == "failed":
         return Failed(dialog, _code(doc), _str(doc, "reason"), _str(doc, "route"))
     if kind == "attempt":
@@ -420,16 +421,16 @@ def _plain_event(doc: dict[str, Any], payload_len: int) -> Event | None:
             ev.__dict__.update(dialog=dialog, sdp=sdp, route=route)
             return ev
         if kind == "end":
-            texts = _END_TEXT(doc)
+            texts = (*_END_TEXT(doc), doc.get("route", ""))  # route: absent before LCR
             start_ts = doc["start_ts"]
             if not ((type(start_ts) is float or type(start_ts) is int)
                     and 0 <= start_ts < MAX_TS and _texts_fit(texts, payload_len)):
                 return None
-            by, reason, account, callee, caller = texts
+            by, reason, account, callee, caller, route = texts
             ev = _new(End)
             ev.__dict__.update(dialog=dialog, by=by, reason=reason,
                                start_ts_ms=round(float(start_ts) * 1_000_000) // 1000,
-                               account=account, callee=callee, caller=caller)
+                               account=account, callee=callee, caller=caller, route=route)
             return ev
         if kind == "failed":
             code, reason, route = _FAILED(doc)

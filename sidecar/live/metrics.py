@@ -7,13 +7,15 @@ writer, the capture) is read when scraped, by a collector, from memory only: a s
 never queries the store. Every metric lives in this object's own registry, not in
 prometheus_client's global one.
 
-Label values are few and fixed by the code: decisions, SIP codes the sidecar answers,
-limit and fraud rule names, FAS verdicts, CDR dispositions, currencies. Never an account,
-a route or a number.
+Label values are few and fixed by the code or the operator: decisions, SIP codes the
+sidecar answers, limit and fraud rule names, FAS verdicts, CDR dispositions, currencies,
+and the carriers set up for least-cost routing (``sidecar carrier add``). Never an
+account, a number, or a route taken from the wire.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -211,6 +213,30 @@ class _StateCollector:
         yield counter("sidecar_store_commit_failures", "Batches the store could not commit "
                       "(rolled back; settlements journaled)",
                       w.failed_batches if w is not None else 0)
+
+        router = s.router if s is not None else None
+        if router is not None and router.active:
+            now_ms = int(time.time() * 1000)
+            calls = GaugeMetricFamily("sidecar_carrier_calls", "Least-cost routing: calls "
+                                      "each carrier has now (sent the INVITE or answered)",
+                                      labels=["carrier"])
+            pulled = GaugeMetricFamily("sidecar_carrier_pulled", "1 while route health has "
+                                       "the carrier out of the route lists",
+                                       labels=["carrier"])
+            asr = GaugeMetricFamily("sidecar_carrier_asr", "Answered / tries over the route "
+                                    "health window (absent before the first try)",
+                                    labels=["carrier"])
+            fas = GaugeMetricFamily("sidecar_carrier_fas_score", "FAS score (0-100) over "
+                                    "the route health window, once judged",
+                                    labels=["carrier"])
+            for name, st in router.statistics(now_ms).items():
+                calls.add_metric([name], float(str(st["calls"])))
+                pulled.add_metric([name], float(bool(st["pulled"])))
+                if st["asr"] is not None:
+                    asr.add_metric([name], float(str(st["asr"])))
+                if st["fas_score"] is not None:
+                    fas.add_metric([name], float(str(st["fas_score"])))
+            yield from (calls, pulled, asr, fas)
 
         pump = s.pump if s is not None else None
         if pump is not None:

@@ -524,6 +524,9 @@ class Sidecar:
             self.on_actions(self.charger.adopt(ref, account=account, number=v.get("callee", ""),
                                                caller=v.get("caller", ""), now_ms=now,
                                                answered_ms=start))
+            adopted_session = self.charger.sessions.get(ref)
+            if adopted_session is not None and v.get("route"):
+                adopted_session.meta["route"] = v["route"]  # the carrier (buy cost at the end)
             adopted += 1
         self.timer.poke()
         log.info("reconciled with Kamailio: %d dialogs, %d adopted, %d settled as lost",

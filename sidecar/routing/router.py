@@ -190,17 +190,23 @@ class Router:
             else:
                 call.holding = False  # every carrier failed: the call fails next
 
-    def line_of(self, call_ref: str, carrier: str) -> tuple[RateLine, RateTable] | None:
-        """The buy line ``carrier`` prices the call on, and its deck (the call's route
-        list as it was made at the offer); None when the call was not routed to it."""
-        call = self._calls.get(call_ref)
-        if call is None:
+    def line_of(self, call_ref: str, carrier: str, number: str = "", at_ms: int = 0,
+                origin: str = "") -> tuple[RateLine, RateTable] | None:
+        """The buy line ``carrier`` prices the call on, and its deck: from the call's route
+        list as it was made at the offer; for a call this router did not route (adopted
+        after a restart), the line of ``number`` at ``at_ms`` in the carrier's deck. None
+        when the carrier is not one of ours or has no line for it."""
+        table = self._tables.get(carrier)
+        if table is None:
             return None
-        for r in call.routes:
-            if r.carrier == carrier:
-                table = self._tables.get(carrier)
-                return (r.line, table) if table is not None else None
-        return None
+        call = self._calls.get(call_ref)
+        if call is not None:
+            for r in call.routes:
+                if r.carrier == carrier:
+                    return r.line, table
+            return None
+        line = table.lookup(number, at_ms // 1000, origin) if number else None
+        return (line, table) if line is not None else None
 
     def finished(self, call_ref: str, carrier: str, *, offered_ms: int,
                  ringing_ms: int | None, answered_ms: int | None, ended_ms: int,

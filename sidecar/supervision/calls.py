@@ -96,7 +96,7 @@ class CallControl:
                                    answered_ms=ev.start_ts_ms, supervise=False)
             outcome = self._outcome(ref, now_ms)
             return None, self.charger.end(ref, now_ms, ended_by=ev.by, reason=ev.reason,
-                                          media=outcome)
+                                          route=ev.route, media=outcome)
         if isinstance(ev, Attempt):
             return None, self.charger.attempt(ref, now_ms, ev.code, ev.route)
         if isinstance(ev, Failed):

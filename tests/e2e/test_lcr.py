@@ -31,6 +31,7 @@ from sidecar.store.db import connect
 from sidecar.store.decks import import_deck
 from tests.e2e.test_limits import cli, cli_json, reasons
 from tests.e2e.test_live_sidecar import account, cdrs, wait_for
+from tests.e2e.test_metrics import scrape
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -99,7 +100,7 @@ class Carrier:
 @pytest.fixture
 def lab(tmp_path: Path, db: sqlite3.Connection) -> Iterator[LiveLab]:
     with LiveLab(tmp_path / "lab", tmp_path / "sidecar.db", with_sidecar=False,
-                 extra_config=MEDIA_AND_ROUTING) as lab:
+                 extra_config=MEDIA_AND_ROUTING, metrics=True) as lab:
         yield lab
 
 
@@ -197,6 +198,10 @@ def test_a_carrier_that_answers_without_media_is_pulled_and_no_longer_tried(
     events = [e for e in shown["events"] if e["kind"] == "pulled"]
     assert len(events) == 1 and events[0]["evidence"]["attempts"] == 3, events
     assert "carrier faker pulled from the routes" in lab.sidecar_log.read_text()
+    metrics = scrape(lab)
+    assert metrics[("sidecar_carrier_pulled", (("carrier", "faker"),))] == 1
+    assert metrics[("sidecar_carrier_pulled", (("carrier", "solid"),))] == 0
+    assert metrics[("sidecar_carrier_fas_score", (("carrier", "faker"),))] >= 50
     # The next call goes to solid, though faker is cheaper.
     r = lab.uac(account_code="ACME", dialled=FIXED, duration_ms=1500).wait()
     assert r.calls_ok, r.output_tail() + lab.log_tail()
@@ -221,8 +226,8 @@ def test_stats_margin_by_carrier_destination_and_customer(
         r = lab.uac(account_code="ACME", dialled=FIXED, duration_ms=1500).wait()
         assert r.calls_ok, r.output_tail() + lab.log_tail()
     rows = [one_cdr(db, 2), cdrs(db, "ACME")[0]]
-    sell = sum(Decimal(str(c["cost"])) for c in rows)
-    buy = sum(Decimal(str(c["buy_cost"])) for c in rows)
+    sell = sum((Decimal(str(c["cost"])) for c in rows), Decimal(0))
+    buy = sum((Decimal(str(c["buy_cost"])) for c in rows), Decimal(0))
     for by, key in (("carrier", "solid"), ("destination", "Germany Fixed"),
                     ("account", "ACME")):
         doc = cli_json(db_path, "stats", "margin", "--by", by)
