@@ -15,6 +15,10 @@ microseconds per call of:
 * route selection: the sell look-up plus :func:`sidecar.routing.select_routes` (a
   look-up in every carrier's deck, both prices of the reference call, the margin checks,
   the order), in cost order and in quality order. Target: under 50 us per call.
+* the live router (what ``sidecar run`` does per call, :class:`sidecar.routing.router.
+  Router`): the sell look-up, the route list with every carrier's load and the pulls
+  taken into account, the first carrier taking the call, and the call's end counted for
+  its carrier's health (200 calls kept up at a time).
 
 Round 1 of the cost order also works out each buy line's price the first time it is
 met (a :class:`CarrierBook` keeps them): the later rounds are the warm figure.
@@ -49,6 +53,7 @@ from sidecar.routing import (
     quality_score,
     select_routes,
 )
+from sidecar.routing.router import Router, RouterConfig
 
 COUNTRY = ["1", "7", "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43",
            "44", "45", "46", "47", "48", "49", "52", "55", "61", "81", "86", "91", "234", "351",
@@ -130,7 +135,10 @@ def main() -> None:
     lookup = sell.lookup
     rate = sell.rate
     routes_total = 0
-    results: dict[str, list[float]] = {"lookup": [], "rate": [], "cost": [], "quality": []}
+    results: dict[str, list[float]] = {"lookup": [], "rate": [], "cost": [], "quality": [],
+                                       "live": []}
+    router = Router(RouterConfig(policy=cost))
+    router.set_book(book, now_ms)
     wall: dict[str, list[float]] = {k: [] for k in results}
     for rnd in range(1, args.rounds + 1):
         with Clock() as c:
@@ -155,11 +163,32 @@ def main() -> None:
                     routes_total += len(res.routes)
             results[name].append(per_call_us(c.cpu, args.calls))
             wall[name].append(per_call_us(c.wall, args.calls))
+
+        up: list[tuple[str, str]] = []  # the calls up: (call, its carrier)
+        with Clock() as c:
+            for i, num in enumerate(numbers):
+                line = lookup(num, at)
+                assert line is not None
+                ref = f"{rnd}-{i}"
+                routes = router.route(num, now_ms + i, line).routes
+                if routes:
+                    router.started(ref, routes, now_ms + i)
+                    up.append((ref, routes[0].carrier))
+                if len(up) > 200:
+                    done, carrier = up.pop(0)
+                    router.finished(done, carrier, offered_ms=now_ms + i - 200,
+                                    ringing_ms=None, answered_ms=now_ms + i - 100,
+                                    ended_ms=now_ms + i)
+        results["live"].append(per_call_us(c.cpu, args.calls))
+        wall["live"].append(per_call_us(c.wall, args.calls))
+        for ref, _carrier in up:
+            router.forget(ref)
         print(f"round {rnd} (CPU us per call; wall-clock in brackets): sell look-up "
               f"{results['lookup'][-1]:.2f} ({wall['lookup'][-1]:.2f}), sell rating "
               f"{results['rate'][-1]:.2f} ({wall['rate'][-1]:.2f}), route selection "
               f"{results['cost'][-1]:.1f} ({wall['cost'][-1]:.1f}) cost order, "
-              f"{results['quality'][-1]:.1f} ({wall['quality'][-1]:.1f}) quality order")
+              f"{results['quality'][-1]:.1f} ({wall['quality'][-1]:.1f}) quality order, "
+              f"live router {results['live'][-1]:.1f} ({wall['live'][-1]:.1f})")
 
     def span(key: str) -> str:
         v = results[key]
@@ -173,6 +202,7 @@ def main() -> None:
     print(f"  sell rating (RateTable.rate):      {span('rate')}")
     print(f"  route selection, cost order:       {span('cost')} (target < 50 us)")
     print(f"  route selection, quality order:    {span('quality')} (target < 50 us)")
+    print(f"  live router, a whole call:         {span('live')} (target < 50 us)")
     print(f"  route selection / sell look-up:    "
           f"{statistics.median(results['cost']) / statistics.median(results['lookup']):.0f}x "
           f"(one look-up per carrier, {args.carriers} carriers, plus pricing)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -252,13 +253,26 @@ def load_carrier_decks(conn: Db) -> list[CarrierDeck]:
     return out
 
 
+@dataclass(frozen=True)
+class CarrierJob:
+    """What a :class:`~sidecar.routing.select.CarrierBook` is built from: the carriers in
+    order, each one's buy deck (loaded), and when an operator last enabled each."""
+
+    carriers: tuple[Carrier, ...]
+    tables: tuple[RateTable, ...]
+    enabled_ms: dict[str, int]
+
+
 class CarrierLoader:
-    """The carriers and their buy decks kept loaded for the live sidecar (its store
-    thread): :meth:`load` gives a new :class:`~sidecar.routing.select.CarrierBook` when
-    something changed since the last call, else None. A new deck version or a new or
-    removed carrier builds a new book (the decks' lines are read through a
-    :class:`~.decks.PlanLoader`, which reads only what is new); a change of a carrier's
-    state alone (enabled, pulled, capacity, destination) reuses the book's index."""
+    """The carriers and their buy decks kept loaded for the live sidecar.
+
+    :meth:`load` (the store thread: it reads the database) gives a :class:`CarrierJob`
+    when something changed since the last call, else None; :meth:`build` turns a job into
+    a book, at no cost when only carriers' states changed (enabled, pulled, capacity,
+    destination: the last book's index is reused) and otherwise by indexing every deck
+    (seconds for millions of lines: ``sidecar run`` does it in a thread of its own, so
+    the store thread goes on committing). The decks' lines are read through a
+    :class:`~.decks.PlanLoader`, which reads only what is new."""
 
     def __init__(self) -> None:
         self.plans = PlanLoader(kind=BUY)
@@ -266,7 +280,7 @@ class CarrierLoader:
         self._rows: list[Carrier] | None = None
         self._enabled: dict[str, int] = {}
 
-    def load(self, conn: Db) -> CarrierBook | None:
+    def load(self, conn: Db) -> CarrierJob | None:
         rows = list_carriers(conn)
         # When an operator last enabled each carrier: a carrier pulled by route health
         # and enabled again reads the same as before the pull.
@@ -277,18 +291,24 @@ class CarrierLoader:
             else self.plans.load_all(conn)
         if rows == self._rows and not changed and enabled == self._enabled:
             return None
-        self._enabled = enabled
+        self._rows, self._enabled = rows, enabled
+        tables = []
+        for c in rows:
+            rates = self.plans.get(c.plan)
+            tables.append(rates.table if rates is not None else RateTable([], ""))
+        return CarrierJob(tuple(rows), tuple(tables), enabled)
+
+    def build(self, job: CarrierJob) -> CarrierBook:
+        """The book of ``job`` (one thread at a time)."""
         book = self.book
-        if (book is not None and not changed and self._rows is not None
-                and [(c.name, c.plan) for c in rows]
-                == [(c.name, c.plan) for c in self._rows]):
-            book = book.with_carriers(rows, enabled)
+        if (book is not None and len(book.decks) == len(job.tables)
+                and all(d.carrier.name == c.name and d.table is t
+                        for d, c, t in zip(book.decks, job.carriers, job.tables,
+                                           strict=True))):
+            book = book.with_carriers(job.carriers, job.enabled_ms)
         else:
-            decks = []
-            for c in rows:
-                rates = self.plans.get(c.plan)
-                decks.append(CarrierDeck(c, rates.table if rates is not None
-                                         else RateTable([], "")))
-            book = CarrierBook(decks, enabled)
-        self._rows, self.book = rows, book
+            book = CarrierBook([CarrierDeck(c, t) for c, t in zip(job.carriers, job.tables,
+                                                                   strict=True)],
+                               job.enabled_ms)
+        self.book = book
         return book

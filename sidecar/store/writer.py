@@ -39,7 +39,7 @@ from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreComm
 from ..charging.model import Account, Cdr, Disposition
 from ..routing.select import CarrierBook
 from .accounts import SqliteLedger, SqlLedger, list_accounts
-from .carriers import CarrierLoader
+from .carriers import CarrierJob, CarrierLoader
 from .conn import Db, is_url
 from .db import connect
 from .fraud import calls_elsewhere, countries_called
@@ -76,6 +76,46 @@ WriterEvent = BatchResult | Snapshot
 HISTORY_MS = 366 * 86_400_000
 
 
+class _BookBuilder:
+    """Builds carrier books (:class:`~.carriers.CarrierLoader.build`) in a thread of its
+    own and hands each to the loop as a snapshot: indexing millions of buy lines must
+    hold up neither the loop nor the store thread's commits. Jobs that queue up while one
+    is built are coalesced: only the newest is built."""
+
+    def __init__(self, loader: CarrierLoader, deliver: Callable[[WriterEvent], None]) -> None:
+        self.loader = loader
+        self.deliver = deliver
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="carrier-books",
+                                            daemon=True)
+            self._thread.start()
+
+    def submit(self, job: CarrierJob) -> None:
+        self._q.put(job)
+
+    def stop(self) -> None:
+        self._q.put(_STOP)
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            while not self._q.empty():  # only the newest matters
+                nxt = self._q.get()
+                job = nxt if job is not _STOP else job
+            if job is _STOP:
+                return
+            try:
+                book = self.loader.build(job)
+            except Exception:  # a bad deck must not end routing: keep the book in use
+                log.exception("could not build the carriers' book; the previous one stays")
+                continue
+            self.deliver(Snapshot([], {}, {}, complete=False, carriers=book))
+
+
 class PlanSource(Protocol):
     """Loads rate plans for the live sidecar (``decks.PlanLoader``)."""
 
@@ -105,6 +145,7 @@ class StoreWriter:
         self.journal = Journal(journal)
         self.plans = plans
         self.carriers = CarrierLoader()  # least-cost routing: carriers and buy decks
+        self._books = _BookBuilder(self.carriers, deliver)
         self.deliver = deliver
         self.max_batch = max_batch
         self.poll_s = poll_s
@@ -149,6 +190,7 @@ class StoreWriter:
         if self._thread is None:
             return
         self._q.put(_STOP)
+        self._books.stop()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("store writer did not stop within %.0f s", timeout)
@@ -171,7 +213,9 @@ class StoreWriter:
             self._changes.changed()  # from here on
             with _bulk_load():
                 plans = self.plans.warm(conn)  # loaded already by a standby: refreshed
-                carriers = self.carriers.load(conn)
+                job = self.carriers.load(conn)
+                carriers = self.carriers.build(job) if job is not None else None
+            self._books.start()
             self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn), plans,
                                   self.ledger.live_calls(self.node), first=True,
                                   called=countries_called(conn, _now_ms() - HISTORY_MS),
@@ -336,9 +380,11 @@ class StoreWriter:
                 self._accounts_stale = True
                 with _bulk_load():
                     plans = self.plans.refresh(self.conn)
-                    carriers = self.carriers.load(self.conn)
-                if plans or carriers is not None:
-                    self.deliver(Snapshot([], {}, plans, complete=False, carriers=carriers))
+                    job = self.carriers.load(self.conn)
+                if job is not None:  # built off this thread: commits go on meanwhile
+                    self._books.submit(job)
+                if plans:
+                    self.deliver(Snapshot([], {}, plans, complete=False))
             now = time.monotonic()
             if self._accounts_stale and now - self._accounts_read >= self.accounts_every_s:
                 self._accounts_stale = False

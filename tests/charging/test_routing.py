@@ -16,7 +16,7 @@ from sidecar.charging.commands import CarrierHealth
 from sidecar.charging.model import MediaOutcome
 from sidecar.routing.health import HealthPolicy
 from sidecar.routing.router import Router, RouterConfig
-from sidecar.routing.select import Order, RoutingPolicy
+from sidecar.routing.select import CarrierBook, Order, RoutingPolicy
 from sidecar.store.carriers import (
     CarrierLoader,
     add_carrier,
@@ -46,11 +46,17 @@ def carriers(sim: Sim, tmp: Path, decks: dict[str, str], **kw: int) -> None:
 
 def routed(sim: Sim, config: RouterConfig | None = None) -> Router:
     router = Router(config or RouterConfig(health=HealthPolicy(min_attempts=3)))
-    book = CarrierLoader().load(sim.conn)
-    assert book is not None
-    router.set_book(book, sim.now)
+    router.set_book(book_of(sim), sim.now)
     sim.charger.router = router
     return router
+
+
+def book_of(sim: Sim) -> CarrierBook:
+    """The carriers' book as ``sidecar run``'s store thread loads it."""
+    loader = CarrierLoader()
+    job = loader.load(sim.conn)
+    assert job is not None
+    return loader.build(job)
 
 
 def offer(sim: Sim, ref: str, number: str = "4930111") -> AuthDecision:
@@ -165,9 +171,7 @@ def test_route_health_pulls_a_carrier_once_stores_it_and_an_operator_brings_it_b
     # An operator enables it; the store tells the router (a new book), and it is back.
     sim.now += 1_000
     set_enabled(sim.conn, "cheap", True, now_ms=sim.now)
-    loader_book = CarrierLoader().load(sim.conn)
-    assert loader_book is not None
-    assert router.set_book(loader_book, sim.now) == ["cheap enabled by an operator"]
+    assert router.set_book(book_of(sim), sim.now) == ["cheap enabled by an operator"]
     assert offer(sim, "again").routes[0].carrier == "cheap"
 
 
@@ -212,3 +216,26 @@ def test_quality_order_prefers_the_carrier_that_completes_calls(sim: Sim) -> Non
         sim.end(ref, ended_by="caller", reason="bye", route="solid")
     sim.now += 2_000
     assert [r.carrier for r in offer(sim, "z").routes] == ["solid", "cheap"]
+
+
+def test_a_carrier_state_change_reuses_the_books_index_a_new_deck_builds_a_new_one(
+        sim: Sim, tmp_path: Path) -> None:
+    loader = CarrierLoader()
+    first = loader.build(loader.load(sim.conn))  # type: ignore[arg-type]
+    assert loader.load(sim.conn) is None  # nothing changed: nothing to build
+    set_enabled(sim.conn, "dear", False, reason="maintenance", now_ms=sim.now)
+    job = loader.load(sim.conn)
+    assert job is not None
+    second = loader.build(job)
+    assert second._index is first._index
+    assert {d.carrier.name: d.carrier.enabled for d in second.decks} == {
+        "cheap": True, "dear": False, "solid": True}
+    (tmp_path / "v2.csv").write_text(HEADER + "Germany Fixed;4930;0.0190;1/1;2026-06-01;0\n")
+    from datetime import UTC, datetime
+
+    import_carrier_deck(sim.conn, "cheap", tmp_path / "v2.csv",
+                        as_of=datetime(2026, 11, 1, tzinfo=UTC))
+    third = loader.build(loader.load(sim.conn))  # type: ignore[arg-type]
+    assert third._index is not first._index
+    (cheap, _dear, _solid) = third.lines("4930111", sim.now // 1000)  # by name
+    assert cheap is not None and cheap.rate == D("0.0190")
