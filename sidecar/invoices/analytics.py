@@ -151,9 +151,10 @@ MARGIN_BY = ("carrier", "destination", "account", "customer", "day")
 
 @dataclass(frozen=True)
 class MarginRow:
-    """Routed calls of one group: what customers were charged for them (``sell``: the
-    rated price less FAS credits), what the carriers charge (``buy``) and the
-    difference (``margin``, exact: the CDRs' margins summed)."""
+    """Routed calls of one group: what customers pay for them (``sell``: the rated price
+    less FAS credits, as each CDR's margin counts it), what the carriers charge (``buy``)
+    and the difference (``margin``, exact: the CDRs' margins summed). Amounts a prepaid
+    account could not cover (written off) are a matter of collection, not of margin."""
 
     key: str
     currency: str
@@ -184,10 +185,10 @@ def margins(conn: Db, by: str, *, account: str | None = None,
     where, args = _where(conn, account, from_ms, to_ms, True)
     tree = account_tree(conn)
     groups: dict[tuple[str, str], list[Any]] = {}
-    for acc, dest, route, ended, ccy, billed, cost, credited, buy, margin, disp in \
+    for acc, dest, route, ended, ccy, billed, buy, margin, disp in \
             conn.execute(
                 "SELECT account, destination, route, ended_ms, currency, billed_seconds, "
-                "cost, credited, buy_cost, margin, disposition FROM cdrs "
+                "buy_cost, margin, disposition FROM cdrs "
                 f"WHERE {where} AND buy_cost IS NOT NULL", args):
         if by == "carrier":
             key = str(route)
@@ -201,11 +202,12 @@ def margins(conn: Db, by: str, *, account: str | None = None,
             key = datetime.fromtimestamp(int(ended) / 1000, UTC).strftime("%Y-%m-%d")
         g = groups.setdefault((key, str(ccy)), [0, 0, 0, ZERO, ZERO, ZERO, 0])
         m = Decimal(str(margin))
+        b = Decimal(str(buy))
         g[0] += 1
         g[1] += disp in ("answered", "no-media")
         g[2] += int(billed)
-        g[3] += Decimal(str(cost)) - Decimal(str(credited))
-        g[4] += Decimal(str(buy))
+        g[3] += m + b  # the sell price the CDR's margin was worked out from
+        g[4] += b
         g[5] += m
         g[6] += m < 0
     rows = [MarginRow(key, ccy, *g) for (key, ccy), g in groups.items()]

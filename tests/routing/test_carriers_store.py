@@ -46,6 +46,7 @@ from tests.conftest import downgrade_and_reopen, write
 H = "destination;code;rate_usd;increment;effective_from\n"
 NOW = datetime(2026, 11, 21, 12, tzinfo=UTC)
 T0 = int(NOW.timestamp() * 1000)
+D = Decimal
 
 
 @pytest.fixture
@@ -208,3 +209,43 @@ def test_a_version_6_store_gains_carriers(db: Db, tmp_path: Path) -> None:
         assert [p["plan"] for p in list_plans(up)] == ["retail"]
     finally:
         up.close()
+
+
+def test_a_pull_in_a_store_batch_and_routed_cdrs_add_up_to_the_margins(db: Db) -> None:
+    """The live sidecar's writes on each database: a route health pull applied once in a
+    batch (also when replayed), routed CDRs with buy cost and margin, and
+    ``stats margin``'s sums exact."""
+    from sidecar.charging.commands import CarrierHealth, Settle
+    from sidecar.charging.model import Cdr, Disposition
+    from sidecar.invoices.analytics import margins
+    from sidecar.store.accounts import ledger_for
+
+    add_account(db, "ACME", "retail", AccountKind.POSTPAID, now_ms=T0)
+    pull = CarrierHealth(1, "alpha", "pulled", "health", "ASR 0.1000 below 0.15",
+                         '{"attempts": 20}', T0 + 60_000, T0)
+    calls = [("c1", "alpha", "0.06", "0.035", "0"), ("c2", "alpha", "0.02", "0.01", "0.02"),
+             ("c3", "beta", "0.10", "0.09", "0")]
+    settles = [Settle(i + 2, Cdr(ref, ref, Disposition.ANSWERED, account="ACME",
+                                 plan="retail", destination="DE", currency="USD",
+                                 offered_ms=T0, answered_ms=T0, ended_ms=T0 + 60_000,
+                                 billed_seconds=60, cost=D(cost), credited=D(credit),
+                                 route=carrier, buy_cost=D(buy),
+                                 margin=D(cost) - D(credit) - D(buy)), T0 + 60_000)
+               for i, (ref, carrier, cost, buy, credit) in enumerate(calls)]
+    ledger = ledger_for(db)
+    res = ledger.execute([pull, *settles])
+    assert all(o.ok for o in res.outcomes), res
+    ledger.execute([pull])  # replayed from a journal: nothing more
+    a = get_carrier(db, "alpha")
+    assert (a.enabled, a.disabled_by, a.until_ms) == (False, "health", T0 + 60_000)
+    assert [e["kind"] for e in carrier_events(db, "alpha")].count("pulled") == 1
+    rows = {r.key: r for r in margins(db, "carrier")}
+    assert (rows["alpha"].calls, rows["alpha"].sell, rows["alpha"].buy,
+            rows["alpha"].margin, rows["alpha"].losses) == (
+        2, D("0.06"), D("0.045"), D("0.015"), 1)
+    assert (rows["beta"].margin, rows["beta"].percent) == (D("0.01"), D("10.00"))
+    (dest,) = margins(db, "destination")
+    assert (dest.key, dest.margin) == ("DE", D("0.025"))
+    stored = {str(r[0]): (r[1], r[2]) for r in db.execute(
+        "SELECT call_ref, buy_cost, margin FROM cdrs")}
+    assert D(str(stored["c2"][1])) == D("-0.01")
