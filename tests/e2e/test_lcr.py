@@ -72,8 +72,9 @@ def db(db_path: Path, tmp_path: Path) -> Iterator[sqlite3.Connection]:
 class Carrier:
     """A SIPp carrier on its own SIP and RTP ports, known to the sidecar's store."""
 
-    def __init__(self, lab: LiveLab, db_path: Path, tmp: Path, name: str, deck: str) -> None:
-        self.lab = lab
+    def __init__(self, lab: LiveLab | None, db_path: Path | str, tmp: Path, name: str,
+                 deck: str) -> None:
+        self.lab = lab  # whose exit stack stops its SIPp (set before ``answer``)
         self.name = name
         self.port = free_port("udp", HOST)
         self.uri = f"sip:{HOST}:{self.port}"
@@ -85,6 +86,7 @@ class Carrier:
 
     def answer(self, scenario: str, *, calls: int = 1, duration_ms: int = 0) -> SippProcess:
         """Start the carrier's SIPp (it takes ``calls`` calls, then ends)."""
+        assert self.lab is not None
         self.proc = self.lab._stack.enter_context(self.lab.uas_sipp.start_uas(
             scenario, port=self.port, media_port=free_port("udp", HOST), calls=calls,
             duration_ms=duration_ms, timeout_s=60, name=self.name))

@@ -66,7 +66,7 @@ def lab(tmp_path: Path, db: sqlite3.Connection, db_path: Path) -> Iterator[LiveL
         yield lab
 
 
-def cli(db_path: Path, *args: str) -> str:
+def cli(db_path: Path | str, *args: str) -> str:
     """Run ``sidecar --db DB ARGS...``; its stdout (fails the test on a non-zero exit)."""
     p = subprocess.run([sys.executable, "-m", "sidecar", "--db", str(db_path), *args],
                        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
@@ -74,7 +74,7 @@ def cli(db_path: Path, *args: str) -> str:
     return p.stdout
 
 
-def cli_json(db_path: Path, *args: str) -> Any:
+def cli_json(db_path: Path | str, *args: str) -> Any:
     return json.loads(cli(db_path, *args, "--json"))
 
 
