@@ -23,13 +23,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
+from pydantic import BaseModel
 
 from .. import __version__
 from ..invoices import list_invoices
@@ -41,7 +42,8 @@ from ..store.conn import Db
 from ..store.fraud import fraud_events
 from ..store.live import live_calls_view
 from ..supervision.routes import PatternConfig, score_routes
-from .app import CONN, STORE
+from . import models as m
+from .app import CONN, STORE, BadRequest
 
 log = logging.getLogger("sidecar.api.dashboard")
 
@@ -75,6 +77,7 @@ def live_snapshot(conn: Db, now_ms: int, recent: int = RECENT) -> dict[str, obje
     for r in rows:
         d = dict(zip(_CDR_COLUMNS, r, strict=True))
         d["ended"] = iso(int(str(d["ended_ms"]))) if d["ended_ms"] is not None else None
+        d["charged"] = fmt(Decimal(str(d["charged"])))  # stored 8-place text, or NUMERIC
         cdrs.append(d)
     return {"now_ms": now_ms, "now": iso(now_ms),
             # Each call as a row of values in the order of ``call_fields`` (half the JSON
@@ -89,8 +92,20 @@ def _live_event(conn: Db, now_ms: int, seq: int) -> bytes:
     make a few hundred kB of JSON, kept off the event loop)."""
     snap = live_snapshot(conn, now_ms)
     snap["seq"] = seq
-    data = json.dumps(snap, separators=(",", ":"), default=str)
+    data = json.dumps(snap, separators=(",", ":"), default=_json_default)
     return f"event: live\nid: {seq}\ndata: {data}\n\n".encode()
+
+
+def _json_default(value: object) -> str:
+    """Amounts through ``money.fmt`` (never ``str(Decimal)``, which can print ``1E-8``),
+    anything else as its text."""
+    return fmt(value) if isinstance(value, Decimal) else str(value)
+
+
+def _as(model: type[BaseModel], rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows as the API serialises them (its response models): money as ``money.fmt``
+    prints it, times as ISO 8601 UTC with milliseconds and ``Z``."""
+    return [model.model_validate(r).model_dump(mode="json") for r in rows]
 
 
 def alerts(accounts: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]] = ()
@@ -127,7 +142,8 @@ def alerts(accounts: Sequence[dict[str, Any]], events: Sequence[dict[str, Any]] 
 
 
 def summary(conn: Db, now_ms: int, days: int = 30, min_calls: int = 20) -> dict[str, object]:
-    """Everything on the page but the live calls, read in one go."""
+    """Everything on the page but the live calls, read in one go; each part as the API
+    answers it (its models: one money and one time format on the page and in the API)."""
     start = now_ms - days * DAY_MS
     accounts = [a.to_dict() for a in list_accounts(conn, now_ms)]
     # Every block or suspension still in force, however old; the rest of the period's last 50.
@@ -137,11 +153,12 @@ def summary(conn: Db, now_ms: int, days: int = 30, min_calls: int = 20) -> dict[
     scores = score_routes(route_calls(conn, from_ms=start), PatternConfig(min_calls=min_calls))
     return {
         "now": iso(now_ms), "days": days, "accounts": accounts, "alerts": alerts(accounts, events),
-        "spend": {by: spend_json(spend(conn, by, from_ms=start))
+        "spend": {by: _as(m.SpendRow, ({"parent": None, **r} for r in
+                                        spend_json(spend(conn, by, from_ms=start))))
                   for by in ("destination", "day", "account")},
-        "fas_routes": [r.to_dict() for r in scores],
-        "fraud_events": sorted(events, key=lambda e: -int(e["ts_ms"])),
-        "invoices": list_invoices(conn)[:100],
+        "fas_routes": _as(m.FasRoute, (r.to_dict() for r in scores)),
+        "fraud_events": _as(m.FraudEvent, sorted(events, key=lambda e: -int(e["ts_ms"]))),
+        "invoices": _as(m.InvoiceSummary, list_invoices(conn)[:100]),
     }
 
 
@@ -271,12 +288,12 @@ async def summary_handler(request: web.Request) -> web.Response:
     try:
         days = _int_query(request, "days", 30, 1, 3660)
         min_calls = _int_query(request, "min_calls", 20, 1, 1_000_000)
-    except ValueError as exc:
-        return web.json_response({"error": str(exc)}, status=400)
+    except ValueError as exc:  # the API's error shape: {"error": ..., "errors": []}
+        raise BadRequest(str(exc)) from exc
     doc = await asyncio.get_running_loop().run_in_executor(
         request.app[STORE], lambda: summary(request.app[CONN], int(time.time() * 1000),
                                             days, min_calls))
-    return web.json_response(doc, dumps=lambda o: json.dumps(o, default=str))
+    return web.json_response(doc, dumps=lambda o: json.dumps(o, default=_json_default))
 
 
 #: The dashboard's routes (all GET): path -> handler.

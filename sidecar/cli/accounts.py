@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import click
@@ -12,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..charging.model import AccountKind
+from ..invoices.records import iso
 from ..money import MoneyError, fmt, parse_amount
 from ..store.accounts import (
     AccountExists,
@@ -101,7 +101,7 @@ def account_add(ctx: Context, code: str, plan: str, kind: str, name: str, balanc
         emit_json(acc.to_dict())
     else:
         click.echo(f"account {acc.code} ({acc.kind.value}, plan {acc.plan}) created, "
-                   f"balance {acc.balance} {acc.currency}")
+                   f"balance {fmt(acc.balance)} {acc.currency}")
 
 
 @account.command("show")
@@ -123,7 +123,7 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
         emit_json({**acc.to_dict(), "effective_limits": lims["effective"],
                    "limits_source": lims["source"],
                    "sip": [{"kind": k, "value": v} for k, v, _ in maps],
-                   "ledger": [{"ts": _iso(r[0]), "kind": r[1], "amount": r[2],
+                   "ledger": [{"ts": iso(r[0]), "kind": r[1], "amount": _money(r[2]),
                                "call_ref": r[3], "note": r[4]} for r in rows]})
         return
     console = Console()
@@ -139,23 +139,22 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
     console.print(f"balance {fmt(acc.balance)} {acc.currency} (held {fmt(acc.held)}, "
                   f"available {fmt(acc.available())})")
     if acc.kind is AccountKind.POSTPAID:
-        console.print(f"credit limit {acc.credit_limit}; today {acc.day_spend}"
-                      f"{f' of {acc.daily_cap}' if acc.daily_cap is not None else ''}; "
-                      f"this month {acc.month_spend}"
-                      f"{f' of {acc.monthly_cap}' if acc.monthly_cap is not None else ''}")
+        console.print(f"credit limit {fmt(acc.credit_limit)}; today {fmt(acc.day_spend)}"
+                      f"{f' of {fmt(acc.daily_cap)}' if acc.daily_cap is not None else ''}; "
+                      f"this month {fmt(acc.month_spend)}"
+                      f"{f' of {fmt(acc.monthly_cap)}' if acc.monthly_cap is not None else ''}")
     if maps:
         console.print("SIP: " + ", ".join(f"{k} {v}" for k, v, _ in maps))
     print_limits(lims, console)
     t = Table("time", "kind", "amount", "call", "note", title="Latest ledger rows")
     for r in rows:
-        t.add_row(_iso(r[0]), r[1], r[2], r[3] or "", r[4])
+        t.add_row(iso(r[0]), r[1], _money(r[2]), r[3] or "", r[4])
     console.print(t)
 
 
-def _iso(ms: int | None) -> str:
-    if ms is None:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+def _money(stored: object) -> str:
+    """A stored amount (8-place text, or a PostgreSQL NUMERIC) as people read it."""
+    return fmt(Decimal(str(stored)))
 
 
 @account.command("list")
@@ -169,7 +168,7 @@ def account_list(ctx: Context, as_json: bool) -> None:
         return
     t = Table("code", "name", "kind", "plan", "balance", "held", "available", "state")
     for a in accs:
-        t.add_row(a.code, a.name, a.kind.value, a.plan, f"{a.balance} {a.currency}",
+        t.add_row(a.code, a.name, a.kind.value, a.plan, f"{fmt(a.balance)} {a.currency}",
                   fmt(a.held), fmt(a.available()),
                   "suspended" if a.suspended else "blocked" if a.blocked else "active")
     Console().print(t)
@@ -196,7 +195,7 @@ def account_topup(ctx: Context, code: str, amount: str, note: str, adjust: bool,
     if as_json:
         emit_json(acc.to_dict())
     else:
-        click.echo(f"account {code}: balance {acc.balance} {acc.currency}")
+        click.echo(f"account {code}: balance {fmt(acc.balance)} {acc.currency}")
 
 
 @account.command("suspend")
@@ -280,8 +279,9 @@ def ledger_verify(ctx: Context, as_json: bool) -> None:
     else:
         for c in checks:
             mark = "ok " if not c.problems else "BAD"
-            click.echo(f"{mark} {c.account}: balance {c.balance} + held {fmt(c.held)} = "
-                       f"ledger {c.ledger_sum}; charges {c.charges} = CDRs {c.cdr_charges}")
+            click.echo(f"{mark} {c.account}: balance {fmt(c.balance)} + held {fmt(c.held)} "
+                       f"= ledger {fmt(c.ledger_sum)}; charges {fmt(c.charges)} = CDRs "
+                       f"{fmt(c.cdr_charges)}")
             for p in c.problems:
                 click.echo(f"    {p}")
         click.echo(f"{len(checks)} accounts, {len(bad)} with problems")

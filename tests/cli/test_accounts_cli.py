@@ -36,7 +36,7 @@ def test_account_lifecycle(db: Path) -> None:
     run(db, "account", "resume", "ACME-1")
     assert not json.loads(run(db, "account", "show", "ACME-1", "--json").stdout)["suspended"]
     out = run(db, "ledger", "verify").stdout
-    assert "ok  ACME-1: balance 12.50 + held 0 = ledger 12.50" in out
+    assert "ok  ACME-1: balance 12.5 + held 0 = ledger 12.5" in out
 
 
 def test_errors_name_what_is_wrong(db: Path) -> None:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -23,14 +24,26 @@ from aiohttp import web
 from sidecar.api import app as api_app
 from sidecar.api import dashboard, make_app
 from sidecar.api.dashboard import PUBLIC_PATHS, alerts
+from sidecar.api.models import TIME_PATTERN
+from sidecar.invoices import issue_invoice
 from sidecar.money import fmt
 from tests.charging.harness import Sim
-from tests.invoices.helpers import NUMBERS, SETTINGS, add_customer, call, new_sim
+from tests.invoices.helpers import (
+    AFTER,
+    NUMBERS,
+    PERIOD,
+    SETTINGS,
+    add_customer,
+    call,
+    failed_call,
+    new_sim,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 TOKEN = "dashboard-api-test-token-" + "x" * 20
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TIME = re.compile(TIME_PATTERN)
 
 
 @asynccontextmanager
@@ -120,7 +133,8 @@ def test_the_summary_has_balances_alerts_spend_fas_fraud_and_invoices(sim: Sim) 
                 doc = await r.json()
             async with http.get(base + "/dashboard/summary?days=0", headers=AUTH) as r:
                 assert r.status == 400
-                assert "days must be an integer between 1 and 3660" in (await r.json())["error"]
+                assert await r.json() == {
+                    "error": "days must be an integer between 1 and 3660", "errors": []}
         (acme,) = doc["accounts"]
         assert acme["balance"] == fmt(sim.balance("ACME")) and Decimal(acme["held"]) > 0
         (dest,) = doc["spend"]["destination"]
@@ -128,6 +142,66 @@ def test_the_summary_has_balances_alerts_spend_fas_fraud_and_invoices(sim: Sim) 
         assert [r["route"] for r in doc["fas_routes"]] == ["carrier-a"]
         assert doc["invoices"] == [] and doc["fraud_events"] == [] and doc["alerts"] == []
     asyncio.run(main())
+
+
+#: A string that looks like an amount but is not in the one money format (an exponent,
+#: or zeros trailing after the point), and a time that is not ISO 8601 UTC ms + "Z".
+NOT_MONEY = re.compile(r"^-?[0-9.]+E[-+]?[0-9]+$|^-?[0-9]+\.[0-9]*0$")
+A_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T")
+
+
+def _strings(doc: Any) -> Iterator[str]:
+    if isinstance(doc, dict):
+        for v in doc.values():
+            yield from _strings(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            yield from _strings(v)
+    elif isinstance(doc, str):
+        yield doc
+
+
+def test_money_and_times_are_shown_as_the_api_gives_them(sim: Sim) -> None:
+    """One money format (``money.fmt``: no exponent, no trailing zeros) and one time format
+    on the page as in the API: the charge of a call just ended (stored as 8-place text),
+    spend, invoice totals and the times of fraud events and invoices. The summary's parts
+    are what the API's endpoints answer, field for field."""
+    failed_call(sim, "busy", NUMBERS[0])  # charged 0
+    call(sim, "tiny", NUMBERS[0], 1_000)  # 0.00015833: str(Decimal) would not do
+    issue_invoice(sim.conn, "ACME", PERIOD, SETTINGS, now_ms=AFTER)
+    sim.conn.execute(
+        "INSERT INTO fraud_events (ts_ms, account, rule, action, reason, evidence, key) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)", (sim.now, "ACME", "spend_per_hour", "alert",
+                                         "spent 0.5", "{}", "f1"))
+    sim.conn.commit()
+
+    async def main() -> tuple[Any, ...]:
+        async with serve(make_app(sim.conn, TOKEN, settings=SETTINGS)) as base, \
+                aiohttp.ClientSession() as http:
+            async def get(path: str) -> Any:
+                async with http.get(base + path, headers=AUTH) as r:
+                    assert r.status == 200, (path, await r.text())
+                    return await r.json()
+            summary = await get("/dashboard/summary?days=3660")
+            async with http.get(base + "/dashboard/live", headers=AUTH) as r:
+                ((_, live, _),) = await read_events(r, 1)
+            return (summary, live, await get("/v1/invoices"), await get("/v1/fraud-events"),
+                    await get("/v1/stats/spend?by=destination"),
+                    await get("/v1/stats/spend?by=day"), await get("/v1/accounts"))
+    summary, live, invoices, events, by_dest, by_day, accounts = asyncio.run(main())
+    recent = {d["call_ref"]: d for d in live["recent"]}
+    assert (recent["busy"]["charged"], recent["tiny"]["charged"]) == ("0", "0.00015833")
+    assert recent["c0"]["charged"] == fmt(Decimal(recent["c0"]["charged"]))
+    for doc in (summary, live):
+        for text in _strings(doc):
+            assert not NOT_MONEY.search(text), text
+            if A_TIME.match(text):
+                assert TIME.match(text), text
+    assert summary["invoices"] == invoices["invoices"] != []
+    assert summary["fraud_events"] == events["events"] != []
+    assert summary["spend"]["destination"] == by_dest["rows"]
+    assert summary["spend"]["day"] == by_day["rows"]
+    assert summary["accounts"] == accounts["accounts"]
 
 
 def test_alerts_name_low_balances_spend_caps_suspensions_blocks_and_open_fraud() -> None:
