@@ -179,6 +179,11 @@ def _listen_problem(value: str) -> str | None:
         f'must be "HOST:PORT" (e.g. "127.0.0.1:9464") or "" (off), not {value!r}')
 
 
+def _api_listen_problem(value: str) -> str | None:
+    return None if listen_address(value) else (
+        f'must be "HOST:PORT" (e.g. "127.0.0.1:8480"), not {value!r}')
+
+
 def _url_problem(value: str) -> str | None:
     return None if not value or value.startswith(("postgresql://", "postgres://")) else (
         f"must be a postgresql:// URL, not {mask_url(value)[:20]!r}...")
@@ -307,7 +312,7 @@ class Config:
                                    "of `sidecar run`; \"\" = off")
     # [api]: `sidecar api`
     api_listen: str = _key("api.listen", "127.0.0.1:8480", restart=False,
-                           doc="`sidecar api` listens here")
+                           check=_api_listen_problem, doc="`sidecar api` listens here")
     api_token_file: str = _key("api.token_file", "", restart=False,
                                doc="file holding the API's bearer token (else "
                                    "$SIDECAR_API_TOKEN)")

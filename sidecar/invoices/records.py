@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, NamedTuple
 
+from ..money import fmt
 from ..store.conn import Db, filters
 
 # Every column of the cdrs table, in table order (the API and CSV export show them all).
@@ -53,10 +54,13 @@ def check_account(conn: Db, code: str) -> None:
 def safe_cell(value: object) -> object:
     """A CSV cell that no spreadsheet evaluates: text starting (after any blanks) with
     ``= + - @``, tab or CR gets a leading single quote. Numbers we formatted ourselves
-    (int, Decimal) are left alone: a plain number is never a formula."""
+    (int, Decimal) are left alone: a plain number is never a formula. A Decimal is
+    written with its scale and never in exponent notation (``0.00000000``, not ``0E-8``)."""
     if value is None:
         return ""
-    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     text = str(value)
     if text.startswith(_FORMULA_START) or text.lstrip(_BLANKS).startswith(_FORMULA_START):
@@ -130,15 +134,18 @@ def cdr_json(row: dict[str, object]) -> dict[str, object]:
         v = row[col]
         out[col] = v
         out[col[:-3]] = iso(v) if isinstance(v, int) else None
-    out["rating"] = {k: row[k] for k in (
+    rating: dict[str, object] = {k: row[k] for k in (
         "rate", "increment", "currency", "usage", "connection_fee", "surcharge",
         "minimum_uplift", "cost")}
+    out["rating"] = rating
     for k in ("charged", "written_off", "credited"):
-        out[k] = str(row[k])
+        out[k] = fmt(Decimal(str(row[k])))
     # Least-cost routing: what the carrier charges for the call and what it leaves
     # (null for a call the sidecar did not route).
     for k in ("buy_cost", "margin"):
-        out[k] = None if row[k] is None else str(row[k])
+        out[k] = None if row[k] is None else fmt(Decimal(str(row[k])))
+    for k in ("rate", "usage", "connection_fee", "surcharge", "minimum_uplift", "cost"):
+        rating[k] = fmt(Decimal(str(row[k])))
     return out
 
 

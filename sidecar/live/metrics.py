@@ -9,8 +9,9 @@ prometheus_client's global one.
 
 Label values are few and fixed by the code or the operator: decisions, SIP codes the
 sidecar answers, limit and fraud rule names, FAS verdicts, CDR dispositions, currencies,
-and the carriers set up for least-cost routing (``sidecar carrier add``). Never an
-account, a number, or a route taken from the wire.
+routes (the carriers set up for least-cost routing, else the next hop Kamailio's
+configuration names) on FAS verdicts, and the account on fraud events (rare: only the
+accounts a rule tripped on). Never a number, a call or anything else from the wire.
 """
 
 from __future__ import annotations
@@ -58,9 +59,11 @@ class Metrics:
         self._cdrs = Counter("sidecar_cdrs", "CDRs written, by disposition",
                              ["disposition"], registry=r)
         self._fas = Counter("sidecar_fas_verdicts", "False Answer Supervision verdicts on "
-                            "written CDRs, by verdict", ["verdict"], registry=r)
-        self._fraud = Counter("sidecar_fraud_events", "Fraud rules tripped, by rule and "
-                              "action (alert, block, suspend)", ["rule", "action"],
+                            "written CDRs, by verdict and route (the carrier or next hop)",
+                            ["verdict", "route"], registry=r)
+        self._fraud = Counter("sidecar_fraud_events", "Fraud rules tripped, by rule, action "
+                              "(alert, block, suspend) and account", ["rule", "action",
+                                                                      "account"],
                               registry=r)
         self._children: dict[tuple[str, ...], Counter] = {}
         for d in Disposition:  # every disposition shown from the start, at 0
@@ -90,13 +93,13 @@ class Metrics:
         """An offer was answered busy (503) without being decided: overload."""
         self._busy.inc()
 
-    def cdr(self, disposition: str, fas_verdict: str) -> None:
+    def cdr(self, disposition: str, fas_verdict: str, route: str = "") -> None:
         self._child(self._cdrs, "cdr", disposition).inc()
         if fas_verdict:
-            self._child(self._fas, "fas", fas_verdict).inc()
+            self._child(self._fas, "fas", fas_verdict, route).inc()
 
-    def fraud(self, rule: str, action: str) -> None:
-        self._child(self._fraud, "fraud", rule, action).inc()
+    def fraud(self, rule: str, action: str, account: str = "") -> None:
+        self._child(self._fraud, "fraud", rule, action, account).inc()
 
     def cut_off(self, lag_ms: int) -> None:
         """A call was ended ``lag_ms`` after its deadline (``dlg.end_dlg`` sent)."""

@@ -406,7 +406,8 @@ class Sidecar:
                 self._spawn(self.end_call(a))
             elif isinstance(a, Alert):
                 if a.kind == "fraud":
-                    self.metrics.fraud(a.data.get("rule", ""), a.data.get("action", ""))
+                    self.metrics.fraud(a.data.get("rule", ""), a.data.get("action", ""),
+                                       a.account)
                 self._spawn(self.notifier.alert(a))
             elif isinstance(a, Recharge):
                 acc = self.book.get(a.account, a.at_ms)
@@ -416,7 +417,7 @@ class Sidecar:
                     self.charger.recharged))
             elif isinstance(a, CdrWritten):
                 c = a.cdr
-                self.metrics.cdr(c.disposition.value, c.fas_verdict)
+                self.metrics.cdr(c.disposition.value, c.fas_verdict, c.route)
                 # An ordinary CDR is in the store; the log tells what needs a look (a FAS
                 # verdict, money written off, a call the sidecar ended) at info level.
                 notable = bool(c.fas_verdict or c.written_off or (c.end_reason

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from ..charging.commands import BatchResult, Outcome, Settle, StoreCommand
 from ..charging.model import Account, AccountKind, Cdr, Settlement
-from ..money import ZERO, check_currency
+from ..money import ZERO, check_currency, fmt
 from .batch import Batch
 from .conn import Db
 from .db import transaction
@@ -342,7 +342,7 @@ class SqlLedger:
             new = acc.balance + amount
             if acc.kind is AccountKind.PREPAID and new < 0:
                 raise ValueError(f"adjustment would take prepaid account '{code}' below zero "
-                                 f"(balance {acc.balance})")
+                                 f"(balance {fmt(acc.balance)})")
             d.execute(conn, "INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "
                       "VALUES (?, ?, ?, ?, ?, ?)", (now_ms, code, kind, d.money(amount), None,
                                                     note))
@@ -423,18 +423,20 @@ def _verify(conn: Connection, d: Dialect) -> list[LedgerCheck]:
             cdr_credits += Decimal(str(credited))
         problems = []
         if total != acc.balance + acc.held:
-            problems.append(f"balance {acc.balance} + held {acc.held} != ledger sum {total}")
+            problems.append(f"balance {fmt(acc.balance)} + held {fmt(acc.held)} != ledger sum "
+                            f"{fmt(total)}")
         if holds != acc.held:
-            problems.append(f"held {acc.held} != open reservations {holds}")
+            problems.append(f"held {fmt(acc.held)} != open reservations {fmt(holds)}")
         if charges != cdr_charges:
-            problems.append(f"ledger charges {charges} != CDR charges {cdr_charges}")
+            problems.append(f"ledger charges {fmt(charges)} != CDR charges {fmt(cdr_charges)}")
         if credits != cdr_credits:
-            problems.append(f"ledger call credits {credits} != CDR credits {cdr_credits}")
+            problems.append(f"ledger call credits {fmt(credits)} != CDR credits "
+                            f"{fmt(cdr_credits)}")
         if ended:
             problems.append(f"{len(ended)} reservation(s) left on calls settled already "
                             f"(e.g. {ended[0]})")
         if acc.kind is AccountKind.PREPAID and acc.balance < 0:
-            problems.append(f"prepaid balance below zero: {acc.balance}")
+            problems.append(f"prepaid balance below zero: {fmt(acc.balance)}")
         out.append(LedgerCheck(acc.code, acc.balance, total, acc.held, holds, charges,
                                cdr_charges, tuple(problems)))
     return out

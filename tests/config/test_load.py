@@ -65,7 +65,9 @@ def test_bad_environment_values_name_the_variable_and_the_key(tmp_path: Path) ->
 def test_every_problem_of_a_file_is_named_by_its_key_path(tmp_path: Path) -> None:
     p = write(tmp_path, '[media]\ngrace_ms = -5\nenabled = "yes"\n[kamailio]\nevapi_port = 0\n'
                         '[medai]\nx = 1\n[recharge]\ncommand = ["pay", 3]\n'
-                        '[database]\nurl = "mysql://u:secret@db/x"\n')
+                        '[database]\nurl = "mysql://u:secret@db/x"\n'
+                        '[api]\nlisten = "nowhere"\n[routing]\norder = "random"\n'
+                        'min_margin_percent = "-1"\n')
     found = problems(p)
     assert found == [
         f"{p}: database.url: must be a postgresql:// URL, not 'mysql://u:***@db/x'...",
@@ -73,6 +75,9 @@ def test_every_problem_of_a_file_is_named_by_its_key_path(tmp_path: Path) -> Non
         f"{p}: media.enabled: must be bool, not str",
         f"{p}: media.grace_ms: must be at least 0, not -5",
         f"{p}: recharge.command: must be a list of strings (item 2 is int)",
+        f"{p}: api.listen: must be \"HOST:PORT\" (e.g. \"127.0.0.1:8480\"), not 'nowhere'",
+        f"{p}: routing.order: must be one of 'cost', 'quality', not 'random'",
+        f"{p}: routing.min_margin_percent: must be a finite amount of 0 or more, not '-1'",
         f"{p}: medai: unknown table (did you mean [media]? tables: alerts, api, charging, "
         "database, invoice, kamailio, media, metrics, node, recharge, routing)",
     ]

@@ -93,6 +93,7 @@ def test_cdrs_csv_is_safe_for_spreadsheets(tmp_path: Path, sim: Sim) -> None:
     assert rows["c3"]["caller"] == "'@SUM(A1)"
     assert rows["c3"]["callee"] == "493012345678"  # digits are left alone
     assert rows["c1"]["charged"] == "0.60000000"  # 61 s on 60/60 at 0.30: two minutes
+    assert rows["c1"]["written_off"] == "0.00000000"  # never 0E-8
     assert rows["c4"]["disposition"] == "failed" and rows["c4"]["sip_code"] == "486"
     for r in rows.values():
         for v in r.values():
@@ -103,8 +104,10 @@ def test_cdrs_json_and_table_and_time_filters(tmp_path: Path, sim: Sim) -> None:
     everything = json.loads(run(tmp_path, "cdrs", "--format", "json").stdout)
     assert [c["call_ref"] for c in everything] == ["c1", "c2", "c3", "c4"]
     c1 = everything[0]
-    assert c1["rating"]["rate"] == "0.30" and c1["rating"]["cost"] == "0.60000000"
-    assert c1["charged"] == "0.60000000" and c1["ended"].startswith("2026-11-21T12:")
+    # Money as the API writes it: plain digits, no exponent, no trailing zeros.
+    assert c1["rating"]["rate"] == "0.3" and c1["rating"]["cost"] == "0.6"
+    assert c1["charged"] == "0.6" and c1["written_off"] == "0" == c1["credited"]
+    assert c1["ended"].startswith("2026-11-21T12:")
     later = json.loads(run(tmp_path, "cdrs", "--from", c1["ended"], "--format", "json").stdout)
     assert [c["call_ref"] for c in later] == ["c1", "c2", "c3", "c4"]
     after_c1 = json.loads(run(tmp_path, "cdrs", "--from", everything[1]["ended"], "--to",
@@ -186,5 +189,6 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_quoted() -> None:
         assert safe_cell(hostile) == "'" + hostile, repr(hostile)
     for plain in ("ACME", "493012345678", "0.60000000", "a=b", ""):
         assert safe_cell(plain) == plain
-    assert safe_cell(Decimal("-0.5")) == Decimal("-0.5")  # a number we formatted
+    assert safe_cell(Decimal("-0.5")) == "-0.5"  # a number we formatted: not quoted
+    assert safe_cell(Decimal("0E-8")) == "0.00000000"  # never in exponent notation
     assert safe_cell(None) == ""
