@@ -50,7 +50,10 @@ from ..invoices import (
     reconciliation_json,
 )
 from ..invoices.analytics import (
+    MARGIN_BY,
     SPEND_BY,
+    margins,
+    margins_json,
     route_calls,
     route_stats,
     route_stats_json,
@@ -71,6 +74,7 @@ from ..store.accounts import (
     list_accounts,
     set_suspended,
 )
+from ..store.carriers import deck_info, list_carriers
 from ..store.conn import Db
 from ..store.decks import (
     ImportConflict,
@@ -498,6 +502,30 @@ def stats_routes(request: web.Request) -> web.Response:
 
 
 @in_store
+def stats_margin(request: web.Request) -> web.Response:
+    by = request.query.get("by", "carrier")
+    if by not in MARGIN_BY:
+        raise BadRequest(f"by must be one of {', '.join(MARGIN_BY)}")
+    start, end = _range(request)
+    rows = margins(request.app[CONN], by, account=_account(request), from_ms=start,
+                   to_ms=end)
+    return _reply(m.Margins, {"by": by, "rows": margins_json(rows)})
+
+
+@in_store
+def carriers_list(request: web.Request) -> web.Response:
+    conn = request.app[CONN]
+    out = []
+    for c in list_carriers(conn):
+        out.append({"name": c.name, "uri": c.uri, "buy_plan": c.plan,
+                    "currency": str(deck_info(conn, c)["currency"]),
+                    "max_calls": c.max_calls, "max_cps": c.max_cps, "enabled": c.enabled,
+                    "disabled_by": c.disabled_by, "disabled_reason": c.disabled_reason,
+                    "disabled_ms": c.disabled_ms, "until_ms": c.until_ms})
+    return _reply(m.Carriers, {"carriers": out})
+
+
+@in_store
 def fas_routes(request: web.Request) -> web.Response:
     start, end = _range(request)
     min_calls = _int_param(request, "min_calls", 20, 1, 1_000_000)
@@ -767,6 +795,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/stats/routes", stats_routes,
              "ASR, ACD, PDD and answer delay per route.", m.Routes,
              params=(_ACCOUNT_Q, _FROM, _TO), errors=(400, 404, 422)),
+    Endpoint("GET", "/v1/stats/margin", stats_margin,
+             "Least-cost routing: buy cost, sell price and margin of the calls the sidecar "
+             "routed, by carrier, destination, account, customer or day.", m.Margins,
+             params=(Param("by", "query", "Grouping (default carrier).",
+                           {"type": "string", "enum": list(MARGIN_BY)}),
+                     Param("account", "query", "Only this account and those below it.",
+                           {"type": "string", "minLength": 1}), _FROM, _TO),
+             errors=(400, 404, 422)),
+    Endpoint("GET", "/v1/carriers", carriers_list,
+             "The carriers calls are routed to, with their state (enabled, disabled by an "
+             "operator, pulled by route health until when).", m.Carriers),
     Endpoint("GET", "/v1/fas/routes", fas_routes,
              "False Answer Supervision score per route (most suspicious first), each "
              "with its evidence.", m.FasRoutes,

@@ -498,6 +498,48 @@ class Spend(Out):
     rows: list[SpendRow]
 
 
+class MarginRow(Out):
+    key: str = Field(description="The carrier, destination, account, customer or day.")
+    currency: str
+    calls: int = Field(description="Calls the sidecar routed (answered or not).")
+    answered: int
+    billed_seconds: int
+    sell: Money = Field(description="What customers pay: the rated price less FAS credits.")
+    buy: Money = Field(description="What the carriers charge.")
+    margin: Money = Field(description="sell - buy (negative: a loss), the CDRs' margins "
+                                      "summed exactly.")
+    margin_percent: str | None = Field(description="margin / sell in percent, 2 places "
+                                                   "half-up; null when sell is 0.")
+    losses: int = Field(description="Calls that lost money.")
+
+
+class Margins(Out):
+    by: Literal["carrier", "destination", "account", "customer", "day"]
+    rows: list[MarginRow]
+
+
+class CarrierOut(Out):
+    """A carrier calls are routed to (least-cost routing)."""
+
+    name: str
+    uri: str = Field(description="Its SIP destination.")
+    buy_plan: str = Field(description="Its buy deck (a plan of kind buy).")
+    currency: str
+    max_calls: int | None = Field(description="Concurrent calls it takes (null: no limit).")
+    max_cps: int | None = Field(description="Calls per second it takes (null: no limit).")
+    enabled: bool
+    disabled_by: str = Field(description="operator or health (route health pulled it); "
+                                         "empty when enabled.")
+    disabled_reason: str
+    disabled_ms: Ms | None
+    until_ms: Ms | None = Field(description="Pulled by route health: when its cool-down "
+                                            "ends.")
+
+
+class Carriers(Out):
+    carriers: list[CarrierOut]
+
+
 class RouteStats(Out):
     route: str
     attempts: int

@@ -185,7 +185,7 @@ def stats_margin(ctx: Context, by: str, account: str | None, start: str | None,
     check_account_option(ctx, account)
     rows = margins(ctx.conn, by, account=account, from_ms=f, to_ms=t)
     if as_json:
-        emit_json({"by": by, "rows": margins_json(rows, by)})
+        emit_json({"by": by, "rows": margins_json(rows)})
         return
     table = Table(by, "calls", "answered", "sell", "buy", "margin", "%", "losing",
                   title=f"Margin by {by}")

@@ -218,9 +218,9 @@ def margins(conn: Db, by: str, *, account: str | None = None,
     return rows
 
 
-def margins_json(rows: list[MarginRow], by: str) -> list[dict[str, object]]:
+def margins_json(rows: list[MarginRow]) -> list[dict[str, object]]:
     """Margin rows for JSON output (money as exact strings, without trailing zeros)."""
-    return [{by: r.key, "currency": r.currency, "calls": r.calls, "answered": r.answered,
+    return [{"key": r.key, "currency": r.currency, "calls": r.calls, "answered": r.answered,
              "billed_seconds": r.billed_seconds, "sell": fmt(r.sell), "buy": fmt(r.buy),
              "margin": fmt(r.margin),
              "margin_percent": None if r.percent is None else str(r.percent),

@@ -60,6 +60,9 @@ CASES: list[tuple[str, str, dict[str, str], str, Any, dict[str, str], int]] = [
     ("GET", "/v1/accounts/{code}/limits", {"code": "DEPT"}, "", None, {}, 200),
     ("GET", "/v1/fraud-events", {}, "", None, {}, 200),
     ("GET", "/v1/fraud-events", {}, "?open=true&account=ACME", None, {}, 200),
+    ("GET", "/v1/stats/margin", {}, "?by=destination&account=ACME", None, {}, 200),
+    ("GET", "/v1/stats/margin", {}, "?by=moon", None, {}, 400),
+    ("GET", "/v1/carriers", {}, "", None, {}, 200),
     # writes
     ("POST", "/v1/accounts", {}, "", {"code": "NEW", "plan": "retail", "balance": "5"},
      {}, 201),

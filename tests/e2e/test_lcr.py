@@ -234,7 +234,7 @@ def test_stats_margin_by_carrier_destination_and_customer(
                     ("account", "ACME")):
         doc = cli_json(db_path, "stats", "margin", "--by", by)
         (row,) = doc["rows"]
-        assert row[by] == key, doc
+        assert row["key"] == key, doc
         assert (row["calls"], row["answered"]) == (2, 2)
         assert (Decimal(row["sell"]), Decimal(row["buy"]), Decimal(row["margin"])) == (
             sell, buy, sell - buy), doc
