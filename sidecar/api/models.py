@@ -256,6 +256,13 @@ class Cdr(Out):
     margin: Money | None = Field(description="The rated price less any credit less "
                                              "buy_cost (negative: a loss); null when the "
                                              "sidecar did not route the call.")
+    deck_currency: str | None = Field(description="A call of an account paying in another "
+                                                  "currency than its plan rates in: the "
+                                                  "plan's currency; null otherwise.")
+    deck_cost: Money | None = Field(description="... the call's price in that currency "
+                                                "(the CDR's amounts are in the account's).")
+    fx_rate: str | None = Field(description="... the exchange rate used: account currency "
+                                            "per plan currency, exact.")
     media_evidence: Evidence = Field(description="What media supervision saw (a JSON "
                                                  "value); null when the call had none.")
     offered_ms: Ms | None

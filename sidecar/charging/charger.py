@@ -22,6 +22,7 @@ Timeline of an answered prepaid call::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import json
@@ -29,12 +30,14 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from ..money import ZERO, to_text
 from ..numbers import InvalidNumber, normalize, origin_class
 from ..rating import NoRate, Price, RateLine, RateTable, affordable_seconds, price
+from ..rating.fx import FxError, FxTable
 from ..routing.health import HealthEvent
 from ..routing.router import Router
 from .book import AccountBook
@@ -130,6 +133,10 @@ class CallSession:
     meta: dict[str, str] = field(default_factory=dict)
     cap_seconds: int = 0  # the longest the limits allow (duration, or cost) ...
     cap_reason: str = ""  # ... and what the call's end says when it reaches it
+    #: An account whose currency differs from its deck's: the deck's line (``line`` is
+    #: it converted to the account's currency) and the exchange rate used.
+    deck_line: RateLine | None = None
+    fx_rate: Decimal | None = None
 
     @property
     def paid_until_ms(self) -> int | None:
@@ -191,6 +198,9 @@ class Charger:
         self._eff: dict[str, tuple[list[Limits], Limits]] = {}
         #: Least-cost routing (None, or no carriers: calls go where Kamailio sends them).
         self.router: Router | None = None
+        #: Exchange rates: accounts whose currency differs from their deck's.
+        self.fx = FxTable()
+        self._converted: dict[tuple[int, str, Decimal], tuple[RateLine, RateLine]] = {}
 
     # --- events --------------------------------------------------------------------
     def authorize(
@@ -242,6 +252,17 @@ class Charger:
         except (NoRate, InvalidNumber) as exc:
             return self._reject(call_ref, call_id, acc, 404, str(exc), caller, number,
                                 now_ms)
+        deck_line: RateLine | None = None
+        fx_rate: Decimal | None = None
+        if line.currency != acc.currency:
+            try:
+                deck_line, fx_rate = line, self._fx_rate(line.currency, acc.currency, now_ms)
+            except FxError as exc:
+                return self._reject(call_ref, call_id, acc, 503,
+                                    f"account {acc.code} pays in {acc.currency}, its plan "
+                                    f"rates in {line.currency}: {exc}", caller, digits,
+                                    now_ms, phrase="No Exchange Rate", limit="fx")
+            line = self._in_currency(line, acc.currency, fx_rate)
         lim = self.limits_of(acc, now_ms)
         cap = acc.max_call_seconds
         cap_reason = _duration_reason(cap)
@@ -276,7 +297,8 @@ class Charger:
         routes: tuple[Any, ...] = ()
         router = self.router
         if router is not None and router.active:
-            rl = router.route(digits, now_ms, line, origin)
+            # Buy and sell are compared in the deck's currency.
+            rl = router.route(digits, now_ms, deck_line or line, origin)
             if not rl.routes:
                 rc = router.config
                 return self._reject(call_ref, call_id, acc, rc.no_route_code, rl.reason,
@@ -298,7 +320,8 @@ class Charger:
                         limit="suspended" if after.suspended else "blocked")
         self.sessions[call_ref] = CallSession(
             call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller, origin,
-            now_ms, max_seconds, cap_seconds=cap, cap_reason=cap_reason)
+            now_ms, max_seconds, cap_seconds=cap, cap_reason=cap_reason, deck_line=deck_line,
+            fx_rate=fx_rate)
         if routes:
             assert router is not None
             router.started(call_ref, routes, now_ms)
@@ -473,9 +496,19 @@ class Charger:
         if line is None:
             log.error("cannot adopt %s: no rate for %s", call_ref, digits)
             return []
+        deck_line: RateLine | None = None
+        fx_rate: Decimal | None = None
+        if line.currency != acc.currency:
+            try:
+                fx_rate = self._fx_rate(line.currency, acc.currency, answered_ms or now_ms)
+            except FxError as exc:
+                log.error("cannot adopt %s: %s", call_ref, exc)
+                return []
+            deck_line, line = line, self._in_currency(line, acc.currency, fx_rate)
         s = CallSession(call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller,
                         origin, answered_ms or now_ms, acc.max_call_seconds,
-                        paid_seconds=paid_seconds, reserved=reserved)
+                        paid_seconds=paid_seconds, reserved=reserved, deck_line=deck_line,
+                        fx_rate=fx_rate)
         self.sessions[call_ref] = s
         self.guard.adopt(acc.code, call_ref)
         log.info("adopted %s account=%s paid=%ss answered=%s", call_ref, acc.code, paid_seconds,
@@ -586,6 +619,11 @@ class Charger:
                     cdr.credited = cdr.cost  # the ledger credits what it charged
         if s.answered_ms is not None:
             cdr.signalled_ms = max(0, now_ms - s.answered_ms)
+        if s.deck_line is not None:  # rated in another currency: the deck's price too
+            cdr.deck_currency = s.deck_line.currency
+            cdr.fx_rate = str(s.fx_rate)
+            cdr.deck_cost = (self._price(s.deck_line, cdr.billed_seconds).cost
+                             if cdr.billed_seconds else ZERO)
         cdr.ended_by = ended_by
         cdr.end_reason = s.end_reason or reason
         if self.router is not None:
@@ -607,6 +645,28 @@ class Charger:
         """The INVITE failed (final negative reply or CANCEL): a zero-cost CDR."""
         return self.end(call_ref, now_ms, ended_by="", reason=reason or "failed", sip_code=code,
                         route=route, media=media)
+
+    def _fx_rate(self, deck: str, account: str, now_ms: int) -> Decimal:
+        """Account currency per deck currency in force at ``now_ms`` (:class:`FxError`)."""
+        return self.fx.rate(deck, account, _utc(now_ms))[0]
+
+    def _in_currency(self, line: RateLine, currency: str, rate: Decimal) -> RateLine:
+        """``line`` with its amounts in ``currency`` at ``rate``: each multiplied exactly
+        (no rounding here); a price on it is then rounded once, per component, as every
+        price is. Kept per line and rate: the charger's price caches go by line."""
+        key = (id(line), currency, rate)
+        hit = self._converted.get(key)
+        if hit is not None and hit[0] is line:
+            return hit[1]
+        if len(self._converted) > 100_000:
+            self._converted.clear()
+        conv = dataclasses.replace(
+            line, rate=line.rate * rate, currency=currency,
+            connection_fee=line.connection_fee * rate,
+            minimum_charge=line.minimum_charge * rate,
+            short_call_surcharge=line.short_call_surcharge * rate)
+        self._converted[key] = (line, conv)
+        return conv
 
     def _routed(self, s: CallSession, cdr: Cdr, now_ms: int) -> None:
         """A call the router sent to carriers: what the carrier that took it charges
@@ -1057,3 +1117,7 @@ def _duration_reason(cap: int) -> str:
 @functools.lru_cache(maxsize=256)
 def _cost_reason(cost: Decimal) -> str:
     return f"maximum call cost {cost} reached"
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)

@@ -136,6 +136,13 @@ class Cdr:
     #: buy_cost``, what the call leaves (negative: a loss).
     buy_cost: Decimal | None = None
     margin: Decimal | None = None
+    #: A call rated on a deck in another currency than the account's: the deck's currency,
+    #: the price in it (``cost``, ``rate`` and the other amounts are in the account's
+    #: currency, ``currency``) and the exchange rate used (account currency per deck
+    #: currency, exact). "" / None for a call rated in the account's own currency.
+    deck_currency: str = ""
+    deck_cost: Decimal | None = None
+    fx_rate: str | None = None
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,9 @@ def account() -> None:
 @click.option("--kind", type=click.Choice(["prepaid", "postpaid"]), default="prepaid",
               show_default=True)
 @click.option("--name", default="")
+@click.option("--currency", default=None,
+              help="What the account pays in (default: its plan's; another one needs an "
+                   "exchange rate: sidecar fx set).")
 @click.option("--balance", default=None, help="Initial top-up (prepaid).")
 @click.option("--credit-limit", default=None, help="Postpaid: how far below zero it may go.")
 @click.option("--daily-cap", default=None, help="Postpaid: spend per UTC day, then suspend.")
@@ -73,7 +76,8 @@ def account() -> None:
               "inherited from it.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def account_add(ctx: Context, code: str, plan: str, kind: str, name: str, balance: str | None,
+def account_add(ctx: Context, code: str, plan: str, kind: str, name: str,
+                currency: str | None, balance: str | None,
                 credit_limit: str | None, daily_cap: str | None, monthly_cap: str | None,
                 chunk_seconds: int | None, max_call_seconds: int, low_balance: str | None,
                 recharge_below: str | None, recharge_amount: str | None, address: str,
@@ -82,7 +86,7 @@ def account_add(ctx: Context, code: str, plan: str, kind: str, name: str, balanc
     now = _now_ms()
     try:
         acc = add_account(
-            ctx.conn, code, plan, AccountKind(kind), now_ms=now, name=name,
+            ctx.conn, code, plan, AccountKind(kind), now_ms=now, name=name, currency=currency,
             credit_limit=_amount(credit_limit, "--credit-limit") or Decimal(0),
             daily_cap=_amount(daily_cap, "--daily-cap"),
             monthly_cap=_amount(monthly_cap, "--monthly-cap"), chunk_seconds=chunk_seconds,

@@ -111,6 +111,7 @@ def main() -> None:
         decks,
         fas,
         fraud,
+        fx,
         invoices,
         journal,
         rate,

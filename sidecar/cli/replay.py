@@ -24,6 +24,7 @@ from ..store.conn import Db, describe, is_url, open_db
 from ..store.db import connect
 from ..store.decks import PlanCache, PlanNotFound
 from ..store.fraud import countries_called
+from ..store.fx import load_fx
 from ..supervision.calls import CallControl, ControlConfig
 from ..supervision.media import MediaConfig, MediaSupervisor
 from .app import Context, cli, emit_json, fail, pass_ctx
@@ -175,6 +176,7 @@ def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: str | No
         fail(str(exc))
         return
     charger = Charger(ledger_for(conn), PlanCache(conn), ChargingConfig())
+    charger.fx = load_fx(conn)  # accounts paying in another currency than their plan
     if write_db is not None:  # the new-country rule starts from the store's history
         for (account, country), last_ms in countries_called(conn, 0).items():
             charger.guard.seed(account, country, last_ms)

@@ -25,6 +25,7 @@ CDR_COLUMNS = (
     "usage", "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict",
     "fas_reasons", "route", "media", "node", "signalled_ms", "buy_cost", "margin",
+    "deck_currency", "deck_cost", "fx_rate",
 )
 MONEY_COLUMNS = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
                            "cost", "charged", "written_off", "credited"})
@@ -144,6 +145,10 @@ def cdr_json(row: dict[str, object]) -> dict[str, object]:
     # (null for a call the sidecar did not route).
     for k in ("buy_cost", "margin"):
         out[k] = None if row[k] is None else fmt(Decimal(str(row[k])))
+    # Rated on a deck in another currency: the deck's price and the rate used (null else).
+    out["deck_currency"] = row["deck_currency"] or None
+    out["deck_cost"] = None if row["deck_cost"] is None else fmt(Decimal(str(row["deck_cost"])))
+    out["fx_rate"] = row["fx_rate"]
     for k in ("rate", "usage", "connection_fee", "surcharge", "minimum_uplift", "cost"):
         rating[k] = fmt(Decimal(str(row[k])))
     return out
@@ -175,10 +180,11 @@ CSV_HEADER = (
     "signalled_ms", "duration_ms", "billed_seconds", "rate", "increment", "currency", "usage",
     "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "fas_verdict", "fas_reasons", "ended_by", "end_reason", "node",
-    "buy_cost", "margin",
+    "buy_cost", "margin", "deck_currency", "deck_cost", "fx_rate",
 )
-#: Amounts only a routed call has (empty in the CSV otherwise).
-_OPTIONAL_MONEY = frozenset({"buy_cost", "margin"})
+#: Amounts only some calls have (empty in the CSV otherwise): a routed call's buy cost
+#: and margin, a converted call's price in its deck's currency.
+_OPTIONAL_MONEY = frozenset({"buy_cost", "margin", "deck_cost"})
 
 
 class CallRow(NamedTuple):

@@ -213,6 +213,8 @@ class Sidecar:
             self.book.load(ev.accounts, ev.sip)
             self.charger.guard.elsewhere = ev.elsewhere
         self.plan_map.update(ev.plans)
+        if ev.fx is not None:
+            self.charger.fx = ev.fx
         if ev.carriers is not None:
             said = self.router.set_book(ev.carriers, wall_ms())
             names = [d.carrier.name for d in ev.carriers.decks]

@@ -15,12 +15,14 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
 from ..charging.commands import BatchResult, Outcome, Settle, StoreCommand
 from ..charging.model import Account, AccountKind, Cdr, Settlement
 from ..money import ZERO, check_currency, fmt
+from ..rating.fx import FxError
 from .batch import Batch
 from .conn import Db
 from .db import transaction
@@ -107,14 +109,25 @@ def add_account(
     parent: str | None = None,
     dialect: Dialect | None = None,
 ) -> Account:
-    """Create an account on a plan (whose currency it takes unless one is given)."""
+    """Create an account on a plan (whose currency it takes unless one is given). An
+    account may pay in another currency than its plan rates in when an exchange rate
+    between the two is stored (``sidecar fx set``): its calls are converted as rated."""
     if not code or not code.isprintable() or len(code) > 64:
         raise ValueError(f"account code '{code}' must be 1-64 printable characters")
     d = dialect or dialect_of(conn)
     p = get_plan(d.db(conn), plan)
     ccy = check_currency(currency) if currency else p.currency
     if ccy != p.currency:
-        raise ValueError(f"account currency {ccy} differs from plan '{plan}' ({p.currency})")
+        from .fx import load_fx  # exchange rates: a plan in another currency
+
+        try:
+            load_fx(d.db(conn)).rate(p.currency, ccy, datetime.fromtimestamp(now_ms / 1000,
+                                                                            UTC))
+        except FxError:
+            raise ValueError(f"account currency {ccy} differs from plan '{plan}' "
+                             f"({p.currency}) and no exchange rate {p.currency}/{ccy} is "
+                             "in force: set one first (sidecar fx set "
+                             f"{p.currency} {ccy} RATE)") from None
     if chunk_seconds is not None and chunk_seconds < 1:
         raise ValueError("chunk seconds must be at least 1")
     m = d.money

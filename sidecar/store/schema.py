@@ -30,14 +30,17 @@ least-cost routing (``carriers``, ``carrier_events``) and ``plans.kind``: ``sell
 customer's rate plan) or ``buy`` (a carrier's buy deck, stored as a plan of its own and
 never shown or loaded as a sell plan); 8 added what a routed call costs and leaves
 (``cdrs.buy_cost``, ``cdrs.margin``: NULL for a call the sidecar did not route), and
-tells other sidecars of carriers' changes (PostgreSQL: ``carriers`` notifies). Columns
+tells other sidecars of carriers' changes (PostgreSQL: ``carriers`` notifies); 9 added
+exchange rates (``fx_rates``) and what a call rated in another currency than its
+account's cost in the deck's (``cdrs.deck_currency``, ``cdrs.deck_cost``,
+``cdrs.fx_rate``). Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 TYPES = {
     "sqlite": {"money": "TEXT", "zero": "'0'", "ms": "INTEGER", "id": "INTEGER PRIMARY KEY",
@@ -50,7 +53,7 @@ TYPES = {
 #: Every table, in the order their references need (the order a copy fills them in).
 TABLES = ("meta", "plans", "deck_versions", "rates", "accounts", "sip_accounts", "ledger",
           "live_calls", "applied_keys", "cdrs", "invoices", "invoice_sequences",
-          "fraud_events", "api_tokens", "carriers", "carrier_events")
+          "fraud_events", "api_tokens", "carriers", "carrier_events", "fx_rates")
 
 _STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -214,7 +217,20 @@ _STATEMENTS = (
     node TEXT NOT NULL DEFAULT '',
     signalled_ms {ms},
     buy_cost {money},
-    margin {money}
+    margin {money},
+    deck_currency TEXT NOT NULL DEFAULT '',
+    deck_cost {money},
+    fx_rate TEXT
+)""",
+    # Exchange rates: 1 ``base`` = ``rate`` ``quote`` from ``effective_ms`` on (the newest
+    # in force at a call applies; the other direction's, inverted, when none is).
+    """CREATE TABLE IF NOT EXISTS fx_rates (
+    base TEXT NOT NULL,
+    quote TEXT NOT NULL,
+    rate {money} NOT NULL,
+    effective_ms {ms} NOT NULL,
+    created_ms {ms} NOT NULL,
+    PRIMARY KEY (base, quote, effective_ms)
 )""",
     "CREATE INDEX IF NOT EXISTS cdrs_route ON cdrs (route, offered_ms)",
     "CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms)",
@@ -335,7 +351,7 @@ END $$ LANGUAGE plpgsql""",
         *(f"CREATE OR REPLACE TRIGGER {t}_changed AFTER INSERT OR UPDATE OR DELETE ON {t} "
           "FOR EACH STATEMENT EXECUTE FUNCTION sidecar_changed()"
           for t in ("accounts", "sip_accounts", "plans", "deck_versions", "live_calls",
-                    "carriers")),
+                    "carriers", "fx_rates")),
     ),
 }
 
@@ -358,6 +374,9 @@ ADDED_COLUMNS = (
     ("plans", "kind", "TEXT NOT NULL DEFAULT 'sell'"),
     ("cdrs", "buy_cost", "{money}"),
     ("cdrs", "margin", "{money}"),
+    ("cdrs", "deck_currency", "TEXT NOT NULL DEFAULT ''"),
+    ("cdrs", "deck_cost", "{money}"),
+    ("cdrs", "fx_rate", "TEXT"),
 )
 
 

@@ -37,12 +37,14 @@ from typing import Any, Protocol
 from ..charging import PlanRates
 from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreCommand
 from ..charging.model import Account, Cdr, Disposition
+from ..rating.fx import FxRate, FxTable
 from ..routing.select import CarrierBook
 from .accounts import SqliteLedger, SqlLedger, list_accounts
 from .carriers import CarrierJob, CarrierLoader
 from .conn import Db, is_url
 from .db import connect
 from .fraud import calls_elsewhere, countries_called
+from .fx import list_rates
 from .journal import Journal, JournalError
 
 log = logging.getLogger("sidecar.store")
@@ -68,6 +70,8 @@ class Snapshot:
     #: The carriers and their buy decks (least-cost routing) when they changed (all of
     #: them in the first snapshot); None: as they were.
     carriers: CarrierBook | None = None
+    #: The exchange rates when they changed (all of them in the first snapshot).
+    fx: FxTable | None = None
 
 
 WriterEvent = BatchResult | Snapshot
@@ -146,6 +150,7 @@ class StoreWriter:
         self.plans = plans
         self.carriers = CarrierLoader()  # least-cost routing: carriers and buy decks
         self._books = _BookBuilder(self.carriers, deliver)
+        self._fx_rates: list[FxRate] | None = None
         self.deliver = deliver
         self.max_batch = max_batch
         self.poll_s = poll_s
@@ -215,12 +220,13 @@ class StoreWriter:
                 plans = self.plans.warm(conn)  # loaded already by a standby: refreshed
                 job = self.carriers.load(conn)
                 carriers = self.carriers.build(job) if job is not None else None
+                fx = self._fx_changed(conn) or FxTable()
             self._books.start()
             self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn), plans,
                                   self.ledger.live_calls(self.node), first=True,
                                   called=countries_called(conn, _now_ms() - HISTORY_MS),
                                   elsewhere=calls_elsewhere(conn, self.node),
-                                  carriers=carriers))
+                                  carriers=carriers, fx=fx))
         except BaseException as exc:  # the sidecar cannot start without its store
             self.start_error = exc
             self.started.set()
@@ -381,10 +387,11 @@ class StoreWriter:
                 with _bulk_load():
                     plans = self.plans.refresh(self.conn)
                     job = self.carriers.load(self.conn)
+                    fx = self._fx_changed(self.conn)
                 if job is not None:  # built off this thread: commits go on meanwhile
                     self._books.submit(job)
-                if plans:
-                    self.deliver(Snapshot([], {}, plans, complete=False))
+                if plans or fx is not None:
+                    self.deliver(Snapshot([], {}, plans, complete=False, fx=fx))
             now = time.monotonic()
             if self._accounts_stale and now - self._accounts_read >= self.accounts_every_s:
                 self._accounts_stale = False
@@ -395,6 +402,14 @@ class StoreWriter:
             log.error("could not read the store's changes: %s", exc)
             self._reconnect_reader()
 
+
+    def _fx_changed(self, conn: Any) -> FxTable | None:
+        """The exchange rates, when they differ from the last ones read (else None)."""
+        rates = list_rates(conn)
+        if rates == self._fx_rates:
+            return None
+        self._fx_rates = rates
+        return FxTable(rates)
 
     # --- the database: SQLite or PostgreSQL ----------------------------------------------
     def _open(self) -> None:

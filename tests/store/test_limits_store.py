@@ -298,15 +298,19 @@ def test_a_version_4_database_is_upgraded(db: Db) -> None:
            "ALTER TABLE plans DROP COLUMN limits", "DROP TABLE fraud_events",
            "ALTER TABLE cdrs DROP COLUMN signalled_ms", "ALTER TABLE plans DROP COLUMN kind",
            "DROP TABLE carrier_events", "DROP TABLE carriers",
+           "ALTER TABLE cdrs DROP COLUMN fx_rate", "ALTER TABLE cdrs DROP COLUMN deck_cost",
+           "ALTER TABLE cdrs DROP COLUMN deck_currency", "DROP TABLE fx_rates",
            "ALTER TABLE cdrs DROP COLUMN margin", "ALTER TABLE cdrs DROP COLUMN buy_cost",
            "UPDATE meta SET value = '4' WHERE key = 'schema_version'"]
     up, columns = downgrade_and_reopen(db, sql)
     try:
         assert up.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[
-            0] == str(SCHEMA_VERSION) == "8"
-        # Version 6's and 8's columns too, at the end of the table as on a new database.
-        assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-4:] == [
-            "node", "signalled_ms", "buy_cost", "margin"]
+            0] == str(SCHEMA_VERSION) == "9"
+        # Version 6's, 8's and 9's columns too, at the end of the table as on a new
+        # database.
+        assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-7:] == [
+            "node", "signalled_ms", "buy_cost", "margin", "deck_currency", "deck_cost",
+            "fx_rate"]
         cols = [str(r[0]) for r in up.execute(columns, ("accounts",))]
         assert cols[-2:] == ["blocked", "limits"]
         assert [str(r[0]) for r in up.execute(columns, ("plans",))][-2:] == ["limits", "kind"]
