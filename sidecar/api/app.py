@@ -63,8 +63,9 @@ from ..invoices.analytics import (
 from ..invoices.model import to_json
 from ..invoices.records import UnknownAccount, cdr_json, check_account, query_cdrs
 from ..invoices.render import detail_csv, file_stem
-from ..money import CURRENCY_MINOR_UNITS, ZERO
+from ..money import CURRENCY_MINOR_UNITS, ZERO, MoneyError
 from ..rating import DeckError
+from ..rating.fx import FxError
 from ..store.accounts import (
     AccountExists,
     AccountNotFound,
@@ -489,7 +490,14 @@ def stats_spend(request: web.Request) -> web.Response:
     if by not in SPEND_BY:
         raise BadRequest(f"by must be one of {', '.join(SPEND_BY)}")
     start, end = _range(request)
-    rows = spend(request.app[CONN], by, account=_account(request), from_ms=start, to_ms=end)
+    currency = request.query.get("currency")
+    try:
+        rows = spend(request.app[CONN], by, account=_account(request), from_ms=start,
+                     to_ms=end, currency=currency)
+    except MoneyError as exc:  # three letters, but no currency this API knows
+        raise Unprocessable(f"currency: {exc}") from None
+    except FxError as exc:
+        raise Unprocessable(str(exc)) from None
     return _reply(m.Spend, {"by": by, "rows": [{"parent": None, **r}
                                                for r in spend_json(rows)]})
 
@@ -790,7 +798,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              params=(Param("by", "query", "Grouping (default destination).",
                            {"type": "string", "enum": list(SPEND_BY)}),
                      Param("account", "query", "Only this account and those below it.",
-                           {"type": "string", "minLength": 1}), _FROM, _TO),
+                           {"type": "string", "minLength": 1}), _FROM, _TO,
+                     Param("currency", "query", "Every amount in this reporting currency "
+                           "(each call converted at the rate in force when it ended; 422 "
+                           "for an unknown currency or when no rate is in force).",
+                           {"type": "string", "pattern": "^[A-Za-z]{3}$"})),
              errors=(400, 404, 422)),
     Endpoint("GET", "/v1/stats/routes", stats_routes,
              "ASR, ACD, PDD and answer delay per route.", m.Routes,

@@ -29,7 +29,8 @@ from ..invoices.records import (
     query_cdrs,
     write_csv,
 )
-from ..money import fmt
+from ..money import MoneyError, fmt
+from ..rating.fx import FxError
 from .app import Context, cli, emit_json, fail, parse_when, pass_ctx
 
 _FROM_HELP = "Calls that ended at or after this time (ISO 8601 date or date-time, UTC)."
@@ -112,14 +113,21 @@ def stats() -> None:
               help="Only this account and the accounts below it (departments).")
 @click.option("--from", "start", default=None, help=_FROM_HELP)
 @click.option("--to", "end", default=None, help=_TO_HELP)
+@click.option("--currency", default=None,
+              help="Every amount in this reporting currency: each call converted at the "
+                   "exchange rate in force when it ended (sidecar fx).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def stats_spend(ctx: Context, by: str, account: str | None, start: str | None,
-                end: str | None, as_json: bool) -> None:
+                end: str | None, currency: str | None, as_json: bool) -> None:
     """What the ledger charged, grouped by destination, day, account, customer or route."""
     f, t = _range(start, end)
     check_account_option(ctx, account)
-    rows = spend(ctx.conn, by, account=account, from_ms=f, to_ms=t)
+    try:
+        rows = spend(ctx.conn, by, account=account, from_ms=f, to_ms=t, currency=currency)
+    except (FxError, MoneyError) as exc:
+        fail(str(exc))
+        return
     if as_json:
         emit_json(spend_json(rows))
         return

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from ..money import ZERO, fmt
+from ..money import ZERO, check_currency, fmt, round_money
+from ..rating.fx import FxTable
 from ..store.conn import Db, filters
 from ..supervision.routes import RouteCall
 from .model import present
@@ -103,10 +104,16 @@ def _where(conn: Db, account: str | None, from_ms: int | None,
 
 def spend(conn: Db, by: str, *, account: str | None = None,
           from_ms: int | None = None, to_ms: int | None = None,
-          subaccounts: bool = True) -> list[SpendRow]:
+          subaccounts: bool = True, currency: str | None = None,
+          fx: FxTable | None = None) -> list[SpendRow]:
     """Spend grouped ``by`` destination, day (UTC), account, customer (top-level account,
     departments rolled up) or route. ``account`` limits it to that account and, with
-    ``subaccounts``, the accounts below it. Largest first; by day in date order."""
+    ``subaccounts``, the accounts below it. Largest first; by day in date order.
+
+    ``currency``: every amount in that reporting currency, each call converted exactly at
+    the exchange rate in force when it ended (``fx``, the store's by default) and each
+    row's sum rounded once to the money scale; :class:`~sidecar.rating.fx.FxError` names
+    a pair with no rate in force."""
     if by not in SPEND_BY:
         raise ValueError(f"spend by must be one of {', '.join(SPEND_BY)}")
     where, args = _where(conn, account, from_ms, to_ms, subaccounts)
@@ -114,12 +121,24 @@ def spend(conn: Db, by: str, *, account: str | None = None,
     calls: dict[tuple[str, str], int] = defaultdict(int)
     seconds: dict[tuple[str, str], int] = defaultdict(int)
     exact: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
+    if currency is not None:
+        currency = check_currency(currency)
+        if fx is None:
+            from ..store.fx import load_fx  # the store's rates
+
+            fx = load_fx(conn)
     for acc, dest, route, ended, ccy, billed, charged, disp in conn.execute(
             "SELECT account, destination, route, ended_ms, currency, billed_seconds, charged, "
             f"disposition FROM cdrs WHERE {where}", args):
         c = Decimal(charged)
         if disp != "answered" and not c:
             continue
+        if currency is not None and ccy != currency and c:
+            assert fx is not None
+            c *= fx.rate(str(ccy), currency,
+                         datetime.fromtimestamp(int(ended) / 1000, UTC))[0]
+        if currency is not None:
+            ccy = currency
         if by == "destination":
             key = str(dest)
         elif by == "day":
@@ -134,10 +153,12 @@ def spend(conn: Db, by: str, *, account: str | None = None,
         calls[k] += disp == "answered"
         seconds[k] += int(billed)
         exact[k] += c
+    if currency is not None:  # converted amounts: each row's exact sum rounded once
+        exact = defaultdict(lambda: ZERO, {k: round_money(v) for k, v in exact.items()})
     rows = [SpendRow(key, ccy, calls[(key, ccy)], seconds[(key, ccy)], exact[(key, ccy)],
                      present(exact[(key, ccy)], ccy) if ccy else exact[(key, ccy)],
                      (tree.get(key) or "") if by == "account" else "")
-            for key, ccy in exact]
+            for key, ccy in list(exact)]
     if by == "day":
         rows.sort(key=lambda r: (r.key, r.currency))
     else:

@@ -75,3 +75,26 @@ def test_a_new_rate_applies_to_calls_rated_after_it() -> None:
     assert (rows["before"]["fx_rate"], D(rows["before"]["cost"])) == ("0.92", D("0.0552"))
     assert (rows["after"]["fx_rate"], D(rows["after"]["cost"])) == ("0.95", D("0.057"))
     assert D(rows["before"]["deck_cost"]) == D(rows["after"]["deck_cost"]) == D("0.06")
+
+
+def test_spend_in_one_reporting_currency() -> None:
+    from sidecar.invoices.analytics import spend
+    from sidecar.rating.fx import FxError
+
+    sim = eur_sim("0.8")
+    sim.account("yank", "10")  # pays in the plan's dollars
+    for ref, code in (("e", "acme"), ("u", "yank")):
+        sim.charger.authorize(ref, number="4930111", account_code=code, now_ms=sim.now)
+        sim.answer(ref)
+        sim.now += 60_000
+        sim.end(ref, ended_by="caller", reason="bye")
+    own = {(r.key, r.currency): r.exact for r in spend(sim.conn, "account")}
+    assert own == {("acme", "EUR"): D("0.048"), ("yank", "USD"): D("0.06")}
+    # In dollars: the euro call back at the rate of its end (0.048 / 0.8 = 0.06).
+    usd = {r.key: (r.currency, r.exact, r.amount) for r in spend(sim.conn, "account",
+                                                                  currency="USD")}
+    assert usd == {"acme": ("USD", D("0.06"), D("0.06")), "yank": ("USD", D("0.06"), D("0.06"))}
+    (total,) = spend(sim.conn, "destination", currency="EUR")
+    assert (total.currency, total.exact) == ("EUR", D("0.096"))
+    with pytest.raises(FxError, match="EUR/GBP in force"):
+        spend(sim.conn, "account", currency="GBP")
