@@ -17,8 +17,19 @@ the 200 OK) analyses every callee packet: a worst case. ``--call-seconds 60-120`
 each call a length drawn (seeded) from that range, closer to real traffic: most callee
 packets are then past the ringback window and only the silence detector sees them.
 
+The replay reads the file in blocks (``CaptureReader.blocks``: records cut and their
+Ethernet/IPv4/UDP headers checked with NumPy) and holds each known RTP flow's
+datagrams back until something could see or change its dialog, then counts them in one
+run (``MediaSupervisor.flow_run``); ``tests/replay/test_blocks.py`` checks that this
+gives what the one-by-one replay gives.
+
+``--rounds N`` times the full replay and tshark N times each, alternating (the machine is
+shared: a range, with the load average, says more than one figure).
+
+``--pcapng`` writes the capture as pcapng (what dumpcap and Wireshark write) instead.
+
 Usage: python benchmarks/bench_pcap.py [--packets N] [--call-seconds S|MIN-MAX]
-                                       [--keep DIR] [--no-tshark]
+                                       [--keep DIR] [--no-tshark] [--rounds N] [--pcapng]
 """
 
 from __future__ import annotations
@@ -93,7 +104,8 @@ def _sip(method_or_status: str, call: int, rtp_port: int) -> bytes:
 
 
 def build_capture(path: Path, packets: int,
-                  call_seconds: tuple[float, float] = DEFAULT_CALL_SECONDS) -> int:
+                  call_seconds: tuple[float, float] = DEFAULT_CALL_SECONDS,
+                  pcapng: bool = False) -> int:
     """Write about ``packets`` packets; return how many were written."""
     rnd = random.Random(1)
     # Calls overlap: every call starts 0.2 s after the previous one.
@@ -134,8 +146,12 @@ def build_capture(path: Path, packets: int,
         call += 1
     records.sort(key=lambda r: r[0])
     with path.open("wb") as f:
-        writer = dpkt.pcap.Writer(f, snaplen=65535)
-        writer.writepkts(records)
+        if pcapng:
+            ng = dpkt.pcapng.Writer(f, snaplen=65535)
+            for ts, frame in records:
+                ng.writepkt(frame, ts=ts)
+        else:
+            dpkt.pcap.Writer(f, snaplen=65535).writepkts(records)
         written = len(records)
     return written
 
@@ -198,6 +214,20 @@ def time_tshark(path: Path) -> tuple[float, float, int]:
     return elapsed, cpu, result.stdout.count(b"\n")
 
 
+def rounds(path: Path, count: int, first: tuple[float, float]) -> None:
+    """Replay and tshark ``count`` times each, alternating; CPU ranges and ratios."""
+    replays, tsharks = [first[0]], [first[1]]
+    for _ in range(count - 1):
+        replays.append(time_replay(path)[0])
+        tsharks.append(time_tshark(path)[1])
+    ratios = [t / r for r, t in zip(replays, tsharks, strict=True)]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{count} rounds (load average {load}): full replay "
+          f"{min(replays):.2f}-{max(replays):.2f} s CPU, tshark {min(tsharks):.2f}-"
+          f"{max(tsharks):.2f} s CPU; tshark / replay per round {min(ratios):.1f}-"
+          f"{max(ratios):.1f}x (median {sorted(ratios)[len(ratios) // 2]:.1f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=500_000)
@@ -205,15 +235,18 @@ def main() -> None:
                         help="length of every call (10: the worst case), or MIN-MAX")
     parser.add_argument("--keep", type=Path, help="write the capture here and keep it")
     parser.add_argument("--no-tshark", action="store_true")
+    parser.add_argument("--pcapng", action="store_true", help="write the capture as pcapng")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="full replay and tshark this many times each, alternating")
     args = parser.parse_args()
     low, _, high = args.call_seconds.partition("-")
     call_seconds = (float(low), float(high or low))
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = (args.keep or Path(tmp)) / "bench.pcap"
+        path = (args.keep or Path(tmp)) / ("bench.pcapng" if args.pcapng else "bench.pcap")
         path.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        count = build_capture(path, args.packets, call_seconds)
+        count = build_capture(path, args.packets, call_seconds, args.pcapng)
         size = os.path.getsize(path)
         print(
             f"capture: {count:,} packets, {size / 1e6:.1f} MB, calls of "
@@ -251,6 +284,8 @@ def main() -> None:
             f"({t_cpu / cpu:.1f}x by CPU time); the full replay {t_wall / r_wall:.1f}x "
             f"({t_cpu / r_cpu:.1f}x by CPU time)"
         )
+        if args.rounds > 1:
+            rounds(path, args.rounds, (r_cpu, t_cpu))
 
 
 if __name__ == "__main__":

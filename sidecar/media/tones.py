@@ -347,6 +347,21 @@ def _byte_sum(data: bytes) -> int:
 _ABS_ARRAYS: dict[Codec, npt.NDArray[np.int32]] = {
     codec: np.array([abs(v) for v in codec.table], dtype=np.int32) for codec in Codec
 }
+#: Longest frame whose sum of absolute samples (each at most 32,768) fits an int32.
+_INT32_FRAME = (2**31 - 1) // 32768
+_PAIR_ARRAYS: dict[Codec, npt.NDArray[np.int32]] = {}
+
+
+def _pair_table(codec: Codec) -> npt.NDArray[np.int32]:
+    """Absolute sample of both bytes of every 16-bit word, summed (either byte order)."""
+    table = _PAIR_ARRAYS.get(codec)
+    if table is None:
+        words = np.arange(65536)
+        single = _ABS_ARRAYS[codec]
+        table = _PAIR_ARRAYS[codec] = (single[words & 0xFF] + single[words >> 8]).astype(
+            np.int32)
+    return table
+
 #: SilenceDetector.feed sums whole frames with NumPy from this many frames in one call
 #: (a batch of packets); fewer are summed one by one (the per-packet case).
 _VECTOR_FRAMES = 4
@@ -710,9 +725,19 @@ class SilenceDetector:
                 self._voiced += 1
         count = (len(payload) - position) // frame
         if count:
-            data = np.frombuffer(payload, dtype=np.uint8, count=count * frame, offset=position)
-            sums = np.take(_ABS_ARRAYS[codec], data).reshape(count, frame).sum(axis=1,
-                                                                              dtype=np.int64)
+            if frame % 2 == 0 and frame <= _INT32_FRAME:
+                # Two samples per look-up (a table of every pair of bytes), summed in the
+                # table's own int32 (a frame's sum fits): about half the time of one
+                # look-up per sample widened to int64.
+                pairs = np.frombuffer(payload, dtype=np.uint16, count=count * frame // 2,
+                                      offset=position)
+                sums = np.add.reduce(np.take(_pair_table(codec), pairs)
+                                     .reshape(count, frame // 2), axis=1)
+            else:
+                data = np.frombuffer(payload, dtype=np.uint8, count=count * frame,
+                                     offset=position)
+                sums = np.take(_ABS_ARRAYS[codec], data).reshape(count, frame).sum(
+                    axis=1, dtype=np.int64)
             silent = sums < self._limit
             quiet = int(np.count_nonzero(silent))
             self._silent += quiet

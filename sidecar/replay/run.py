@@ -4,6 +4,11 @@
                                    └─ SIP ─► SipTracker ─► events ─► CallControl.on_event
     packet timestamps are the clock: CallControl.tick runs at every deadline on the way
 
+A capture file is read in blocks (:meth:`CaptureReader.blocks`) and the RTP of each
+known flow is held back and handed to the media supervisor in runs (:class:`_Held`,
+:meth:`MediaSupervisor.flow_run`), before anything could see or change its dialog: the
+same facts as packet by packet, at a fraction of the cost per packet.
+
 Calls still up when the capture ends are ended at its last timestamp. Kamailio is not
 there to obey an EndCall (credit exhausted, no media): such decisions are reported, and
 the CDR is what the live sidecar would have written had Kamailio ended the call then.
@@ -12,19 +17,37 @@ the CDR is what the live sidecar would have written had Kamailio ended the call 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from ..charging import Action, Cdr, CdrWritten, EndCall
 from ..kamailio.events import Answer, Dialog, Early, End, Event, Failed, Offer
 from ..media.frames import KeyedDatagram, udp4_fields
-from ..media.pcap import CapturedPayload, CaptureReader, CaptureStats, PayloadFields
+from ..media.pcap import (
+    CapturedPayload,
+    CaptureReader,
+    CaptureStats,
+    PacketBlock,
+    PayloadFields,
+)
 from ..money import fmt
 from ..supervision.calls import CallControl
-from ..supervision.media import MediaVerdict
+from ..supervision.media import MediaSupervisor, MediaVerdict, PacketRun, _Flow, rtp_columns
 from .signalling import SipStats, SipTracker
+
+_WINDOW = 256  # items looked at at once for the next one to handle alone
+_WINDOW_MAX = 1 << 16
+#: Once more than _ALONE_MIN items of a block, and more than this share of those read,
+#: were handled alone, the rest of the block and this many blocks more are replayed one
+#: item after the other (then holding back is tried again).
+_ALONE_SHARE = 0.25
+_ALONE_MIN = 2048
+_ALONE_BLOCKS = 16
 
 
 @dataclass
@@ -80,6 +103,178 @@ class ReplayResult:
     last_ts: float | None
 
 
+class _Held:
+    """The RTP datagrams of one block of a capture file held back per flow.
+
+    A datagram of a known flow that :meth:`MediaSupervisor.flow_deferrable` allows is not
+    handed over when it is read: each flow's datagrams since the last hand-over go to
+    :meth:`MediaSupervisor.flow_run` together, before anything could see or change the
+    flow's dialog (an event of the dialog, a datagram handled one by one that touches it,
+    a tick of media deadlines), when the flow changes (its cached entry dropped or
+    replaced), and at the end of the block. So the supervisor sees every stream's
+    datagrams in order and before whatever came after them, as one by one.
+
+    Flows are numbered by their wire key (``ids``: per item, ``len(keys)`` for the items
+    that are not RTP datagrams of the fast path). ``lazy[f]``: datagrams of flow ``f``
+    are held back, from item ``start[f]`` on, for ``flow[f]``. Flows feeding one stream
+    are always handed over together, merged in capture order. Datagrams of no dialog
+    (``stray[f]``, see :meth:`MediaSupervisor.stray_deferrable`) are held back too, and
+    only counted, until an owner of either of their addresses changes."""
+
+    def __init__(self, block: PacketBlock, media: MediaSupervisor,
+                 ids: npt.NDArray[np.int64], keys: list[bytes],
+                 members: npt.NDArray[np.int64], bounds: list[int]) -> None:
+        self.block = block
+        self.media = media
+        self.keys = keys
+        self.fid_of_key = {k: i for i, k in enumerate(keys)}
+        count = len(keys)
+        # The flows' datagrams one flow after the other (``bounds``), each flow's in
+        # capture order: what is handed over for a flow is a slice of these columns.
+        self.members = members
+        self.bounds = bounds
+        self.ts_ms = block.ts_ms[members]
+        self.pstart = block.pstart[members]
+        self.pend = block.pend[members]
+        new_flow = np.zeros(len(members), dtype=np.bool_)
+        new_flow[bounds[:-1]] = True
+        (self.chained, self.payload_type, self.seq, self.rtp_ts,
+         self.ssrc) = rtp_columns(block.gather(self.pstart, 12), self.pend - self.pstart,
+                                  new_flow)
+        self.lazy = np.zeros(count + 1, dtype=np.bool_)
+        self.flow: list[_Flow | None] = [None] * count
+        self.start = [0] * count
+        self.by_ref: dict[str, set[int]] = {}  # held flows by dialog
+        self.by_stream: dict[int, set[int]] = {}  # ... and by (the id of) their stream
+        # Flows of no dialog held back (only counted), and by their two addresses.
+        self.stray = [False] * count
+        self.strays: set[int] = set()
+        self.by_address: dict[tuple[str, int], set[int]] = {}
+        self.pos = 0  # the item being handled: everything before it is read
+        self.touched: set[str] = set()  # dialogs the item's events were for
+        for f in range(count):
+            self.refresh(f, 0)
+
+    def flush(self, f: int, upto: int) -> None:
+        """Hand over the datagrams held back before item ``upto`` of flow ``f`` and of
+        every other flow feeding the same stream (a party sending from two ports, or
+        audio and video: one stream), merged in capture order."""
+        flow = self.flow[f]
+        members, bounds, start = self.members, self.bounds, self.start
+        if flow is None:
+            if self.stray[f] and start[f] < upto:  # of no dialog: only counted
+                first = bounds[f]
+                i0, i1 = members[first : bounds[f + 1]].searchsorted([start[f], upto])
+                start[f] = upto
+                self.media.count_stray(int(i1 - i0))
+            return
+        ranges: list[tuple[int, int]] = []
+        for g in self.by_stream[id(flow.stream)]:
+            lo = start[g]
+            if lo >= upto:
+                continue
+            start[g] = upto
+            first = bounds[g]
+            i0, i1 = members[first : bounds[g + 1]].searchsorted([lo, upto]).tolist()
+            if i0 < i1:
+                ranges.append((first + i0, first + i1))
+        if not ranges:
+            return
+        b = self.block
+        if len(ranges) == 1:
+            i0, i1 = ranges[0]
+            run = PacketRun(self.ts_ms[i0:i1], self.pstart[i0:i1], self.pend[i0:i1],
+                            self.chained[i0:i1], self.payload_type[i0:i1], self.seq[i0:i1],
+                            self.rtp_ts[i0:i1], self.ssrc[i0:i1], b.data, b.view)
+        else:
+            idx = np.concatenate([np.arange(i0, i1) for i0, i1 in ranges])
+            idx = idx[np.argsort(members[idx], kind="stable")]
+            # Not chained: the flows' datagrams interleave, counted one by one.
+            run = PacketRun(self.ts_ms[idx], self.pstart[idx], self.pend[idx],
+                            np.zeros(len(idx), dtype=np.bool_), self.payload_type[idx],
+                            self.seq[idx], self.rtp_ts[idx], self.ssrc[idx], b.data, b.view)
+        self.media.flow_run(flow, run)
+
+    def flush_ref(self, ref: str) -> None:
+        """Hand over the held datagrams of the dialog ``ref`` (about to be touched)."""
+        for f in self.by_ref.get(ref, ()):
+            self.flush(f, self.pos)
+
+    def flush_all(self, upto: int) -> None:
+        for fs in self.by_ref.values():
+            for f in fs:
+                self.flush(f, upto)
+        for f in self.strays:
+            self.flush(f, upto)
+
+    def refresh(self, f: int, upto: int) -> None:
+        """Flow ``f`` after item ``upto - 1``: held back from ``upto`` on if it may be,
+        what was held for a flow that changed handed over first."""
+        media = self.media
+        flow = media.flow_for_key(self.keys[f])
+        ok = flow is not None and media.flow_deferrable(flow)
+        fields = udp4_fields(self.keys[f])
+        stray = flow is None and media.stray_deferrable(*fields)
+        old = self.flow[f]
+        if old is not None:
+            if ok and flow is old:
+                return
+            self.flush(f, upto)
+            _discard(self.by_ref, old.call_ref, f)
+            _discard(self.by_stream, id(old.stream), f)
+            self.flow[f] = None
+        elif self.stray[f]:
+            if stray:
+                return
+            self.flush(f, upto)
+            self.stray[f] = False
+            self.strays.discard(f)
+            for addr in ((fields[0], fields[1]), (fields[2], fields[3])):
+                _discard(self.by_address, addr, f)
+        if ok and flow is not None:
+            self.flow[f] = flow
+            self.start[f] = upto
+            self.by_ref.setdefault(flow.call_ref, set()).add(f)
+            self.by_stream.setdefault(id(flow.stream), set()).add(f)
+        elif stray:
+            self.stray[f] = True
+            self.strays.add(f)
+            self.start[f] = upto
+            for addr in ((fields[0], fields[1]), (fields[2], fields[3])):
+                self.by_address.setdefault(addr, set()).add(f)
+        self.lazy[f] = ok or stray
+
+    def after(self, p: int, own: int, changed: list[bytes],
+              addresses: list[tuple[str, int]]) -> None:
+        """Item ``p`` was handled (a datagram of flow ``own``, or ``-1``): flows it may
+        have changed are looked at again (``changed``: wire keys of flows dropped;
+        ``addresses``: addresses whose owner changed)."""
+        check: set[int] = set()
+        for addr in addresses:
+            check.update(self.by_address.get(addr, ()))
+        addresses.clear()
+        if own >= 0:
+            check.add(own)
+        for ref in self.touched:
+            check.update(self.by_ref.get(ref, ()))
+        self.touched.clear()
+        fid_of_key = self.fid_of_key
+        for key in changed:
+            f = fid_of_key.get(key)
+            if f is not None:
+                check.add(f)
+        changed.clear()
+        for f in check:
+            self.refresh(f, p + 1)
+
+
+def _discard(index: dict[Any, set[int]], key: object, f: int) -> None:
+    fs = index[key]
+    fs.discard(f)
+    if not fs:
+        del index[key]
+
+
 class Replay:
     """Drive a :class:`CallControl` from captured payloads."""
 
@@ -95,13 +290,17 @@ class Replay:
         self.rtp_packets = 0
         self.first_ts: float | None = None
         self.last_ts: float | None = None
+        self._held: _Held | None = None
 
     def run(self, payloads: Iterable[CapturedPayload],
             progress: Callable[[], None] | None = None, every: int = 65536) -> ReplayResult:
         """Replay every payload; a reader's ``stats`` (read after the loop) are reported."""
         control = self.control
-        on_packet = control.on_packet
         media = control.media
+        if media is not None and isinstance(payloads, CaptureReader):
+            count, rtp, last_ms = self._run_blocks(payloads.blocks(), media, progress)
+            return self._finish(payloads, count, rtp, last_ms)
+        on_packet = control.on_packet
         # UDP/IPv4 datagrams of a capture file come with their addressing as on the wire
         # (CaptureReader.datagrams): a packet of a known media flow goes to the supervisor
         # by those bytes, and only what it matched to an answer awaiting media, or to
@@ -109,7 +308,6 @@ class Replay:
         datagram_key = media.datagram_key if media is not None else None
         matched = control.matched
         awaiting = control.awaiting_media()
-        tracker = self.tracker
         deadline = control.next_deadline()
         count = rtp = 0
         last_ms = 0
@@ -160,6 +358,11 @@ class Replay:
                     deadline = control.next_deadline()
             if progress is not None and not count % every:
                 progress()
+        return self._finish(payloads, count, rtp, last_ms)
+
+    def _finish(self, payloads: Iterable[CapturedPayload], count: int, rtp: int,
+                last_ms: int) -> ReplayResult:
+        tracker = self.tracker
         if count:
             self.last_ts = last_ms / 1000
         for ev in tracker.finish():
@@ -177,9 +380,189 @@ class Replay:
         return ReplayResult(list(self.reports.values()), self.cdrs, capture_stats,
                             tracker.stats, count, rtp, self.first_ts, self.last_ts)
 
+    def _run_blocks(self, blocks: Iterator[PacketBlock], media: MediaSupervisor,
+                    progress: Callable[[], None] | None) -> tuple[int, int, int]:
+        """:meth:`run` over a capture file's blocks: RTP datagrams of known flows are
+        held back per flow and handed over in runs (:class:`_Held`); every other item is
+        handled as :meth:`run` handles it, in order. Returns items, RTP items and the
+        last item's time (ms)."""
+        control = self.control
+        matched = control.matched
+        awaiting = control.awaiting_media()
+        deadline = control.next_deadline()
+        count = rtp = last_ms = 0
+        alone_blocks = 0  # blocks still to replay one item after the other
+        changed: list[bytes] = []
+        addresses: list[tuple[str, int]] = []
+        media.key_log = changed
+        media.address_log = addresses
+        try:
+            for block in blocks:
+                n = block.n
+                if not n:
+                    continue
+                if self.first_ts is None:
+                    self.first_ts = float(block.ts[0])
+                count += n
+                ts_ms = block.ts_ms
+                pstart = block.pstart
+                first = block.view[np.minimum(pstart, len(block.data) - 1)]
+                rtpish = block.fast & (block.pend > pstart) & (first >= 0x80) & (first <= 0xBF)
+                rtp += int(np.count_nonzero(rtpish))
+                if alone_blocks:
+                    alone_blocks -= 1
+                    deadline, slow_rtp = self._one_by_one(block, rtpish, deadline)
+                    rtp += slow_rtp
+                    last_ms = int(ts_ms[-1])
+                    if progress is not None:
+                        progress()
+                    continue
+                ids, keys, members, bounds = block.flow_ids(rtpish)
+                changed.clear()
+                addresses.clear()
+                held = self._held = _Held(block, media, ids, keys, members, bounds)
+                stops = 0
+                nkeys = len(keys)
+                alone = ~rtpish  # items handled one by one whatever their flow
+                lazy = held.lazy
+                cur = 0
+                window = _WINDOW
+                while cur < n:
+                    end = min(n, cur + window)
+                    stop = alone[cur:end] | ~lazy[ids[cur:end]]
+                    if deadline is not None:
+                        stop |= ts_ms[cur:end] >= deadline
+                    i = int(stop.argmax())
+                    if not stop[i]:
+                        cur = end
+                        window = min(window * 2, _WINDOW_MAX)
+                        continue
+                    window = _WINDOW
+                    stops += 1
+                    p = held.pos = cur + i
+                    ts = int(ts_ms[p])
+                    if deadline is not None and ts >= deadline:
+                        self._tick(ts)  # then item p as usual
+                        deadline = control.next_deadline()
+                        cur = p
+                        continue
+                    f = int(ids[p])
+                    if f < nkeys:  # a datagram of a flow not held back now
+                        key = keys[f]
+                        refs = media.dialogs_of(*udp4_fields(key))
+                        for r in refs:
+                            held.flush_ref(r)
+                        held.touched.update(refs)
+                        ref = media.datagram_key(ts, key, block.payload(p))
+                        if media.shared_hits or ref in awaiting:
+                            actions = matched(ref, ts)
+                            if actions:
+                                self._actions(actions)
+                                deadline = control.next_deadline()
+                    elif block.fast[p]:
+                        src_ip, src_port, dst_ip, dst_port = udp4_fields(block.key(p))
+                        if self._sip(CapturedPayload(float(block.ts[p]), src_ip, src_port,
+                                                     dst_ip, dst_port, "udp",
+                                                     block.payload(p))):
+                            deadline = control.next_deadline()
+                        f = -1
+                    else:
+                        f = -1
+                        item = block.slow[p]
+                        _, src_ip, src_port, dst_ip, dst_port, transport, payload = item
+                        if payload and 0x80 <= payload[0] <= 0xBF and transport == "udp":
+                            rtp += 1
+                            refs = media.dialogs_of(src_ip, src_port, dst_ip, dst_port)
+                            for r in refs:
+                                held.flush_ref(r)
+                            held.touched.update(refs)
+                            actions = control.on_packet(ts, src_ip, src_port, dst_ip,
+                                                        dst_port, payload)
+                            if actions:
+                                self._actions(actions)
+                                deadline = control.next_deadline()
+                        elif self._sip(item if isinstance(item, CapturedPayload)
+                                       else CapturedPayload(*item)):
+                            deadline = control.next_deadline()
+                    held.after(p, f, changed, addresses)
+                    cur = p + 1
+                    if stops > _ALONE_MIN and stops > cur * _ALONE_SHARE:
+                        # Mostly handled alone (flows shared by B2BUA legs, say): holding
+                        # back costs more than it saves. The rest one by one, and the
+                        # next blocks too.
+                        held.flush_all(cur)
+                        self._held = None
+                        deadline, slow_rtp = self._one_by_one(block, rtpish, deadline, cur)
+                        rtp += slow_rtp
+                        alone_blocks = _ALONE_BLOCKS
+                        break
+                else:
+                    held.flush_all(n)
+                self._held = None
+                last_ms = int(ts_ms[-1])
+                if progress is not None:
+                    progress()
+        finally:
+            media.key_log = media.address_log = None
+            self._held = None
+        return count, rtp, last_ms
+
+    def _one_by_one(self, block: PacketBlock, rtpish: npt.NDArray[np.bool_],
+                    deadline: int | None, start: int = 0) -> tuple[int | None, int]:
+        """A block's items from ``start`` on replayed one after the other, as :meth:`run`
+        replays payloads (nothing held back). Returns the next deadline and how many of
+        them the frame decoder gave were RTP."""
+        control = self.control
+        media = control.media
+        assert media is not None
+        matched = control.matched
+        awaiting = control.awaiting_media()
+        datagram_key = media.datagram_key
+        data, slow = block.data, block.slow
+        slow_rtp = 0
+        for p, (ts, is_rtp, fast, k, a, b) in enumerate(zip(
+                block.ts_ms[start:].tolist(), rtpish[start:].tolist(),
+                block.fast[start:].tolist(), block.kstart[start:].tolist(),
+                block.pstart[start:].tolist(), block.pend[start:].tolist(), strict=True),
+                start):
+            if deadline is not None and ts >= deadline:
+                self._tick(ts)
+                deadline = control.next_deadline()
+            if is_rtp:
+                ref = datagram_key(ts, data[k : k + 12], data[a:b])
+                if media.shared_hits or ref in awaiting:
+                    actions = matched(ref, ts)
+                    if actions:
+                        self._actions(actions)
+                        deadline = control.next_deadline()
+            elif fast:
+                src_ip, src_port, dst_ip, dst_port = udp4_fields(data[k : k + 12])
+                if self._sip(CapturedPayload(float(block.ts[p]), src_ip, src_port, dst_ip,
+                                             dst_port, "udp", data[a:b])):
+                    deadline = control.next_deadline()
+            else:
+                item = slow[p]
+                _, src_ip, src_port, dst_ip, dst_port, transport, payload = item
+                if payload and 0x80 <= payload[0] <= 0xBF and transport == "udp":
+                    slow_rtp += 1
+                    actions = control.on_packet(ts, src_ip, src_port, dst_ip, dst_port,
+                                                payload)
+                    if actions:
+                        self._actions(actions)
+                        deadline = control.next_deadline()
+                elif self._sip(item if isinstance(item, CapturedPayload)
+                               else CapturedPayload(*item)):
+                    deadline = control.next_deadline()
+        return deadline, slow_rtp
+
     # --- internals -----------------------------------------------------------------
     def _tick(self, now_ms: int) -> None:
         control = self.control
+        held = self._held
+        if held is not None and control.media is not None:
+            due = control.media.next_deadline()
+            if due is not None and due <= now_ms:  # media deadlines read its dialogs
+                held.flush_all(held.pos)
         while True:
             d = control.next_deadline()
             if d is None or d > now_ms:
@@ -197,6 +580,10 @@ class Replay:
 
     def _event(self, ev: Event) -> None:
         now = ev.dialog.ts_ms
+        held = self._held
+        if held is not None:  # the dialog's held datagrams came before the event
+            held.flush_ref(ev.dialog.call_id)
+            held.touched.add(ev.dialog.call_id)
         self._tick(now)
         ref = ev.dialog.call_id
         r = self.reports.get(ref)

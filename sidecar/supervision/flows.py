@@ -142,6 +142,11 @@ class FlowTable:
             return owner.call_ref, owner.party
         return None
 
+    def peek(self, src: Address, dst: Address) -> str | None:
+        """The dialog :meth:`classify` would give a packet, without learning anything."""
+        owner = self._owners.get(dst) or self._owners.get(src)
+        return None if owner is None else owner.call_ref
+
     def _latch(self, call_ref: str, party: Party, addr: Address) -> None:
         key = (call_ref, party)
         count = self._latched.get(key, 0)

@@ -33,7 +33,10 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
+
+import numpy as np
+import numpy.typing as npt
 
 from ..media.frames import udp4_fields
 from ..media.g711 import Codec, codec_for_payload_type
@@ -52,6 +55,8 @@ _SIP_PORTS = frozenset({5060, 5061})
 #: The callee's audio is given to the FAS detectors this many packets at a time (about
 #: 1.3 s of 20 ms packets: a few KB per call).
 _AUDIO_BATCH = 64
+#: Fewer packets than this in a run (flow_run) are counted one by one.
+_RUN_MIN = 8
 _RTP_MEDIA = frozenset({"audio", "video"})  # m= lines whose RTP shows the party is there
 
 
@@ -246,6 +251,58 @@ class _Flow:
         self.key: bytes | None = None
 
 
+class PacketRun(NamedTuple):
+    """Datagrams of one flow in capture order (:meth:`MediaSupervisor.flow_run`), as
+    columns: capture time (ms), where each payload lies in ``data`` (``view``: the same
+    bytes as a NumPy array), and what :func:`rtp_columns` reads of their RTP headers."""
+
+    ts_ms: npt.NDArray[np.int64]
+    start: npt.NDArray[np.int64]
+    end: npt.NDArray[np.int64]
+    chained: npt.NDArray[np.bool_]
+    payload_type: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    timestamp: npt.NDArray[np.int64]
+    ssrc: npt.NDArray[np.int64]
+    data: bytes
+    view: npt.NDArray[np.uint8]
+
+
+class RtpColumns(NamedTuple):
+    """What :func:`rtp_columns` reads (see there)."""
+
+    chained: npt.NDArray[np.bool_]
+    payload_type: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    timestamp: npt.NDArray[np.int64]
+    ssrc: npt.NDArray[np.int64]
+
+
+def rtp_columns(header: npt.NDArray[np.uint8], size: npt.NDArray[np.int64],
+                new_flow: npt.NDArray[np.bool_]) -> RtpColumns:
+    """The RTP fields of datagrams grouped by flow (each flow's in capture order; a
+    flow starts where ``new_flow`` is set), from the first 12 bytes of each payload
+    (``header``: any bytes where ``size``, the payload's length, is under 12):
+    ``chained`` (plain RTP, the first byte 0x80 and not RTCP, that continues the
+    datagram before it unless it is its flow's first: same SSRC and payload type, the
+    next sequence number), payload type, sequence number, timestamp and SSRC.
+    :meth:`MediaSupervisor.flow_run` counts a run whose datagrams are all chained
+    at once."""
+    b1 = header[:, 1].astype(np.int64)
+    plain = (header[:, 0] == 0x80) & ((b1 < 192) | (b1 > 223)) & (size >= 12)
+    words = np.ascontiguousarray(header).view(">u2")
+    seq = words[:, 1].astype(np.int64)
+    longs = np.ascontiguousarray(header[:, 4:]).view(">u4")
+    timestamp = longs[:, 0].astype(np.int64)
+    ssrc = longs[:, 1].astype(np.int64)
+    payload_type = b1 & 0x7F
+    chained = plain.copy()
+    follows = (plain[:-1] & (ssrc[1:] == ssrc[:-1]) & (payload_type[1:] == payload_type[:-1])
+               & (seq[1:] == ((seq[:-1] + 1) & 0xFFFF)))
+    chained[1:] &= follows | new_flow[1:]
+    return RtpColumns(chained, payload_type, seq, timestamp, ssrc)
+
+
 def _addresses(sdp: SessionDescription) -> tuple[list[Address], dict[int, Codec]]:
     """The RTP addresses of a party's audio and video streams (any codec: media presence
     counts, whatever is carried), and its G.711 payload types (the audio the ringback and
@@ -299,6 +356,12 @@ class MediaSupervisor:
         # The same flows by their UDP/IPv4 addressing as on the wire (datagram_key): an
         # entry is dropped with the flow's entry in _flow_cache.
         self._key_cache: dict[bytes, _Flow] = {}
+        #: When a list: every wire key dropped from that cache is appended to it (a
+        #: consumer holding packets back per flow, see :meth:`flow_run`, learns which
+        #: flows changed).
+        self.key_log: list[bytes] | None = None
+        #: When a list: every address whose owner changed in the flow table is appended.
+        self.address_log: list[Address] | None = None
         self.flows.on_change = self._forget_flows
 
     # --- signalling -------------------------------------------------------------
@@ -418,6 +481,8 @@ class MediaSupervisor:
                 return None
             d.flowed = True
             if len(self._flow_cache) >= _FLOW_CACHE_LIMIT:
+                if self.key_log is not None:
+                    self.key_log.extend(self._key_cache)
                 self._flow_cache.clear()
                 self._flows_of.clear()
                 self._key_cache.clear()
@@ -538,6 +603,160 @@ class MediaSupervisor:
                     d.feed_audio()
         return call_ref
 
+    # --- packets held back per flow (replay of a capture file in blocks) -------------
+    def flow_for_key(self, key: bytes) -> _Flow | None:
+        """The known flow of a UDP/IPv4 wire key (see :meth:`datagram_key`), if any."""
+        return self._key_cache.get(key)
+
+    @staticmethod
+    def flow_deferrable(flow: _Flow) -> bool:
+        """Whether packets of ``flow`` may be held back and given to :meth:`flow_run`
+        later (until an event of its dialog, or until the flow changes): true unless they
+        are evidence for other dialogs too, or the flow is the callee's of an answered
+        dialog whose callee media has not been seen yet (its next packet may confirm the
+        answer: the call control must hear of it at once)."""
+        if flow.also:
+            return False
+        return not (flow.callee and flow.dialog.answer_ms is not None
+                    and flow.stream.first_after_answer_ms is None)
+
+    def stray_deferrable(self, src_ip: str, src_port: int, dst_ip: str, dst_port: int
+                         ) -> bool:
+        """Whether datagrams with this addressing would now be counted as of no dialog
+        and nothing else (so they may be held back and counted with
+        :meth:`count_stray` later, until an owner of either address changes): no flow and
+        no owner for them, and RTP of their address family already seen (so
+        :attr:`rtp_families` has nothing to learn from them)."""
+        if (src_ip, src_port, dst_ip, dst_port) in self._flow_cache:
+            return False
+        if (6 if ":" in src_ip else 4) not in self.rtp_families:
+            return False
+        return self.flows.peek((src_ip, src_port), (dst_ip, dst_port)) is None
+
+    def count_stray(self, packets: int) -> None:
+        """``packets`` datagrams :meth:`stray_deferrable` allowed to hold back."""
+        self.packets_unmatched += packets
+
+    def dialogs_of(self, src_ip: str, src_port: int, dst_ip: str, dst_port: int
+                   ) -> list[str]:
+        """The dialogs a datagram with this addressing would be evidence for now (what
+        :meth:`datagram` would touch), without changing anything."""
+        flow = self._flow_cache.get((src_ip, src_port, dst_ip, dst_port))
+        if flow is not None:
+            return [flow.call_ref, *(f.call_ref for f in flow.also)]
+        src, dst = (src_ip, src_port), (dst_ip, dst_port)
+        ref = self.flows.peek(src, dst)
+        if ref is None:
+            return []
+        return [ref, *(r for r, _ in self.flows.sharers(src, dst))]
+
+    def flow_run(self, flow: _Flow, run: PacketRun) -> None:
+        """Packets of one known flow in capture order, all at once: the same counts,
+        evidence and audio as :meth:`datagram_key` gives them one by one. For a flow
+        :meth:`flow_deferrable` allows, with nothing of its dialog changed since the
+        first of them. Plain RTP (first byte 0x80, one payload type, one SSRC, sequence
+        numbers in a row) is counted with NumPy; anything else one packet at a time."""
+        ts_ms = run.ts_ms
+        n = len(ts_ms)
+        if n < _RUN_MIN:
+            self._run_each(flow, run)
+            return
+        s = flow.stream
+        if not bool(run.chained.all()):
+            self._run_each(flow, run)
+            return
+        seq, ssrc = run.seq, run.ssrc
+        first_ssrc, first_seq = int(ssrc[0]), int(seq[0])
+        if first_ssrc == s.last_ssrc and s.next_seq is not None and first_seq != s.next_seq:
+            self._run_each(flow, run)  # packets lost or late before the run
+            return
+        sizes = run.end - run.start - 12
+        self.packets_matched += n
+        s.packets += n
+        s.octets += int(sizes.sum())
+        gap = int((ts_ms[1:] - ts_ms[:-1]).max(initial=0))
+        if s.last_ms is None:
+            s.first_ms = int(ts_ms[0])
+        else:
+            gap = max(gap, int(ts_ms[0]) - s.last_ms)
+        if gap > s.max_gap_ms:
+            s.max_gap_ms = gap
+        s.last_ms = int(ts_ms[-1])
+        if first_ssrc != s.last_ssrc:
+            s.ssrcs += 1
+            s.last_ssrc = first_ssrc
+        s.next_seq = (int(seq[-1]) + 1) & 0xFFFF
+        s.next_ts = (int(run.timestamp[-1]) + int(sizes[-1])) & 0xFFFFFFFF
+        d = flow.dialog
+        answer_ms = d.answer_ms
+        if answer_ms is None:
+            s.before_answer += n
+            return
+        if int(ts_ms.min()) >= answer_ms:  # all after the 200 OK, the usual case
+            count, first = n, 0
+            after = None
+        else:
+            after = ts_ms >= answer_ms
+            count = int(np.count_nonzero(after))
+            first = int(np.argmax(after))
+        s.before_answer += n - count
+        if not count:
+            return
+        if s.first_after_answer_ms is None:
+            s.first_after_answer_ms = int(ts_ms[first])
+        if not flow.callee:
+            return
+        if after is None and int(sizes.min()) > 0:
+            heard = None
+            start = first
+        else:
+            heard = (sizes > 0) if after is None else after & (sizes > 0)
+            if not heard.any():
+                return
+            start = int(np.argmax(heard))
+        payload_type = int(run.payload_type[0])
+        codecs = d.payload_codecs
+        codec = codecs.get(payload_type)
+        if codec is None and payload_type not in codecs:
+            codec = codecs[payload_type] = (
+                d.codecs.get(Party.CALLEE, {}).get(payload_type)
+                or d.codecs.get(Party.CALLER, {}).get(payload_type)
+                or codec_for_payload_type(payload_type))
+        if codec is None:
+            return
+        audio = d.audio
+        if codec is not d.audio_codec:
+            if audio:
+                d.feed_audio()
+            d.audio_codec = codec
+        if d.ringback_base_ms is None:
+            ring = d.ringback
+            if ring is not None and not ring.finished:
+                d.ringback_base_ms = int(ts_ms[start])
+        starts = run.start + 12
+        lengths = sizes
+        if heard is not None:
+            starts, lengths = starts[heard], sizes[heard]
+        size = int(lengths[0])
+        if size <= len(run.view) and int(lengths.min()) == int(lengths.max()):
+            # Equal payloads (one codec and packet time): one copy of the rows.
+            rows = np.ndarray((len(run.view) - size + 1,), dtype=f"V{size}",
+                              buffer=run.view, strides=(1,))
+            audio.append(rows[starts].tobytes())
+        else:
+            data = run.data
+            audio.append(b"".join([data[a : a + b] for a, b in
+                                   zip(starts.tolist(), lengths.tolist(), strict=True)]))
+        if len(audio) >= _AUDIO_BATCH or len(starts) >= _AUDIO_BATCH:
+            d.feed_audio()
+
+    def _run_each(self, flow: _Flow, run: PacketRun) -> None:
+        data = run.data
+        one = self.datagram_key
+        for t, a, b in zip(run.ts_ms.tolist(), run.start.tolist(), run.end.tolist(),
+                           strict=True):
+            one(t, b"", data[a:b], flow)
+
     def media_seen(self, call_ref: str, party: Party, ts_ms: int, packets: int,
                    octets: int = 0, source: str = "rtpengine") -> bool:
         """A media relay's counters instead of captured packets, where the media cannot
@@ -605,12 +824,16 @@ class MediaSupervisor:
     def _forget_flows(self, addr: Address) -> None:
         """The owner of ``addr`` changed in the flow table: drop the cached flows through
         it (FlowTable.on_change)."""
+        if self.address_log is not None:
+            self.address_log.append(addr)
         cache = self._flow_cache
         flows_of = self._flows_of
         for key in flows_of.pop(addr, ()):
             wire = cache.pop(key).key
             if wire is not None:
                 del self._key_cache[wire]
+                if self.key_log is not None:
+                    self.key_log.append(wire)
             # ... and from the index of its other address (a key is in the cache exactly
             # when it is in the sets of both its addresses).
             src, dst = (key[0], key[1]), (key[2], key[3])

@@ -353,3 +353,33 @@ def test_tables_used_for_silence_match_the_decoders() -> None:
     for codec, table in ((Codec.PCMU, ULAW_TO_LINEAR), (Codec.PCMA, ALAW_TO_LINEAR)):
         for code in range(256):
             assert mean_absolute(bytes([code]), codec) == abs(table[code])
+
+
+@pytest.mark.parametrize("frame", [160, 161, 240, 70_000])
+@pytest.mark.parametrize("head", [0, 37])
+def test_silence_counts_of_one_long_feed_are_those_of_frame_by_frame(frame: int,
+                                                                     head: int) -> None:
+    """Many frames in one feed are summed with NumPy (two samples per look-up in int32
+    where a frame is even and its sum fits, one per look-up in int64 otherwise), after
+    the frame a first short feed left partial: the same silent and voiced frames, and
+    the same first voiced sample, as fed a frame at a time."""
+    rng = random.Random(frame)
+    for codec in Codec:
+        # Frames near the silence threshold (a mean absolute sample of 512): about half
+        # their samples at 1024, the others at the quietest level, anywhere in the frame.
+        level = [mean_absolute(bytes([b]), codec) for b in range(256)]
+        loud = min(range(256), key=lambda b: abs(level[b] - 1024))
+        quiet = min(range(256), key=level.__getitem__)
+        audio = bytearray()
+        for _ in range(16):
+            share = rng.uniform(0.4, 0.6)
+            audio += bytes(loud if rng.random() < share else quiet for _ in range(frame))
+        audio += bytes(range(256)) * 2  # and a partial frame left over
+        whole, pieces = (SilenceDetector(frame_samples=frame) for _ in range(2))
+        whole.feed(bytes(audio[:head]), codec)
+        whole.feed(bytes(audio[head:]), codec)
+        for i in range(0, len(audio), frame):
+            pieces.feed(bytes(audio[i : i + frame]), codec)
+        assert (whole.silent_frames, whole.voiced_frames, whole.first_voiced_sample) == \
+            (pieces.silent_frames, pieces.voiced_frames, pieces.first_voiced_sample)
+        assert whole.voiced_frames and whole.silent_frames
