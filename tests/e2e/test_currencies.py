@@ -22,10 +22,8 @@ import pytest
 
 from sidecar.lab.live import LiveLab
 from sidecar.store.accounts import verify_ledger
-from sidecar.store.db import connect
-from sidecar.store.decks import import_deck
 from tests.e2e.test_limits import cli, cli_json
-from tests.e2e.test_live_sidecar import balance, cdrs, wait_for
+from tests.e2e.test_live_sidecar import balance, cdrs, deck_store, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,9 +34,7 @@ Germany Fixed;4930;0.0600;1/1;2026-01-01;0.0100
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    conn = connect(tmp_path / "sidecar.db")
-    (tmp_path / "deck.csv").write_text(DECK)
-    import_deck(conn, "retail", tmp_path / "deck.csv", as_of=datetime(2026, 1, 1, tzinfo=UTC))
+    conn = deck_store(tmp_path, DECK)
     yield conn
     conn.close()
 

@@ -15,7 +15,6 @@ import json
 import math
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,8 @@ from sidecar.lab.live import HOST, LiveLab
 from sidecar.lab.sipp import SippProcess
 from sidecar.money import fmt
 from sidecar.store.accounts import verify_ledger
-from sidecar.store.db import connect
-from sidecar.store.decks import import_deck
 from tests.e2e.test_limits import cli, cli_json, reasons
-from tests.e2e.test_live_sidecar import account, cdrs, wait_for
+from tests.e2e.test_live_sidecar import account, cdrs, deck_store, wait_for
 from tests.e2e.test_metrics import scrape
 
 pytestmark = pytest.mark.timeout(180)
@@ -61,9 +58,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def db(db_path: Path, tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    conn = connect(db_path)
-    (tmp_path / "sell.csv").write_text(SELL)
-    import_deck(conn, "retail", tmp_path / "sell.csv", as_of=datetime(2026, 1, 1, tzinfo=UTC))
+    conn = deck_store(tmp_path, SELL)
     account(conn, "ACME", "10")
     yield conn
     conn.close()

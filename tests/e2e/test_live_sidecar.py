@@ -28,11 +28,17 @@ Germany;49;0.1200;60/60;2026-01-01
 DIALLED = "4930123456"  # 0.06/min = 0.001/s on 1/1
 
 
+def deck_store(tmp_path: Path, deck: str = DECK) -> sqlite3.Connection:
+    """``tmp_path/sidecar.db`` with ``deck`` imported as plan ``retail`` (from 2026)."""
+    conn = connect(tmp_path / "sidecar.db")
+    (tmp_path / "deck.csv").write_text(deck)
+    import_deck(conn, "retail", tmp_path / "deck.csv", as_of=datetime(2026, 1, 1, tzinfo=UTC))
+    return conn
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    conn = connect(tmp_path / "sidecar.db")
-    (tmp_path / "deck.csv").write_text(DECK)
-    import_deck(conn, "retail", tmp_path / "deck.csv", as_of=datetime(2026, 1, 1, tzinfo=UTC))
+    conn = deck_store(tmp_path)
     yield conn
     conn.close()
 
