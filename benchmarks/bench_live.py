@@ -848,6 +848,7 @@ def cmd_step(args: argparse.Namespace) -> None:
           "  other: other load on the machine in cores (the larger of the two runs)")
     results: list[tuple[int, Load, Load]] = []
     extra: Load | None = None
+    extra_alone: Load | None = None
     with workdir(args.keep, "bench-step-") as d:
         scn = bench_scenarios(d / "scenarios", media=False)
         db = make_db(d / "bench.db")
@@ -870,11 +871,17 @@ def cmd_step(args: argparse.Namespace) -> None:
             knee = max((r for r, _a, w in results if w.failed_share < FAIL_SHARE), default=None)
             if knee is not None:
                 over = round(knee * 1.5)
-                if budget_s - (time.monotonic() - t_start) >= per_run_s:
+                if budget_s - (time.monotonic() - t_start) >= 2 * per_run_s:
+                    # The baseline at that rate too: what the machine carries without the
+                    # sidecar (Kamailio relaying every call).
+                    with new_lab(d / f"alone-{over}", d / "unused.db", sidecar=False) as alone:
+                        extra_alone = run_load(alone, scn, label=f"alone {over} (1.5x knee)",
+                                               rate=over, seconds=args.seconds)
+                        settle([alone, lab])
                     extra = run_load(lab, scn, label=f"sidecar {over} (1.5x knee)", rate=over,
                                      seconds=args.seconds)
-                    out.row(_step_row(f"{over}*", None, extra))
-                    print("  *: 1.5x the sidecar's knee, Kamailio + sidecar only")
+                    out.row(_step_row(f"{over}*", extra_alone, extra))
+                    print("  *: 1.5x the sidecar's knee")
                 else:
                     print(f"  time budget: the 1.5x knee run ({over}/s) skipped")
     print()
@@ -907,7 +914,15 @@ def cmd_step(args: argparse.Namespace) -> None:
                   f"{verdict(None if pct is None else pct >= 90)}); "
                   f"{fmt(extra.counts.refused)} refused (503), their reply p99 {ms(p99)} ms "
                   f"(target < 50 ms: {verdict(None if p99 is None else p99 < 50)})")
-    print_notes([x for _r, a, w in results for x in (a, w)] + ([extra] if extra else []))
+            if extra_alone is not None:
+                pct_alone = share(extra_alone.completed_per_s, k.completed_per_s)
+                print(f"  baseline at {extra.rate}/s, Kamailio alone (no sidecar): "
+                      f"{fmt(extra_alone.completed_per_s)} completed calls/s = "
+                      f"{fmt(pct_alone, 1)}% of the sidecar's knee, "
+                      f"{fmt(extra_alone.failed_share * 100, 1)}% failed, reply p99 "
+                      f"{ms(extra_alone.reply(99))} ms")
+    print_notes([x for _r, a, w in results for x in (a, w)] + ([extra] if extra else [])
+                + ([extra_alone] if extra_alone else []))
     print(f"total run time: {time.monotonic() - t_start:.0f} s "
           f"(budget {args.max_minutes} min)")
 
