@@ -24,6 +24,7 @@ from rich.table import Table
 
 from .charging.model import AccountKind
 from .lab.live import LiveLab
+from .money import fmt
 from .store.accounts import SqliteLedger, add_account, verify_ledger
 from .store.db import connect
 from .store.decks import import_deck
@@ -102,6 +103,11 @@ def main() -> None:
             console.print(f"kept: {run}")
 
 
+def _money(stored: object) -> str:
+    """A stored amount as people read it (``money.fmt``: no exponent, no trailing zeros)."""
+    return fmt(Decimal(str(stored)))
+
+
 def _report(conn: sqlite3.Connection) -> None:
     console.rule("CDRs")
     t = Table("account", "callee", "destination", "result", "SIP", "duration", "billed",
@@ -113,12 +119,12 @@ def _report(conn: sqlite3.Connection) -> None:
         (acc, callee, dest, disp, code, dur, billed, cost, charged, credited, fas, why, by,
          reason) = row
         t.add_row(acc or "-", callee, dest, disp, str(code or ""), f"{dur / 1000:.3f} s",
-                  f"{billed} s", cost, charged, credited,
+                  f"{billed} s", _money(cost), _money(charged), _money(credited),
                   f"{fas}: {why}"[:60] if fas else "", f"{by} ({reason})" if by else reason[:40])
     console.print(t)
     b = Table("account", "balance", "held")
     for code, bal, held in conn.execute("SELECT code, balance, held FROM accounts ORDER BY code"):
-        b.add_row(code, bal, held)
+        b.add_row(code, _money(bal), _money(held))
     console.print(b)
     bad = [c for c in verify_ledger(conn) if c.problems]
     console.print("ledger verified: every balance is the sum of its ledger rows" if not bad
