@@ -75,7 +75,7 @@ from ..store.accounts import (
     list_accounts,
     set_suspended,
 )
-from ..store.carriers import deck_info, list_carriers
+from ..store.carriers import carrier_rows
 from ..store.conn import Db
 from ..store.decks import (
     ImportConflict,
@@ -522,15 +522,7 @@ def stats_margin(request: web.Request) -> web.Response:
 
 @in_store
 def carriers_list(request: web.Request) -> web.Response:
-    conn = request.app[CONN]
-    out = []
-    for c in list_carriers(conn):
-        out.append({"name": c.name, "uri": c.uri, "buy_plan": c.plan,
-                    "currency": str(deck_info(conn, c)["currency"]),
-                    "max_calls": c.max_calls, "max_cps": c.max_cps, "enabled": c.enabled,
-                    "disabled_by": c.disabled_by, "disabled_reason": c.disabled_reason,
-                    "disabled_ms": c.disabled_ms, "until_ms": c.until_ms})
-    return _reply(m.Carriers, {"carriers": out})
+    return _reply(m.Carriers, {"carriers": carrier_rows(request.app[CONN])})
 
 
 @in_store

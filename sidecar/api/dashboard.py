@@ -34,10 +34,11 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..invoices import list_invoices
-from ..invoices.analytics import route_calls, spend, spend_json
+from ..invoices.analytics import margins, margins_json, route_calls, spend, spend_json
 from ..invoices.records import iso
 from ..money import fmt
 from ..store.accounts import list_accounts
+from ..store.carriers import carrier_rows
 from ..store.conn import Db
 from ..store.fraud import fraud_events
 from ..store.live import live_calls_view
@@ -157,6 +158,9 @@ def summary(conn: Db, now_ms: int, days: int = 30, min_calls: int = 20) -> dict[
                                         spend_json(spend(conn, by, from_ms=start))))
                   for by in ("destination", "day", "account")},
         "fas_routes": _as(m.FasRoute, (r.to_dict() for r in scores)),
+        # Least-cost routing: the carriers' state, and the period's margin by carrier.
+        "carriers": _as(m.CarrierOut, carrier_rows(conn)),
+        "margins": _as(m.MarginRow, margins_json(margins(conn, "carrier", from_ms=start))),
         "fraud_events": _as(m.FraudEvent, sorted(events, key=lambda e: -int(e["ts_ms"]))),
         "invoices": _as(m.InvoiceSummary, list_invoices(conn)[:100]),
     }

@@ -231,6 +231,17 @@ function renderSummary(s) {
     f.route, [f.attempts, "num"], [f.answered, "num"], [f.judged ? f.score : "—", "num"],
     [f.judged ? (f.reasons.length ? f.reasons.join("; ") : "clean") : "too few calls",
      f.reasons.length ? "bad" : ""]])) : [empty("no calls in this period")]));
+  const margin = new Map(s.margins.map((r) => [r.key, r]));
+  $("carriers").tBodies[0].replaceChildren(...(s.carriers.length ? s.carriers.map((c) => {
+    const m = margin.get(c.name);
+    const state = c.enabled ? "enabled" : (c.disabled_by === "health" ? "pulled" : "disabled") +
+      (c.disabled_reason ? ": " + c.disabled_reason : "");
+    return row([c.name, [state, c.enabled ? "" : "bad"], [m ? m.calls : 0, "num"],
+      [m ? m.sell + " " + m.currency : "—", "num"], [m ? m.buy : "—", "num"],
+      [m ? m.margin : "—", "num" + (m && m.margin.startsWith("-") ? " bad" : "")],
+      [m && m.margin_percent !== null ? m.margin_percent : "—", "num"],
+      [m ? m.losses : 0, "num"]]);
+  }) : [empty("no carriers (least-cost routing: sidecar carrier add)")]));
   $("fraud").tBodies[0].replaceChildren(...(s.fraud_events.length ? s.fraud_events.map((e) => row([
     e.time.slice(0, 19).replace("T", " "), e.account, e.rule, e.action, e.reason,
     [e.open ? "open" : (e.lifted ? "lifted" : "—"), e.open ? "bad" : ""]])) :

@@ -238,6 +238,16 @@ def deck_info(conn: Db, carrier: Carrier) -> dict[str, object]:
             "versions": versions}
 
 
+def carrier_rows(conn: Db) -> list[dict[str, object]]:
+    """Every carrier as the API and the dashboard show it: destination, buy deck and its
+    currency, capacity, and state (enabled, disabled by whom, pulled until when)."""
+    return [{"name": c.name, "uri": c.uri, "buy_plan": c.plan,
+             "currency": str(deck_info(conn, c)["currency"]), "max_calls": c.max_calls,
+             "max_cps": c.max_cps, "enabled": c.enabled, "disabled_by": c.disabled_by,
+             "disabled_reason": c.disabled_reason, "disabled_ms": c.disabled_ms,
+             "until_ms": c.until_ms} for c in list_carriers(conn)]
+
+
 def load_carrier_decks(conn: Db) -> list[CarrierDeck]:
     """Every carrier with its buy deck loaded (an empty table before its first import:
     it has no rate for any number)."""

@@ -58,5 +58,10 @@ def test_carriers_routed_cdrs_and_margins(tmp_path: Path) -> None:
         assert [r["key"] for r in doc["rows"]] == ["solid", "cheap"]  # largest margin first
         bad = await get_json(http, f"{base}/v1/stats/margin?by=planet", status=400)
         assert "by must be one of carrier" in bad["error"]
+        # The dashboard's carriers card: the same carriers and margins as the API's.
+        summary = await get_json(http, f"{base}/dashboard/summary?days=3660")
+        carriers = await get_json(http, f"{base}/v1/carriers")
+        assert summary["carriers"] == carriers["carriers"]
+        assert summary["margins"] == doc["rows"]
 
     with_server(sim, test)

@@ -18,6 +18,8 @@ from selenium.webdriver.common.by import By
 
 from sidecar.invoices import issue_invoice
 from sidecar.lab.live import LiveLab
+from sidecar.routing import EventKind, HealthEvent
+from sidecar.store.carriers import add_carrier, record_health_event
 from sidecar.store.db import connect
 from sidecar.store.decks import import_deck
 from tests.e2e.test_live_sidecar import DECK, DIALLED, account, cdrs
@@ -59,6 +61,17 @@ def _sample_store(db: Path) -> None:
         "INSERT INTO fraud_events (ts_ms, account, rule, action, reason, evidence, key) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)", (sim.now, "ACME-SALES", "max_calls_per_minute",
                                          "block", "<b>31 calls</b> in a minute", "{}", "f1"))
+    sim.conn.commit()
+    # Least-cost routing: two carriers, one pulled by route health; c0 was routed and
+    # lost money on carrier-a (its CDR's buy cost above its price).
+    add_carrier(sim.conn, "carrier-a", "sip:10.0.0.1", currency="USD", now_ms=sim.now)
+    add_carrier(sim.conn, "carrier-b", "sip:10.0.0.2", currency="USD", now_ms=sim.now)
+    record_health_event(sim.conn, HealthEvent("carrier-a", EventKind.PULLED, sim.now, "health",
+                                              "FAS score 60 at or above 50",
+                                              until_ms=sim.now + 900_000))
+    (cost,) = sim.conn.execute("SELECT cost FROM cdrs WHERE call_ref = 'c0'").fetchone()
+    sim.conn.execute("UPDATE cdrs SET buy_cost = ?, margin = ? WHERE call_ref = 'c0'",
+                     (str(Decimal(cost) + Decimal("0.5")), "-0.50000000"))
     sim.conn.commit()
     sim.charger.authorize("live-1", number=NUMBERS[2], now_ms=sim.now, account_code="ACME")
     sim.answer("live-1")
@@ -105,6 +118,12 @@ def test_the_dashboard_shows_balances_alerts_charts_fas_fraud_and_invoices(
         assert driver.execute_script("return document.querySelectorAll('#fraud b').length") \
             == 0
         assert "INV-" in _text(driver, "#invoices tbody")
+        carriers = table_rows(driver, "carriers")
+        assert carriers["carrier-a"]["state"] == "pulled: FAS score 60 at or above 50"
+        assert (carriers["carrier-a"]["margin"], carriers["carrier-a"]["losing calls"]) == (
+            "-0.5", "1")
+        assert (carriers["carrier-b"]["state"], carriers["carrier-b"]["routed calls"]) == (
+            "enabled", "0")
         recent = recent_rows(driver)
         assert recent["busy"]["result"].startswith("failed")
         shot = screenshot(driver, tmp_path, "dashboard-sample")
