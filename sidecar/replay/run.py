@@ -468,21 +468,9 @@ class Replay:
                         f = -1
                     else:
                         f = -1
-                        item = block.slow[p]
-                        _, src_ip, src_port, dst_ip, dst_port, transport, payload = item
-                        if payload and 0x80 <= payload[0] <= 0xBF and transport == "udp":
-                            rtp += 1
-                            refs = media.dialogs_of(src_ip, src_port, dst_ip, dst_port)
-                            for r in refs:
-                                held.flush_ref(r)
-                            held.touched.update(refs)
-                            actions = control.on_packet(ts, src_ip, src_port, dst_ip,
-                                                        dst_port, payload)
-                            if actions:
-                                self._actions(actions)
-                                deadline = control.next_deadline()
-                        elif self._sip(item if isinstance(item, CapturedPayload)
-                                       else CapturedPayload(*item)):
+                        was_rtp, moved = self._decoded(ts, block.slow[p], held)
+                        rtp += was_rtp
+                        if moved:
                             deadline = control.next_deadline()
                     held.after(p, f, changed, addresses)
                     cur = p + 1
@@ -541,17 +529,9 @@ class Replay:
                                              dst_port, "udp", data[a:b])):
                     deadline = control.next_deadline()
             else:
-                item = slow[p]
-                _, src_ip, src_port, dst_ip, dst_port, transport, payload = item
-                if payload and 0x80 <= payload[0] <= 0xBF and transport == "udp":
-                    slow_rtp += 1
-                    actions = control.on_packet(ts, src_ip, src_port, dst_ip, dst_port,
-                                                payload)
-                    if actions:
-                        self._actions(actions)
-                        deadline = control.next_deadline()
-                elif self._sip(item if isinstance(item, CapturedPayload)
-                               else CapturedPayload(*item)):
+                was_rtp, moved = self._decoded(ts, slow[p], None)
+                slow_rtp += was_rtp
+                if moved:
                     deadline = control.next_deadline()
         return deadline, slow_rtp
 
@@ -568,6 +548,27 @@ class Replay:
             if d is None or d > now_ms:
                 return
             self._actions(control.tick(d))
+
+    def _decoded(self, ts: int, item: Any, held: _Held | None) -> tuple[bool, bool]:
+        """A packet the frame decoder handled, on its own: RTP to media supervision (with
+        ``held``, after the held-back runs of the calls it belongs to), anything else to
+        the signalling. Returns (it was RTP, the next deadline may have moved)."""
+        _, src_ip, src_port, dst_ip, dst_port, transport, payload = item
+        if payload and 0x80 <= payload[0] <= 0xBF and transport == "udp":
+            control = self.control
+            if held is not None:
+                assert control.media is not None
+                refs = control.media.dialogs_of(src_ip, src_port, dst_ip, dst_port)
+                for r in refs:
+                    held.flush_ref(r)
+                held.touched.update(refs)
+            actions = control.on_packet(ts, src_ip, src_port, dst_ip, dst_port, payload)
+            if actions:
+                self._actions(actions)
+                return True, True
+            return True, False
+        return False, self._sip(item if isinstance(item, CapturedPayload)
+                                else CapturedPayload(*item))
 
     def _sip(self, captured: CapturedPayload) -> bool:
         """Feed a payload that looks like SIP to the signalling tracker and handle the

@@ -323,6 +323,16 @@ def _addresses(sdp: SessionDescription) -> tuple[list[Address], dict[int, Codec]
     return addrs, codecs
 
 
+def _learn_codec(d: DialogMedia, payload_type: int) -> Codec | None:
+    """The codec of an RTP payload type first seen in dialog ``d`` (the callee's SDP, else
+    the caller's, else the static assignments), remembered for its next packets."""
+    codec = d.codecs.get(Party.CALLEE, {}).get(payload_type) \
+        or d.codecs.get(Party.CALLER, {}).get(payload_type) \
+        or codec_for_payload_type(payload_type)
+    d.payload_codecs[payload_type] = codec
+    return codec
+
+
 def _origin_key(origin: str | None) -> str:
     """The o= line without its version: stable for one party through a session."""
     if not origin:
@@ -578,10 +588,7 @@ class MediaSupervisor:
             codecs = d.payload_codecs
             codec = codecs.get(payload_type)
             if codec is None and payload_type not in codecs:
-                codec = codecs[payload_type] = (
-                    d.codecs.get(Party.CALLEE, {}).get(payload_type)
-                    or d.codecs.get(Party.CALLER, {}).get(payload_type)
-                    or codec_for_payload_type(payload_type))
+                codec = _learn_codec(d, payload_type)
             if codec is not None:
                 # The callee's G.711 audio, queued for the FAS detectors (fed in batches:
                 # this runs for half of all packets). The detectors read the audio as one
@@ -718,10 +725,7 @@ class MediaSupervisor:
         codecs = d.payload_codecs
         codec = codecs.get(payload_type)
         if codec is None and payload_type not in codecs:
-            codec = codecs[payload_type] = (
-                d.codecs.get(Party.CALLEE, {}).get(payload_type)
-                or d.codecs.get(Party.CALLER, {}).get(payload_type)
-                or codec_for_payload_type(payload_type))
+            codec = _learn_codec(d, payload_type)
         if codec is None:
             return
         audio = d.audio
