@@ -37,12 +37,15 @@ from typing import Any, TypeVar
 from ..money import ZERO, to_text
 from ..numbers import InvalidNumber, normalize, origin_class
 from ..rating import NoRate, Price, RateLine, RateTable, affordable_seconds, price
+from ..rating.bundles import UNLIMITED, Bundle, affordable_with_bundle, split
 from ..rating.fx import FxError, FxTable
 from ..routing.health import HealthEvent
 from ..routing.router import Router
 from .book import AccountBook
+from .bundles import BundleBook
 from .commands import (
     BatchResult,
+    BundleDraw,
     CarrierHealth,
     Flag,
     Outcome,
@@ -50,6 +53,7 @@ from .commands import (
     Settle,
     StoreCommand,
     Topup,
+    UsageKey,
 )
 from .fraud import FraudGuard, Trip
 from .limits import NO_LIMITS, Limits, effective
@@ -67,7 +71,7 @@ from .model import (
     Recharge,
 )
 from .ports import StoreExecutor, StorePort
-from .settle import NO_EFFECT, Effect, grant, reserve_effect, settle_amounts
+from .settle import NO_EFFECT, Effect, Fit, grant, reserve_effect, settle_amounts
 
 log = logging.getLogger("sidecar.charging")
 
@@ -137,6 +141,12 @@ class CallSession:
     #: it converted to the account's currency) and the exchange rate used.
     deck_line: RateLine | None = None
     fx_rate: Decimal | None = None
+    #: The free-minute bundle the call draws on (``bundles.py``), its usage row, and the
+    #: bundle seconds held for it (``paid_seconds`` counts them too: it is the time the
+    #: call may run).
+    bundle: Bundle | None = None
+    bundle_key: UsageKey | None = None
+    bundle_held: int = 0
 
     @property
     def paid_until_ms(self) -> int | None:
@@ -200,6 +210,8 @@ class Charger:
         self.router: Router | None = None
         #: Exchange rates: accounts whose currency differs from their deck's.
         self.fx = FxTable()
+        #: Free-minute bundles (none: every call is paid in money).
+        self.bundles = BundleBook()
         self._converted: dict[tuple[int, str, Decimal], tuple[RateLine, RateLine]] = {}
 
     # --- events --------------------------------------------------------------------
@@ -288,6 +300,10 @@ class Charger:
             seconds = cap  # the longest call allowed is affordable: no search needed
         else:
             seconds = affordable_seconds(line, avail)
+            if self.bundles.active:  # free seconds left in a bundle make it longer
+                pick = self.bundles.pick(acc.code, acc.plan, line, digits, now_ms)
+                if pick is not None:
+                    seconds = max(seconds, affordable_with_bundle(line, pick.left, avail))
         if seconds <= 0:
             return self._reject(
                 call_ref, call_id, acc, 402,
@@ -473,7 +489,8 @@ class Charger:
 
     def adopt(self, call_ref: str, *, account: str, number: str, caller: str, now_ms: int,
               answered_ms: int | None, paid_seconds: int = 0, reserved: Decimal = ZERO,
-              call_id: str = "", supervise: bool = True) -> list[Action]:
+              call_id: str = "", supervise: bool = True, bundle: str = "",
+              bundle_period: int | None = None, bundle_held: int = 0) -> list[Action]:
         """Take charge of a call this process did not see start (after a restart or a lost
         connection): from its store record (paid seconds and holds) or from Kamailio's
         dialog list. Billing resumes where the record says; credit control resumes now
@@ -509,6 +526,11 @@ class Charger:
                         origin, answered_ms or now_ms, acc.max_call_seconds,
                         paid_seconds=paid_seconds, reserved=reserved, deck_line=deck_line,
                         fx_rate=fx_rate)
+        if bundle and bundle_period is not None:  # the bundle seconds its record holds
+            s.bundle_key = (acc.code, bundle, bundle_period)
+            s.bundle_held = bundle_held
+            s.bundle = next((b for b in self.bundles.of(acc.code, acc.plan)
+                             if b.name == bundle), None)  # None: removed; draws no more
         self.sessions[call_ref] = s
         self.guard.adopt(acc.code, call_ref)
         log.info("adopted %s account=%s paid=%ss answered=%s", call_ref, acc.code, paid_seconds,
@@ -582,6 +604,7 @@ class Charger:
         if s is None:
             return []  # duplicate or unknown: never charged twice
         self._forget(s)
+        reprice: Callable[[int], None] | None = None
         if route:
             s.meta["route"] = route
         if media is not None and s.answered_ms is not None and media.billable_ms is None:
@@ -606,29 +629,41 @@ class Charger:
                 duration = min(duration, s.paid_seconds * 1000)
             rates = self.plans(s.plan)
             secs = rates.table.rounding_seconds(duration)
-            p = self._price(s.line, secs)
             cdr = self._cdr(s, Disposition.ANSWERED, now_ms)
+            if s.bundle_key is not None:  # bundle seconds first, the rest paid
+                sp = split(s.line, secs, s.bundle_held)
+                p = sp.price
+                cdr.billed_seconds = sp.billed_seconds
+                cdr.bundle_seconds = sp.bundle_seconds
+                reprice = functools.partial(_rebundle, cdr, s.line, s.deck_line, secs)
+            else:
+                p = self._price(s.line, secs)
+                cdr.billed_seconds = p.billed_seconds
             cdr.sip_code = sip_code if sip_code is not None else 200
             cdr.duration_ms = duration
-            cdr.billed_seconds = p.billed_seconds
             cdr.usage, cdr.connection_fee = p.usage, p.connection_fee
             cdr.surcharge, cdr.minimum_uplift, cdr.cost = p.surcharge, p.minimum_uplift, p.cost
             if media is not None:
                 self._media(cdr, media)
                 if media.credit:
                     cdr.credited = cdr.cost  # the ledger credits what it charged
+                    cdr.bundle_seconds = 0  # and the bundle gets its seconds back
         if s.answered_ms is not None:
             cdr.signalled_ms = max(0, now_ms - s.answered_ms)
+        if s.bundle_key is not None:
+            cdr.bundle, cdr.bundle_period = s.bundle_key[1], s.bundle_key[2]
         if s.deck_line is not None:  # rated in another currency: the deck's price too
             cdr.deck_currency = s.deck_line.currency
             cdr.fx_rate = str(s.fx_rate)
-            cdr.deck_cost = (self._price(s.deck_line, cdr.billed_seconds).cost
-                             if cdr.billed_seconds else ZERO)
+            cdr.deck_cost = (ZERO if not cdr.billed_seconds else
+                             split(s.deck_line, cdr.billed_seconds, s.bundle_held).cost
+                             if s.bundle_key is not None else
+                             self._price(s.deck_line, cdr.billed_seconds).cost)
         cdr.ended_by = ended_by
         cdr.end_reason = s.end_reason or reason
         if self.router is not None:
             self._routed(s, cdr, now_ms)
-        self._settle(cdr, now_ms, s.reserved)
+        self._settle(cdr, now_ms, s.reserved, s.bundle_held, reprice)
         acc = self.book.get(s.account, now_ms)
         if acc is not None:
             lim = self.limits_of(acc, now_ms)
@@ -742,17 +777,22 @@ class Charger:
             offered_ms=s.offered_ms, ringing_ms=s.ringing_ms, answered_ms=s.answered_ms,
             billable_ms=s.billable_ms, ended_ms=now_ms, route=s.meta.get("route", ""))
 
-    def _settle(self, cdr: Cdr, now_ms: int, held: Decimal) -> None:
-        """Send the CDR to the store; the account's view moves as the store will move it."""
+    def _settle(self, cdr: Cdr, now_ms: int, held: Decimal, bundle_held: int = 0,
+                reprice: Callable[[int], None] | None = None) -> None:
+        """Send the CDR to the store; the account's view moves as the store will move it
+        (and its bundle's: the seconds held for the call and not used go back)."""
         self._remember_ended(cdr.call_ref)
         seq = self._next_seq()
+        if cdr.bundle and cdr.account and cdr.bundle_period is not None:
+            self.bundles.apply(seq, (cdr.account, cdr.bundle, cdr.bundle_period),
+                               cdr.bundle_seconds - bundle_held)
         acc = self.book.get(cdr.account, now_ms) if cdr.account else None
         if acc is None:
-            self._submit(Settle(seq, cdr, now_ms))
+            self._submit(Settle(seq, cdr, now_ms, None, reprice))
             return
         amounts = settle_amounts(acc, held, cdr.cost, cdr.credited)
         self.book.apply(seq, acc.code, amounts.effect)
-        self._submit(Settle(seq, cdr, now_ms))
+        self._submit(Settle(seq, cdr, now_ms, None, reprice))
         if held or amounts.charged:
             # Spend velocity: the reservations counted already; now what they missed
             # (or gave back).
@@ -827,6 +867,11 @@ class Charger:
         # available < rate * base / 60 * chunks * live, without the division's 28 digits
         need = s.line.rate * (base * self.config.low_credit_chunks * max(live, 1))
         if acc.available() * 60 < need:
+            if (s.bundle is not None and s.bundle_key is not None
+                    and s.paid_seconds <= s.bundle_held and self.bundles.left(
+                        s.bundle, s.bundle_key) >= base * self.config.low_credit_chunks
+                    * max(live, 1)):
+                return base  # its bundle has seconds enough for every call's turns
             return max(self.config.min_chunk_seconds, s.line.increment.next, 1)
         return base
 
@@ -839,18 +884,27 @@ class Charger:
         line = s.line
         while True:
             acc = self.book.get(s.account, now_ms)
-            chunk = self._chunk_seconds(s, acc)
             paid = s.paid_seconds
+            if paid == 0 and s.bundle_key is None and self.bundles.active:
+                pick = self.bundles.pick(s.account, s.plan, line, s.number, s.billable_ms)
+                if pick is not None:  # the call draws on this bundle to its end
+                    s.bundle, s.bundle_key = pick.bundle, pick.key
+            chunk = self._chunk_seconds(s, acc)
             target = line.increment.billed(paid + chunk)
             if s.cap_seconds and target > s.cap_seconds >= paid:
                 target = s.cap_seconds  # never pay beyond what the limits allow
-            base = self._price(line, paid).cost if paid else ZERO
-            want = self._price(line, target).cost - base
+            draw: BundleDraw | None = None
+            fit: Fit
+            if s.bundle_key is not None:
+                want, fit, draw = self._bundle_terms(s, paid, target)
+            else:
+                base = self._price(line, paid).cost if paid else ZERO
+                want = self._price(line, target).cost - base
 
-            def fit(avail: Decimal, paid: int = paid, base: Decimal = base
-                    ) -> tuple[Decimal, int]:
-                d = affordable_seconds(line, avail, paid)
-                return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
+                def fit(avail: Decimal, paid: int = paid, base: Decimal = base
+                        ) -> tuple[Decimal, int]:
+                    d = affordable_seconds(line, avail, paid)
+                    return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
 
             if acc is None:  # the account is gone: nothing more can be reserved
                 granted, seconds = ZERO, paid
@@ -863,8 +917,11 @@ class Charger:
                         "answered_ms": s.billable_ms}
                 s.paid_seconds = seconds
                 s.reserved += granted
+                if draw is not None:
+                    self.bundles.apply(seq, draw.key, draw.seconds)
+                    s.bundle_held += draw.seconds
                 self._submit(Reserve(seq, s.account, s.call_ref, granted, seconds, paid, fit,
-                                     live, now_ms))
+                                     live, now_ms, draw))
                 if acc is not None and after is not None and granted:
                     self._thresholds(acc, after, now_ms, actions)
                     self._spent(after, granted, now_ms)
@@ -893,11 +950,40 @@ class Charger:
             if s.ending:  # the store's answer (in synchronous use) ended it meanwhile
                 return
 
+    def _bundle_terms(self, s: CallSession, paid: int, target: int
+                      ) -> tuple[Decimal, Fit, BundleDraw | None]:
+        """A reservation of a call on a bundle: bundle seconds first, as many as the
+        bundle has left up to ``target`` (while the call has not started paying), then
+        money for the rest, priced by the bundle split (``rating.bundles``)."""
+        line = s.line
+        have = s.bundle_held
+        take = 0
+        if s.bundle is not None and s.bundle_key is not None and paid <= have < target:
+            take = min(target - have, self.bundles.left(s.bundle, s.bundle_key))
+
+        def terms(got: int) -> tuple[Decimal, Fit]:
+            b = have + got
+            base = split(line, paid, b).cost if paid else ZERO
+
+            def fit(avail: Decimal) -> tuple[Decimal, int]:
+                d = min(affordable_with_bundle(line, b, avail + base), UNLIMITED)
+                return (split(line, d, b).cost - base, d) if d > paid else (ZERO, paid)
+
+            return split(line, target, b).cost - base, fit
+
+        want, fit = terms(take)
+        if not take:
+            return want, fit, None
+        assert s.bundle_key is not None
+        return want, fit, BundleDraw(s.bundle_key, take, terms)
+
     def _on_reserved(self, cmd: Reserve, o: Outcome, now_ms: int,
                      actions: list[Action]) -> None:
         s = self.sessions.get(cmd.call_ref)
         if s is None:
             return  # already settled: the settlement released whatever was held
+        if cmd.bundle is not None and o.bundle_seconds != cmd.bundle.seconds:
+            s.bundle_held -= cmd.bundle.seconds - o.bundle_seconds  # the store had fewer
         if not o.ok:
             s.reserved -= cmd.amount
             if s.ending:
@@ -916,6 +1002,8 @@ class Charger:
                 actions.append(EndCall(s.call_ref, REASON_STORE, now_ms))
             return
         if o.seconds >= cmd.seconds:
+            if o.granted != cmd.amount:  # fewer bundle seconds, paid for in money instead
+                s.reserved += o.granted - cmd.amount
             return
         # The store had less than the view showed (a change made elsewhere): the call
         # gets what the store granted, and ends when that is used.
@@ -1020,6 +1108,7 @@ class Charger:
                 log.error("top-up of %s %s on %s NOT recorded: %s", cmd.amount, cmd.note,
                           cmd.account, o.error)
         self.book.committed(done, batch.accounts)
+        self.bundles.committed([seq for _code, seq in done], batch.bundles)
         if batch.error:
             if self.store_ok:
                 log.error("store failed: %s; refusing new calls until it recovers",
@@ -1083,7 +1172,9 @@ class Charger:
                 continue
             elapsed = max(0, now_ms - s.billable_ms)
             table = self.plans(s.plan).table
-            cost = price(s.line, table.rounding_seconds(elapsed)).cost
+            secs = table.rounding_seconds(elapsed)
+            cost = (split(s.line, secs, s.bundle_held).cost if s.bundle_key is not None
+                    else price(s.line, secs).cost)
             paid_until = s.paid_until_ms or now_ms
             out.append({"call_ref": s.call_ref, "account": s.account, "number": s.number,
                         "destination": s.line.destination, "elapsed_ms": elapsed,
@@ -1105,6 +1196,24 @@ def _remember(cache: dict[_K, tuple[RateLine, _V]], key: _K, line: RateLine, val
         cache.clear()
     cache[key] = (line, value)
     return value
+
+
+def _rebundle(cdr: Cdr, line: RateLine, deck_line: RateLine | None, secs: int,
+              bundle_seconds: int) -> None:
+    """Rate a settled call again with ``bundle_seconds`` from its bundle (the store had
+    fewer for it than the core counted): what :meth:`Charger.end` does, for that many."""
+    sp = split(line, secs, bundle_seconds)
+    p = sp.price
+    credit = cdr.credited == cdr.cost and cdr.cost > 0
+    cdr.billed_seconds, cdr.bundle_seconds = sp.billed_seconds, sp.bundle_seconds
+    cdr.usage, cdr.connection_fee = p.usage, p.connection_fee
+    cdr.surcharge, cdr.minimum_uplift, cdr.cost = p.surcharge, p.minimum_uplift, p.cost
+    if credit:
+        cdr.credited = cdr.cost
+    if deck_line is not None:
+        cdr.deck_cost = split(deck_line, secs, bundle_seconds).cost
+    if cdr.buy_cost is not None:
+        cdr.margin = cdr.cost - cdr.credited - cdr.buy_cost
 
 
 @functools.lru_cache(maxsize=256)

@@ -16,6 +16,7 @@ counts at thousands of them per second.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import NamedTuple
@@ -24,10 +25,25 @@ from ..money import ZERO
 from .model import Account, Cdr, Settlement
 from .settle import Fit
 
+#: A bundle's usage in one period: (account, bundle name, period start in UTC ms).
+UsageKey = tuple[str, str, int]
+
+
+class BundleDraw(NamedTuple):
+    """The bundle part of a reservation: take ``seconds`` from the bundle's usage row
+    ``key`` for the call. If the store has fewer left, it takes what it has and asks
+    ``redo(taken)`` for the money part instead: (amount, fit) for that many bundle
+    seconds."""
+
+    key: UsageKey
+    seconds: int
+    redo: Callable[[int], tuple[Decimal, Fit]]
+
 
 class Reserve(NamedTuple):
     """Hold ``amount`` on ``account`` for a call, bringing it to ``seconds`` paid; if the
-    store has less available than the core thought, it grants ``fit(available)``."""
+    store has less available than the core thought, it grants ``fit(available)``. With
+    ``bundle``, bundle seconds are drawn first (``BundleDraw``); ``seconds`` counts both."""
 
     seq: int
     account: str
@@ -38,6 +54,7 @@ class Reserve(NamedTuple):
     fit: Fit
     live: dict[str, object]  # the live call's row: number, destination, prefix, rate, ...
     now_ms: int
+    bundle: BundleDraw | None = None
 
 
 class Settle(NamedTuple):
@@ -49,6 +66,10 @@ class Settle(NamedTuple):
     #: Another node's call whose lease ran out: settled only if its reservation is still
     #: there with a lease that ended before this time (``store.writer``).
     lease_ended_by: int | None = None
+    #: A call on a bundle: rates the CDR again for the bundle seconds the store holds for
+    #: it, when the core counted more (a reservation it had not heard back from yet got
+    #: fewer than it asked for).
+    reprice: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +133,7 @@ class Outcome(NamedTuple):
     journaled: bool = False
     settled_elsewhere: bool = False  # Reserve: the call has its CDR already (another node)
     error: str = ""
+    bundle_seconds: int = 0  # Reserve: the bundle seconds taken (BundleDraw)
 
 
 @dataclass(frozen=True)
@@ -122,3 +144,5 @@ class BatchResult:
     outcomes: list[Outcome]
     accounts: dict[str, Account] = field(default_factory=dict)
     error: str = ""  # the store's failure, when the batch could not be committed
+    #: Bundle usage rows the batch touched: seconds used + held after the commit.
+    bundles: dict[UsageKey, int] = field(default_factory=dict)

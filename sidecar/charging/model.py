@@ -143,6 +143,13 @@ class Cdr:
     deck_currency: str = ""
     deck_cost: Decimal | None = None
     fx_rate: str | None = None
+    #: A call that drew on a free-minute bundle: its name, the start of the period (UTC
+    #: ms) and how many of ``billed_seconds`` came from it (the rest were paid:
+    #: ``rating.bundles`` has the rule). A FAS-credited call gives its bundle seconds
+    #: back (0 here) as it gives its money back.
+    bundle: str = ""
+    bundle_period: int | None = None
+    bundle_seconds: int = 0
 
 
 @dataclass(frozen=True)

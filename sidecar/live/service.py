@@ -215,6 +215,8 @@ class Sidecar:
         self.plan_map.update(ev.plans)
         if ev.fx is not None:
             self.charger.fx = ev.fx
+        if ev.bundles is not None or ev.bundle_usage is not None:
+            self.charger.bundles.load(ev.bundles, ev.bundle_usage)
         if ev.carriers is not None:
             said = self.router.set_book(ev.carriers, wall_ms())
             names = [d.carrier.name for d in ev.carriers.decks]
@@ -244,7 +246,11 @@ class Sidecar:
                 ref, account=str(row["account"]), number=str(row["number"]), caller="",
                 now_ms=now, answered_ms=int(str(row["answered_ms"])),
                 paid_seconds=int(str(row["paid_seconds"])),
-                reserved=Decimal(str(row["reserved"])), supervise=False))
+                reserved=Decimal(str(row["reserved"])), supervise=False,
+                bundle=str(row.get("bundle") or ""), bundle_held=int(str(
+                    row.get("bundle_held") or 0)),
+                bundle_period=None if row.get("bundle_period") is None else int(str(
+                    row["bundle_period"]))))
             if ref in self.charger.sessions:
                 self._unsupervised.add(ref)
         self._stored_calls = []

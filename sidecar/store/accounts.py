@@ -272,7 +272,8 @@ class SqlLedger:
         return None, f"no account for SIP user '{sip_user}' or source IP '{src_ip}'"
 
     _LIVE = ("SELECT call_ref, account, number, destination, prefix, rate, increment, "
-             "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms FROM live_calls")
+             "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms, bundle, "
+             "bundle_period, bundle_held FROM live_calls")
 
     def live_calls(self, node: str | None = None) -> list[dict[str, object]]:
         """The calls the store holds reservations for; with ``node``, that node's only
@@ -321,7 +322,7 @@ class SqlLedger:
         except d.errors as exc:
             err = f"{type(exc).__name__}: {exc}".strip()
             return BatchResult([Outcome(c.seq, False, error=err) for c in cmds], {}, err)
-        return BatchResult(outcomes, accounts)
+        return BatchResult(outcomes, accounts, bundles=batch.bundles())
 
     def settle(self, cdr: Cdr, now_ms: int) -> Settlement:
         """Write the CDR and, for a billed call, release its holds and charge its cost —

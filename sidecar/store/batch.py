@@ -16,8 +16,9 @@ transaction on those accounts left, across processes and hosts.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from enum import Enum
 
@@ -29,11 +30,14 @@ from ..charging.commands import (
     Settle,
     StoreCommand,
     Topup,
+    UsageKey,
 )
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
 from ..money import ZERO, to_text
 from .dialect import ACCOUNT_COLUMNS, SQLITE, Bulk, Connection, Dialect
+
+log = logging.getLogger("sidecar.store")
 
 __all__ = ["ACCOUNT_COLUMNS", "CDR_FIELDS", "CDR_INSERT", "Batch", "UnknownAccount",
            "cdr_row"]
@@ -47,17 +51,23 @@ _CDRS = Bulk(CDR_INSERT, copy=f"COPY cdrs ({_CDR_COLUMNS}) FROM STDIN")
 # A call's reservation belongs to the node that made it first; every reservation renews
 # its lease.
 _LIVE_COLUMNS = ("call_ref, account, number, destination, prefix, rate, increment, "
-                 "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms")
+                 "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms, bundle, "
+                 "bundle_period, bundle_held")
 _LIVE_CONFLICT = ("ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
                   "reserved = excluded.reserved, updated_ms = excluded.updated_ms, "
-                  "lease_ms = excluded.lease_ms")
+                  "lease_ms = excluded.lease_ms, bundle = excluded.bundle, "
+                  "bundle_period = excluded.bundle_period, bundle_held = excluded.bundle_held")
 _LIVE = Bulk(
-    f"INSERT INTO live_calls ({_LIVE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    + _LIVE_CONFLICT,
+    f"INSERT INTO live_calls ({_LIVE_COLUMNS}) VALUES "
+    f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) " + _LIVE_CONFLICT,
     unnest=f"INSERT INTO live_calls ({_LIVE_COLUMNS}) SELECT * FROM {{rows}} "
            + _LIVE_CONFLICT,
     types=("text", "text", "text", "text", "text", "numeric", "text", "bigint", "integer",
-           "numeric", "bigint", "text", "bigint"))
+           "numeric", "bigint", "text", "bigint", "text", "bigint", "integer"))
+_USAGE = Bulk("INSERT INTO bundle_usage (account, bundle, period_start, used_seconds, "
+              "held_seconds) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, bundle, "
+              "period_start) DO UPDATE SET used_seconds = excluded.used_seconds, "
+              "held_seconds = excluded.held_seconds")
 _LEDGER = Bulk("INSERT INTO ledger (ts_ms, account, kind, amount, call_ref, note) "
                "VALUES (?, ?, ?, ?, ?, ?)",
                copy="COPY ledger (ts_ms, account, kind, amount, call_ref, note) FROM STDIN")
@@ -81,6 +91,19 @@ _FRAUD = Bulk(f"INSERT INTO fraud_events ({_FRAUD_COLUMNS}) VALUES (?, ?, ?, ?, 
 
 class UnknownAccount(LookupError):
     """A command names an account the store does not have."""
+
+
+class _Usage:
+    """A bundle's usage row in one period, as this batch changes it; ``allowance``: the
+    bundle's seconds (0 when the bundle is gone: nothing more can be drawn)."""
+
+    __slots__ = ("allowance", "held", "used")
+
+    def __init__(self, allowance: int, used: int, held: int) -> None:
+        self.allowance, self.used, self.held = allowance, used, held
+
+    def left(self) -> int:
+        return max(self.allowance - self.used - self.held, 0)
 
 
 _MONEY_AT = tuple(i for i, f in enumerate(dataclasses.fields(Cdr))
@@ -142,6 +165,10 @@ class Batch:
         self._keys: list[tuple[str, int]] = []
         self._fraud: list[tuple[object, ...]] = []
         self._flagged: set[str] = set()  # fraud event keys stored in this batch
+        #: Bundles: the usage rows read (and changed) in this batch, and per call the
+        #: usage row it draws on and the bundle seconds held for it.
+        self._usage: dict[UsageKey, _Usage] = {}
+        self._bcall: dict[str, tuple[UsageKey, int]] = {}
         self._prefetch(cmds)
 
     # --- reads, in bulk --------------------------------------------------------------
@@ -173,12 +200,15 @@ class Batch:
                 self.accounts[code] = d.to_account(r, codes[code])
         for part in _chunks(refs, n):
             where, args = d.any_of("call_ref", part)
-            for ref, reserved, node, lease in d.execute(
-                    self.conn, "SELECT call_ref, reserved, node, lease_ms FROM live_calls "
-                    f"WHERE {where}", args):
+            for ref, reserved, node, lease, account, bundle, period, bheld in d.execute(
+                    self.conn, "SELECT call_ref, reserved, node, lease_ms, account, bundle, "
+                    f"bundle_period, bundle_held FROM live_calls WHERE {where}", args):
                 self._held[str(ref)] = Decimal(str(reserved))
                 self._stored.add(str(ref))
                 self._owner[str(ref)] = (str(node), int(lease))
+                if bundle:
+                    self._bcall[str(ref)] = ((str(account), str(bundle), int(period)),
+                                             int(bheld))
         for part in _chunks(settles, n):
             where, args = d.any_of("call_ref", part)
             self._settled.update(str(r[0]) for r in d.execute(
@@ -194,6 +224,40 @@ class Batch:
         self.accounts[acc.code] = acc
         self._dirty.add(acc.code)
 
+    def _bundle(self, key: UsageKey) -> _Usage:
+        """A bundle's usage row (read once per batch, after its account's row: the
+        account's lock covers it) with the bundle's allowance: the account's own bundle
+        of that name, else its plan's."""
+        row = self._usage.get(key)
+        if row is not None:
+            return row
+        account, name, period = key
+        d = self.dialect
+        acc = self.accounts.get(account)
+        allowance = 0
+        for (seconds,) in d.execute(
+                self.conn, "SELECT seconds FROM bundles WHERE name = ? AND ((owner_kind = "
+                "'account' AND owner = ?) OR (owner_kind = 'plan' AND owner = ?)) "
+                "ORDER BY owner_kind", (name, account, acc.plan if acc else "")):
+            allowance = int(seconds)  # 'account' sorts first: the account's own
+            break
+        got = d.execute(self.conn, "SELECT used_seconds, held_seconds FROM bundle_usage "
+                        "WHERE account = ? AND bundle = ? AND period_start = ?",
+                        (account, name, period)).fetchone()
+        row = _Usage(allowance, int(got[0]), int(got[1])) if got else _Usage(allowance, 0, 0)
+        self._usage[key] = row
+        return row
+
+    def _bundle_release(self, ref: str) -> int:
+        """Give a call's held bundle seconds back to its bundle; returns them."""
+        hit = self._bcall.pop(ref, None)
+        if hit is None:
+            return 0
+        key, held = hit
+        if held:
+            self._bundle(key).held -= held
+        return held
+
     # --- commands --------------------------------------------------------------------
     def apply(self, cmd: StoreCommand) -> Outcome:
         """One command; one that names an unknown account fails alone."""
@@ -202,7 +266,7 @@ class Batch:
                 return self.reserve(cmd)
             if isinstance(cmd, Settle):
                 return Outcome(cmd.seq, True, settlement=self.settle(
-                    cmd.cdr, cmd.now_ms, cmd.lease_ended_by))
+                    cmd.cdr, cmd.now_ms, cmd.lease_ended_by, cmd.reprice))
             if isinstance(cmd, Flag):
                 return Outcome(cmd.seq, True, settlement=self.flag(cmd))
             if isinstance(cmd, CarrierHealth):
@@ -215,10 +279,20 @@ class Batch:
     def reserve(self, cmd: Reserve) -> Outcome:
         """Hold what the core asked for, or what the account can still cover; record the
         live call (its paid time and holds) for a restart to adopt."""
-        seq, code, ref, amount, want_seconds, paid_before, fit, live, now_ms = cmd
+        seq, code, ref, amount, want_seconds, paid_before, fit, live, now_ms, draw = cmd
         acc = self._account(code, now_ms)
         if ref in self._settled:  # settled already (by a node that took over): no more
             return Outcome(seq, True, ZERO, paid_before, settled_elsewhere=True)
+        taken = 0
+        if draw is not None:  # bundle seconds first, as many as the bundle has left
+            row = self._bundle(draw.key)
+            taken = min(draw.seconds, row.left())
+            if taken < draw.seconds:  # fewer than the core thought: money for the rest
+                amount, fit = draw.redo(taken)
+            if taken:
+                row.held += taken
+                prev = self._bcall.get(ref)
+                self._bcall[ref] = (draw.key, (prev[1] if prev else 0) + taken)
         granted, seconds = grant(acc, amount, want_seconds, fit, paid_before)
         if granted > 0:  # a hold moves no money: live_calls records it, not the ledger
             self.accounts[code] = evolve(acc, {"balance": acc.balance - granted,
@@ -230,10 +304,10 @@ class Batch:
         self._live[ref] = (ref, code, get("number"), get("destination"), get("prefix"),
                            get("rate"), get("increment"), get("answered_ms"), seconds,
                            now_ms, self._owner.get(ref, self._mine)[0])
-        return Outcome(seq, True, granted, seconds)
+        return Outcome(seq, True, granted, seconds, bundle_seconds=taken)
 
-    def settle(self, cdr: Cdr, now_ms: int, lease_ended_by: int | None = None
-               ) -> Settlement:
+    def settle(self, cdr: Cdr, now_ms: int, lease_ended_by: int | None = None,
+               reprice: Callable[[int], None] | None = None) -> Settlement:
         """Write the CDR once; for a billed call release its holds and charge its cost (a
         prepaid account never below zero: what it cannot cover is written off).
 
@@ -250,6 +324,9 @@ class Batch:
             self._release_left(ref, cdr.account, now_ms)
             return _NOTHING
         self._settled.add(ref)
+        held_b = self._bundle_release(ref)
+        if cdr.bundle and cdr.account and cdr.bundle_period is not None:
+            self._bundle_use(cdr, held_b, reprice)
         before = after = None
         suspended = False
         if cdr.account and cdr.account in self.accounts:
@@ -278,8 +355,29 @@ class Batch:
         self._cdrs.append(row)
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended)
 
+    def _bundle_use(self, cdr: Cdr, held: int, reprice: Callable[[int], None] | None
+                    ) -> None:
+        """A settled call's bundle seconds become used. It never uses more than were held
+        for it and are still left: a CDR that counted more is rated again for what the
+        bundle gives (``reprice``; a journaled settlement, which has none, is left as
+        rated and logged)."""
+        assert cdr.account is not None and cdr.bundle_period is not None
+        row = self._bundle((cdr.account, cdr.bundle, cdr.bundle_period))
+        use = cdr.bundle_seconds
+        if use > held:  # (its ``held`` went back to the row already: not left for more)
+            use = held + min(use - held, max(row.left() - held, 0))
+            if use < cdr.bundle_seconds:
+                if reprice is not None:
+                    reprice(use)
+                    use = min(cdr.bundle_seconds, use)
+                else:
+                    log.error("call %s: its CDR counts %d bundle seconds, the bundle %s gives "
+                              "%d", cdr.call_ref, cdr.bundle_seconds, cdr.bundle, use)
+        row.used += use
+
     def _release_left(self, ref: str, account: str | None, now_ms: int) -> None:
         """Give back a hold still recorded for a call that has its CDR already."""
+        self._bundle_release(ref)
         held = self._held.pop(ref, ZERO)
         self._live.pop(ref, None)
         if ref not in self._stored:
@@ -345,9 +443,15 @@ class Batch:
                              a.suspend_reason, a.blocked, code))
             write(c, _ACCOUNTS, rows)
         if self._live:
-            held, lease = self._held, self.lease_ms
-            write(c, _LIVE, [(*r[:9], m(held[ref]), *r[9:], lease)
-                             for ref, r in self._live.items()])
+            held, lease, bcall = self._held, self.lease_ms, self._bcall
+            rows = []
+            for ref, r in self._live.items():
+                b = bcall.get(ref)
+                rows.append((*r[:9], m(held[ref]), *r[9:], lease,
+                             *((b[0][1], b[0][2], b[1]) if b else ("", None, 0))))
+            write(c, _LIVE, rows)
+        if self._usage:
+            write(c, _USAGE, [(*key, u.used, u.held) for key, u in self._usage.items()])
         write(c, _GONE, [(r,) for r in sorted(self._gone)])
         write(c, _CDRS, self._cdrs)
         write(c, _KEYS, self._keys)
@@ -356,6 +460,10 @@ class Batch:
 
     def _touched(self) -> set[str]:
         return set(self.accounts)
+
+    def bundles(self) -> dict[UsageKey, int]:
+        """The bundle usage rows this batch read or changed: seconds used + held."""
+        return {key: u.used + u.held for key, u in self._usage.items()}
 
 
 def _chunks(keys: Iterable[str], size: int) -> Iterable[list[str]]:

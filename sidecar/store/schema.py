@@ -33,14 +33,18 @@ never shown or loaded as a sell plan); 8 added what a routed call costs and leav
 tells other sidecars of carriers' changes (PostgreSQL: ``carriers`` notifies); 9 added
 exchange rates (``fx_rates``) and what a call rated in another currency than its
 account's cost in the deck's (``cdrs.deck_currency``, ``cdrs.deck_cost``,
-``cdrs.fx_rate``). Columns
+``cdrs.fx_rate``); 10 added free-minute bundles (``bundles``: so many seconds per period
+for an account or for every account on a plan; ``bundle_usage``: the seconds each
+account used and holds per bundle and period), a live call's bundle hold
+(``live_calls.bundle``, ``bundle_period``, ``bundle_held``) and what a call drew from its
+bundle (``cdrs.bundle``, ``cdrs.bundle_period``, ``cdrs.bundle_seconds``). Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 TYPES = {
     "sqlite": {"money": "TEXT", "zero": "'0'", "ms": "INTEGER", "id": "INTEGER PRIMARY KEY",
@@ -53,7 +57,8 @@ TYPES = {
 #: Every table, in the order their references need (the order a copy fills them in).
 TABLES = ("meta", "plans", "deck_versions", "rates", "accounts", "sip_accounts", "ledger",
           "live_calls", "applied_keys", "cdrs", "invoices", "invoice_sequences",
-          "fraud_events", "api_tokens", "carriers", "carrier_events", "fx_rates")
+          "fraud_events", "api_tokens", "carriers", "carrier_events", "fx_rates",
+          "bundles", "bundle_usage")
 
 _STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -168,7 +173,10 @@ _STATEMENTS = (
     reserved {money} NOT NULL,
     updated_ms {ms} NOT NULL,
     node TEXT NOT NULL DEFAULT '',
-    lease_ms {ms} NOT NULL DEFAULT 0
+    lease_ms {ms} NOT NULL DEFAULT 0,
+    bundle TEXT NOT NULL DEFAULT '',  -- the bundle the call draws on ('' = none) ...
+    bundle_period {ms},  -- ... in the period starting then
+    bundle_held INTEGER NOT NULL DEFAULT 0  -- bundle seconds held for it
 ){norowid}""",
     "CREATE INDEX IF NOT EXISTS live_calls_account ON live_calls (account)",
     # Keys of commands applied once whatever replays them (a journaled top-up).
@@ -220,7 +228,10 @@ _STATEMENTS = (
     margin {money},
     deck_currency TEXT NOT NULL DEFAULT '',
     deck_cost {money},
-    fx_rate TEXT
+    fx_rate TEXT,
+    bundle TEXT NOT NULL DEFAULT '',
+    bundle_period {ms},
+    bundle_seconds INTEGER NOT NULL DEFAULT 0  -- of billed_seconds, drawn from the bundle
 )""",
     # Exchange rates: 1 ``base`` = ``rate`` ``quote`` from ``effective_ms`` on (the newest
     # in force at a call applies; the other direction's, inverted, when none is).
@@ -231,6 +242,34 @@ _STATEMENTS = (
     effective_ms {ms} NOT NULL,
     created_ms {ms} NOT NULL,
     PRIMARY KEY (base, quote, effective_ms)
+)""",
+    # A free-minute bundle: ``seconds`` per period for an account (``owner_kind``
+    # 'account') or for every account on a plan ('plan'), for the destinations it names
+    # (breakout names, JSON list) or the numbers starting with its prefixes (JSON list);
+    # both empty: every destination. ``period`` 'month' (from ``anchor_day``) or 'day'.
+    """CREATE TABLE IF NOT EXISTS bundles (
+    owner_kind TEXT NOT NULL CHECK (owner_kind IN ('account', 'plan')),
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seconds INTEGER NOT NULL CHECK (seconds > 0),
+    destinations TEXT NOT NULL DEFAULT '[]',
+    prefixes TEXT NOT NULL DEFAULT '[]',
+    period TEXT NOT NULL DEFAULT 'month' CHECK (period IN ('month', 'day')),
+    anchor_day INTEGER NOT NULL DEFAULT 1,
+    created_ms {ms} NOT NULL,
+    PRIMARY KEY (owner_kind, owner, name)
+)""",
+    # What an account drew from a bundle in one period (``period_start``, UTC ms):
+    # ``used_seconds`` by settled calls, ``held_seconds`` by live calls' reservations.
+    # Changed only by a transaction that holds the account's row (``store.batch``), like
+    # its balance.
+    """CREATE TABLE IF NOT EXISTS bundle_usage (
+    account TEXT NOT NULL,
+    bundle TEXT NOT NULL,
+    period_start {ms} NOT NULL,
+    used_seconds INTEGER NOT NULL DEFAULT 0,
+    held_seconds INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (account, bundle, period_start)
 )""",
     "CREATE INDEX IF NOT EXISTS cdrs_route ON cdrs (route, offered_ms)",
     "CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms)",
@@ -351,7 +390,7 @@ END $$ LANGUAGE plpgsql""",
         *(f"CREATE OR REPLACE TRIGGER {t}_changed AFTER INSERT OR UPDATE OR DELETE ON {t} "
           "FOR EACH STATEMENT EXECUTE FUNCTION sidecar_changed()"
           for t in ("accounts", "sip_accounts", "plans", "deck_versions", "live_calls",
-                    "carriers", "fx_rates")),
+                    "carriers", "fx_rates", "bundles")),
     ),
 }
 
@@ -377,6 +416,12 @@ ADDED_COLUMNS = (
     ("cdrs", "deck_currency", "TEXT NOT NULL DEFAULT ''"),
     ("cdrs", "deck_cost", "{money}"),
     ("cdrs", "fx_rate", "TEXT"),
+    ("live_calls", "bundle", "TEXT NOT NULL DEFAULT ''"),
+    ("live_calls", "bundle_period", "{ms}"),
+    ("live_calls", "bundle_held", "INTEGER NOT NULL DEFAULT 0"),
+    ("cdrs", "bundle", "TEXT NOT NULL DEFAULT ''"),
+    ("cdrs", "bundle_period", "{ms}"),
+    ("cdrs", "bundle_seconds", "INTEGER NOT NULL DEFAULT 0"),
 )
 
 

@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..charging import PlanRates
-from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreCommand
+from ..charging.bundles import OwnedBundle
+from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreCommand, UsageKey
 from ..charging.model import Account, Cdr, Disposition
 from ..rating.fx import FxRate, FxTable
 from ..routing.select import CarrierBook
 from .accounts import SqliteLedger, SqlLedger, list_accounts
+from .bundles import list_bundles, recent_usage
 from .carriers import CarrierJob, CarrierLoader
 from .conn import Db, is_url
 from .db import connect
@@ -72,6 +74,10 @@ class Snapshot:
     carriers: CarrierBook | None = None
     #: The exchange rates when they changed (all of them in the first snapshot).
     fx: FxTable | None = None
+    #: Free-minute bundles when they changed (all of them in the first snapshot), and
+    #: their usage in the current periods (with the first and every complete snapshot).
+    bundles: list[OwnedBundle] | None = None
+    bundle_usage: dict[UsageKey, int] | None = None
 
 
 WriterEvent = BatchResult | Snapshot
@@ -151,6 +157,7 @@ class StoreWriter:
         self.carriers = CarrierLoader()  # least-cost routing: carriers and buy decks
         self._books = _BookBuilder(self.carriers, deliver)
         self._fx_rates: list[FxRate] | None = None
+        self._bundles: list[OwnedBundle] | None = None
         self.deliver = deliver
         self.max_batch = max_batch
         self.poll_s = poll_s
@@ -221,12 +228,14 @@ class StoreWriter:
                 job = self.carriers.load(conn)
                 carriers = self.carriers.build(job) if job is not None else None
                 fx = self._fx_changed(conn) or FxTable()
+                bundles = self._bundles_changed(conn) or []
             self._books.start()
             self.deliver(Snapshot(list_accounts(conn, _now_ms()), _sip(conn), plans,
                                   self.ledger.live_calls(self.node), first=True,
                                   called=countries_called(conn, _now_ms() - HISTORY_MS),
                                   elsewhere=calls_elsewhere(conn, self.node),
-                                  carriers=carriers, fx=fx))
+                                  carriers=carriers, fx=fx, bundles=bundles,
+                                  bundle_usage=recent_usage(conn, _now_ms())))
         except BaseException as exc:  # the sidecar cannot start without its store
             self.start_error = exc
             self.started.set()
@@ -388,20 +397,31 @@ class StoreWriter:
                     plans = self.plans.refresh(self.conn)
                     job = self.carriers.load(self.conn)
                     fx = self._fx_changed(self.conn)
+                    bundles = self._bundles_changed(self.conn)
                 if job is not None:  # built off this thread: commits go on meanwhile
                     self._books.submit(job)
-                if plans or fx is not None:
-                    self.deliver(Snapshot([], {}, plans, complete=False, fx=fx))
+                if plans or fx is not None or bundles is not None:
+                    self.deliver(Snapshot([], {}, plans, complete=False, fx=fx,
+                                          bundles=bundles))
             now = time.monotonic()
             if self._accounts_stale and now - self._accounts_read >= self.accounts_every_s:
                 self._accounts_stale = False
                 self._accounts_read = now
                 self.deliver(Snapshot(list_accounts(self.conn, _now_ms()), _sip(self.conn),
-                                      {}, elsewhere=calls_elsewhere(self.conn, self.node)))
+                                      {}, elsewhere=calls_elsewhere(self.conn, self.node),
+                                      bundle_usage=recent_usage(self.conn, _now_ms())))
         except self.ledger.dialect.errors as exc:
             log.error("could not read the store's changes: %s", exc)
             self._reconnect_reader()
 
+
+    def _bundles_changed(self, conn: Any) -> list[OwnedBundle] | None:
+        """The bundles, when they differ from the last ones read (else None)."""
+        bundles = list_bundles(conn)
+        if bundles == self._bundles:
+            return None
+        self._bundles = bundles
+        return bundles
 
     def _fx_changed(self, conn: Any) -> FxTable | None:
         """The exchange rates, when they differ from the last ones read (else None)."""
@@ -525,7 +545,12 @@ def expired_cdr(row: dict[str, object], acc: Account | None, node: str) -> Cdr:
         duration_ms=paid * 1000, billed_seconds=paid, usage=reserved, cost=reserved,
         ended_by=f"node {node}",
         end_reason=f"lease expired: node {row['node']} stopped renewing it; billed its "
-                   f"paid time")
+                   f"paid time",
+        # Its bundle seconds held are used first: the reservations' money paid the rest.
+        bundle=str(row.get("bundle") or ""),
+        bundle_period=None if row.get("bundle_period") is None else int(str(
+            row["bundle_period"])),
+        bundle_seconds=min(int(str(row.get("bundle_held") or 0)), paid))
 
 
 class Changes(Protocol):

@@ -301,16 +301,24 @@ def test_a_version_4_database_is_upgraded(db: Db) -> None:
            "ALTER TABLE cdrs DROP COLUMN fx_rate", "ALTER TABLE cdrs DROP COLUMN deck_cost",
            "ALTER TABLE cdrs DROP COLUMN deck_currency", "DROP TABLE fx_rates",
            "ALTER TABLE cdrs DROP COLUMN margin", "ALTER TABLE cdrs DROP COLUMN buy_cost",
+           "ALTER TABLE cdrs DROP COLUMN bundle_seconds",
+           "ALTER TABLE cdrs DROP COLUMN bundle_period", "ALTER TABLE cdrs DROP COLUMN bundle",
+           "ALTER TABLE live_calls DROP COLUMN bundle_held",
+           "ALTER TABLE live_calls DROP COLUMN bundle_period",
+           "ALTER TABLE live_calls DROP COLUMN bundle",
+           "DROP TABLE bundle_usage", "DROP TABLE bundles",
            "UPDATE meta SET value = '4' WHERE key = 'schema_version'"]
     up, columns = downgrade_and_reopen(db, sql)
     try:
         assert up.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[
-            0] == str(SCHEMA_VERSION) == "9"
-        # Version 6's, 8's and 9's columns too, at the end of the table as on a new
-        # database.
-        assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-7:] == [
+            0] == str(SCHEMA_VERSION) == "10"
+        # Version 6's, 8's, 9's and 10's columns too, at the end of the table as on a
+        # new database.
+        assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-10:] == [
             "node", "signalled_ms", "buy_cost", "margin", "deck_currency", "deck_cost",
-            "fx_rate"]
+            "fx_rate", "bundle", "bundle_period", "bundle_seconds"]
+        assert [str(r[0]) for r in up.execute(columns, ("live_calls",))][-5:] == [
+            "node", "lease_ms", "bundle", "bundle_period", "bundle_held"]
         cols = [str(r[0]) for r in up.execute(columns, ("accounts",))]
         assert cols[-2:] == ["blocked", "limits"]
         assert [str(r[0]) for r in up.execute(columns, ("plans",))][-2:] == ["limits", "kind"]
