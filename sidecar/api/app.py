@@ -75,6 +75,7 @@ from ..store.accounts import (
     list_accounts,
     set_suspended,
 )
+from ..store.bundles import bundle_status
 from ..store.carriers import carrier_rows
 from ..store.conn import Db
 from ..store.decks import (
@@ -541,6 +542,18 @@ def account_limits(request: web.Request) -> web.Response:
 
 
 @in_store
+def account_bundles(request: web.Request) -> web.Response:
+    """An account's free-minute bundles in the period holding ``at`` (default now)."""
+    conn = request.app[CONN]
+    acc = get_account(conn, request.match_info["code"])
+    at = _time_param(request, "at")
+    if at is None:
+        at = _now_ms()
+    rows = bundle_status(conn, acc.code, acc.plan, datetime.fromtimestamp(at / 1000, UTC))
+    return _reply(m.Bundles, {"account": acc.code, "at": at, "bundles": rows})
+
+
+@in_store
 def fraud_events_list(request: web.Request) -> web.Response:
     """Fraud events oldest first (``open``: blocks and suspensions not lifted yet)."""
     start, end = _range(request)
@@ -821,6 +834,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/v1/accounts/{code}/limits", account_limits,
              "The limits that apply to an account, where each comes from (the account, "
              "a parent account, its plan), and its own set.", m.Limits, params=(_CODE,)),
+    Endpoint("GET", "/v1/accounts/{code}/bundles", account_bundles,
+             "An account's free-minute bundles (its own and its plan's) in the period "
+             "holding `at` (default now): seconds, used, held by live calls, left.",
+             m.Bundles, params=(_CODE, Param("at", "query", "A time in the period.", _TIME)),
+             errors=(400, 404)),
     Endpoint("GET", "/v1/fraud-events", fraud_events_list,
              "Fraud events, oldest first, with their evidence.", m.FraudEvents,
              params=(_ACCOUNT_Q,

@@ -197,6 +197,34 @@ LimitsBody = create_model(
     **_limit_fields(request=True))
 
 
+class BundleStatus(Out):
+    """A free-minute bundle of an account in one period."""
+
+    name: str
+    owner: Literal["account", "plan"] = Field(description="The account's own bundle, or "
+                                                          "its plan's.")
+    seconds: int = Field(description="Seconds per period.")
+    period: Literal["month", "day"]
+    anchor_day: int = Field(description="A monthly period starts on this day (UTC).")
+    period_start: Time
+    period_end: Time
+    destinations: list[str] = Field(description="Breakout names it covers.")
+    prefixes: list[str] = Field(description="Number prefixes it covers (none of either: "
+                                            "every destination).")
+    used_seconds: int = Field(description="Used by settled calls in the period.")
+    held_seconds: int = Field(description="Held by calls running now.")
+    left_seconds: int
+
+
+class Bundles(Out):
+    """An account's bundles in the period holding ``at``, in the order calls draw on
+    them."""
+
+    account: str
+    at: Time
+    bundles: list[BundleStatus]
+
+
 class Limits(Out):
     """The limits of an account: its own set, what applies, and where each key comes from."""
 
@@ -263,6 +291,11 @@ class Cdr(Out):
                                                 "(the CDR's amounts are in the account's).")
     fx_rate: str | None = Field(description="... the exchange rate used: account currency "
                                             "per plan currency, exact.")
+    bundle: str | None = Field(description="The free-minute bundle the call drew on; null "
+                                           "when none.")
+    bundle_period: Time | None = Field(description="... the start of that bundle's period.")
+    bundle_seconds: int = Field(description="Of billed_seconds, those the bundle gave (the "
+                                            "rest were paid).")
     media_evidence: Evidence = Field(description="What media supervision saw (a JSON "
                                                  "value); null when the call had none.")
     offered_ms: Ms | None

@@ -104,6 +104,7 @@ def main() -> None:
     from . import (  # noqa: F401  (registers the subcommands)
         accounts,
         api,
+        bundles,
         carriers,
         cdrs,
         config,

@@ -20,6 +20,7 @@ from ..money import round_currency, to_text
 from ..replay.run import Replay, ReplayResult
 from ..replay.signalling import SipTracker
 from ..store.accounts import add_account, ledger_for
+from ..store.bundles import bundle_book
 from ..store.conn import Db, describe, is_url, open_db
 from ..store.db import connect
 from ..store.decks import PlanCache, PlanNotFound
@@ -177,6 +178,7 @@ def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: str | No
         return
     charger = Charger(ledger_for(conn), PlanCache(conn), ChargingConfig())
     charger.fx = load_fx(conn)  # accounts paying in another currency than their plan
+    charger.bundles = bundle_book(conn)  # free-minute bundles, drawn on as live
     if write_db is not None:  # the new-country rule starts from the store's history
         for (account, country), last_ms in countries_called(conn, 0).items():
             charger.guard.seed(account, country, last_ms)

@@ -13,8 +13,10 @@ from decimal import Decimal
 
 from ..config import Config
 from ..money import CURRENCY_MINOR_UNITS, ZERO
+from ..store.bundles import bundle_status
 from ..store.conn import Db
 from .model import (
+    BundleUse,
     Credit,
     Day,
     Invoice,
@@ -68,19 +70,21 @@ _CDR_SQL = (
     "SELECT call_ref, offered_ms, answered_ms, ended_ms, duration_ms, billed_seconds, caller, "
     "callee, destination, origin, rate, increment, usage, connection_fee, surcharge, "
     "minimum_uplift, cost, charged, written_off, credited, disposition, fas_verdict, "
-    "fas_reasons FROM cdrs WHERE account = ? AND ended_ms >= ? AND ended_ms < ? "
+    "fas_reasons, bundle, bundle_seconds FROM cdrs WHERE account = ? AND ended_ms >= ? AND "
+    "ended_ms < ? "
     "ORDER BY ended_ms, id")
 
 
 class _Acc:
     """A line being summed: calls, billed seconds and the exact amount."""
 
-    __slots__ = ("calls", "exact", "seconds")
+    __slots__ = ("bundle", "calls", "exact", "seconds")
 
     def __init__(self) -> None:
         self.calls = 0
         self.seconds = 0
         self.exact = ZERO
+        self.bundle = 0  # seconds of them that bundles gave
 
 
 def _customer(conn: Db, code: str) -> tuple[Party, str, str, Decimal]:
@@ -121,6 +125,7 @@ def build_invoice(
         return v
 
     surcharges: dict[tuple[str, str], _Acc] = defaultdict(_Acc)
+    bundled: dict[str, _Acc] = defaultdict(_Acc)  # per free-minute bundle
     minimums: dict[tuple[str, str], _Acc] = defaultdict(_Acc)
     written_off = _Acc()
     day_calls = [0] * ndays
@@ -132,7 +137,7 @@ def build_invoice(
 
     for (ref, offered, answered_ms, ended, duration, billed, caller, callee, dest, origin,
          rate, inc, u, fee, sur, upl, cost, charged, wo, cred, disp, verdict,
-         reasons) in conn.execute(_CDR_SQL, (account, start, end)):
+         reasons, bundle, bundle_s) in conn.execute(_CDR_SQL, (account, start, end)):
         attempts += 1
         if disp == "no-media":
             no_media += 1
@@ -144,6 +149,11 @@ def build_invoice(
             a.calls += 1
             a.seconds += billed
             a.exact += Decimal(u)
+            if bundle_s:
+                a.bundle += bundle_s
+                ba = bundled[bundle]
+                ba.calls += 1
+                ba.seconds += bundle_s
             if fee != "0" and (f := Decimal(fee)):
                 fa = fees[(dest, origin, num(fee))]
                 fa.calls += 1
@@ -170,13 +180,13 @@ def build_invoice(
         if billable or answered_ms is not None:
             detail.append(CallRow(ref, offered, answered_ms, ended, duration, billed, caller,
                                   callee, dest, origin, rate, inc, cost, charged, wo, cred,
-                                  verdict))
+                                  verdict, bundle_s or 0))
 
     def line(kind: LineKind, dest: str, origin: str, acc: _Acc, rate: Decimal = ZERO,
              inc: str = "", sign: int = 1) -> Line:
         exact = acc.exact * sign
         return Line(kind, dest, origin, rate, inc, acc.calls, acc.seconds, exact,
-                    present(exact, currency))
+                    present(exact, currency), acc.bundle if kind == "usage" else 0)
 
     lines: list[Line] = []
     for (dest, origin, rate_v, inc), a in sorted(usage.items(), key=lambda kv: kv[0]):
@@ -208,12 +218,37 @@ def build_invoice(
         minor_units=CURRENCY_MINOR_UNITS[currency], provider=provider, customer=customer,
         account_kind=account_kind, tax_label=settings.tax_label, tax_rate=tax_rate,
         lines=tuple(lines), credits=tuple(credits), movements=tuple(movements),
-        statement=statement, days=days, charges=charges, credits_total=credits_total,
+        statement=statement, days=days, bundles=_bundles(conn, account, start, bundled),
+        charges=charges, credits_total=credits_total,
         net=net, tax=tax, total=total, exact_charged=exact_charged, attempts=attempts,
         answered=answered, no_media=no_media, calls=len(detail),
         detail_in_document=len(detail) <= settings.detail_csv_over,
         payment_details=settings.payment_details, draft=draft)
     return invoice, detail
+
+
+def _bundles(conn: Db, account: str, start: int, used: dict[str, _Acc]
+             ) -> tuple[BundleUse, ...]:
+    """The account's bundles on the invoice: each defined one (used or not) and any other
+    its calls in the period drew on, with the seconds they used; allowance and what is
+    left as of now, for the bundle's period holding the invoice period's start."""
+    r = conn.execute("SELECT plan FROM accounts WHERE code = ?", (account,)).fetchone()
+    status = bundle_status(conn, account, str(r[0]), datetime.fromtimestamp(
+        start / 1000, UTC)) if r else []
+    out: list[BundleUse] = []
+    for st in status:
+        name = str(st["name"])
+        a = used.get(name) or _Acc()
+        out.append(BundleUse(name, a.calls, a.seconds, int(str(st["seconds"])),
+                             int(str(st["left_seconds"])), _ms(str(st["period_start"]))))
+    known = {b.name for b in out}
+    out += [BundleUse(name, a.calls, a.seconds) for name, a in sorted(used.items())
+            if name not in known]
+    return tuple(out)
+
+
+def _ms(iso_z: str) -> int:
+    return int(datetime.fromisoformat(iso_z.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def _credits(conn: Db, account: str, start: int, end: int,

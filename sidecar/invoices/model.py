@@ -107,11 +107,26 @@ class Line:
     billed_seconds: int = 0
     exact: Decimal = ZERO  # the exact sum of the CDR amounts (money scale), signed
     amount: Decimal = ZERO  # ``exact`` rounded half-up to the minor unit: what is shown
+    bundle_seconds: int = 0  # usage: of ``billed_seconds``, those free-minute bundles gave
 
     @property
     def label(self) -> str:
         """The destination with its origin class when the price depends on the caller."""
         return f"{self.destination} ({self.origin} callers)" if self.origin else self.destination
+
+
+@dataclass(frozen=True)
+class BundleUse:
+    """A free-minute bundle on the invoice: the seconds its calls ended in the period
+    used, and (for the bundle's period holding the invoice period's start) its
+    allowance and what was left of it when the document was made."""
+
+    name: str
+    calls: int = 0
+    seconds: int = 0
+    allowance: int = 0  # 0: the bundle is no longer defined
+    left: int = 0
+    period_start_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +202,7 @@ class Invoice:
     movements: tuple[Movement, ...] = ()
     statement: Statement = field(default_factory=Statement)
     days: tuple[Day, ...] = ()
+    bundles: tuple[BundleUse, ...] = ()
     charges: Decimal = ZERO  # sum of the rounded line amounts
     credits_total: Decimal = ZERO  # sum of the rounded credits (positive)
     net: Decimal = ZERO  # charges - credits_total

@@ -25,7 +25,7 @@ CDR_COLUMNS = (
     "usage", "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict",
     "fas_reasons", "route", "media", "node", "signalled_ms", "buy_cost", "margin",
-    "deck_currency", "deck_cost", "fx_rate",
+    "deck_currency", "deck_cost", "fx_rate", "bundle", "bundle_period", "bundle_seconds",
 )
 MONEY_COLUMNS = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
                            "cost", "charged", "written_off", "credited"})
@@ -149,6 +149,11 @@ def cdr_json(row: dict[str, object]) -> dict[str, object]:
     out["deck_currency"] = row["deck_currency"] or None
     out["deck_cost"] = None if row["deck_cost"] is None else fmt(Decimal(str(row["deck_cost"])))
     out["fx_rate"] = row["fx_rate"]
+    # A call on a free-minute bundle: which, its period, and the billed seconds it gave.
+    out["bundle"] = row["bundle"] or None
+    out["bundle_period"] = iso(row["bundle_period"]) if isinstance(
+        row["bundle_period"], int) else None
+    out["bundle_seconds"] = row["bundle_seconds"]
     for k in ("rate", "usage", "connection_fee", "surcharge", "minimum_uplift", "cost"):
         rating[k] = fmt(Decimal(str(row[k])))
     return out
@@ -180,7 +185,8 @@ CSV_HEADER = (
     "signalled_ms", "duration_ms", "billed_seconds", "rate", "increment", "currency", "usage",
     "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
     "credited", "fas_verdict", "fas_reasons", "ended_by", "end_reason", "node",
-    "buy_cost", "margin", "deck_currency", "deck_cost", "fx_rate",
+    "buy_cost", "margin", "deck_currency", "deck_cost", "fx_rate", "bundle",
+    "bundle_seconds",
 )
 #: Amounts only some calls have (empty in the CSV otherwise): a routed call's buy cost
 #: and margin, a converted call's price in its deck's currency.
@@ -207,12 +213,13 @@ class CallRow(NamedTuple):
     written_off: str
     credited: str
     fas_verdict: str
+    bundle_seconds: int = 0  # of billed_seconds, those a free-minute bundle gave
 
 
 DETAIL_HEADER = (
     "call_ref", "start", "answer", "end", "duration_s", "billed_seconds", "caller", "number",
     "destination", "origin", "rate_per_minute", "increment", "cost", "charged", "written_off",
-    "credited", "fas_verdict",
+    "credited", "fas_verdict", "bundle_seconds",
 )
 
 
@@ -224,4 +231,4 @@ def detail_csv_rows(rows: Iterable[CallRow]) -> Iterator[list[object]]:
         yield [r.call_ref, iso(r.offered_ms), iso(r.answered_ms), iso(r.ended_ms),
                f"{d // 1000}.{d % 1000:03d}", r.billed_seconds, r.caller, r.number,
                r.destination, r.origin, r.rate, r.increment, r.cost, r.charged,
-               r.written_off, r.credited, r.fas_verdict]
+               r.written_off, r.credited, r.fas_verdict, r.bundle_seconds]

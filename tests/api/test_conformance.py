@@ -13,7 +13,9 @@ import aiohttp
 
 from sidecar.api import make_app
 from sidecar.charging.commands import Flag
+from sidecar.rating.bundles import Bundle
 from sidecar.store.accounts import ledger_for
+from sidecar.store.bundles import add_bundle
 from tests.api.conform import DOC, check
 from tests.api.test_api import AUTH, TOKEN, seeded_sim, serve
 from tests.api.test_limits_api import ADMIN, ADMIN_TOKEN
@@ -58,6 +60,11 @@ CASES: list[tuple[str, str, dict[str, str], str, Any, dict[str, str], int]] = [
     ("GET", "/v1/stats/routes", {}, "", None, {}, 200),
     ("GET", "/v1/fas/routes", {}, "?min_calls=1", None, {}, 200),
     ("GET", "/v1/accounts/{code}/limits", {"code": "DEPT"}, "", None, {}, 200),
+    ("GET", "/v1/accounts/{code}/bundles", {"code": "ACME"}, "", None, {}, 200),
+    ("GET", "/v1/accounts/{code}/bundles", {"code": "ACME"}, "?at=2026-11-02T00:00:00Z", None,
+     {}, 200),
+    ("GET", "/v1/accounts/{code}/bundles", {"code": "ACME"}, "?at=soon", None, {}, 400),
+    ("GET", "/v1/accounts/{code}/bundles", {"code": "NOPE"}, "", None, {}, 404),
     ("GET", "/v1/fraud-events", {}, "", None, {}, 200),
     ("GET", "/v1/fraud-events", {}, "?open=true&account=ACME", None, {}, 200),
     ("GET", "/v1/stats/margin", {}, "?by=destination&account=ACME", None, {}, 200),
@@ -114,6 +121,8 @@ def test_every_response_validates_against_the_generated_document() -> None:
         Flag(2, "DEPT", "new_country", "alert", "fraud rule new_country: 882", "x", "k2",
              sim.now + 1)])
     assert all(o.ok for o in res.outcomes)
+    add_bundle(sim.conn, "account", "ACME", Bundle("free", 600, prefixes=("49",)),
+               now_ms=sim.now)
     answered: set[tuple[str, str, int]] = set()
 
     async def main() -> None:
