@@ -435,6 +435,10 @@ class LiveCall(Out):
     reserved: Money
     paid_seconds: int
     remaining_ms: int = Field(description="Paid time left.")
+    bundle: str | None = Field(description="The free-minute bundle the call draws on; null "
+                                           "when none.")
+    bundle_held: int = Field(description="Bundle seconds held for it (its paid_seconds "
+                                         "count them too).")
 
 
 class LiveCalls(Out):

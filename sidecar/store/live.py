@@ -10,6 +10,7 @@ from decimal import Decimal
 from ..invoices.records import iso
 from ..money import ZERO, fmt
 from ..rating import RateLine, price
+from ..rating.bundles import split
 from ..rating.increments import Increment, duration_seconds
 from .accounts import ledger_for
 from .conn import Db
@@ -45,8 +46,12 @@ def live_calls_view(conn: Db, now_ms: int) -> tuple[list[dict[str, object]],
         answered = int(str(r["answered_ms"]))
         line = _line(r, lines.get((plan, str(r["prefix"])), []), answered)
         elapsed = max(0, now_ms - answered)
-        cost = price(line, duration_seconds(elapsed, rounding[plan]) if plan in rounding
-                     else duration_seconds(elapsed)).cost
+        secs = (duration_seconds(elapsed, rounding[plan]) if plan in rounding
+                else duration_seconds(elapsed))
+        bundle_held = int(str(r.get("bundle_held") or 0))
+        # A call on a bundle: its held bundle seconds first, the rest paid.
+        cost = (split(line, secs, bundle_held).cost if r.get("bundle") else
+                price(line, secs).cost)
         totals[account] += cost
         paid_until = answered + int(str(r["paid_seconds"])) * 1000
         out.append({
@@ -56,7 +61,8 @@ def live_calls_view(conn: Db, now_ms: int) -> tuple[list[dict[str, object]],
             "answered": iso(answered), "answered_ms": answered, "elapsed_ms": elapsed,
             "cost": fmt(cost), "reserved": fmt(Decimal(str(r["reserved"]))),
             "paid_seconds": int(str(r["paid_seconds"])),
-            "remaining_ms": max(0, paid_until - now_ms)})
+            "remaining_ms": max(0, paid_until - now_ms),
+            "bundle": str(r.get("bundle") or "") or None, "bundle_held": bundle_held})
     return out, dict(totals)
 
 
