@@ -296,6 +296,11 @@ class Cdr(Out):
     bundle_period: Time | None = Field(description="... the start of that bundle's period.")
     bundle_seconds: int = Field(description="Of billed_seconds, those the bundle gave (the "
                                             "rest were paid).")
+    tiers: list[dict[str, object]] | None = Field(
+        description="A call of an account below resellers: its price at each reseller "
+                    "above, nearest first (account, plan, currency, rate, billed_seconds, "
+                    "cost, charged, written_off, credited, margin: what the tier below "
+                    "paid less this price); null when none.")
     media_evidence: Evidence = Field(description="What media supervision saw (a JSON "
                                                  "value); null when the call had none.")
     offered_ms: Ms | None
@@ -405,6 +410,8 @@ class Account(Out):
     parent: str | None = Field(description="The account above this one (limits are "
                                            "inherited).")
     limits: LimitSet  # type: ignore[valid-type]
+    reseller: bool = Field(description="The calls of the accounts below it are charged to "
+                                       "it too, at its own plan's price.")
 
 
 class Accounts(Out):

@@ -47,6 +47,8 @@ from .commands import (
     BatchResult,
     BundleDraw,
     CarrierHealth,
+    ChainPart,
+    CostTo,
     Flag,
     Outcome,
     Reserve,
@@ -72,6 +74,7 @@ from .model import (
 )
 from .ports import StoreExecutor, StorePort
 from .settle import NO_EFFECT, Effect, Fit, grant, reserve_effect, settle_amounts
+from .tiers import Upline, grant_chain, tier_accounts
 
 log = logging.getLogger("sidecar.charging")
 
@@ -147,6 +150,8 @@ class CallSession:
     bundle: Bundle | None = None
     bundle_key: UsageKey | None = None
     bundle_held: int = 0
+    #: Resellers above the account, nearest first (``tiers.py``): each pays its own price.
+    uplines: list[Upline] = field(default_factory=list)
 
     @property
     def paid_until_ms(self) -> int | None:
@@ -309,6 +314,26 @@ class Charger:
                 call_ref, call_id, acc, 402,
                 f"account {acc.code} has no credit for {line.destination}",
                 caller, digits, now_ms, line)
+        uplines: list[Upline] = []
+        if acc.parent is not None:  # resellers above: each pays its own price too
+            uplines, stop = self._uplines(acc, digits, caller, now_ms)
+            if stop is not None:
+                code_, why, phrase = stop
+                return self._reject(call_ref, call_id, acc, code_, why, caller, digits,
+                                    now_ms, line, phrase=phrase, limit="reseller")
+            for u in uplines:
+                up = self.book.get(u.account, now_ms)
+                avail_u = up.available() if up is not None else ZERO
+                if cap > 0 and self._price(u.line, cap).cost <= avail_u:
+                    continue
+                s_u = affordable_seconds(u.line, avail_u)
+                if s_u <= 0:
+                    return self._reject(
+                        call_ref, call_id, acc, 402,
+                        f"reseller {u.account} (above account {acc.code}) has no credit "
+                        f"for {u.line.destination}", caller, digits, now_ms, line,
+                        limit="reseller")
+                seconds = min(seconds, s_u)
         max_seconds = min(seconds, cap)
         routes: tuple[Any, ...] = ()
         router = self.router
@@ -337,7 +362,7 @@ class Charger:
         self.sessions[call_ref] = CallSession(
             call_ref, call_id or call_ref, acc.code, acc.plan, line, digits, caller, origin,
             now_ms, max_seconds, cap_seconds=cap, cap_reason=cap_reason, deck_line=deck_line,
-            fx_rate=fx_rate)
+            fx_rate=fx_rate, uplines=uplines)
         if routes:
             assert router is not None
             router.started(call_ref, routes, now_ms)
@@ -348,6 +373,42 @@ class Charger:
                              "code": 200})
         return AuthDecision(True, 200, "", max_seconds, acc.code, line.destination, line.prefix,
                             routes=routes)
+
+    def _uplines(self, acc: Account, digits: str, caller: str, now_ms: int
+                 ) -> tuple[list[Upline], tuple[int, str, str] | None]:
+        """The resellers above ``acc``, nearest first, each with its rate line for the
+        call (converted to its currency if its plan rates in another); or why the call
+        cannot be carried: (SIP code, reason, phrase)."""
+        out: list[Upline] = []
+        seen = {acc.code}
+        parent = acc.parent
+        while parent and parent not in seen and len(seen) < 8:
+            seen.add(parent)
+            up = self.book.get(parent, now_ms)
+            if up is None:
+                break
+            if up.reseller:
+                if up.suspended or up.blocked:
+                    why = up.suspend_reason if up.suspended else up.blocked
+                    return [], (403, f"reseller {up.code} (above account {acc.code}) "
+                                     f"{'suspended' if up.suspended else 'blocked'}: {why}",
+                                "Account Suspended" if up.suspended else "Calls Blocked")
+                table = self.plans(up.plan).table
+                origin = origin_class(caller, table.number_plan) if table.uses_origins else ""
+                line = table.lookup(digits, now_ms // 1000, origin)
+                if line is None:
+                    return [], (404, f"reseller {up.code} (above account {acc.code}): no rate "
+                                     f"for {digits} in plan {up.plan}", "")
+                fx_rate: Decimal | None = None
+                if line.currency != up.currency:
+                    try:
+                        fx_rate = self._fx_rate(line.currency, up.currency, now_ms)
+                    except FxError as exc:
+                        return [], (503, f"reseller {up.code}: {exc}", "No Exchange Rate")
+                    line = self._in_currency(line, up.currency, fx_rate)
+                out.append(Upline(up.code, up.plan, line, fx_rate=fx_rate))
+            parent = up.parent
+        return out, None
 
     def limits_of(self, acc: Account, now_ms: int) -> Limits:
         """The account's effective limits: its own, else its parents', else its plan's."""
@@ -490,7 +551,8 @@ class Charger:
     def adopt(self, call_ref: str, *, account: str, number: str, caller: str, now_ms: int,
               answered_ms: int | None, paid_seconds: int = 0, reserved: Decimal = ZERO,
               call_id: str = "", supervise: bool = True, bundle: str = "",
-              bundle_period: int | None = None, bundle_held: int = 0) -> list[Action]:
+              bundle_period: int | None = None, bundle_held: int = 0,
+              tier_holds: dict[str, Decimal] | None = None) -> list[Action]:
         """Take charge of a call this process did not see start (after a restart or a lost
         connection): from its store record (paid seconds and holds) or from Kamailio's
         dialog list. Billing resumes where the record says; credit control resumes now
@@ -526,6 +588,14 @@ class Charger:
                         origin, answered_ms or now_ms, acc.max_call_seconds,
                         paid_seconds=paid_seconds, reserved=reserved, deck_line=deck_line,
                         fx_rate=fx_rate)
+        if acc.parent is not None:  # its resellers, with what its record holds on them
+            ups, stop = self._uplines(acc, digits, caller, answered_ms or now_ms)
+            if stop is not None:
+                log.error("adopted %s: %s; its resellers are charged what was held",
+                          call_ref, stop[1])
+            for u in ups:
+                u.reserved = (tier_holds or {}).get(u.account, ZERO)
+            s.uplines = ups
         if bundle and bundle_period is not None:  # the bundle seconds its record holds
             s.bundle_key = (acc.code, bundle, bundle_period)
             s.bundle_held = bundle_held
@@ -663,7 +733,10 @@ class Charger:
         cdr.end_reason = s.end_reason or reason
         if self.router is not None:
             self._routed(s, cdr, now_ms)
-        self._settle(cdr, now_ms, s.reserved, s.bundle_held, reprice)
+        ups: list[tuple[str, Decimal, Decimal, Decimal]] = []
+        if s.uplines:
+            ups = self._tier_prices(s, cdr, media is not None and media.credit)
+        self._settle(cdr, now_ms, s.reserved, s.bundle_held, reprice, ups)
         acc = self.book.get(s.account, now_ms)
         if acc is not None:
             lim = self.limits_of(acc, now_ms)
@@ -777,8 +850,47 @@ class Charger:
             offered_ms=s.offered_ms, ringing_ms=s.ringing_ms, answered_ms=s.answered_ms,
             billable_ms=s.billable_ms, ended_ms=now_ms, route=s.meta.get("route", ""))
 
+    def _tier_prices(self, s: CallSession, cdr: Cdr, credit: bool
+                     ) -> list[tuple[str, Decimal, Decimal, Decimal]]:
+        """The call's price at every reseller above its account (on the CDR, as JSON),
+        and per reseller (account, held, cost, credited) for its settlement. Each tier
+        rates the billable duration on its own plan; a FAS credit gives every tier its
+        money back; a tier's margin is what the tier below pays less what it pays
+        (null across currencies)."""
+        answered = cdr.disposition is Disposition.ANSWERED
+        below_net, below_ccy = cdr.cost - cdr.credited, cdr.currency
+        tiers: list[dict[str, object]] = []
+        out: list[tuple[str, Decimal, Decimal, Decimal]] = []
+        for i, u in enumerate(s.uplines, 1):
+            ul = u.line
+            if answered:
+                p = self._price(ul, self.plans(u.plan).table.rounding_seconds(
+                    cdr.duration_ms))
+                billed, parts = p.billed_seconds, (p.usage, p.connection_fee, p.surcharge,
+                                                   p.minimum_uplift)
+                cost = p.cost
+            else:
+                billed, parts, cost = 0, (ZERO, ZERO, ZERO, ZERO), ZERO
+            credited = cost if credit else ZERO
+            net = cost - credited
+            margin = below_net - net if ul.currency == below_ccy else None
+            tiers.append({
+                "tier": i, "account": u.account, "plan": u.plan, "currency": ul.currency,
+                "destination": ul.destination, "prefix": ul.prefix, "rate": to_text(ul.rate),
+                "increment": str(ul.increment), "billed_seconds": billed,
+                "usage": to_text(parts[0]), "connection_fee": to_text(parts[1]),
+                "surcharge": to_text(parts[2]), "minimum_uplift": to_text(parts[3]),
+                "cost": to_text(cost), "credited": to_text(credited),
+                "margin": None if margin is None else to_text(margin)})
+            out.append((u.account, u.reserved, cost, credited))
+            below_net, below_ccy = net, ul.currency
+        if answered or any(u.reserved for u in s.uplines):
+            cdr.tiers = json.dumps(tiers, separators=(",", ":"))
+        return out
+
     def _settle(self, cdr: Cdr, now_ms: int, held: Decimal, bundle_held: int = 0,
-                reprice: Callable[[int], None] | None = None) -> None:
+                reprice: Callable[[int], None] | None = None,
+                uplines: Sequence[tuple[str, Decimal, Decimal, Decimal]] = ()) -> None:
         """Send the CDR to the store; the account's view moves as the store will move it
         (and its bundle's: the seconds held for the call and not used go back)."""
         self._remember_ended(cdr.call_ref)
@@ -792,6 +904,11 @@ class Charger:
             return
         amounts = settle_amounts(acc, held, cdr.cost, cdr.credited)
         self.book.apply(seq, acc.code, amounts.effect)
+        for code, held_u, cost_u, credited_u in uplines:
+            up = self.book.get(code, now_ms)
+            if up is not None and (held_u or cost_u):
+                self.book.apply(seq, code, settle_amounts(up, held_u, cost_u,
+                                                          credited_u).effect)
         self._submit(Settle(seq, cdr, now_ms, None, reprice))
         if held or amounts.charged:
             # Spend velocity: the reservations counted already; now what they missed
@@ -895,19 +1012,21 @@ class Charger:
                 target = s.cap_seconds  # never pay beyond what the limits allow
             draw: BundleDraw | None = None
             fit: Fit
+            cost_to: CostTo | None = None
             if s.bundle_key is not None:
-                want, fit, draw = self._bundle_terms(s, paid, target)
+                want, fit, cost_to, draw = self._bundle_terms(s, paid, target)
             else:
                 base = self._price(line, paid).cost if paid else ZERO
                 want = self._price(line, target).cost - base
-
-                def fit(avail: Decimal, paid: int = paid, base: Decimal = base
-                        ) -> tuple[Decimal, int]:
-                    d = affordable_seconds(line, avail, paid)
-                    return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
-
+                fit = _fit(line, paid, base)
+            chain: tuple[ChainPart, ...] = ()
             if acc is None:  # the account is gone: nothing more can be reserved
                 granted, seconds = ZERO, paid
+            elif s.uplines:  # every tier covers the same seconds (tiers.py)
+                if cost_to is None:
+                    cost_to = _cost_to(line, base)
+                granted, seconds, chain = self._chain_grant(
+                    s, acc, want, fit, cost_to, target, paid, now_ms)
             else:
                 granted, seconds = grant(acc, want, target, fit, paid)
             if granted > 0 or seconds > paid:  # seconds for nothing: a free destination
@@ -920,8 +1039,11 @@ class Charger:
                 if draw is not None:
                     self.bundles.apply(seq, draw.key, draw.seconds)
                     s.bundle_held += draw.seconds
+                for u, part in zip(s.uplines, chain, strict=False):
+                    self.book.apply(seq, u.account, reserve_effect(part.amount))
+                    u.reserved += part.amount
                 self._submit(Reserve(seq, s.account, s.call_ref, granted, seconds, paid, fit,
-                                     live, now_ms, draw))
+                                     live, now_ms, draw, chain, cost_to))
                 if acc is not None and after is not None and granted:
                     self._thresholds(acc, after, now_ms, actions)
                     self._spent(after, granted, now_ms)
@@ -950,8 +1072,26 @@ class Charger:
             if s.ending:  # the store's answer (in synchronous use) ended it meanwhile
                 return
 
+    def _chain_grant(self, s: CallSession, acc: Account, want: Decimal, fit: Fit,
+                     cost_to: CostTo, target: int, paid: int, now_ms: int
+                     ) -> tuple[Decimal, int, tuple[ChainPart, ...]]:
+        """A chunk of a call below resellers: what each tier can pay for, the fewest
+        seconds of them on every tier (``tiers.grant_chain``)."""
+        tiers: list[tuple[Account | None, Decimal, Fit, CostTo]] = [
+            (acc, want, fit, cost_to)]
+        for u in s.uplines:
+            ul = u.line
+            base = self._price(ul, paid).cost if paid else ZERO
+            tiers.append((self.book.get(u.account, now_ms),
+                          self._price(ul, target).cost - base, _fit(ul, paid, base),
+                          _cost_to(ul, base)))
+        seconds, amounts = grant_chain(tiers, target, paid)
+        return amounts[0], seconds, tuple(
+            ChainPart(u.account, a, t[2], t[3])
+            for u, a, t in zip(s.uplines, amounts[1:], tiers[1:], strict=True))
+
     def _bundle_terms(self, s: CallSession, paid: int, target: int
-                      ) -> tuple[Decimal, Fit, BundleDraw | None]:
+                      ) -> tuple[Decimal, Fit, CostTo, BundleDraw | None]:
         """A reservation of a call on a bundle: bundle seconds first, as many as the
         bundle has left up to ``target`` (while the call has not started paying), then
         money for the rest, priced by the bundle split (``rating.bundles``)."""
@@ -961,7 +1101,7 @@ class Charger:
         if s.bundle is not None and s.bundle_key is not None and paid <= have < target:
             take = min(target - have, self.bundles.left(s.bundle, s.bundle_key))
 
-        def terms(got: int) -> tuple[Decimal, Fit]:
+        def terms(got: int) -> tuple[Decimal, Fit, CostTo]:
             b = have + got
             base = split(line, paid, b).cost if paid else ZERO
 
@@ -969,13 +1109,16 @@ class Charger:
                 d = min(affordable_with_bundle(line, b, avail + base), UNLIMITED)
                 return (split(line, d, b).cost - base, d) if d > paid else (ZERO, paid)
 
-            return split(line, target, b).cost - base, fit
+            def cost_to(d: int) -> Decimal:
+                return split(line, d, b).cost - base
 
-        want, fit = terms(take)
+            return split(line, target, b).cost - base, fit, cost_to
+
+        want, fit, cost_to = terms(take)
         if not take:
-            return want, fit, None
+            return want, fit, cost_to, None
         assert s.bundle_key is not None
-        return want, fit, BundleDraw(s.bundle_key, take, terms)
+        return want, fit, cost_to, BundleDraw(s.bundle_key, take, terms)
 
     def _on_reserved(self, cmd: Reserve, o: Outcome, now_ms: int,
                      actions: list[Action]) -> None:
@@ -984,6 +1127,10 @@ class Charger:
             return  # already settled: the settlement released whatever was held
         if cmd.bundle is not None and o.bundle_seconds != cmd.bundle.seconds:
             s.bundle_held -= cmd.bundle.seconds - o.bundle_seconds  # the store had fewer
+        if cmd.chain:  # what each reseller's part really held
+            got = o.chain_granted or (ZERO,) * len(cmd.chain)
+            for u, part, g in zip(s.uplines, cmd.chain, got, strict=False):
+                u.reserved += g - part.amount
         if not o.ok:
             s.reserved -= cmd.amount
             if s.ending:
@@ -1093,6 +1240,10 @@ class Charger:
                 del self._inflight[o.seq]
                 if code:
                     done.append((code, o.seq))
+                    if isinstance(cmd, Reserve) and cmd.chain:
+                        done += [(p.account, o.seq) for p in cmd.chain]
+                    elif isinstance(cmd, Settle) and cmd.cdr.tiers:
+                        done += [(t, o.seq) for t in tier_accounts(cmd.cdr.tiers)]
             if isinstance(cmd, Reserve):
                 self._on_reserved(cmd, o, now_ms, actions)
             elif isinstance(cmd, Settle):
@@ -1196,6 +1347,23 @@ def _remember(cache: dict[_K, tuple[RateLine, _V]], key: _K, line: RateLine, val
         cache.clear()
     cache[key] = (line, value)
     return value
+
+
+def _fit(line: RateLine, paid: int, base: Decimal) -> Fit:
+    """The most worth reserving on ``line`` with what is available: (amount, seconds)
+    from ``paid`` seconds whose price is ``base``."""
+    def fit(avail: Decimal) -> tuple[Decimal, int]:
+        d = affordable_seconds(line, avail, paid)
+        return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
+    return fit
+
+
+def _cost_to(line: RateLine, base: Decimal) -> CostTo:
+    """The price on ``line`` of the seconds from a call's paid time (priced ``base``)
+    to ``d``."""
+    def cost_to(d: int) -> Decimal:
+        return price(line, d).cost - base
+    return cost_to
 
 
 def _rebundle(cdr: Cdr, line: RateLine, deck_line: RateLine | None, secs: int,

@@ -29,15 +29,29 @@ from .settle import Fit
 UsageKey = tuple[str, str, int]
 
 
+#: The price of the seconds from a call's paid time so far to ``d`` (one tier).
+CostTo = Callable[[int], Decimal]
+
+
 class BundleDraw(NamedTuple):
     """The bundle part of a reservation: take ``seconds`` from the bundle's usage row
     ``key`` for the call. If the store has fewer left, it takes what it has and asks
-    ``redo(taken)`` for the money part instead: (amount, fit) for that many bundle
-    seconds."""
+    ``redo(taken)`` for the money part instead: (amount, fit, cost_to) for that many
+    bundle seconds."""
 
     key: UsageKey
     seconds: int
-    redo: Callable[[int], tuple[Decimal, Fit]]
+    redo: Callable[[int], tuple[Decimal, Fit, CostTo]]
+
+
+class ChainPart(NamedTuple):
+    """A reseller's part of a reservation (``charging/tiers.py``): ``amount`` for the
+    same seconds as the call's account, its ``fit`` and its price ``cost_to`` seconds."""
+
+    account: str
+    amount: Decimal
+    fit: Fit
+    cost_to: CostTo
 
 
 class Reserve(NamedTuple):
@@ -55,6 +69,10 @@ class Reserve(NamedTuple):
     live: dict[str, object]  # the live call's row: number, destination, prefix, rate, ...
     now_ms: int
     bundle: BundleDraw | None = None
+    #: Resellers above the account, nearest first: every tier covers the same seconds
+    #: (``tiers.grant_chain``); ``cost_to``: the account's own price of ``d`` seconds.
+    chain: tuple[ChainPart, ...] = ()
+    cost_to: CostTo | None = None
 
 
 class Settle(NamedTuple):
@@ -134,6 +152,7 @@ class Outcome(NamedTuple):
     settled_elsewhere: bool = False  # Reserve: the call has its CDR already (another node)
     error: str = ""
     bundle_seconds: int = 0  # Reserve: the bundle seconds taken (BundleDraw)
+    chain_granted: tuple[Decimal, ...] = ()  # Reserve: what each reseller's part held
 
 
 @dataclass(frozen=True)

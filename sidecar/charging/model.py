@@ -43,6 +43,9 @@ class Account:
     blocked: str = ""  # why new calls are refused (a fraud rule), "" when they are not
     parent: str | None = None  # the account above this one (limits are inherited)
     limits: Limits = NO_LIMITS  # this account's own limits (see charging/limits.py)
+    #: A reseller: the calls of the accounts below it are charged to it too, at its own
+    #: plan's price (``charging/tiers.py``).
+    reseller: bool = False
 
     def to_dict(self) -> dict[str, object]:
         """The account for JSON (CLI ``--json`` and the HTTP API): money as strings."""
@@ -61,6 +64,7 @@ class Account:
             "recharge_amount": opt(self.recharge_amount), "suspended": self.suspended,
             "suspend_reason": self.suspend_reason, "blocked": self.blocked,
             "parent": self.parent, "limits": self.limits.to_dict(),
+            "reseller": self.reseller,
         }
 
     def available(self) -> Decimal:
@@ -150,6 +154,10 @@ class Cdr:
     bundle: str = ""
     bundle_period: int | None = None
     bundle_seconds: int = 0
+    #: A call of an account below resellers: its price at each reseller above, nearest
+    #: first (JSON list: account, plan, currency, rate, billed seconds, the price's
+    #: parts, cost, charged, written_off, credited, margin); "" when there is none.
+    tiers: str = ""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ..store.accounts import (
     list_accounts,
     map_sip,
     set_parent,
+    set_reseller,
     set_suspended,
     sip_mappings,
     verify_ledger,
@@ -72,8 +73,10 @@ def account() -> None:
 @click.option("--address", default="", help="Postal address for invoices.")
 @click.option("--tax-number", default="")
 @click.option("--tax-rate", default="0", help="Tax rate for invoices, e.g. 0.19.")
-@click.option("--parent", default=None, help="Parent account (departments); limits are "
-              "inherited from it.")
+@click.option("--parent", default=None, help="Parent account (departments, or the reseller "
+              "it buys from); limits are inherited from it.")
+@click.option("--reseller", is_flag=True, help="A reseller: the calls of every account "
+              "below it are charged to it too, at its own plan's price.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def account_add(ctx: Context, code: str, plan: str, kind: str, name: str,
@@ -81,7 +84,8 @@ def account_add(ctx: Context, code: str, plan: str, kind: str, name: str,
                 credit_limit: str | None, daily_cap: str | None, monthly_cap: str | None,
                 chunk_seconds: int | None, max_call_seconds: int, low_balance: str | None,
                 recharge_below: str | None, recharge_amount: str | None, address: str,
-                tax_number: str, tax_rate: str, parent: str | None, as_json: bool) -> None:
+                tax_number: str, tax_rate: str, parent: str | None, reseller: bool,
+                as_json: bool) -> None:
     """Create account CODE."""
     now = _now_ms()
     try:
@@ -94,7 +98,7 @@ def account_add(ctx: Context, code: str, plan: str, kind: str, name: str,
             recharge_below=_amount(recharge_below, "--recharge-below"),
             recharge_amount=_amount(recharge_amount, "--recharge-amount"), address=address,
             tax_number=tax_number, tax_rate=_amount(tax_rate, "--tax-rate") or Decimal(0),
-            parent=parent)
+            parent=parent, reseller=reseller)
         initial = _amount(balance, "--balance")
         if initial:
             acc = ledger_for(ctx.conn).topup(code, initial, now, "initial balance")
@@ -140,6 +144,8 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
                       f"sidecar fraud lift {escape(acc.code)})")
     if acc.parent:
         console.print(f"parent: {escape(acc.parent)}")
+    if acc.reseller:
+        console.print("reseller: the calls of the accounts below it are charged to it too")
     console.print(f"balance {fmt(acc.balance)} {acc.currency} (held {fmt(acc.held)}, "
                   f"available {fmt(acc.available())})")
     if acc.kind is AccountKind.POSTPAID:
@@ -242,6 +248,20 @@ def account_parent(ctx: Context, code: str, parent: str | None, top: bool) -> No
     except (AccountNotFound, ValueError) as exc:
         fail(str(exc))
     click.echo(f"account {code}: " + (f"parent {parent}" if parent else "no parent"))
+
+
+@account.command("reseller")
+@click.argument("code")
+@click.option("--on/--off", "on", default=True, show_default=True)
+@pass_ctx
+def account_reseller(ctx: Context, code: str, on: bool) -> None:
+    """Make CODE a reseller (--on: its descendants' calls are charged to it too, at its
+    own plan's price, reserved with theirs) or not (--off)."""
+    try:
+        set_reseller(ctx.conn, code, on)
+    except AccountNotFound as exc:
+        fail(str(exc))
+    click.echo(f"account {code}: {'reseller' if on else 'not a reseller'}")
 
 
 @account.command("map-sip")

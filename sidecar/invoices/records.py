@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,6 +27,7 @@ CDR_COLUMNS = (
     "credited", "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict",
     "fas_reasons", "route", "media", "node", "signalled_ms", "buy_cost", "margin",
     "deck_currency", "deck_cost", "fx_rate", "bundle", "bundle_period", "bundle_seconds",
+    "tiers",
 )
 MONEY_COLUMNS = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
                            "cost", "charged", "written_off", "credited"})
@@ -154,9 +156,24 @@ def cdr_json(row: dict[str, object]) -> dict[str, object]:
     out["bundle_period"] = iso(row["bundle_period"]) if isinstance(
         row["bundle_period"], int) else None
     out["bundle_seconds"] = row["bundle_seconds"]
+    out["tiers"] = _tiers_json(str(row["tiers"])) if row["tiers"] else None
     for k in ("rate", "usage", "connection_fee", "surcharge", "minimum_uplift", "cost"):
         rating[k] = fmt(Decimal(str(row[k])))
     return out
+
+
+def _tiers_json(text: str) -> list[dict[str, object]]:
+    """A CDR's stored ``tiers`` with money as the API writes it (plain, no exponent)."""
+    out = json.loads(text)
+    for t in out:
+        for k, v in t.items():
+            if k in _TIER_MONEY and v is not None:
+                t[k] = fmt(Decimal(str(v)))
+    return out  # type: ignore[no-any-return]
+
+
+_TIER_MONEY = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
+                         "cost", "charged", "written_off", "credited", "margin"})
 
 
 def cdr_csv_rows(rows: Iterable[dict[str, object]]) -> Iterator[list[object]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections import Counter, deque
@@ -250,7 +251,9 @@ class Sidecar:
                 bundle=str(row.get("bundle") or ""), bundle_held=int(str(
                     row.get("bundle_held") or 0)),
                 bundle_period=None if row.get("bundle_period") is None else int(str(
-                    row["bundle_period"]))))
+                    row["bundle_period"])),
+                tier_holds={str(a): Decimal(str(v)) for a, v in json.loads(
+                    str(row.get("tier_holds") or "{}")).items()}))
             if ref in self.charger.sessions:
                 self._unsupervised.add(ref)
         self._stored_calls = []

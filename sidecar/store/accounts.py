@@ -11,6 +11,7 @@ told): the same rules and the same SQL run on both databases.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -107,6 +108,7 @@ def add_account(
     tax_number: str = "",
     tax_rate: Decimal = ZERO,
     parent: str | None = None,
+    reseller: bool = False,
     dialect: Dialect | None = None,
 ) -> Account:
     """Create an account on a plan (whose currency it takes unless one is given). An
@@ -145,12 +147,12 @@ def add_account(
             conn,
             "INSERT INTO accounts (code, name, plan, currency, kind, credit_limit, daily_cap, "
             "monthly_cap, chunk_seconds, max_call_seconds, low_balance, recharge_below, "
-            "recharge_amount, address, tax_number, tax_rate, parent, created_ms) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "recharge_amount, address, tax_number, tax_rate, parent, created_ms, reseller) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (code, name, plan, ccy, kind.value, m(credit_limit), opt(daily_cap),
              opt(monthly_cap), chunk_seconds, max_call_seconds, opt(low_balance),
              opt(recharge_below), opt(recharge_amount), address, tax_number, m(tax_rate),
-             parent, now_ms))
+             parent, now_ms, int(reseller)))
     return get_account(conn, code, now_ms, d)
 
 
@@ -177,6 +179,16 @@ def set_suspended(conn: Db, code: str, suspended: bool, reason: str = "") -> Non
     with transaction(conn):
         n = conn.execute("UPDATE accounts SET suspended = ?, suspend_reason = ? WHERE code = ?",
                          (int(suspended), reason if suspended else "", code)).rowcount
+    if n == 0:
+        raise AccountNotFound(f"account '{code}' not found")
+
+
+def set_reseller(conn: Db, code: str, reseller: bool) -> None:
+    """Make an account a reseller (the calls of every account below it are charged to it
+    too, at its own plan's price) or not (from the next call on)."""
+    with transaction(conn):
+        n = conn.execute("UPDATE accounts SET reseller = ? WHERE code = ?",
+                         (int(reseller), code)).rowcount
     if n == 0:
         raise AccountNotFound(f"account '{code}' not found")
 
@@ -273,7 +285,7 @@ class SqlLedger:
 
     _LIVE = ("SELECT call_ref, account, number, destination, prefix, rate, increment, "
              "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms, bundle, "
-             "bundle_period, bundle_held FROM live_calls")
+             "bundle_period, bundle_held, tier_holds FROM live_calls")
 
     def live_calls(self, node: str | None = None) -> list[dict[str, object]]:
         """The calls the store holds reservations for; with ``node``, that node's only
@@ -410,6 +422,17 @@ def verify_ledger(conn: Connection, dialect: Dialect | None = None) -> list[Ledg
 
 def _verify(conn: Connection, d: Dialect) -> list[LedgerCheck]:
     out = []
+    # Holds on resellers for their customers' live calls, and what the resellers' tier
+    # rows say they were charged.
+    tier_holds: dict[str, Decimal] = {}
+    for (th,) in d.execute(conn, "SELECT tier_holds FROM live_calls WHERE tier_holds <> ''"):
+        for code, v in json.loads(str(th)).items():
+            tier_holds[code] = tier_holds.get(code, ZERO) + Decimal(str(v))
+    tier_charged: dict[str, tuple[Decimal, Decimal]] = {}
+    for code, charged, credited in d.execute(
+            conn, "SELECT account, charged, credited FROM cdr_tiers"):
+        a, b = tier_charged.get(str(code), (ZERO, ZERO))
+        tier_charged[str(code)] = (a + Decimal(str(charged)), b + Decimal(str(credited)))
     for acc in list_accounts(conn, dialect=d):
         rows = d.execute(conn, "SELECT kind, call_ref, amount FROM ledger WHERE account = ?",
                          (acc.code,))
@@ -426,7 +449,8 @@ def _verify(conn: Connection, d: Dialect) -> list[LedgerCheck]:
             elif kind == "credit" and call_ref is not None:
                 credits += a
         holds = sum((Decimal(str(r[0])) for r in d.execute(
-            conn, "SELECT reserved FROM live_calls WHERE account = ?", (acc.code,))), ZERO)
+            conn, "SELECT reserved FROM live_calls WHERE account = ?", (acc.code,))),
+            tier_holds.get(acc.code, ZERO))
         ended = [str(r[0]) for r in d.execute(
             conn, "SELECT l.call_ref FROM live_calls l JOIN cdrs c ON c.call_ref = l.call_ref "
             "WHERE l.account = ?", (acc.code,))]
@@ -435,6 +459,10 @@ def _verify(conn: Connection, d: Dialect) -> list[LedgerCheck]:
                 conn, "SELECT charged, credited FROM cdrs WHERE account = ?", (acc.code,)):
             cdr_charges += Decimal(str(charged))
             cdr_credits += Decimal(str(credited))
+        resold = tier_charged.get(acc.code)
+        if resold is not None:
+            cdr_charges += resold[0]
+            cdr_credits += resold[1]
         problems = []
         if total != acc.balance + acc.held:
             problems.append(f"balance {fmt(acc.balance)} + held {fmt(acc.held)} != ledger sum "

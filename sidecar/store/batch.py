@@ -16,6 +16,7 @@ transaction on those accounts left, across processes and hosts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +35,7 @@ from ..charging.commands import (
 )
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
+from ..charging.tiers import grant_chain, tier_accounts
 from ..money import ZERO, to_text
 from .dialect import ACCOUNT_COLUMNS, SQLITE, Bulk, Connection, Dialect
 
@@ -52,18 +54,28 @@ _CDRS = Bulk(CDR_INSERT, copy=f"COPY cdrs ({_CDR_COLUMNS}) FROM STDIN")
 # its lease.
 _LIVE_COLUMNS = ("call_ref, account, number, destination, prefix, rate, increment, "
                  "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms, bundle, "
-                 "bundle_period, bundle_held")
+                 "bundle_period, bundle_held, tier_holds")
 _LIVE_CONFLICT = ("ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
                   "reserved = excluded.reserved, updated_ms = excluded.updated_ms, "
                   "lease_ms = excluded.lease_ms, bundle = excluded.bundle, "
-                  "bundle_period = excluded.bundle_period, bundle_held = excluded.bundle_held")
+                  "bundle_period = excluded.bundle_period, bundle_held = excluded.bundle_held, "
+                  "tier_holds = excluded.tier_holds")
 _LIVE = Bulk(
     f"INSERT INTO live_calls ({_LIVE_COLUMNS}) VALUES "
-    f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) " + _LIVE_CONFLICT,
+    f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) " + _LIVE_CONFLICT,
     unnest=f"INSERT INTO live_calls ({_LIVE_COLUMNS}) SELECT * FROM {{rows}} "
            + _LIVE_CONFLICT,
     types=("text", "text", "text", "text", "text", "numeric", "text", "bigint", "integer",
-           "numeric", "bigint", "text", "bigint", "text", "bigint", "integer"))
+           "numeric", "bigint", "text", "bigint", "text", "bigint", "integer", "text"))
+_TIER_COLUMNS = ("call_ref, tier, account, plan, currency, destination, prefix, rate, "
+                 "increment, billed_seconds, usage, connection_fee, surcharge, "
+                 "minimum_uplift, cost, charged, written_off, credited, margin, ended_ms")
+_TIERS = Bulk(f"INSERT INTO cdr_tiers ({_TIER_COLUMNS}) VALUES "
+              f"({', '.join('?' for _ in _TIER_COLUMNS.split(', '))})",
+              copy=f"COPY cdr_tiers ({_TIER_COLUMNS}) FROM STDIN")
+#: A tier's amounts (JSON text in the CDR's ``tiers``).
+_TIER_MONEY = ("rate", "usage", "connection_fee", "surcharge", "minimum_uplift", "cost",
+               "charged", "written_off", "credited")
 _USAGE = Bulk("INSERT INTO bundle_usage (account, bundle, period_start, used_seconds, "
               "held_seconds) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, bundle, "
               "period_start) DO UPDATE SET used_seconds = excluded.used_seconds, "
@@ -169,6 +181,10 @@ class Batch:
         #: usage row it draws on and the bundle seconds held for it.
         self._usage: dict[UsageKey, _Usage] = {}
         self._bcall: dict[str, tuple[UsageKey, int]] = {}
+        #: Resellers: per call, what is held on each reseller above its account; the
+        #: cdr_tiers rows to write.
+        self._tholds: dict[str, dict[str, Decimal]] = {}
+        self._tiers: list[tuple[object, ...]] = []
         self._prefetch(cmds)
 
     # --- reads, in bulk --------------------------------------------------------------
@@ -182,11 +198,15 @@ class Batch:
                     codes.setdefault(c.cdr.account, c.now_ms)
                 refs.add(c.cdr.call_ref)
                 settles.append(c.cdr.call_ref)
+                for t in tier_accounts(c.cdr.tiers):  # its resellers: locked in order too
+                    codes.setdefault(t, c.now_ms)
             else:
                 codes.setdefault(c.account, c.now_ms)
                 if isinstance(c, Reserve):
                     refs.add(c.call_ref)
                     settles.append(c.call_ref)  # a call settled already gets no more
+                    for p in c.chain:
+                        codes.setdefault(p.account, c.now_ms)
         d = self.dialect
         # Accounts first, in code order: where rows are locked, every batch takes the
         # locks in the same order, and what is read next is what the last transaction on
@@ -200,9 +220,13 @@ class Batch:
                 self.accounts[code] = d.to_account(r, codes[code])
         for part in _chunks(refs, n):
             where, args = d.any_of("call_ref", part)
-            for ref, reserved, node, lease, account, bundle, period, bheld in d.execute(
+            for ref, reserved, node, lease, account, bundle, period, bheld, th in d.execute(
                     self.conn, "SELECT call_ref, reserved, node, lease_ms, account, bundle, "
-                    f"bundle_period, bundle_held FROM live_calls WHERE {where}", args):
+                    f"bundle_period, bundle_held, tier_holds FROM live_calls WHERE {where}",
+                    args):
+                if th:
+                    self._tholds[str(ref)] = {str(a): Decimal(str(v))
+                                              for a, v in json.loads(str(th)).items()}
                 self._held[str(ref)] = Decimal(str(reserved))
                 self._stored.add(str(ref))
                 self._owner[str(ref)] = (str(node), int(lease))
@@ -279,7 +303,8 @@ class Batch:
     def reserve(self, cmd: Reserve) -> Outcome:
         """Hold what the core asked for, or what the account can still cover; record the
         live call (its paid time and holds) for a restart to adopt."""
-        seq, code, ref, amount, want_seconds, paid_before, fit, live, now_ms, draw = cmd
+        (seq, code, ref, amount, want_seconds, paid_before, fit, live, now_ms, draw, chain,
+         cost_to) = cmd
         acc = self._account(code, now_ms)
         if ref in self._settled:  # settled already (by a node that took over): no more
             return Outcome(seq, True, ZERO, paid_before, settled_elsewhere=True)
@@ -288,12 +313,27 @@ class Batch:
             row = self._bundle(draw.key)
             taken = min(draw.seconds, row.left())
             if taken < draw.seconds:  # fewer than the core thought: money for the rest
-                amount, fit = draw.redo(taken)
+                amount, fit, cost_to = draw.redo(taken)
             if taken:
                 row.held += taken
                 prev = self._bcall.get(ref)
                 self._bcall[ref] = (draw.key, (prev[1] if prev else 0) + taken)
-        granted, seconds = grant(acc, amount, want_seconds, fit, paid_before)
+        got: tuple[Decimal, ...] = ()
+        if chain:  # every tier covers the same seconds, each its own price
+            assert cost_to is not None
+            seconds, amounts = grant_chain(
+                [(acc, amount, fit, cost_to)] + [
+                    (self._account(p.account, now_ms), p.amount, p.fit, p.cost_to)
+                    for p in chain], want_seconds, paid_before)
+            granted, got = amounts[0], tuple(amounts[1:])
+            holds = self._tholds.setdefault(ref, {})
+            for p, g in zip(chain, got, strict=True):
+                if g:
+                    up = self._account(p.account, now_ms)
+                    self._set(evolve(up, {"balance": up.balance - g, "held": up.held + g}))
+                    holds[p.account] = holds.get(p.account, ZERO) + g
+        else:
+            granted, seconds = grant(acc, amount, want_seconds, fit, paid_before)
         if granted > 0:  # a hold moves no money: live_calls records it, not the ledger
             self.accounts[code] = evolve(acc, {"balance": acc.balance - granted,
                                                "held": acc.held + granted})
@@ -304,7 +344,7 @@ class Batch:
         self._live[ref] = (ref, code, get("number"), get("destination"), get("prefix"),
                            get("rate"), get("increment"), get("answered_ms"), seconds,
                            now_ms, self._owner.get(ref, self._mine)[0])
-        return Outcome(seq, True, granted, seconds, bundle_seconds=taken)
+        return Outcome(seq, True, granted, seconds, bundle_seconds=taken, chain_granted=got)
 
     def settle(self, cdr: Cdr, now_ms: int, lease_ended_by: int | None = None,
                reprice: Callable[[int], None] | None = None) -> Settlement:
@@ -347,6 +387,8 @@ class Batch:
             after = amounts.effect.apply(before)
             self._set(after)
             suspended = bool(amounts.effect.suspend_reason)
+        if cdr.tiers or ref in self._tholds:
+            self._settle_tiers(cdr, now_ms)
         self._live.pop(ref, None)
         if ref in self._stored:
             self._gone.add(ref)
@@ -354,6 +396,49 @@ class Batch:
         row.append(self._owner.get(ref, self._mine)[0] or self.node)
         self._cdrs.append(row)
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended)
+
+    def _settle_tiers(self, cdr: Cdr, now_ms: int) -> None:
+        """Charge every reseller above the call's account its own price (releasing what
+        was held on it for the call): the same rule as the account's (never below zero
+        for a prepaid reseller: the rest written off), a ledger row each, a cdr_tiers row
+        each, and the CDR's ``tiers`` with what each was charged."""
+        ref = cdr.call_ref
+        holds = self._tholds.pop(ref, {})
+        tiers = json.loads(cdr.tiers) if cdr.tiers else []
+        m = self._m
+        for t in tiers:
+            code = str(t["account"])
+            held = holds.pop(code, ZERO)
+            if code not in self.accounts:
+                continue
+            up = self._account(code, now_ms)
+            amounts = settle_amounts(up, held, Decimal(t["cost"]), Decimal(t["credited"]))
+            t["charged"], t["written_off"] = to_text(amounts.charged), to_text(
+                amounts.written_off)
+            t["credited"] = to_text(amounts.credited)
+            note = f"resold call of {cdr.account} (tier {t['tier']})"
+            if amounts.charged:
+                self._ledger.append((now_ms, code, "charge", m(-amounts.charged), ref, note))
+            if amounts.credited:
+                self._ledger.append((now_ms, code, "credit", m(amounts.credited), ref,
+                                     f"FAS {cdr.fas_verdict}: {note}"[:500]))
+            self._set(amounts.effect.apply(up))
+            self._tiers.append((
+                ref, int(t["tier"]), code, str(t["plan"]), str(t["currency"]),
+                str(t["destination"]), str(t["prefix"]),
+                *(m(Decimal(t[k])) for k in ("rate",)), str(t["increment"]),
+                int(t["billed_seconds"]),
+                *(m(Decimal(t[k])) for k in _TIER_MONEY[1:]),
+                None if t["margin"] is None else m(Decimal(t["margin"])), cdr.ended_ms))
+        for code, held in holds.items():  # held for a call no tier was charged for
+            self._release(code, held, now_ms)
+        if tiers:
+            cdr.tiers = json.dumps(tiers, separators=(",", ":"))
+
+    def _release(self, code: str, held: Decimal, now_ms: int) -> None:
+        if held and code in self.accounts:
+            acc = self._account(code, now_ms)
+            self._set(evolve(acc, {"balance": acc.balance + held, "held": acc.held - held}))
 
     def _bundle_use(self, cdr: Cdr, held: int, reprice: Callable[[int], None] | None
                     ) -> None:
@@ -378,6 +463,8 @@ class Batch:
     def _release_left(self, ref: str, account: str | None, now_ms: int) -> None:
         """Give back a hold still recorded for a call that has its CDR already."""
         self._bundle_release(ref)
+        for code, h in self._tholds.pop(ref, {}).items():
+            self._release(code, h, now_ms)
         held = self._held.pop(ref, ZERO)
         self._live.pop(ref, None)
         if ref not in self._stored:
@@ -445,15 +532,20 @@ class Batch:
         if self._live:
             held, lease, bcall = self._held, self.lease_ms, self._bcall
             rows = []
+            tholds = self._tholds
             for ref, r in self._live.items():
                 b = bcall.get(ref)
+                th = tholds.get(ref)
                 rows.append((*r[:9], m(held[ref]), *r[9:], lease,
-                             *((b[0][1], b[0][2], b[1]) if b else ("", None, 0))))
+                             *((b[0][1], b[0][2], b[1]) if b else ("", None, 0)),
+                             json.dumps({a: to_text(v) for a, v in th.items()}) if th
+                             else ""))
             write(c, _LIVE, rows)
         if self._usage:
             write(c, _USAGE, [(*key, u.used, u.held) for key, u in self._usage.items()])
         write(c, _GONE, [(r,) for r in sorted(self._gone)])
         write(c, _CDRS, self._cdrs)
+        write(c, _TIERS, self._tiers)
         write(c, _KEYS, self._keys)
         write(c, _FRAUD, self._fraud)
         return {code: self.accounts[code] for code in self._touched()}

@@ -31,7 +31,7 @@ ACCOUNT_COLUMNS = (
     "code, plan, currency, kind, balance, held, credit_limit, daily_cap, monthly_cap, "
     "day_key, day_spend, month_key, month_spend, chunk_seconds, max_call_seconds, "
     "low_balance, recharge_below, recharge_amount, suspended, suspend_reason, name, "
-    "blocked, parent, limits")
+    "blocked, parent, limits, reseller")
 
 log = logging.getLogger("sidecar.store")
 
@@ -78,7 +78,7 @@ def row_to_account(r: Sequence[object], now_ms: int | None = None) -> Account:
     money from TEXT (SQLite) or NUMERIC (PostgreSQL, already a Decimal) alike. With
     ``now_ms``, the day and month spend of another day (month) read as zero."""
     (code, plan, ccy, kind, bal, held, limit, dcap, mcap, dkey, dspend, mkey, mspend, chunk,
-     maxs, low, rbelow, ramount, susp, sreason, name, blocked, parent, limits) = r
+     maxs, low, rbelow, ramount, susp, sreason, name, blocked, parent, limits, reseller) = r
     today = day_key(now_ms) if now_ms is not None else str(dkey)
     k = _KINDS.get(kind) if isinstance(kind, str) else None
     lim = _LIMITS.get(limits) if isinstance(limits, str) else None
@@ -97,7 +97,8 @@ def row_to_account(r: Sequence[object], now_ms: int | None = None) -> Account:
         recharge_amount=_d(ramount), suspended=bool(susp), suspend_reason=str(sreason),
         name=str(name), blocked=str(blocked or ""),
         parent=None if parent is None or parent == "" else str(parent),
-        limits=lim if lim is not None else stored_limits(limits, f"account {code} limits"))
+        limits=lim if lim is not None else stored_limits(limits, f"account {code} limits"),
+        reseller=bool(reseller))
     return acc
 
 

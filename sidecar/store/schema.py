@@ -37,7 +37,11 @@ account's cost in the deck's (``cdrs.deck_currency``, ``cdrs.deck_cost``,
 for an account or for every account on a plan; ``bundle_usage``: the seconds each
 account used and holds per bundle and period), a live call's bundle hold
 (``live_calls.bundle``, ``bundle_period``, ``bundle_held``) and what a call drew from its
-bundle (``cdrs.bundle``, ``cdrs.bundle_period``, ``cdrs.bundle_seconds``). Columns
+bundle (``cdrs.bundle``, ``cdrs.bundle_period``, ``cdrs.bundle_seconds``), and resellers:
+``accounts.reseller`` (its descendants' calls are charged to it too, at its own plan's
+price), each live call's holds on its resellers (``live_calls.tier_holds``, JSON) and
+each call's price at every tier (``cdrs.tiers``, JSON, and ``cdr_tiers``, a row per tier
+for the resellers' invoices and reports). Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
 """
@@ -58,7 +62,7 @@ TYPES = {
 TABLES = ("meta", "plans", "deck_versions", "rates", "accounts", "sip_accounts", "ledger",
           "live_calls", "applied_keys", "cdrs", "invoices", "invoice_sequences",
           "fraud_events", "api_tokens", "carriers", "carrier_events", "fx_rates",
-          "bundles", "bundle_usage")
+          "bundles", "bundle_usage", "cdr_tiers")
 
 _STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -139,7 +143,8 @@ _STATEMENTS = (
     tax_rate {money} NOT NULL DEFAULT {zero},
     created_ms {ms} NOT NULL,
     blocked TEXT NOT NULL DEFAULT '',  -- why a fraud rule refuses new calls ('' = it does not)
-    limits TEXT NOT NULL DEFAULT ''  -- the account's own limits (JSON; '' = none set)
+    limits TEXT NOT NULL DEFAULT '',  -- the account's own limits (JSON; '' = none set)
+    reseller INTEGER NOT NULL DEFAULT 0
 )""",
     """CREATE TABLE IF NOT EXISTS sip_accounts (
     kind TEXT NOT NULL CHECK (kind IN ('user', 'ip')),
@@ -159,7 +164,9 @@ _STATEMENTS = (
 )""",
     "CREATE INDEX IF NOT EXISTS ledger_account ON ledger (account, ts_ms)",
     # A call's reservation. ``node``: the sidecar node whose Kamailio carries the call;
-    # ``lease_ms``: until when that node vouches for it (renewed while it lives).
+    # ``lease_ms``: until when that node vouches for it (renewed while it lives);
+    # ``tier_holds``: what is held for it on the resellers above its account (JSON
+    # object: account -> amount).
     """CREATE TABLE IF NOT EXISTS live_calls (
     call_ref TEXT PRIMARY KEY,
     account TEXT NOT NULL,
@@ -176,7 +183,8 @@ _STATEMENTS = (
     lease_ms {ms} NOT NULL DEFAULT 0,
     bundle TEXT NOT NULL DEFAULT '',  -- the bundle the call draws on ('' = none) ...
     bundle_period {ms},  -- ... in the period starting then
-    bundle_held INTEGER NOT NULL DEFAULT 0  -- bundle seconds held for it
+    bundle_held INTEGER NOT NULL DEFAULT 0,  -- bundle seconds held for it
+    tier_holds TEXT NOT NULL DEFAULT ''
 ){norowid}""",
     "CREATE INDEX IF NOT EXISTS live_calls_account ON live_calls (account)",
     # Keys of commands applied once whatever replays them (a journaled top-up).
@@ -231,7 +239,8 @@ _STATEMENTS = (
     fx_rate TEXT,
     bundle TEXT NOT NULL DEFAULT '',
     bundle_period {ms},
-    bundle_seconds INTEGER NOT NULL DEFAULT 0  -- of billed_seconds, drawn from the bundle
+    bundle_seconds INTEGER NOT NULL DEFAULT 0,
+    tiers TEXT NOT NULL DEFAULT ''
 )""",
     # Exchange rates: 1 ``base`` = ``rate`` ``quote`` from ``effective_ms`` on (the newest
     # in force at a call applies; the other direction's, inverted, when none is).
@@ -271,6 +280,33 @@ _STATEMENTS = (
     held_seconds INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (account, bundle, period_start)
 )""",
+    # A call's price at one reseller above its account (``tier`` 1: the account's
+    # reseller, 2: that one's, ...): what the reseller pays for it on its own plan, what
+    # the ledger took, and its margin (what the tier below paid less this price).
+    """CREATE TABLE IF NOT EXISTS cdr_tiers (
+    call_ref TEXT NOT NULL,
+    tier INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    destination TEXT NOT NULL DEFAULT '',
+    prefix TEXT NOT NULL DEFAULT '',
+    rate {money} NOT NULL DEFAULT {zero},
+    increment TEXT NOT NULL DEFAULT '',
+    billed_seconds INTEGER NOT NULL DEFAULT 0,
+    usage {money} NOT NULL DEFAULT {zero},
+    connection_fee {money} NOT NULL DEFAULT {zero},
+    surcharge {money} NOT NULL DEFAULT {zero},
+    minimum_uplift {money} NOT NULL DEFAULT {zero},
+    cost {money} NOT NULL DEFAULT {zero},
+    charged {money} NOT NULL DEFAULT {zero},
+    written_off {money} NOT NULL DEFAULT {zero},
+    credited {money} NOT NULL DEFAULT {zero},
+    margin {money},
+    ended_ms {ms},
+    PRIMARY KEY (call_ref, tier)
+)""",
+    "CREATE INDEX IF NOT EXISTS cdr_tiers_account ON cdr_tiers (account, ended_ms)",
     "CREATE INDEX IF NOT EXISTS cdrs_route ON cdrs (route, offered_ms)",
     "CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms)",
     # Issued invoices and credit notes. A row is the frozen document: ``data`` is the
@@ -422,6 +458,9 @@ ADDED_COLUMNS = (
     ("cdrs", "bundle", "TEXT NOT NULL DEFAULT ''"),
     ("cdrs", "bundle_period", "{ms}"),
     ("cdrs", "bundle_seconds", "INTEGER NOT NULL DEFAULT 0"),
+    ("accounts", "reseller", "INTEGER NOT NULL DEFAULT 0"),
+    ("live_calls", "tier_holds", "TEXT NOT NULL DEFAULT ''"),
+    ("cdrs", "tiers", "TEXT NOT NULL DEFAULT ''"),
 )
 
 

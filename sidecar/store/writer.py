@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import queue
 import sqlite3
@@ -550,7 +551,25 @@ def expired_cdr(row: dict[str, object], acc: Account | None, node: str) -> Cdr:
         bundle=str(row.get("bundle") or ""),
         bundle_period=None if row.get("bundle_period") is None else int(str(
             row["bundle_period"])),
-        bundle_seconds=min(int(str(row.get("bundle_held") or 0)), paid))
+        bundle_seconds=min(int(str(row.get("bundle_held") or 0)), paid),
+        # Its resellers are charged what was held on them for its paid time.
+        tiers=_held_tiers(row, paid))
+
+
+def _held_tiers(row: dict[str, object], paid: int) -> str:
+    """The ``tiers`` of a call settled for its paid time: each reseller charged what was
+    held on it (its price of that time)."""
+    if not row.get("tier_holds"):
+        return ""
+    zero = "0"
+    return json.dumps([
+        {"tier": i, "account": code, "plan": "", "currency": "",
+         "destination": str(row["destination"]), "prefix": str(row["prefix"]), "rate": zero,
+         "increment": "", "billed_seconds": paid, "usage": held, "connection_fee": zero,
+         "surcharge": zero, "minimum_uplift": zero, "cost": held, "credited": zero,
+         "margin": None}
+        for i, (code, held) in enumerate(json.loads(str(row["tier_holds"])).items(), 1)],
+        separators=(",", ":"))
 
 
 class Changes(Protocol):

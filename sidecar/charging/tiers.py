@@ -1,0 +1,66 @@
+"""Resellers (pure): a call is rated at every tier of its account's chain, and every tier
+pays its own price, reserved and charged together.
+
+An account marked ``reseller`` is charged for the calls of every account below it, at
+its own plan's price for the call; its customers pay theirs. The chain of a call is its
+account, then each reseller above it, nearest first (at most four tiers in all, as the
+account tree). A reservation covers the same seconds on every tier: when one tier cannot
+pay for the chunk, every tier reserves for the seconds that tier can pay for, so a
+reseller out of credit stops its customers' calls as a customer out of credit stops its
+own. The core decides from its view; the store applies :func:`grant_chain` again to the
+accounts it holds locked, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from ..money import ZERO
+from ..rating.deck import RateLine
+from .model import Account
+from .settle import Fit, grant
+
+#: The price of the seconds from the call's paid time so far to ``d`` (one tier).
+CostTo = Callable[[int], Decimal]
+
+
+@dataclass(slots=True)
+class Upline:
+    """A reseller above a call's account: its rate line for the call (in its own
+    currency) and what is held on it for the call."""
+
+    account: str
+    plan: str
+    line: RateLine
+    reserved: Decimal = ZERO
+    fx_rate: Decimal | None = None  # its plan rates in another currency than it pays in
+
+
+def grant_chain(tiers: Sequence[tuple[Account | None, Decimal, Fit, CostTo]], target: int,
+                paid: int) -> tuple[int, list[Decimal]]:
+    """What a chunk reserves on every tier of a chain: (the paid seconds it brings the
+    call to, each tier's amount). ``tiers``: per tier its account, the amount it wants
+    for ``target`` seconds, its fit (the most it can pay for with what is available) and
+    its price of ``d`` seconds. Every tier covers the same seconds: the fewest any tier
+    can pay for. An unknown account stops the chain (nothing is reserved)."""
+    n = len(tiers)
+    seconds = target
+    for acc, want, fit, _cost in tiers:
+        if acc is None:
+            return paid, [ZERO] * n
+        _g, s = grant(acc, want, target, fit, paid)
+        if s < seconds:
+            seconds = s
+    if seconds <= paid:
+        return paid, [ZERO] * n
+    if seconds == target:
+        return seconds, [want for _a, want, _f, _c in tiers]
+    return seconds, [cost(seconds) for _a, _w, _f, cost in tiers]
+
+
+def tier_accounts(tiers: str) -> list[str]:
+    """The resellers a CDR's ``tiers`` (JSON) names."""
+    return [str(t["account"]) for t in json.loads(tiers)] if tiers else []

@@ -1,0 +1,283 @@
+"""Resellers (issue 14): a call is rated at every tier of its account's chain and every
+tier pays its own price, reserved together, so a reseller out of credit stops its
+customers' calls; the CDR carries each tier's price and margin. On a real SQLite store,
+checked against hand arithmetic and with property tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from sidecar.charging import Action, Charger, ChargingConfig, EndCall, MediaOutcome
+from sidecar.charging.book import AccountBook
+from sidecar.charging.model import AccountKind
+from sidecar.rating.bundles import Bundle
+from sidecar.store.accounts import add_account, list_accounts, verify_ledger
+from sidecar.store.bundles import add_bundle, bundle_book, list_bundles, recent_usage
+from sidecar.store.decks import PlanCache, import_deck
+from tests.charging.harness import T0, Sim
+from tests.charging.test_properties import Delayed, Op, noise, scenario
+
+D = Decimal
+# Germany Fixed on 1/1 at each tier: the customer pays 0.06/min, its reseller 0.04, the
+# distributor above it 0.02. UK Mobile on 60/60 likewise, France only in retail.
+PLANS = {
+    "res": "destination;code;rate_usd;increment;effective_from\n"
+           "Germany Fixed;4930;0.04;1/1;2026-06-01\nUK Mobile;447;0.20;60/60;2026-06-01\n",
+    "dist": "destination;code;rate_usd;increment;effective_from\n"
+            "Germany;49;0.02;1/1;2026-06-01\nUK Mobile;447;0.10;60/60;2026-06-01\n",
+}
+
+
+def chain_sim(cust: str = "10", res: str = "10", dist: str = "10", *, db: str | None = None,
+              config: ChargingConfig | None = None, chunk: int | None = None) -> Sim:
+    sim = Sim(db, config)
+    tmp = Path(sim._tmp.name)
+    for name, deck in PLANS.items():
+        (tmp / f"{name}.csv").write_text(deck)
+        import_deck(sim.conn, name, tmp / f"{name}.csv", as_of=datetime(2026, 11, 1, tzinfo=UTC))
+    sim.charger = Charger(sim.ledger, PlanCache(sim.conn), config)
+    extra: dict[str, object] = {"chunk_seconds": chunk} if chunk else {}
+    for code, plan, parent, balance in (("DIST", "dist", None, dist), ("RES", "res", "DIST", res),
+                                        ("CUST", "retail", "RES", cust)):
+        add_account(sim.conn, code, plan, AccountKind.PREPAID, now_ms=T0, parent=parent,
+                    reseller=code != "CUST", **extra)  # type: ignore[arg-type]
+        if D(balance):
+            sim.ledger.topup(code, D(balance), T0, "initial")
+    return sim
+
+
+def tiers(cdr: object) -> list[dict[str, object]]:
+    import json
+    return json.loads(cdr["tiers"]) if cdr["tiers"] else []  # type: ignore[index]
+
+
+def test_every_tier_pays_its_own_price_and_the_margins_add_up() -> None:
+    sim = chain_sim()
+    d = sim.charger.authorize("c", number="4930123", account_code="CUST", now_ms=sim.now)
+    assert d.allow
+    sim.answer("c")
+    sim.advance_to(sim.now + 90_000)
+    sim.end("c", ended_by="caller")
+    (cdr,) = sim.cdrs("CUST")
+    assert D(cdr["cost"]) == D("0.09")  # 90 s at 0.06/min
+    t = tiers(cdr)
+    assert [(x["tier"], x["account"], x["plan"], D(str(x["cost"])), D(str(x["charged"])),
+             D(str(x["margin"]))) for x in t] == [
+        (1, "RES", "res", D("0.06"), D("0.06"), D("0.03")),
+        (2, "DIST", "dist", D("0.03"), D("0.03"), D("0.03"))]
+    # Margins add up: what the customer paid = the top tier's price + every margin.
+    assert D(cdr["cost"]) == D(str(t[-1]["cost"])) + sum(D(str(x["margin"])) for x in t)
+    assert (sim.balance("CUST"), sim.balance("RES"), sim.balance("DIST")) == (
+        D("9.91"), D("9.94"), D("9.97"))
+    rows = sim.conn.execute("SELECT account, tier, cost, charged FROM cdr_tiers ORDER BY tier"
+                            ).fetchall()
+    assert [(a, n, D(c), D(ch)) for a, n, c, ch in rows] == [
+        ("RES", 1, D("0.06"), D("0.06")), ("DIST", 2, D("0.03"), D("0.03"))]
+    assert all(not c.problems for c in verify_ledger(sim.conn))
+
+
+def test_a_reseller_out_of_credit_stops_its_customers_call_at_the_right_moment() -> None:
+    sim = chain_sim(res="0.02")  # 30 s at the reseller's 0.04/min
+    d = sim.charger.authorize("c", number="4930123", account_code="CUST", now_ms=sim.now)
+    assert d.allow and d.max_seconds == 30
+    sim.answer("c")
+    sim.advance_to(sim.now + 300_000)
+    (end,) = sim.ended
+    assert end.at_ms == T0 + 30_000 and end.reason == "credit exhausted"
+    sim.end("c", ended_by="proxy")
+    (cdr,) = sim.cdrs("CUST")
+    assert (cdr["billed_seconds"], D(cdr["cost"])) == (30, D("0.03"))
+    assert [D(str(x["charged"])) for x in tiers(cdr)] == [D("0.02"), D("0.01")]
+    assert (sim.balance("CUST"), sim.balance("RES"), sim.balance("DIST")) == (
+        D("9.97"), D("0"), D("9.99"))
+    # The reseller has nothing left: its customer's next call is refused.
+    d = sim.charger.authorize("d", number="4930123", account_code="CUST", now_ms=sim.now)
+    assert (d.allow, d.code, d.limit) == (False, 402, "reseller")
+    assert "reseller RES (above account CUST) has no credit" in d.reason
+    assert all(not c.problems for c in verify_ledger(sim.conn))
+
+
+def test_the_top_tier_out_of_credit_stops_the_whole_chain() -> None:
+    sim = chain_sim(dist="0.005")  # 15 s at the distributor's 0.02/min
+    sim.charger.authorize("c", number="4930123", account_code="CUST", now_ms=sim.now)
+    sim.answer("c")
+    sim.advance_to(sim.now + 300_000)
+    (end,) = sim.ended
+    assert end.at_ms == T0 + 15_000
+    sim.end("c", ended_by="proxy")
+    assert sim.balance("DIST") == 0 and sim.balance("RES") == D("9.99")
+
+
+def test_a_suspended_reseller_or_one_without_a_rate_refuses_the_call() -> None:
+    sim = chain_sim()
+    d = sim.charger.authorize("fr", number="33123456", account_code="CUST", now_ms=sim.now)
+    assert (d.allow, d.code) == (False, 404)
+    assert "reseller RES (above account CUST): no rate for 33123456 in plan res" in d.reason
+    sim.conn.execute("UPDATE accounts SET suspended = 1, suspend_reason = 'unpaid' "
+                     "WHERE code = 'DIST'")
+    sim.conn.commit()
+    d = sim.charger.authorize("de", number="4930123", account_code="CUST", now_ms=sim.now)
+    assert (d.allow, d.code, d.phrase) == (False, 403, "Account Suspended")
+    assert "reseller DIST (above account CUST) suspended: unpaid" in d.reason
+
+
+def test_a_parent_that_is_not_a_reseller_is_not_charged() -> None:
+    sim = chain_sim()
+    sim.conn.execute("UPDATE accounts SET reseller = 0 WHERE code = 'RES'")
+    sim.conn.commit()
+    sim.charger.authorize("c", number="4930123", account_code="CUST", now_ms=sim.now)
+    sim.answer("c")
+    sim.advance_to(sim.now + 60_000)
+    sim.end("c", ended_by="caller")
+    (cdr,) = sim.cdrs("CUST")
+    # Only DIST, the reseller above, rates it; its margin is over what CUST paid.
+    assert [(x["tier"], x["account"], D(str(x["margin"]))) for x in tiers(cdr)] == [
+        (1, "DIST", D("0.04"))]
+    assert sim.balance("RES") == 10
+
+
+def test_a_false_answer_gives_every_tier_its_money_back() -> None:
+    sim = chain_sim()
+    sim.charger.authorize("c", number="4930123", account_code="CUST", now_ms=sim.now)
+    sim.answer("c")
+    sim.advance_to(sim.now + 40_000)
+    sim.end("c", ended_by="caller", media=MediaOutcome(T0, verdict="fas", reasons="ringback",
+                                                       credit=True))
+    assert (sim.balance("CUST"), sim.balance("RES"), sim.balance("DIST")) == (
+        D(10), D(10), D(10))
+    assert all(not c.problems for c in verify_ledger(sim.conn))
+
+
+def test_a_restarted_core_settles_an_adopted_call_on_every_tier() -> None:
+    sim = chain_sim()
+    sim.charger.authorize("c", number="4930123", account_code="CUST", now_ms=sim.now)
+    sim.answer("c")
+    (row,) = sim.ledger.live_calls()
+    import json
+    held = json.loads(str(row["tier_holds"]))
+    assert {k: D(v) for k, v in held.items()} == {"RES": D("0.04"), "DIST": D("0.02")}
+    fresh = Charger(sim.ledger, PlanCache(sim.conn))
+    sim.now += 45_000
+    fresh.adopt("c", account="CUST", number=str(row["number"]), caller="", now_ms=sim.now,
+                answered_ms=int(str(row["answered_ms"])),
+                paid_seconds=int(str(row["paid_seconds"])), reserved=D(str(row["reserved"])),
+                supervise=False, tier_holds={k: D(v) for k, v in held.items()})
+    fresh.end("c", sim.now, ended_by="caller")
+    (cdr,) = sim.cdrs("CUST")
+    assert [D(str(x["charged"])) for x in tiers(cdr)] == [D("0.03"), D("0.015")]
+    assert (sim.balance("RES"), sim.balance("DIST")) == (D("9.97"), D("9.985"))
+    assert all(not c.problems for c in verify_ledger(sim.conn))
+
+
+# --- properties ----------------------------------------------------------------------
+
+NUMBERS = ["4930111", "447700900", "4930222"]
+
+
+def _check(sim: Sim, initial: dict[str, Decimal]) -> None:
+    for code in ("CUST", "RES", "DIST"):
+        assert sim.balance(code) >= 0
+    for check in verify_ledger(sim.conn):
+        assert not check.problems, check.problems
+    assert sim.conn.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
+    assert sim.conn.execute("SELECT SUM(CAST(held AS REAL)) FROM accounts").fetchone()[0] == 0
+    for cdr in sim.cdrs("CUST"):
+        t = tiers(cdr)
+        if cdr["disposition"] != "answered" or not t:
+            continue
+        # Margins add up, and every tier covered the same seconds.
+        assert D(cdr["cost"]) - D(cdr["credited"]) == (
+            D(str(t[-1]["cost"])) - D(str(t[-1]["credited"]))
+            + sum(D(str(x["margin"])) for x in t))
+        # Charged what it could cover, the rest written off: never more than its price.
+        assert all(D(str(x["charged"])) + D(str(x["written_off"])) == D(str(x["cost"]))
+                   for x in t)
+    spent = {c: initial[c] - sim.balance(c) for c in initial}
+    event(f"reseller spent all: {sim.balance('RES') == 0}")
+    assert spent["RES"] >= spent["DIST"] >= 0
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cust=st.decimals(D("0"), D("0.3"), places=3), res=st.decimals(D("0"), D("0.2"), places=3),
+       chunk=st.sampled_from([6, 30, 60]), bundle=st.integers(0, 90),
+       ops=scenario(st.one_of(noise)))
+def test_no_tier_ever_goes_below_zero_and_every_tier_is_charged_once(
+        cust: Decimal, res: Decimal, chunk: int, bundle: int, ops: list[Op]) -> None:
+    sim = chain_sim(str(cust), str(res), "1", db=":memory:",
+                    config=ChargingConfig(renew_lead_ms=chunk * 300), chunk=chunk)
+    if bundle:
+        add_bundle(sim.conn, "account", "CUST", Bundle("free", bundle), now_ms=T0)
+        sim.charger.bundles = bundle_book(sim.conn)
+    _run(sim, sim.charger, ops, lambda: [])
+    _check(sim, {"CUST": cust, "RES": res, "DIST": D(1)})
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cust=st.decimals(D("0"), D("0.3"), places=3), res=st.decimals(D("0"), D("0.2"), places=3),
+       chunk=st.sampled_from([6, 30, 60]),
+       ops=scenario(st.one_of(noise, st.tuples(st.just("flush"), st.integers(0, 0),
+                                               st.just("")))))
+def test_the_chain_holds_with_late_store_answers(cust: Decimal, res: Decimal, chunk: int,
+                                                 ops: list[Op]) -> None:
+    """The live form: the core decides every tier from its book, the store answers later
+    and applies the same chain rule to what it holds."""
+    sim = chain_sim(str(cust), str(res), "1",
+                    config=ChargingConfig(renew_lead_ms=chunk * 300), chunk=chunk)
+    store = Delayed(sim)
+    book = AccountBook()
+    book.load(list_accounts(sim.conn, sim.now), {})
+    ch = Charger(store, sim.charger.plans, sim.charger.config, book=book)
+    ch.bundles.load(list_bundles(sim.conn), recent_usage(sim.conn, sim.now))
+    _run(sim, ch, ops, lambda: store.flush(ch))
+    while store.queue:
+        store.flush(ch)
+    assert ch.inflight() == 0
+    _check(sim, {"CUST": cust, "RES": res, "DIST": D(1)})
+
+
+def _run(sim: Sim, ch: Charger, ops: list[Op], flush: object) -> None:
+    authorized: set[str] = set()
+    ended: set[str] = set()
+
+    def take(actions: list[Action]) -> None:
+        ended.update(a.call_ref for a in actions if isinstance(a, EndCall))
+
+    def advance(t: int) -> None:
+        while (d := ch.next_deadline()) is not None and d <= t:
+            sim.now = max(sim.now, d)
+            take(ch.tick(sim.now))
+        sim.now = t
+
+    for kind, n, number in ops:
+        ref = f"call-{n}"
+        number = NUMBERS[NUMBERS.index(number)] if number in NUMBERS else "4930111"
+        if kind == "auth":
+            if ch.authorize(ref, number=number, account_code="CUST", now_ms=sim.now).allow:
+                authorized.add(ref)
+        elif kind == "answer":
+            take(ch.answer(ref, sim.now))
+        elif kind == "end":
+            take(ch.end(ref, sim.now, ended_by="caller"))
+        elif kind == "fail":
+            take(ch.fail(ref, sim.now, 487))
+        elif kind == "advance":
+            advance(sim.now + n)
+        elif kind == "late":
+            sim.now += n
+        elif kind == "flush":
+            take(flush())  # type: ignore[operator]
+        elif kind == "deliver_byes":
+            sim.now += n
+            for r in sorted(ended):
+                take(ch.end(r, sim.now, ended_by="proxy"))
+        for code in ("CUST", "RES", "DIST"):
+            assert sim.balance(code) >= 0
+    take(flush())  # type: ignore[operator]
+    advance(sim.now + 1000)
+    for ref in sorted(authorized):
+        take(ch.end(ref, sim.now, ended_by="caller"))
