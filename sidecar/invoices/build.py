@@ -6,6 +6,7 @@ writes: issuing (numbering, freezing) is :mod:`sidecar.invoices.issue`.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ from .model import (
     present,
     totals,
 )
-from .records import CallRow
+from .records import RESOLD_SQL, CallRow
 
 DAY_MS = 86_400_000
 
@@ -87,6 +88,24 @@ class _Acc:
         self.bundle = 0  # seconds of them that bundles gave
 
 
+def issuer(conn: Db, code: str) -> Party | None:
+    """Who invoices account ``code``: the nearest reseller above it, with its own
+    details; None: the operator (the invoice settings' provider)."""
+    parent = conn.execute("SELECT parent FROM accounts WHERE code = ?", (code,)).fetchone()
+    seen = {code}
+    up = parent[0] if parent else None
+    while up and up not in seen:
+        seen.add(str(up))
+        r = conn.execute("SELECT name, address, tax_number, reseller, parent FROM accounts "
+                         "WHERE code = ?", (up,)).fetchone()
+        if r is None:
+            return None
+        if r[3]:
+            return Party(str(r[0]) or str(up), str(r[1]), str(r[2]), "", str(up))
+        up = r[4]
+    return None
+
+
 def _customer(conn: Db, code: str) -> tuple[Party, str, str, Decimal]:
     row = conn.execute("SELECT name, address, tax_number, currency, kind, tax_rate "
                        "FROM accounts WHERE code = ?", (code,)).fetchone()
@@ -137,7 +156,10 @@ def build_invoice(
 
     for (ref, offered, answered_ms, ended, duration, billed, caller, callee, dest, origin,
          rate, inc, u, fee, sur, upl, cost, charged, wo, cred, disp, verdict,
-         reasons, bundle, bundle_s) in conn.execute(_CDR_SQL, (account, start, end)):
+         reasons, bundle, bundle_s) in itertools.chain(
+            conn.execute(_CDR_SQL, (account, start, end)),
+            # A reseller: its customers' calls, at its own price.
+            conn.execute(RESOLD_SQL, (account, start, end))):
         attempts += 1
         if disp == "no-media":
             no_media += 1
@@ -209,8 +231,9 @@ def build_invoice(
             day_calls[i], day_spend[i], present(day_spend[i], currency))
         for i in range(ndays))
     detail.sort(key=lambda r: (r.offered_ms or r.answered_ms or r.ended_ms or 0, r.call_ref))
-    provider = Party(settings.provider_name, settings.provider_address,
-                     settings.provider_tax_number, settings.provider_email)
+    provider = issuer(conn, account) or Party(
+        settings.provider_name, settings.provider_address, settings.provider_tax_number,
+        settings.provider_email)
     invoice = Invoice(
         kind="invoice", number=number, account=account, period=str(period),
         period_start_ms=start, period_end_ms=end, issued_ms=issued_ms,

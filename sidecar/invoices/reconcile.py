@@ -9,6 +9,7 @@ and the account statement adds up.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -16,7 +17,7 @@ from decimal import Decimal
 from ..money import ZERO
 from ..store.conn import Db
 from .model import Invoice, Period, present
-from .records import query_cdrs
+from .records import query_cdrs, resold_calls
 
 LineKey = tuple[str, str, str, Decimal, str]
 
@@ -90,7 +91,11 @@ def reconcile(conn: Db, inv: Invoice) -> Reconciliation:
         exact_of[key] += amount
         label_of[key] = label
 
-    for r in query_cdrs(conn, account=inv.account, from_ms=period.start_ms, to_ms=period.end_ms):
+    for r in itertools.chain(
+            query_cdrs(conn, account=inv.account, from_ms=period.start_ms,
+                       to_ms=period.end_ms),
+            # A reseller: its customers' calls at its own price.
+            resold_calls(conn, inv.account, period.start_ms, period.end_ms)):
         n += 1
         usage, fee, sur, upl, cost, charged, wo = (
             Decimal(str(r[k])) for k in ("usage", "connection_fee", "surcharge",

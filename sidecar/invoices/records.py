@@ -123,6 +123,31 @@ def query_cdrs(
         yield dict(zip(CDR_COLUMNS, row, strict=True))
 
 
+#: A reseller's rows for the calls of the accounts below it (``cdr_tiers``), with the
+#: columns of a CDR an invoice and its reconciliation read: the tier's price, the call's
+#: times, numbers and outcome.
+RESOLD_COLUMNS = (
+    "call_ref", "offered_ms", "answered_ms", "ended_ms", "duration_ms", "billed_seconds",
+    "caller", "callee", "destination", "origin", "rate", "increment", "usage",
+    "connection_fee", "surcharge", "minimum_uplift", "cost", "charged", "written_off",
+    "credited", "disposition", "fas_verdict", "fas_reasons", "bundle", "bundle_seconds")
+RESOLD_SQL = (
+    "SELECT t.call_ref, c.offered_ms, c.answered_ms, t.ended_ms, c.duration_ms, "
+    "t.billed_seconds, c.caller, c.callee, t.destination, '', t.rate, t.increment, t.usage, "
+    "t.connection_fee, t.surcharge, t.minimum_uplift, t.cost, t.charged, t.written_off, "
+    "t.credited, c.disposition, c.fas_verdict, c.fas_reasons, '', 0 FROM cdr_tiers t "
+    "JOIN cdrs c ON c.call_ref = t.call_ref WHERE t.account = ? AND t.ended_ms >= ? AND "
+    "t.ended_ms < ? ORDER BY t.ended_ms, t.call_ref")
+
+
+def resold_calls(conn: Db, account: str, from_ms: int, to_ms: int
+                 ) -> Iterator[dict[str, object]]:
+    """The calls of the accounts below reseller ``account`` that ended in the period, at
+    its own price (``RESOLD_COLUMNS``)."""
+    for row in conn.execute(RESOLD_SQL, (account, from_ms, to_ms)):
+        yield dict(zip(RESOLD_COLUMNS, row, strict=True))
+
+
 def cdr_json(row: dict[str, object]) -> dict[str, object]:
     """A CDR for JSON output: times both as ISO 8601 and Unix ms, money as exact strings,
     and the per-call rating grouped under ``rating``."""

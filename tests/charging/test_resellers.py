@@ -197,6 +197,20 @@ def _check(sim: Sim, initial: dict[str, Decimal]) -> None:
         # Charged what it could cover, the rest written off: never more than its price.
         assert all(D(str(x["charged"])) + D(str(x["written_off"])) == D(str(x["cost"]))
                    for x in t)
+    # Every tier's invoice for the month is the sum of its rows and reconciles with the
+    # CDRs, its tier rows and its ledger.
+    from sidecar.invoices import InvoiceSettings, Period, draft_invoice, reconcile
+    for code in ("CUST", "RES", "DIST"):
+        inv = draft_invoice(sim.conn, code, Period(2026, 11), InvoiceSettings(),
+                            now_ms=sim.now).invoice
+        own = sum((D(r[0]) for r in sim.conn.execute(
+            "SELECT charged FROM cdrs WHERE account = ?", (code,))), D(0))
+        resold = sum((D(r[0]) for r in sim.conn.execute(
+            "SELECT charged FROM cdr_tiers WHERE account = ?", (code,))), D(0))
+        assert inv.exact_charged == own + resold
+        assert inv.charges == sum((ln.amount for ln in inv.lines), D(0))
+        rec = reconcile(sim.conn, inv)
+        assert rec.ok, rec
     spent = {c: initial[c] - sim.balance(c) for c in initial}
     event(f"reseller spent all: {sim.balance('RES') == 0}")
     assert spent["RES"] >= spent["DIST"] >= 0
@@ -281,3 +295,36 @@ def _run(sim: Sim, ch: Charger, ops: list[Op], flush: object) -> None:
     advance(sim.now + 1000)
     for ref in sorted(authorized):
         take(ch.end(ref, sim.now, ended_by="caller"))
+
+
+# --- invoices --------------------------------------------------------------------------
+
+def test_each_tier_is_invoiced_by_the_tier_above_at_its_own_price() -> None:
+    from sidecar.invoices import InvoiceSettings, Period, draft_invoice, reconcile
+
+    sim = chain_sim()
+    sim.conn.execute("UPDATE accounts SET name = 'Reseller Ltd', address = '1 Main St', "
+                     "tax_number = 'DE123' WHERE code = 'RES'")
+    sim.conn.commit()
+    for ref, secs in (("a", 90), ("b", 30)):
+        sim.charger.authorize(ref, number="4930123", account_code="CUST", now_ms=sim.now)
+        sim.answer(ref)
+        sim.advance_to(sim.now + secs * 1000)
+        sim.end(ref, ended_by="caller")
+    settings = InvoiceSettings(provider_name="Operator plc")
+    docs = {code: draft_invoice(sim.conn, code, Period(2026, 11), settings,
+                                now_ms=sim.now).invoice for code in ("CUST", "RES", "DIST")}
+    # Who invoices whom: the reseller above, with its own details; the top, the operator.
+    assert (docs["CUST"].provider.name, docs["CUST"].provider.address,
+            docs["CUST"].provider.tax_number) == ("Reseller Ltd", "1 Main St", "DE123")
+    assert docs["RES"].provider.name == "DIST"
+    assert docs["DIST"].provider.name == "Operator plc"
+    # Each at its own price for the same 120 s: 0.12, 0.08, 0.04.
+    for code, total, rate in (("CUST", "0.12", "0.06"), ("RES", "0.08", "0.04"),
+                              ("DIST", "0.04", "0.02")):
+        inv = docs[code]
+        (ln,) = inv.lines_of("usage")
+        assert (ln.calls, ln.billed_seconds, ln.rate, ln.exact) == (2, 120, D(rate), D(total))
+        assert inv.exact_charged == D(total) == D(10) - sim.balance(code)
+        rec = reconcile(sim.conn, inv)
+        assert rec.ok, rec
