@@ -39,6 +39,7 @@ from ..invoices import (
     InvoiceError,
     InvoiceNotFound,
     InvoiceSettings,
+    Issued,
     Period,
     PeriodError,
     Renderer,
@@ -74,6 +75,7 @@ from ..store.accounts import (
     ledger_for,
     list_accounts,
     set_suspended,
+    subtree,
 )
 from ..store.bundles import bundle_status
 from ..store.carriers import carrier_rows
@@ -166,19 +168,26 @@ class TokenSet:
     about the hash, never the token."""
 
     def __init__(self, given: dict[str, tuple[str, str]],
-                 stored: dict[str, tuple[str, str]]) -> None:
+                 stored: dict[str, tuple[str, str, str]]) -> None:
         self.given = given
         self.stored = stored
 
     def scope_of(self, presented: str) -> str | None:
         """``read`` or ``admin`` for a token accepted now, else None."""
+        return self.lookup(presented)[0]
+
+    def lookup(self, presented: str) -> tuple[str | None, str]:
+        """(``read``/``admin``, or None when not accepted; the account the token is
+        scoped to, "" for the whole store)."""
         h = token_hash(presented)
-        hit = self.given.get(h) or self.stored.get(h)
-        return hit[1] if hit is not None else None
+        hit = self.given.get(h)
+        if hit is not None:
+            return hit[1], ""
+        got = self.stored.get(h)
+        return (got[1], got[2]) if got is not None else (None, "")
 
     def has_admin(self) -> bool:
-        return any(scope == "admin" for _, scope in (*self.given.values(),
-                                                      *self.stored.values()))
+        return any(v[1] == "admin" for v in (*self.given.values(), *self.stored.values()))
 
 
 TOKENS = web.AppKey("tokens", TokenSet)
@@ -191,16 +200,67 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in PUBLIC:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         tokens = request.app[TOKENS]
-        scope = tokens.scope_of(given) if scheme.lower() == "bearer" and given else None
+        scope, account = tokens.lookup(given) if scheme.lower() == "bearer" and given else (
+            None, "")
         if scope is None:
             return _error(401, "missing or wrong bearer token",
                           headers={"WWW-Authenticate": 'Bearer realm="sidecar"'})
+        if account:
+            refused = await _scoped(request, account)
+            if refused is not None:
+                return refused
         if request.method in WRITES and scope != "admin" and \
                 request.match_info.http_exception is None:  # (no such route: 404/405)
             return _error(403, "this endpoint changes the store: it needs an admin token"
                           if tokens.has_admin() else "writes are disabled: the API has no "
                           "admin token (sidecar token create NAME --scope admin)")
     return await handler(request)
+
+
+#: What a token scoped to an account may read (its subtree's records); anything else
+#: (rate plans, carriers, margins, route reports) is the operator's.
+SCOPED_PATHS = frozenset({
+    "/v1/cdrs", "/v1/cdrs/{call_ref}", "/v1/accounts", "/v1/accounts/{code}",
+    "/v1/accounts/{code}/limits", "/v1/accounts/{code}/bundles", "/v1/live-calls",
+    "/v1/invoices", "/v1/invoices/{number}", "/v1/invoices/{number}/html",
+    "/v1/invoices/{number}/pdf", "/v1/invoices/{number}/calls.csv", "/v1/stats/spend",
+    "/v1/fraud-events", "/v1/reconcile"})
+SUBTREE = "subtree"  # request key: the accounts a scoped token may read
+
+
+async def _scoped(request: web.Request, account: str) -> web.StreamResponse | None:
+    """A token scoped to ``account`` reads that account and those below it only: other
+    paths are refused (403), another account is not found (404); lists are filtered by
+    the handlers (``request[SUBTREE]``)."""
+    route = request.match_info.route.resource
+    template = route.canonical if route is not None else request.path
+    if request.match_info.http_exception is not None:
+        return None  # no such route: 404/405 as for anyone
+    if template not in SCOPED_PATHS:
+        return _error(403, f"a token scoped to account {account} reads only its accounts' "
+                           f"records, not {template}")
+    sub = await _in_store(request, subtree, request.app[CONN], account)
+    request[SUBTREE] = sub
+    for code in (request.match_info.get("code"), request.query.get("account")):
+        if code and code not in sub:
+            return _error(404, f"account '{code}' not found")
+    return None
+
+
+def _subtree(request: web.Request) -> frozenset[str] | None:
+    """The accounts a scoped token may read; None: every account."""
+    got: frozenset[str] | None = request.get(SUBTREE)
+    return got
+
+
+def _visible(request: web.Request, row: dict[str, object]) -> dict[str, object]:
+    """A CDR as a scoped token may see it: the prices of resellers above its subtree
+    left out."""
+    sub = _subtree(request)
+    tiers = row.get("tiers")
+    if sub is not None and isinstance(tiers, list):
+        row["tiers"] = [t for t in tiers if t.get("account") in sub] or None
+    return row
 
 
 @web.middleware
@@ -360,9 +420,9 @@ def cdrs_list(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 1000, 1, MAX_LIMIT)
     after = _int_param(request, "after_id", 0, 0, 2**63 - 1)
     start, end = _range(request)
-    rows = [cdr_json(r) for r in query_cdrs(
+    rows = [_visible(request, cdr_json(r)) for r in query_cdrs(
         request.app[CONN], account=_account(request), from_ms=start, to_ms=end,
-        after_id=after, limit=limit)]
+        after_id=after, limit=limit, accounts=_subtree(request))]
     nxt = rows[-1]["id"] if len(rows) == limit else None
     return _reply(m.CdrPage, {"cdrs": rows, "next_after_id": nxt})
 
@@ -370,10 +430,10 @@ def cdrs_list(request: web.Request) -> web.Response:
 @in_store
 def cdr_one(request: web.Request) -> web.Response:
     ref = request.match_info["call_ref"]
-    rows = list(query_cdrs(request.app[CONN], call_ref=ref))
+    rows = list(query_cdrs(request.app[CONN], call_ref=ref, accounts=_subtree(request)))
     if not rows:
         raise NotFound(f"CDR '{ref}' not found")
-    return _reply(m.Cdr, cdr_json(rows[0]))
+    return _reply(m.Cdr, _visible(request, cdr_json(rows[0])))
 
 
 @in_store
@@ -406,8 +466,10 @@ def deck_one(request: web.Request) -> web.Response:
 
 @in_store
 def accounts_list(request: web.Request) -> web.Response:
+    sub = _subtree(request)
     return _reply(m.Accounts, {"accounts": [
-        a.to_dict() for a in list_accounts(request.app[CONN], _now_ms())]})
+        a.to_dict() for a in list_accounts(request.app[CONN], _now_ms())
+        if sub is None or a.code in sub]})
 
 
 @in_store
@@ -420,33 +482,48 @@ def account_one(request: web.Request) -> web.Response:
 def live_calls(request: web.Request) -> web.Response:
     """Answered calls running now: running cost, credit reserved, paid time left."""
     calls, totals = live_calls_view(request.app[CONN], _now_ms())
+    sub = _subtree(request)
+    if sub is not None:
+        calls = [c for c in calls if c["account"] in sub]
+        totals = {k: v for k, v in totals.items() if k in sub}
     return _reply(m.LiveCalls, {"calls": calls, "accounts": totals})
 
 
 @in_store
 def invoices_list(request: web.Request) -> web.Response:
-    return _reply(m.Invoices, {"invoices": list_invoices(request.app[CONN],
-                                                         _account(request))})
+    sub = _subtree(request)
+    return _reply(m.Invoices, {"invoices": [
+        i for i in list_invoices(request.app[CONN], _account(request))
+        if sub is None or i["account"] in sub]})
 
 
 @in_store
 def invoice_one(request: web.Request) -> web.Response:
     """The frozen document (the model as issued) with its SHA-256."""
-    issued = load_invoice(request.app[CONN], request.match_info["number"])
+    issued = _invoice(request)
     return _reply(m.IssuedInvoice, {"sha256": issued.sha256,
                                     "invoice": json.loads(to_json(issued.invoice))})
 
 
 @in_store
 def invoice_html(request: web.Request) -> web.Response:
-    issued = load_invoice(request.app[CONN], request.match_info["number"])
+    issued = _invoice(request)
     html = request.app[RENDERER].html(issued)
     return web.Response(text=html, content_type="text/html")
 
 
+def _invoice(request: web.Request) -> Issued:
+    """The invoice the path names, if the token may read it (else not found)."""
+    number = request.match_info["number"]
+    issued = load_invoice(request.app[CONN], number)
+    sub = _subtree(request)
+    if sub is not None and issued.invoice.account not in sub:
+        raise NotFound(f"invoice '{number}' not found")
+    return issued
+
+
 async def invoice_pdf(request: web.Request) -> web.Response:
-    issued = await _in_store(request, load_invoice, request.app[CONN],
-                             request.match_info["number"])
+    issued = await _in_store(request, _invoice, request)
     # Rendering a PDF takes a second or more: off the event loop.
     rendered = await asyncio.to_thread(request.app[RENDERER].render, issued, "pdf")
     return web.Response(body=rendered.pdf, content_type="application/pdf", headers={
@@ -454,8 +531,7 @@ async def invoice_pdf(request: web.Request) -> web.Response:
 
 
 async def invoice_calls_csv(request: web.Request) -> web.Response:
-    issued = await _in_store(request, load_invoice, request.app[CONN],
-                             request.match_info["number"])
+    issued = await _in_store(request, _invoice, request)
     text = await asyncio.to_thread(detail_csv, issued.detail)
     return web.Response(text=text, content_type="text/csv", headers={
         "Content-Disposition":
@@ -487,6 +563,9 @@ def reconcile_one(request: web.Request) -> web.Response:
 
 @in_store
 def stats_spend(request: web.Request) -> web.Response:
+    if _subtree(request) is not None and not request.query.get("account"):
+        raise BadRequest("a token scoped to an account reports on one account at a time: "
+                         "give account")
     by = request.query.get("by", "destination")
     if by not in SPEND_BY:
         raise BadRequest(f"by must be one of {', '.join(SPEND_BY)}")
@@ -558,8 +637,11 @@ def fraud_events_list(request: web.Request) -> web.Response:
     """Fraud events oldest first (``open``: blocks and suspensions not lifted yet)."""
     start, end = _range(request)
     code = _account(request)
-    return _reply(m.FraudEvents, {"events": fraud_events(
-        request.app[CONN], code, start, end, _bool_param(request, "open"))})
+    sub = _subtree(request)
+    return _reply(m.FraudEvents, {"events": [
+        e for e in fraud_events(request.app[CONN], code, start, end,
+                                _bool_param(request, "open"))
+        if sub is None or e["account"] in sub]})
 
 
 # --- handlers: writes (admin) ------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, NamedTuple
@@ -109,12 +109,17 @@ def query_cdrs(
     after_id: int = 0,
     limit: int | None = None,
     call_ref: str | None = None,
+    accounts: Collection[str] | None = None,
 ) -> Iterator[dict[str, object]]:
     """CDRs as dicts of their stored values (money as the stored exact text), oldest id
-    first; ``from_ms`` inclusive and ``to_ms`` exclusive on the call's end time."""
+    first; ``from_ms`` inclusive and ``to_ms`` exclusive on the call's end time;
+    ``accounts``: only theirs."""
     where, args = filters(("id > ?", after_id), ("account = ?", account),
                           ("call_ref = ?", call_ref), ("ended_ms >= ?", from_ms),
                           ("ended_ms < ?", to_ms))
+    if accounts is not None:
+        where += f" AND account IN ({', '.join('?' for _ in accounts) or 'NULL'})"
+        args += sorted(accounts)
     sql = f"SELECT {', '.join(CDR_COLUMNS)} FROM cdrs WHERE {where} ORDER BY id"
     if limit is not None:
         sql += " LIMIT ?"

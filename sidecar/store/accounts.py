@@ -183,6 +183,22 @@ def set_suspended(conn: Db, code: str, suspended: bool, reason: str = "") -> Non
         raise AccountNotFound(f"account '{code}' not found")
 
 
+def subtree(conn: Connection, code: str, dialect: Dialect | None = None) -> frozenset[str]:
+    """``code`` and every account below it (empty if there is no such account)."""
+    parents = _parents(conn, dialect or dialect_of(conn))
+    if code not in parents:
+        return frozenset()
+    children: dict[str, list[str]] = {}
+    for c, p in parents.items():
+        if p is not None:
+            children.setdefault(p, []).append(c)
+    out, level = {code}, [code]
+    while level:
+        level = [c for x in level for c in children.get(x, ()) if c not in out]
+        out.update(level)
+    return frozenset(out)
+
+
 def set_reseller(conn: Db, code: str, reseller: bool) -> None:
     """Make an account a reseller (the calls of every account below it are charged to it
     too, at its own plan's price) or not (from the next call on)."""

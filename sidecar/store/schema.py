@@ -41,7 +41,9 @@ bundle (``cdrs.bundle``, ``cdrs.bundle_period``, ``cdrs.bundle_seconds``), and r
 ``accounts.reseller`` (its descendants' calls are charged to it too, at its own plan's
 price), each live call's holds on its resellers (``live_calls.tier_holds``, JSON) and
 each call's price at every tier (``cdrs.tiers``, JSON, and ``cdr_tiers``, a row per tier
-for the resellers' invoices and reports). Columns
+for the resellers' invoices and reports), and API tokens scoped to an account and the
+accounts below it (``api_tokens.account``: a reseller reads only its own subtree).
+Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
 """
@@ -363,7 +365,8 @@ _STATEMENTS = (
     scope TEXT NOT NULL CHECK (scope IN ('read', 'admin')),
     hash TEXT NOT NULL UNIQUE,
     created_ms {ms} NOT NULL,
-    revoked_ms {ms}
+    revoked_ms {ms},
+    account TEXT
 )""",
     # A carrier calls are sent to (least-cost routing): its SIP destination, its capacity
     # (NULL: no limit), its buy deck (``plan``, a plan of kind 'buy') and whether routes
@@ -461,6 +464,7 @@ ADDED_COLUMNS = (
     ("accounts", "reseller", "INTEGER NOT NULL DEFAULT 0"),
     ("live_calls", "tier_holds", "TEXT NOT NULL DEFAULT ''"),
     ("cdrs", "tiers", "TEXT NOT NULL DEFAULT ''"),
+    ("api_tokens", "account", "TEXT"),
 )
 
 

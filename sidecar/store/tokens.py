@@ -29,19 +29,28 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
-def create_token(conn: Db, name: str, scope: str, now_ms: int) -> str:
-    """Make a token; returns it (the only time it is seen: the store keeps its hash)."""
+def create_token(conn: Db, name: str, scope: str, now_ms: int,
+                 account: str | None = None) -> str:
+    """Make a token; returns it (the only time it is seen: the store keeps its hash).
+    With ``account``, the token reads only that account and the accounts below it (a
+    reseller's view of its customers); such a token is read-only."""
     if not _NAME.fullmatch(name):
         raise TokenError(f"token name '{name}': letters, digits and _ . @ - (at most 64)")
     if scope not in SCOPES:
         raise TokenError(f"scope '{scope}': expected one of {', '.join(SCOPES)}")
+    if account is not None and scope != "read":
+        raise TokenError("a token scoped to an account reads only (--scope read)")
     token = _PREFIX + secrets.token_urlsafe(32)
     with transaction(conn):
         if conn.execute("SELECT 1 FROM api_tokens WHERE name = ?", (name,)).fetchone():
             raise TokenError(f"a token named '{name}' exists already (revoke it, or pick "
                              "another name)")
-        conn.execute("INSERT INTO api_tokens (name, scope, hash, created_ms) "
-                     "VALUES (?, ?, ?, ?)", (name, scope, token_hash(token), now_ms))
+        if account is not None and conn.execute(
+                "SELECT 1 FROM accounts WHERE code = ?", (account,)).fetchone() is None:
+            raise TokenError(f"account '{account}' not found")
+        conn.execute("INSERT INTO api_tokens (name, scope, hash, created_ms, account) "
+                     "VALUES (?, ?, ?, ?, ?)",
+                     (name, scope, token_hash(token), now_ms, account))
     return token
 
 
@@ -64,16 +73,20 @@ class TokenInfo:
     scope: str
     created_ms: int
     revoked_ms: int | None
+    account: str | None = None  # reads only this account and those below it
 
 
 def list_tokens(conn: Db) -> list[TokenInfo]:
     """Every token, by name."""
-    return [TokenInfo(str(n), str(s), int(c), None if r is None else int(r))
-            for n, s, c, r in conn.execute(
-                "SELECT name, scope, created_ms, revoked_ms FROM api_tokens ORDER BY name")]
+    return [TokenInfo(str(n), str(s), int(c), None if r is None else int(r),
+                      None if a is None else str(a))
+            for n, s, c, r, a in conn.execute(
+                "SELECT name, scope, created_ms, revoked_ms, account FROM api_tokens "
+                "ORDER BY name")]
 
 
-def active_tokens(conn: Db) -> dict[str, tuple[str, str]]:
-    """The hashes of the tokens not revoked: hash -> (name, scope)."""
-    return {str(h): (str(n), str(s)) for h, n, s in conn.execute(
-        "SELECT hash, name, scope FROM api_tokens WHERE revoked_ms IS NULL")}
+def active_tokens(conn: Db) -> dict[str, tuple[str, str, str]]:
+    """The hashes of the tokens not revoked: hash -> (name, scope, account: "" for a
+    token of the whole store)."""
+    return {str(h): (str(n), str(s), str(a or "")) for h, n, s, a in conn.execute(
+        "SELECT hash, name, scope, account FROM api_tokens WHERE revoked_ms IS NULL")}
