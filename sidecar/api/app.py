@@ -225,7 +225,8 @@ SCOPED_PATHS = frozenset({
     "/v1/invoices", "/v1/invoices/{number}", "/v1/invoices/{number}/html",
     "/v1/invoices/{number}/pdf", "/v1/invoices/{number}/calls.csv", "/v1/stats/spend",
     "/v1/fraud-events", "/v1/reconcile"})
-SUBTREE = "subtree"  # request key: the accounts a scoped token may read
+#: Request key: the accounts a scoped token may read.
+SUBTREE = web.RequestKey("subtree", frozenset)
 
 
 async def _scoped(request: web.Request, account: str) -> web.StreamResponse | None:
@@ -249,8 +250,7 @@ async def _scoped(request: web.Request, account: str) -> web.StreamResponse | No
 
 def _subtree(request: web.Request) -> frozenset[str] | None:
     """The accounts a scoped token may read; None: every account."""
-    got: frozenset[str] | None = request.get(SUBTREE)
-    return got
+    return request.get(SUBTREE)
 
 
 def _visible(request: web.Request, row: dict[str, object]) -> dict[str, object]:
