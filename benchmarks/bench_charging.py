@@ -56,7 +56,15 @@ from sidecar.charging import Action, Charger, EndCall, PlanRates
 from sidecar.charging.book import AccountBook
 from sidecar.charging.model import AccountKind
 from sidecar.live.timer import CreditTimer, wall_ms
-from sidecar.store.accounts import SqliteLedger, SqlLedger, add_account, verify_ledger
+from sidecar.rating.bundles import Bundle
+from sidecar.store.accounts import (
+    SqliteLedger,
+    SqlLedger,
+    add_account,
+    set_parent,
+    verify_ledger,
+)
+from sidecar.store.bundles import add_bundle
 from sidecar.store.conn import is_url, open_db
 from sidecar.store.db import connect
 from sidecar.store.decks import PlanLoader, import_deck, load_table
@@ -151,6 +159,8 @@ class Core:
             if ev.complete:
                 self.book.load(ev.accounts, ev.sip)
             self.plans.update(ev.plans)
+            if ev.bundles is not None or ev.bundle_usage is not None:
+                self.charger.bundles.load(ev.bundles, ev.bundle_usage)
         else:
             self.charger.on_results(ev, self.now)
 
@@ -662,6 +672,64 @@ def bench_nodes(live: int, seconds: float) -> None:
     print(f"load average after: {loadavg()}")
 
 
+TIER_PLANS = ("bench", "tier1", "tier2", "tier3")  # the customers' plan, then each reseller's
+
+
+def prepare_tiers(target: str | Path) -> None:
+    """Issue 14's set-up: the same 100 customer accounts as :func:`prepare`, below a
+    4-tier chain (three resellers, each on a plan of its own, the customers on 'bench'),
+    every customer with a free-minute bundle for Germany Fixed (a third of the calls draw
+    on it)."""
+    prepare(target)
+    conn = open_db(target)
+    try:
+        now = wall_ms()
+        ledger = SqliteLedger(conn) if isinstance(conn, sqlite3.Connection) else None
+        assert ledger is not None, "the tiers set-up runs on SQLite"
+        parent = None
+        with tempfile.TemporaryDirectory() as tmp:
+            for level, plan in enumerate(TIER_PLANS[:0:-1], 1):  # tier3 (top) first
+                deck = Path(tmp) / f"{plan}.csv"
+                deck.write_text(DECK.replace("0.0", f"0.00{level}", 1))
+                import_deck(conn, plan, deck, as_of=datetime(2026, 1, 1, tzinfo=UTC))
+                code = f"R{4 - level}"
+                add_account(conn, code, plan, AccountKind.PREPAID, now_ms=now, parent=parent,
+                            reseller=True)
+                ledger.topup(code, Decimal("10000000"), now)
+                parent = code
+        for a in ACCOUNTS:
+            set_parent(conn, a, parent)
+            add_bundle(conn, "account", a, Bundle("de", 10**8, prefixes=("4930",)),
+                       now_ms=now)
+    finally:
+        conn.close()
+
+
+def bench_tiers(cycles: int, live: int) -> None:
+    """Charging cycles/s of a call through a 4-tier chain with bundles, side by side
+    with a flat call (one account, no bundle), both on the live path (writer thread,
+    group commit), in one run. Target (issue 14): at most 2x the flat call's cost."""
+    with tempfile.TemporaryDirectory() as tmp:
+        flat, tiers = Path(tmp) / "flat.db", Path(tmp) / "tiers.db"
+        prepare(flat)
+        prepare_tiers(tiers)
+        t_flat, _w = writer_path(flat, cycles, live)
+        t_tiers, w = writer_path(tiers, cycles, live)
+        conn = connect(tiers)
+        (resold,) = conn.execute("SELECT COUNT(*) FROM cdr_tiers").fetchone()
+        (bundled,) = conn.execute("SELECT COUNT(*) FROM cdrs WHERE bundle_seconds > 0"
+                                  ).fetchone()
+        conn.close()
+    flat_rate, tier_rate = cycles / t_flat, cycles / t_tiers
+    print(f"4-tier chain with bundles vs a flat call, {cycles:,} cycles, {live:,} running "
+          f"(live path, SQLite):")
+    print(f"  flat: one account, no bundle:          {flat_rate:>9,.0f} cycles/s")
+    print(f"  4 tiers (3 resellers) + bundles:       {tier_rate:>9,.0f} cycles/s "
+          f"({w.commands / max(w.batches, 1):.0f} commands per transaction; {resold:,} "
+          f"reseller rows, {bundled:,} calls on a bundle)")
+    print(f"  cost ratio {flat_rate / tier_rate:.2f}x a flat call (target: <= 2x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cycles", type=int, default=20_000)
@@ -671,7 +739,14 @@ def main() -> None:
                     help="window of each several-node set-up (0: skip them)")
     ap.add_argument("--limit-offers", type=int, default=20_000,
                     help="offers of the limits section (0: skip it)")
+    ap.add_argument("--tiers", action="store_true",
+                    help="also: a 4-tier reseller chain with bundles vs a flat call")
+    ap.add_argument("--only-tiers", action="store_true", help="only that comparison")
     args = ap.parse_args()
+    if args.tiers or args.only_tiers:
+        bench_tiers(args.cycles, args.live)
+        if args.only_tiers:
+            return
     bench_cycles(args.cycles, args.live)
     if args.limit_offers:
         bench_limits(args.limit_offers, args.live)

@@ -82,6 +82,14 @@ class AccountBook:
                     return self.get(code, now_ms), f"SIP {kind} {value}"
         return None, f"no account for SIP user '{sip_user}' or source IP '{src_ip}'"
 
+    def peek(self, code: str) -> Account | None:
+        """The account as last seen, without rolling its day's spend over (for what does
+        not depend on the day: its parent, limits, reseller flag, suspension). In the
+        read-through mode, read from the store."""
+        if self.source is not None:
+            return self.source.account(code, 0)  # (its spend figures are not for use)
+        return self._view.get(code)
+
     def pending(self) -> int:
         """Commands sent to the store and not confirmed yet."""
         return sum(len(p) for p in self._pending.values())

@@ -54,6 +54,7 @@ from .commands import (
     Reserve,
     Settle,
     StoreCommand,
+    TierPrice,
     Topup,
     UsageKey,
 )
@@ -74,7 +75,7 @@ from .model import (
 )
 from .ports import StoreExecutor, StorePort
 from .settle import NO_EFFECT, Effect, Fit, grant, reserve_effect, settle_amounts
-from .tiers import Upline, grant_chain, tier_accounts
+from .tiers import Upline, grant_chain
 
 log = logging.getLogger("sidecar.charging")
 
@@ -382,9 +383,10 @@ class Charger:
         out: list[Upline] = []
         seen = {acc.code}
         parent = acc.parent
+        peek = self.book.peek
         while parent and parent not in seen and len(seen) < 8:
             seen.add(parent)
-            up = self.book.get(parent, now_ms)
+            up = peek(parent)
             if up is None:
                 break
             if up.reseller:
@@ -418,8 +420,9 @@ class Charger:
         chain = [acc.limits]
         seen = {acc.code}
         parent = acc.parent
+        peek = self.book.peek
         while parent and parent not in seen and len(chain) < 8:
-            up = self.book.get(parent, now_ms)
+            up = peek(parent)
             if up is None:
                 break
             chain.append(up.limits)
@@ -733,10 +736,11 @@ class Charger:
         cdr.end_reason = s.end_reason or reason
         if self.router is not None:
             self._routed(s, cdr, now_ms)
-        ups: list[tuple[str, Decimal, Decimal, Decimal]] = []
+        tiers: tuple[TierPrice, ...] = ()
         if s.uplines:
-            ups = self._tier_prices(s, cdr, media is not None and media.credit)
-        self._settle(cdr, now_ms, s.reserved, s.bundle_held, reprice, ups)
+            tiers = self._tier_prices(s, cdr, media is not None and media.credit)
+        self._settle(cdr, now_ms, s.reserved, s.bundle_held, reprice, tiers,
+                     {u.account: u.reserved for u in s.uplines} if s.uplines else None)
         acc = self.book.get(s.account, now_ms)
         if acc is not None:
             lim = self.limits_of(acc, now_ms)
@@ -851,46 +855,38 @@ class Charger:
             billable_ms=s.billable_ms, ended_ms=now_ms, route=s.meta.get("route", ""))
 
     def _tier_prices(self, s: CallSession, cdr: Cdr, credit: bool
-                     ) -> list[tuple[str, Decimal, Decimal, Decimal]]:
-        """The call's price at every reseller above its account (on the CDR, as JSON),
-        and per reseller (account, held, cost, credited) for its settlement. Each tier
-        rates the billable duration on its own plan; a FAS credit gives every tier its
-        money back; a tier's margin is what the tier below pays less what it pays
-        (null across currencies)."""
+                     ) -> tuple[TierPrice, ...]:
+        """The call's price at every reseller above its account, for the store to charge
+        and put on the CDR. Each tier rates the billable duration on its own plan; a FAS
+        credit gives every tier its money back; a tier's margin is what the tier below
+        pays less what it pays (None across currencies). A call never answered has none
+        (nothing was held on its resellers)."""
+        if cdr.disposition is Disposition.FAILED or cdr.disposition is Disposition.REJECTED:
+            return ()
         answered = cdr.disposition is Disposition.ANSWERED
         below_net, below_ccy = cdr.cost - cdr.credited, cdr.currency
-        tiers: list[dict[str, object]] = []
-        out: list[tuple[str, Decimal, Decimal, Decimal]] = []
+        out: list[TierPrice] = []
         for i, u in enumerate(s.uplines, 1):
             ul = u.line
             if answered:
                 p = self._price(ul, self.plans(u.plan).table.rounding_seconds(
                     cdr.duration_ms))
-                billed, parts = p.billed_seconds, (p.usage, p.connection_fee, p.surcharge,
-                                                   p.minimum_uplift)
-                cost = p.cost
             else:
-                billed, parts, cost = 0, (ZERO, ZERO, ZERO, ZERO), ZERO
-            credited = cost if credit else ZERO
-            net = cost - credited
-            margin = below_net - net if ul.currency == below_ccy else None
-            tiers.append({
-                "tier": i, "account": u.account, "plan": u.plan, "currency": ul.currency,
-                "destination": ul.destination, "prefix": ul.prefix, "rate": to_text(ul.rate),
-                "increment": str(ul.increment), "billed_seconds": billed,
-                "usage": to_text(parts[0]), "connection_fee": to_text(parts[1]),
-                "surcharge": to_text(parts[2]), "minimum_uplift": to_text(parts[3]),
-                "cost": to_text(cost), "credited": to_text(credited),
-                "margin": None if margin is None else to_text(margin)})
-            out.append((u.account, u.reserved, cost, credited))
+                p = _NO_PRICE
+            credited = p.cost if credit else ZERO
+            net = p.cost - credited
+            out.append(TierPrice(
+                i, u.account, u.plan, ul.currency, ul.destination, ul.prefix, ul.rate,
+                str(ul.increment), p.billed_seconds, p.usage, p.connection_fee, p.surcharge,
+                p.minimum_uplift, p.cost, credited,
+                below_net - net if ul.currency == below_ccy else None))
             below_net, below_ccy = net, ul.currency
-        if answered or any(u.reserved for u in s.uplines):
-            cdr.tiers = json.dumps(tiers, separators=(",", ":"))
-        return out
+        return tuple(out)
 
     def _settle(self, cdr: Cdr, now_ms: int, held: Decimal, bundle_held: int = 0,
                 reprice: Callable[[int], None] | None = None,
-                uplines: Sequence[tuple[str, Decimal, Decimal, Decimal]] = ()) -> None:
+                tiers: tuple[TierPrice, ...] = (),
+                tier_held: dict[str, Decimal] | None = None) -> None:
         """Send the CDR to the store; the account's view moves as the store will move it
         (and its bundle's: the seconds held for the call and not used go back)."""
         self._remember_ended(cdr.call_ref)
@@ -900,16 +896,16 @@ class Charger:
                                cdr.bundle_seconds - bundle_held)
         acc = self.book.get(cdr.account, now_ms) if cdr.account else None
         if acc is None:
-            self._submit(Settle(seq, cdr, now_ms, None, reprice))
+            self._submit(Settle(seq, cdr, now_ms, None, reprice, tiers))
             return
         amounts = settle_amounts(acc, held, cdr.cost, cdr.credited)
         self.book.apply(seq, acc.code, amounts.effect)
-        for code, held_u, cost_u, credited_u in uplines:
-            up = self.book.get(code, now_ms)
-            if up is not None and (held_u or cost_u):
-                self.book.apply(seq, code, settle_amounts(up, held_u, cost_u,
-                                                          credited_u).effect)
-        self._submit(Settle(seq, cdr, now_ms, None, reprice))
+        for t in tiers:
+            up = self.book.get(t.account, now_ms)
+            if up is not None:
+                self.book.apply(seq, t.account, settle_amounts(
+                    up, (tier_held or {}).get(t.account, ZERO), t.cost, t.credited).effect)
+        self._submit(Settle(seq, cdr, now_ms, None, reprice, tiers))
         if held or amounts.charged:
             # Spend velocity: the reservations counted already; now what they missed
             # (or gave back).
@@ -1077,18 +1073,16 @@ class Charger:
                      ) -> tuple[Decimal, int, tuple[ChainPart, ...]]:
         """A chunk of a call below resellers: what each tier can pay for, the fewest
         seconds of them on every tier (``tiers.grant_chain``)."""
-        tiers: list[tuple[Account | None, Decimal, Fit, CostTo]] = [
-            (acc, want, fit, cost_to)]
+        parts: list[tuple[Account | None, Decimal, RateLine, Decimal]] = []
         for u in s.uplines:
             ul = u.line
             base = self._price(ul, paid).cost if paid else ZERO
-            tiers.append((self.book.get(u.account, now_ms),
-                          self._price(ul, target).cost - base, _fit(ul, paid, base),
-                          _cost_to(ul, base)))
-        seconds, amounts = grant_chain(tiers, target, paid)
+            parts.append((self.book.get(u.account, now_ms),
+                          self._price(ul, target).cost - base, ul, base))
+        seconds, amounts = grant_chain((acc, want, fit, cost_to), parts, target, paid)
         return amounts[0], seconds, tuple(
-            ChainPart(u.account, a, t[2], t[3])
-            for u, a, t in zip(s.uplines, amounts[1:], tiers[1:], strict=True))
+            ChainPart(u.account, a, p[2], p[3])
+            for u, a, p in zip(s.uplines, amounts[1:], parts, strict=True))
 
     def _bundle_terms(self, s: CallSession, paid: int, target: int
                       ) -> tuple[Decimal, Fit, CostTo, BundleDraw | None]:
@@ -1242,8 +1236,8 @@ class Charger:
                     done.append((code, o.seq))
                     if isinstance(cmd, Reserve) and cmd.chain:
                         done += [(p.account, o.seq) for p in cmd.chain]
-                    elif isinstance(cmd, Settle) and cmd.cdr.tiers:
-                        done += [(t, o.seq) for t in tier_accounts(cmd.cdr.tiers)]
+                    elif isinstance(cmd, Settle) and cmd.tiers:
+                        done += [(t.account, o.seq) for t in cmd.tiers]
             if isinstance(cmd, Reserve):
                 self._on_reserved(cmd, o, now_ms, actions)
             elif isinstance(cmd, Settle):
@@ -1347,6 +1341,9 @@ def _remember(cache: dict[_K, tuple[RateLine, _V]], key: _K, line: RateLine, val
         cache.clear()
     cache[key] = (line, value)
     return value
+
+
+_NO_PRICE = Price(0, ZERO, ZERO, ZERO, ZERO, ZERO)
 
 
 def _fit(line: RateLine, paid: int, base: Decimal) -> Fit:

@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from ..money import ZERO
+from ..rating.deck import RateLine
 from .model import Account, Cdr, Settlement
 from .settle import Fit
 
@@ -46,12 +47,36 @@ class BundleDraw(NamedTuple):
 
 class ChainPart(NamedTuple):
     """A reseller's part of a reservation (``charging/tiers.py``): ``amount`` for the
-    same seconds as the call's account, its ``fit`` and its price ``cost_to`` seconds."""
+    same seconds as the call's account, on its rate ``line`` from the call's paid time
+    so far (priced ``base`` on it)."""
 
     account: str
     amount: Decimal
-    fit: Fit
-    cost_to: CostTo
+    line: RateLine
+    base: Decimal
+
+
+class TierPrice(NamedTuple):
+    """A settled call's price at one reseller above its account (``tier`` 1: the
+    nearest), on that reseller's plan; ``margin``: what the tier below paid less this
+    (None across currencies). The store charges it and writes the CDR's ``tiers``."""
+
+    tier: int
+    account: str
+    plan: str
+    currency: str
+    destination: str
+    prefix: str
+    rate: Decimal
+    increment: str
+    billed_seconds: int
+    usage: Decimal
+    connection_fee: Decimal
+    surcharge: Decimal
+    minimum_uplift: Decimal
+    cost: Decimal
+    credited: Decimal
+    margin: Decimal | None
 
 
 class Reserve(NamedTuple):
@@ -88,6 +113,8 @@ class Settle(NamedTuple):
     #: it, when the core counted more (a reservation it had not heard back from yet got
     #: fewer than it asked for).
     reprice: Callable[[int], None] | None = None
+    #: A call below resellers: its price at each (the store charges them).
+    tiers: tuple[TierPrice, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from decimal import Decimal
 
 from ..money import ZERO
 from ..rating.deck import RateLine
+from ..rating.engine import affordable_seconds, price
 from .model import Account
 from .settle import Fit, grant
 
@@ -39,28 +40,36 @@ class Upline:
     fx_rate: Decimal | None = None  # its plan rates in another currency than it pays in
 
 
-def grant_chain(tiers: Sequence[tuple[Account | None, Decimal, Fit, CostTo]], target: int,
-                paid: int) -> tuple[int, list[Decimal]]:
+def grant_chain(leaf: tuple[Account | None, Decimal, Fit, CostTo],
+                parts: Sequence[tuple[Account | None, Decimal, RateLine, Decimal]],
+                target: int, paid: int) -> tuple[int, list[Decimal]]:
     """What a chunk reserves on every tier of a chain: (the paid seconds it brings the
-    call to, each tier's amount). ``tiers``: per tier its account, the amount it wants
-    for ``target`` seconds, its fit (the most it can pay for with what is available) and
-    its price of ``d`` seconds. Every tier covers the same seconds: the fewest any tier
-    can pay for. An unknown account stops the chain (nothing is reserved)."""
-    n = len(tiers)
-    seconds = target
-    for acc, want, fit, _cost in tiers:
-        if acc is None:
+    call to, each tier's amount, the account's first). ``leaf``: the call's account, the
+    amount it wants for ``target`` seconds, its fit (the most it can pay for with what is
+    available) and its price of ``d`` seconds; ``parts``: per reseller its account, the
+    amount it wants, its rate line and the price on it of the ``paid`` seconds. Every
+    tier covers the same seconds: the fewest any tier can pay for. An unknown account
+    stops the chain (nothing is reserved)."""
+    n = 1 + len(parts)
+    acc, want, fit, cost_to = leaf
+    if acc is None:
+        return paid, [ZERO] * n
+    seconds = grant(acc, want, target, fit, paid)[1]
+    for up, want_u, line, _base in parts:
+        if up is None:
             return paid, [ZERO] * n
-        _g, s = grant(acc, want, target, fit, paid)
-        if s < seconds:
-            seconds = s
+        if want_u > up.available():
+            s = affordable_seconds(line, up.available(), paid)
+            if s < seconds:
+                seconds = s
     if seconds <= paid:
         return paid, [ZERO] * n
-    if seconds == target:
-        return seconds, [want for _a, want, _f, _c in tiers]
-    return seconds, [cost(seconds) for _a, _w, _f, cost in tiers]
+    if seconds >= target:
+        return target, [want, *(p[1] for p in parts)]
+    return seconds, [cost_to(seconds), *(price(line, seconds).cost - base
+                                         for _u, _w, line, base in parts)]
 
 
-def tier_accounts(tiers: str) -> list[str]:
-    """The resellers a CDR's ``tiers`` (JSON) names."""
-    return [str(t["account"]) for t in json.loads(tiers)] if tiers else []
+def tier_json(tiers: Sequence[dict[str, object]]) -> str:
+    """A CDR's ``tiers`` column."""
+    return json.dumps(tiers, separators=(",", ":"))

@@ -30,12 +30,13 @@ from ..charging.commands import (
     Reserve,
     Settle,
     StoreCommand,
+    TierPrice,
     Topup,
     UsageKey,
 )
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
-from ..charging.tiers import grant_chain, tier_accounts
+from ..charging.tiers import grant_chain, tier_json
 from ..money import ZERO, to_text
 from .dialect import ACCOUNT_COLUMNS, SQLITE, Bulk, Connection, Dialect
 
@@ -73,9 +74,6 @@ _TIER_COLUMNS = ("call_ref, tier, account, plan, currency, destination, prefix, 
 _TIERS = Bulk(f"INSERT INTO cdr_tiers ({_TIER_COLUMNS}) VALUES "
               f"({', '.join('?' for _ in _TIER_COLUMNS.split(', '))})",
               copy=f"COPY cdr_tiers ({_TIER_COLUMNS}) FROM STDIN")
-#: A tier's amounts (JSON text in the CDR's ``tiers``).
-_TIER_MONEY = ("rate", "usage", "connection_fee", "surcharge", "minimum_uplift", "cost",
-               "charged", "written_off", "credited")
 _USAGE = Bulk("INSERT INTO bundle_usage (account, bundle, period_start, used_seconds, "
               "held_seconds) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, bundle, "
               "period_start) DO UPDATE SET used_seconds = excluded.used_seconds, "
@@ -198,8 +196,8 @@ class Batch:
                     codes.setdefault(c.cdr.account, c.now_ms)
                 refs.add(c.cdr.call_ref)
                 settles.append(c.cdr.call_ref)
-                for t in tier_accounts(c.cdr.tiers):  # its resellers: locked in order too
-                    codes.setdefault(t, c.now_ms)
+                for t in c.tiers:  # its resellers: locked in order too
+                    codes.setdefault(t.account, c.now_ms)
             else:
                 codes.setdefault(c.account, c.now_ms)
                 if isinstance(c, Reserve):
@@ -237,6 +235,45 @@ class Batch:
             where, args = d.any_of("call_ref", part)
             self._settled.update(str(r[0]) for r in d.execute(
                 self.conn, f"SELECT call_ref FROM cdrs WHERE {where}", args))
+        keys = {k for k, _h in self._bcall.values()}
+        for c in cmds:
+            if isinstance(c, Reserve) and c.bundle is not None:
+                keys.add(c.bundle.key)
+            elif isinstance(c, Settle) and c.cdr.bundle and c.cdr.account \
+                    and c.cdr.bundle_period is not None:
+                keys.add((c.cdr.account, c.cdr.bundle, c.cdr.bundle_period))
+        if keys:
+            self._prefetch_bundles(keys)
+
+    def _prefetch_bundles(self, keys: set[UsageKey]) -> None:
+        """The usage rows (and the bundles' allowances) this batch will draw on, read in
+        bulk after the accounts' rows (whose locks cover them)."""
+        d, n = self.dialect, self.dialect.keys_per_lookup
+        accounts = sorted({k[0] for k in keys})
+        names = sorted({k[1] for k in keys})
+        found: dict[UsageKey, tuple[int, int]] = {}
+        for part in _chunks(accounts, n):
+            where, args = d.any_of("account", part)
+            for a, b, p, used, held in d.execute(
+                    self.conn, "SELECT account, bundle, period_start, used_seconds, "
+                    f"held_seconds FROM bundle_usage WHERE {where}", args):
+                key = (str(a), str(b), int(p))
+                if key in keys:
+                    found[key] = (int(used), int(held))
+        defs: dict[tuple[str, str, str], int] = {}
+        for part in _chunks(names, n):
+            where, args = d.any_of("name", part)
+            for kind, owner, name, seconds in d.execute(
+                    self.conn, "SELECT owner_kind, owner, name, seconds FROM bundles WHERE "
+                    f"{where}", args):
+                defs[(str(kind), str(owner), str(name))] = int(seconds)
+        for key in keys:
+            account, name, _p = key
+            acc = self.accounts.get(account)
+            allowance = defs.get(("account", account, name)) or defs.get(
+                ("plan", acc.plan if acc else "", name), 0)
+            used, held = found.get(key, (0, 0))
+            self._usage[key] = _Usage(allowance, used, held)
 
     def _account(self, code: str, now_ms: int) -> Account:
         acc = self.accounts.get(code)
@@ -290,7 +327,7 @@ class Batch:
                 return self.reserve(cmd)
             if isinstance(cmd, Settle):
                 return Outcome(cmd.seq, True, settlement=self.settle(
-                    cmd.cdr, cmd.now_ms, cmd.lease_ended_by, cmd.reprice))
+                    cmd.cdr, cmd.now_ms, cmd.lease_ended_by, cmd.reprice, cmd.tiers))
             if isinstance(cmd, Flag):
                 return Outcome(cmd.seq, True, settlement=self.flag(cmd))
             if isinstance(cmd, CarrierHealth):
@@ -322,9 +359,9 @@ class Batch:
         if chain:  # every tier covers the same seconds, each its own price
             assert cost_to is not None
             seconds, amounts = grant_chain(
-                [(acc, amount, fit, cost_to)] + [
-                    (self._account(p.account, now_ms), p.amount, p.fit, p.cost_to)
-                    for p in chain], want_seconds, paid_before)
+                (acc, amount, fit, cost_to),
+                [(self._account(p.account, now_ms), p.amount, p.line, p.base)
+                 for p in chain], want_seconds, paid_before)
             granted, got = amounts[0], tuple(amounts[1:])
             holds = self._tholds.setdefault(ref, {})
             for p, g in zip(chain, got, strict=True):
@@ -347,7 +384,8 @@ class Batch:
         return Outcome(seq, True, granted, seconds, bundle_seconds=taken, chain_granted=got)
 
     def settle(self, cdr: Cdr, now_ms: int, lease_ended_by: int | None = None,
-               reprice: Callable[[int], None] | None = None) -> Settlement:
+               reprice: Callable[[int], None] | None = None,
+               tiers: tuple[TierPrice, ...] = ()) -> Settlement:
         """Write the CDR once; for a billed call release its holds and charge its cost (a
         prepaid account never below zero: what it cannot cover is written off).
 
@@ -387,8 +425,8 @@ class Batch:
             after = amounts.effect.apply(before)
             self._set(after)
             suspended = bool(amounts.effect.suspend_reason)
-        if cdr.tiers or ref in self._tholds:
-            self._settle_tiers(cdr, now_ms)
+        if tiers or ref in self._tholds:
+            self._settle_tiers(cdr, tiers, now_ms)
         self._live.pop(ref, None)
         if ref in self._stored:
             self._gone.add(ref)
@@ -397,43 +435,51 @@ class Batch:
         self._cdrs.append(row)
         return Settlement(cdr.charged, cdr.written_off, False, before, after, suspended)
 
-    def _settle_tiers(self, cdr: Cdr, now_ms: int) -> None:
+    def _settle_tiers(self, cdr: Cdr, tiers: tuple[TierPrice, ...], now_ms: int) -> None:
         """Charge every reseller above the call's account its own price (releasing what
         was held on it for the call): the same rule as the account's (never below zero
         for a prepaid reseller: the rest written off), a ledger row each, a cdr_tiers row
         each, and the CDR's ``tiers`` with what each was charged."""
         ref = cdr.call_ref
         holds = self._tholds.pop(ref, {})
-        tiers = json.loads(cdr.tiers) if cdr.tiers else []
         m = self._m
+        doc: list[dict[str, object]] = []
         for t in tiers:
-            code = str(t["account"])
+            code = t.account
             held = holds.pop(code, ZERO)
             if code not in self.accounts:
                 continue
             up = self._account(code, now_ms)
-            amounts = settle_amounts(up, held, Decimal(t["cost"]), Decimal(t["credited"]))
-            t["charged"], t["written_off"] = to_text(amounts.charged), to_text(
-                amounts.written_off)
-            t["credited"] = to_text(amounts.credited)
-            note = f"resold call of {cdr.account} (tier {t['tier']})"
-            if amounts.charged:
-                self._ledger.append((now_ms, code, "charge", m(-amounts.charged), ref, note))
-            if amounts.credited:
-                self._ledger.append((now_ms, code, "credit", m(amounts.credited), ref,
+            amounts = settle_amounts(up, held, t.cost, t.credited)
+            charged, written_off, credited = (amounts.charged, amounts.written_off,
+                                              amounts.credited)
+            note = f"resold call of {cdr.account} (tier {t.tier})"
+            if charged:
+                self._ledger.append((now_ms, code, "charge", m(-charged), ref, note))
+            if credited:
+                self._ledger.append((now_ms, code, "credit", m(credited), ref,
                                      f"FAS {cdr.fas_verdict}: {note}"[:500]))
             self._set(amounts.effect.apply(up))
+            margin = None if t.margin is None else t.margin
             self._tiers.append((
-                ref, int(t["tier"]), code, str(t["plan"]), str(t["currency"]),
-                str(t["destination"]), str(t["prefix"]),
-                *(m(Decimal(t[k])) for k in ("rate",)), str(t["increment"]),
-                int(t["billed_seconds"]),
-                *(m(Decimal(t[k])) for k in _TIER_MONEY[1:]),
-                None if t["margin"] is None else m(Decimal(t["margin"])), cdr.ended_ms))
+                ref, t.tier, code, t.plan, t.currency, t.destination, t.prefix, m(t.rate),
+                t.increment, t.billed_seconds, m(t.usage), m(t.connection_fee),
+                m(t.surcharge), m(t.minimum_uplift), m(t.cost), m(charged), m(written_off),
+                m(credited), None if margin is None else m(margin), cdr.ended_ms))
+            doc.append({
+                "tier": t.tier, "account": code, "plan": t.plan, "currency": t.currency,
+                "destination": t.destination, "prefix": t.prefix, "rate": to_text(t.rate),
+                "increment": t.increment, "billed_seconds": t.billed_seconds,
+                "usage": to_text(t.usage), "connection_fee": to_text(t.connection_fee),
+                "surcharge": to_text(t.surcharge),
+                "minimum_uplift": to_text(t.minimum_uplift), "cost": to_text(t.cost),
+                "charged": to_text(charged), "written_off": to_text(written_off),
+                "credited": to_text(credited),
+                "margin": None if margin is None else to_text(margin)})
         for code, held in holds.items():  # held for a call no tier was charged for
             self._release(code, held, now_ms)
-        if tiers:
-            cdr.tiers = json.dumps(tiers, separators=(",", ":"))
+        if doc:
+            cdr.tiers = tier_json(doc)
 
     def _release(self, code: str, held: Decimal, now_ms: int) -> None:
         if held and code in self.accounts:

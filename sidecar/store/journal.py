@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..charging.commands import CarrierHealth, Flag, Settle, StoreCommand, Topup
+from ..charging.commands import CarrierHealth, Flag, Settle, StoreCommand, TierPrice, Topup
 from ..charging.model import Cdr, Disposition
 
 log = logging.getLogger("sidecar.journal")
@@ -49,7 +49,12 @@ def encode(cmd: StoreCommand) -> dict[str, Any]:
     if isinstance(cmd, Settle):
         cdr = {k: (str(v) if isinstance(v, Decimal) else v.value if isinstance(v, Enum) else v)
                for k, v in dataclasses.asdict(cmd.cdr).items()}
-        return {"kind": "settle", "seq": cmd.seq, "now_ms": cmd.now_ms, "cdr": cdr}
+        doc: dict[str, Any] = {"kind": "settle", "seq": cmd.seq, "now_ms": cmd.now_ms,
+                               "cdr": cdr}
+        if cmd.tiers:  # the resellers' prices: money as exact strings
+            doc["tiers"] = [[None if v is None else str(v) if isinstance(v, Decimal) else v
+                             for v in t] for t in cmd.tiers]
+        return doc
     if isinstance(cmd, Topup):
         return {"kind": "topup", "seq": cmd.seq, "now_ms": cmd.now_ms, "account": cmd.account,
                 "amount": str(cmd.amount), "note": cmd.note, "key": cmd.key}
@@ -62,6 +67,18 @@ def encode(cmd: StoreCommand) -> dict[str, Any]:
                 "carrier": cmd.carrier, "event": cmd.kind, "actor": cmd.actor,
                 "reason": cmd.reason, "evidence": cmd.evidence, "until_ms": cmd.until_ms}
     raise TypeError(f"{type(cmd).__name__} is not journaled")
+
+
+_TIER_MONEY = frozenset(i for i, name in enumerate(TierPrice._fields) if name in (
+    "rate", "usage", "connection_fee", "surcharge", "minimum_uplift", "cost", "credited",
+    "margin"))
+
+
+def _tier(raw: list[Any]) -> TierPrice:
+    """A reseller's price of a journaled settlement."""
+    values: list[Any] = [Decimal(v) if i in _TIER_MONEY and v is not None else v
+                         for i, v in enumerate(raw)]
+    return TierPrice(*values)
 
 
 def decode(doc: dict[str, Any]) -> StoreCommand:
@@ -80,7 +97,8 @@ def decode(doc: dict[str, Any]) -> StoreCommand:
                 values[k] = Disposition(v)
             else:
                 values[k] = v
-        return Settle(int(doc["seq"]), Cdr(**values), int(doc["now_ms"]))
+        return Settle(int(doc["seq"]), Cdr(**values), int(doc["now_ms"]),
+                      tiers=tuple(_tier(t) for t in doc.get("tiers", ())))
     if doc["kind"] == "topup":
         return Topup(int(doc["seq"]), str(doc["account"]), Decimal(doc["amount"]),
                      str(doc["note"]), str(doc["key"]), int(doc["now_ms"]))

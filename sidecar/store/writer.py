@@ -37,8 +37,17 @@ from typing import Any, Protocol
 
 from ..charging import PlanRates
 from ..charging.bundles import OwnedBundle
-from ..charging.commands import BatchResult, Outcome, Reserve, Settle, StoreCommand, UsageKey
+from ..charging.commands import (
+    BatchResult,
+    Outcome,
+    Reserve,
+    Settle,
+    StoreCommand,
+    TierPrice,
+    UsageKey,
+)
 from ..charging.model import Account, Cdr, Disposition
+from ..money import ZERO
 from ..rating.fx import FxRate, FxTable
 from ..routing.select import CarrierBook
 from .accounts import SqliteLedger, SqlLedger, list_accounts
@@ -515,7 +524,9 @@ class StoreWriter:
             now = _now_ms()
             acc = self.ledger.account(str(row["account"]), now)
             cdr = expired_cdr(row, acc, self.node)
-            result = self.ledger.execute([Settle(-1, cdr, now, lease_ended_by=now)])
+            result = self.ledger.execute([Settle(
+                -1, cdr, now, lease_ended_by=now,
+                tiers=held_tiers(row, int(str(row["paid_seconds"]))))])
             if result.error:
                 log.error("could not settle call %s of node %s: %s", cdr.call_ref,
                           row["node"], result.error)
@@ -551,25 +562,18 @@ def expired_cdr(row: dict[str, object], acc: Account | None, node: str) -> Cdr:
         bundle=str(row.get("bundle") or ""),
         bundle_period=None if row.get("bundle_period") is None else int(str(
             row["bundle_period"])),
-        bundle_seconds=min(int(str(row.get("bundle_held") or 0)), paid),
-        # Its resellers are charged what was held on them for its paid time.
-        tiers=_held_tiers(row, paid))
+        bundle_seconds=min(int(str(row.get("bundle_held") or 0)), paid))
 
 
-def _held_tiers(row: dict[str, object], paid: int) -> str:
-    """The ``tiers`` of a call settled for its paid time: each reseller charged what was
-    held on it (its price of that time)."""
+def held_tiers(row: dict[str, object], paid: int) -> tuple[TierPrice, ...]:
+    """The resellers' prices of a call settled for its paid time: each is charged what
+    was held on it (its price of that time)."""
     if not row.get("tier_holds"):
-        return ""
-    zero = "0"
-    return json.dumps([
-        {"tier": i, "account": code, "plan": "", "currency": "",
-         "destination": str(row["destination"]), "prefix": str(row["prefix"]), "rate": zero,
-         "increment": "", "billed_seconds": paid, "usage": held, "connection_fee": zero,
-         "surcharge": zero, "minimum_uplift": zero, "cost": held, "credited": zero,
-         "margin": None}
-        for i, (code, held) in enumerate(json.loads(str(row["tier_holds"])).items(), 1)],
-        separators=(",", ":"))
+        return ()
+    return tuple(
+        TierPrice(i, code, "", "", str(row["destination"]), str(row["prefix"]), ZERO, "",
+                  paid, Decimal(held), ZERO, ZERO, ZERO, Decimal(held), ZERO, None)
+        for i, (code, held) in enumerate(json.loads(str(row["tier_holds"])).items(), 1))
 
 
 class Changes(Protocol):
