@@ -154,10 +154,6 @@ class Cdr:
     bundle: str = ""
     bundle_period: int | None = None
     bundle_seconds: int = 0
-    #: A call of an account below resellers: its price at each reseller above, nearest
-    #: first (JSON list: account, plan, currency, rate, billed seconds, the price's
-    #: parts, cost, charged, written_off, credited, margin); "" when there is none.
-    tiers: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ accounts it holds locked, in one transaction.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -68,8 +67,3 @@ def grant_chain(leaf: tuple[Account | None, Decimal, Fit, CostTo],
         return target, [want, *(p[1] for p in parts)]
     return seconds, [cost_to(seconds), *(price(line, seconds).cost - base
                                          for _u, _w, line, base in parts)]
-
-
-def tier_json(tiers: Sequence[dict[str, object]]) -> str:
-    """A CDR's ``tiers`` column."""
-    return json.dumps(tiers, separators=(",", ":"))

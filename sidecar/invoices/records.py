@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -27,7 +26,6 @@ CDR_COLUMNS = (
     "credited", "disposition", "sip_code", "ended_by", "end_reason", "fas_verdict",
     "fas_reasons", "route", "media", "node", "signalled_ms", "buy_cost", "margin",
     "deck_currency", "deck_cost", "fx_rate", "bundle", "bundle_period", "bundle_seconds",
-    "tiers",
 )
 MONEY_COLUMNS = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
                            "cost", "charged", "written_off", "credited"})
@@ -124,8 +122,36 @@ def query_cdrs(
     if limit is not None:
         sql += " LIMIT ?"
         args.append(limit)
+    page: list[dict[str, object]] = []
     for row in conn.execute(sql, args):
-        yield dict(zip(CDR_COLUMNS, row, strict=True))
+        page.append(dict(zip(CDR_COLUMNS, row, strict=True)))
+        if len(page) >= 500:
+            yield from _with_tiers(conn, page)
+            page = []
+    yield from _with_tiers(conn, page)
+
+
+TIER_COLUMNS = ("tier", "account", "plan", "currency", "destination", "prefix", "rate",
+                "increment", "billed_seconds", "usage", "connection_fee", "surcharge",
+                "minimum_uplift", "cost", "charged", "written_off", "credited", "margin")
+_TIER_MONEY = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
+                         "cost", "charged", "written_off", "credited", "margin"})
+
+
+def _with_tiers(conn: Db, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """CDRs with their resellers' prices (``tiers``: a list, nearest reseller first; []
+    when there is none), read from cdr_tiers in one query per page."""
+    if not rows:
+        return rows
+    refs = [str(r["call_ref"]) for r in rows]
+    found: dict[str, list[dict[str, object]]] = {}
+    q = (f"SELECT call_ref, {', '.join(TIER_COLUMNS)} FROM cdr_tiers WHERE call_ref IN "
+         f"({', '.join('?' for _ in refs)}) ORDER BY call_ref, tier")
+    for t in conn.execute(q, refs):
+        found.setdefault(str(t[0]), []).append(dict(zip(TIER_COLUMNS, t[1:], strict=True)))
+    for r in rows:
+        r["tiers"] = found.get(str(r["call_ref"]), [])
+    return rows
 
 
 #: A reseller's rows for the calls of the accounts below it (``cdr_tiers``), with the
@@ -186,24 +212,13 @@ def cdr_json(row: dict[str, object]) -> dict[str, object]:
     out["bundle_period"] = iso(row["bundle_period"]) if isinstance(
         row["bundle_period"], int) else None
     out["bundle_seconds"] = row["bundle_seconds"]
-    out["tiers"] = _tiers_json(str(row["tiers"])) if row["tiers"] else None
+    tiers = row.get("tiers")
+    out["tiers"] = [{k: fmt(Decimal(str(v))) if k in _TIER_MONEY and v is not None else v
+                     for k, v in t.items()} for t in tiers  # type: ignore[attr-defined]
+                    ] if tiers else None
     for k in ("rate", "usage", "connection_fee", "surcharge", "minimum_uplift", "cost"):
         rating[k] = fmt(Decimal(str(row[k])))
     return out
-
-
-def _tiers_json(text: str) -> list[dict[str, object]]:
-    """A CDR's stored ``tiers`` with money as the API writes it (plain, no exponent)."""
-    out = json.loads(text)
-    for t in out:
-        for k, v in t.items():
-            if k in _TIER_MONEY and v is not None:
-                t[k] = fmt(Decimal(str(v)))
-    return out  # type: ignore[no-any-return]
-
-
-_TIER_MONEY = frozenset({"rate", "usage", "connection_fee", "surcharge", "minimum_uplift",
-                         "cost", "charged", "written_off", "credited", "margin"})
 
 
 def cdr_csv_rows(rows: Iterable[dict[str, object]]) -> Iterator[list[object]]:

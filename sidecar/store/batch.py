@@ -36,7 +36,7 @@ from ..charging.commands import (
 )
 from ..charging.model import Account, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
-from ..charging.tiers import grant_chain, tier_json
+from ..charging.tiers import grant_chain
 from ..money import ZERO, to_text
 from .dialect import ACCOUNT_COLUMNS, SQLITE, Bulk, Connection, Dialect
 
@@ -183,6 +183,9 @@ class Batch:
         #: cdr_tiers rows to write.
         self._tholds: dict[str, dict[str, Decimal]] = {}
         self._tiers: list[tuple[object, ...]] = []
+        #: Resellers' charges for their customers' calls: (account, UTC day) -> (first
+        #: time, sum, calls): one ledger row each.
+        self._resold: dict[tuple[str, int], tuple[int, Decimal, int]] = {}
         self._prefetch(cmds)
 
     # --- reads, in bulk --------------------------------------------------------------
@@ -438,12 +441,13 @@ class Batch:
     def _settle_tiers(self, cdr: Cdr, tiers: tuple[TierPrice, ...], now_ms: int) -> None:
         """Charge every reseller above the call's account its own price (releasing what
         was held on it for the call): the same rule as the account's (never below zero
-        for a prepaid reseller: the rest written off), a ledger row each, a cdr_tiers row
-        each, and the CDR's ``tiers`` with what each was charged."""
+        for a prepaid reseller: the rest written off), and a cdr_tiers row each with
+        what it was charged. A reseller's ledger gets one charge row per UTC day and
+        transaction for its customers' calls (their detail is in cdr_tiers): a busy
+        reseller does not write a ledger row per call."""
         ref = cdr.call_ref
         holds = self._tholds.pop(ref, {})
         m = self._m
-        doc: list[dict[str, object]] = []
         for t in tiers:
             code = t.account
             held = holds.pop(code, ZERO)
@@ -453,12 +457,15 @@ class Batch:
             amounts = settle_amounts(up, held, t.cost, t.credited)
             charged, written_off, credited = (amounts.charged, amounts.written_off,
                                               amounts.credited)
-            note = f"resold call of {cdr.account} (tier {t.tier})"
-            if charged:
-                self._ledger.append((now_ms, code, "charge", m(-charged), ref, note))
+            if charged:  # posted per account and day (flush): each call in cdr_tiers
+                day = (code, now_ms // 86_400_000)
+                got = self._resold.get(day)
+                self._resold[day] = (now_ms, charged, 1) if got is None else (
+                    got[0], got[1] + charged, got[2] + 1)
             if credited:
                 self._ledger.append((now_ms, code, "credit", m(credited), ref,
-                                     f"FAS {cdr.fas_verdict}: {note}"[:500]))
+                                     f"FAS {cdr.fas_verdict}: resold call of {cdr.account} "
+                                     f"(tier {t.tier})"[:500]))
             self._set(amounts.effect.apply(up))
             margin = None if t.margin is None else t.margin
             self._tiers.append((
@@ -466,20 +473,9 @@ class Batch:
                 t.increment, t.billed_seconds, m(t.usage), m(t.connection_fee),
                 m(t.surcharge), m(t.minimum_uplift), m(t.cost), m(charged), m(written_off),
                 m(credited), None if margin is None else m(margin), cdr.ended_ms))
-            doc.append({
-                "tier": t.tier, "account": code, "plan": t.plan, "currency": t.currency,
-                "destination": t.destination, "prefix": t.prefix, "rate": to_text(t.rate),
-                "increment": t.increment, "billed_seconds": t.billed_seconds,
-                "usage": to_text(t.usage), "connection_fee": to_text(t.connection_fee),
-                "surcharge": to_text(t.surcharge),
-                "minimum_uplift": to_text(t.minimum_uplift), "cost": to_text(t.cost),
-                "charged": to_text(charged), "written_off": to_text(written_off),
-                "credited": to_text(credited),
-                "margin": None if margin is None else to_text(margin)})
         for code, held in holds.items():  # held for a call no tier was charged for
             self._release(code, held, now_ms)
-        if doc:
-            cdr.tiers = tier_json(doc)
+
 
     def _release(self, code: str, held: Decimal, now_ms: int) -> None:
         if held and code in self.accounts:
@@ -566,6 +562,9 @@ class Batch:
         c = self.conn
         write = self.dialect.write
         m = self._m
+        for (code, _day), (ts, total, n) in sorted(self._resold.items()):
+            self._ledger.append((ts, code, "charge", m(-total), None,
+                                 f"resold calls: {n} (detail: cdr_tiers)"))
         write(c, _LEDGER, self._ledger)
         if self._dirty:
             rows = []

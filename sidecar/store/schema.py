@@ -40,8 +40,8 @@ account used and holds per bundle and period), a live call's bundle hold
 bundle (``cdrs.bundle``, ``cdrs.bundle_period``, ``cdrs.bundle_seconds``), and resellers:
 ``accounts.reseller`` (its descendants' calls are charged to it too, at its own plan's
 price), each live call's holds on its resellers (``live_calls.tier_holds``, JSON) and
-each call's price at every tier (``cdrs.tiers``, JSON, and ``cdr_tiers``, a row per tier
-for the resellers' invoices and reports), and API tokens scoped to an account and the
+each call's price at every tier (``cdr_tiers``, a row per call and reseller, for the
+CDRs' ``tiers``, the resellers' invoices and reports), and API tokens scoped to an account and the
 accounts below it (``api_tokens.account``: a reseller reads only its own subtree).
 Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
@@ -241,8 +241,7 @@ _STATEMENTS = (
     fx_rate TEXT,
     bundle TEXT NOT NULL DEFAULT '',
     bundle_period {ms},
-    bundle_seconds INTEGER NOT NULL DEFAULT 0,
-    tiers TEXT NOT NULL DEFAULT ''
+    bundle_seconds INTEGER NOT NULL DEFAULT 0
 )""",
     # Exchange rates: 1 ``base`` = ``rate`` ``quote`` from ``effective_ms`` on (the newest
     # in force at a call applies; the other direction's, inverted, when none is).
@@ -463,7 +462,6 @@ ADDED_COLUMNS = (
     ("cdrs", "bundle_seconds", "INTEGER NOT NULL DEFAULT 0"),
     ("accounts", "reseller", "INTEGER NOT NULL DEFAULT 0"),
     ("live_calls", "tier_holds", "TEXT NOT NULL DEFAULT ''"),
-    ("cdrs", "tiers", "TEXT NOT NULL DEFAULT ''"),
     ("api_tokens", "account", "TEXT"),
 )
 

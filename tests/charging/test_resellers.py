@@ -51,9 +51,12 @@ def chain_sim(cust: str = "10", res: str = "10", dist: str = "10", *, db: str | 
     return sim
 
 
-def tiers(cdr: object) -> list[dict[str, object]]:
-    import json
-    return json.loads(cdr["tiers"]) if cdr["tiers"] else []  # type: ignore[index]
+def tiers(sim: Sim, cdr: object) -> list[dict[str, object]]:
+    """The call's price at each reseller (cdr_tiers), nearest first."""
+    cur = sim.conn.execute("SELECT * FROM cdr_tiers WHERE call_ref = ? ORDER BY tier",
+                           (cdr["call_ref"],))  # type: ignore[index]
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur]
 
 
 def test_every_tier_pays_its_own_price_and_the_margins_add_up() -> None:
@@ -65,7 +68,7 @@ def test_every_tier_pays_its_own_price_and_the_margins_add_up() -> None:
     sim.end("c", ended_by="caller")
     (cdr,) = sim.cdrs("CUST")
     assert D(cdr["cost"]) == D("0.09")  # 90 s at 0.06/min
-    t = tiers(cdr)
+    t = tiers(sim, cdr)
     assert [(x["tier"], x["account"], x["plan"], D(str(x["cost"])), D(str(x["charged"])),
              D(str(x["margin"]))) for x in t] == [
         (1, "RES", "res", D("0.06"), D("0.06"), D("0.03")),
@@ -92,7 +95,7 @@ def test_a_reseller_out_of_credit_stops_its_customers_call_at_the_right_moment()
     sim.end("c", ended_by="proxy")
     (cdr,) = sim.cdrs("CUST")
     assert (cdr["billed_seconds"], D(cdr["cost"])) == (30, D("0.03"))
-    assert [D(str(x["charged"])) for x in tiers(cdr)] == [D("0.02"), D("0.01")]
+    assert [D(str(x["charged"])) for x in tiers(sim, cdr)] == [D("0.02"), D("0.01")]
     assert (sim.balance("CUST"), sim.balance("RES"), sim.balance("DIST")) == (
         D("9.97"), D("0"), D("9.99"))
     # The reseller has nothing left: its customer's next call is refused.
@@ -136,7 +139,7 @@ def test_a_parent_that_is_not_a_reseller_is_not_charged() -> None:
     sim.end("c", ended_by="caller")
     (cdr,) = sim.cdrs("CUST")
     # Only DIST, the reseller above, rates it; its margin is over what CUST paid.
-    assert [(x["tier"], x["account"], D(str(x["margin"]))) for x in tiers(cdr)] == [
+    assert [(x["tier"], x["account"], D(str(x["margin"]))) for x in tiers(sim, cdr)] == [
         (1, "DIST", D("0.04"))]
     assert sim.balance("RES") == 10
 
@@ -169,7 +172,7 @@ def test_a_restarted_core_settles_an_adopted_call_on_every_tier() -> None:
                 supervise=False, tier_holds={k: D(v) for k, v in held.items()})
     fresh.end("c", sim.now, ended_by="caller")
     (cdr,) = sim.cdrs("CUST")
-    assert [D(str(x["charged"])) for x in tiers(cdr)] == [D("0.03"), D("0.015")]
+    assert [D(str(x["charged"])) for x in tiers(sim, cdr)] == [D("0.03"), D("0.015")]
     assert (sim.balance("RES"), sim.balance("DIST")) == (D("9.97"), D("9.985"))
     assert all(not c.problems for c in verify_ledger(sim.conn))
 
@@ -187,7 +190,7 @@ def _check(sim: Sim, initial: dict[str, Decimal]) -> None:
     assert sim.conn.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
     assert sim.conn.execute("SELECT SUM(CAST(held AS REAL)) FROM accounts").fetchone()[0] == 0
     for cdr in sim.cdrs("CUST"):
-        t = tiers(cdr)
+        t = tiers(sim, cdr)
         if cdr["disposition"] != "answered" or not t:
             continue
         # Margins add up, and every tier covered the same seconds.
@@ -213,7 +216,7 @@ def _check(sim: Sim, initial: dict[str, Decimal]) -> None:
         assert rec.ok, rec
     # Each tier's price of a call is above the price of the tier above it (these plans).
     for cdr in sim.cdrs("CUST"):
-        costs = [D(str(x["cost"])) for x in tiers(cdr)]
+        costs = [D(str(x["cost"])) for x in tiers(sim, cdr)]
         assert costs == sorted(costs, reverse=True)
     event(f"reseller spent all: {sim.balance('RES') == 0}")
 

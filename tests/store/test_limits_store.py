@@ -294,7 +294,7 @@ def test_a_flag_journaled_while_the_store_failed_is_applied_once(db: Db,
 def test_a_version_4_database_is_upgraded(db: Db) -> None:
     """A store written by the previous release (no limits, no block, no fraud events)
     gains them; its accounts read back with no limits and not blocked."""
-    sql = ["ALTER TABLE cdrs DROP COLUMN tiers", "ALTER TABLE live_calls DROP COLUMN tier_holds",
+    sql = ["ALTER TABLE live_calls DROP COLUMN tier_holds",
            "ALTER TABLE accounts DROP COLUMN reseller", "DROP TABLE cdr_tiers",
            "ALTER TABLE accounts DROP COLUMN blocked", "ALTER TABLE accounts DROP COLUMN limits",
            "ALTER TABLE plans DROP COLUMN limits", "DROP TABLE fraud_events",
@@ -316,9 +316,9 @@ def test_a_version_4_database_is_upgraded(db: Db) -> None:
             0] == str(SCHEMA_VERSION) == "10"
         # Version 6's, 8's, 9's and 10's columns too, at the end of the table as on a
         # new database.
-        assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-11:] == [
+        assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-10:] == [
             "node", "signalled_ms", "buy_cost", "margin", "deck_currency", "deck_cost",
-            "fx_rate", "bundle", "bundle_period", "bundle_seconds", "tiers"]
+            "fx_rate", "bundle", "bundle_period", "bundle_seconds"]
         assert [str(r[0]) for r in up.execute(columns, ("live_calls",))][-6:] == [
             "node", "lease_ms", "bundle", "bundle_period", "bundle_held", "tier_holds"]
         cols = [str(r[0]) for r in up.execute(columns, ("accounts",))]
