@@ -713,7 +713,7 @@ def bench_tiers(cycles: int, live: int) -> None:
         flat, tiers = Path(tmp) / "flat.db", Path(tmp) / "tiers.db"
         prepare(flat)
         prepare_tiers(tiers)
-        t_flat, _w = writer_path(flat, cycles, live)
+        t_flat, wf = writer_path(flat, cycles, live)
         t_tiers, w = writer_path(tiers, cycles, live)
         conn = connect(tiers)
         (resold,) = conn.execute("SELECT COUNT(*) FROM cdr_tiers").fetchone()
@@ -723,9 +723,11 @@ def bench_tiers(cycles: int, live: int) -> None:
     flat_rate, tier_rate = cycles / t_flat, cycles / t_tiers
     print(f"4-tier chain with bundles vs a flat call, {cycles:,} cycles, {live:,} running "
           f"(live path, SQLite):")
-    print(f"  flat: one account, no bundle:          {flat_rate:>9,.0f} cycles/s")
+    print(f"  flat: one account, no bundle:          {flat_rate:>9,.0f} cycles/s "
+          f"(store thread {wf.cpu_s / cycles * 1e6:.0f} us CPU per cycle)")
     print(f"  4 tiers (3 resellers) + bundles:       {tier_rate:>9,.0f} cycles/s "
-          f"({w.commands / max(w.batches, 1):.0f} commands per transaction; {resold:,} "
+          f"(store thread {w.cpu_s / cycles * 1e6:.0f} us CPU per cycle; "
+          f"{w.commands / max(w.batches, 1):.0f} commands per transaction; {resold:,} "
           f"reseller rows, {bundled:,} calls on a bundle)")
     print(f"  cost ratio {flat_rate / tier_rate:.2f}x a flat call (target: <= 2x)")
 

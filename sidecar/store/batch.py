@@ -186,6 +186,7 @@ class Batch:
         #: Resellers' charges for their customers' calls: (account, UTC day) -> (first
         #: time, sum, calls): one ledger row each.
         self._resold: dict[tuple[str, int], tuple[int, Decimal, int]] = {}
+        self._texts: dict[Decimal, object] = {}
         self._prefetch(cmds)
 
     # --- reads, in bulk --------------------------------------------------------------
@@ -467,15 +468,26 @@ class Batch:
                                      f"FAS {cdr.fas_verdict}: resold call of {cdr.account} "
                                      f"(tier {t.tier})"[:500]))
             self._set(amounts.effect.apply(up))
-            margin = None if t.margin is None else t.margin
+            margin = t.margin
+            mm = self._money_text
             self._tiers.append((
-                ref, t.tier, code, t.plan, t.currency, t.destination, t.prefix, m(t.rate),
-                t.increment, t.billed_seconds, m(t.usage), m(t.connection_fee),
-                m(t.surcharge), m(t.minimum_uplift), m(t.cost), m(charged), m(written_off),
-                m(credited), None if margin is None else m(margin), cdr.ended_ms))
+                ref, t.tier, code, t.plan, t.currency, t.destination, t.prefix, mm(t.rate),
+                t.increment, t.billed_seconds, mm(t.usage), mm(t.connection_fee),
+                mm(t.surcharge), mm(t.minimum_uplift), mm(t.cost), mm(charged),
+                mm(written_off), mm(credited), None if margin is None else mm(margin),
+                cdr.ended_ms))
         for code, held in holds.items():  # held for a call no tier was charged for
             self._release(code, held, now_ms)
 
+
+    def _money_text(self, v: Decimal) -> object:
+        """A money parameter, remembered for the batch (the resellers' rows repeat a few
+        rates and prices: a call's price at a tier is converted once)."""
+        memo = self._texts
+        got = memo.get(v)
+        if got is None:
+            got = memo[v] = self._m(v)
+        return got
 
     def _release(self, code: str, held: Decimal, now_ms: int) -> None:
         if held and code in self.accounts:

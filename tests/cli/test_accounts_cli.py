@@ -68,7 +68,7 @@ def test_calls_live_lists_running_calls(db: Path) -> None:
     conn = sqlite3.connect(db / "cli.db")
     conn.execute("INSERT INTO live_calls VALUES ('c1', 'X', '4930111', 'Germany Fixed', '4930', "
                  "'0.0095', '1/1', CAST(strftime('%s','now') AS INTEGER) * 1000 - 30000, 60, "
-                 "'0.0095', 0, 'node1', 0, '', NULL, 0)")
+                 "'0.0095', 0, 'node1', 0, '', NULL, 0, '')")
     conn.commit()
     conn.close()
     doc = json.loads(run(db, "calls", "--live", "--json").stdout)
@@ -92,7 +92,7 @@ def test_the_running_cost_counts_the_deck_lines_fees(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "cli.db")
     conn.execute("INSERT INTO live_calls VALUES ('c1', 'F', '33123456', 'France', '33', "
                  "'0.12', '30/6', CAST(strftime('%s','now') AS INTEGER) * 1000 - 10000, 60, "
-                 "'0.17', 0, 'node1', 0, '', NULL, 0)")
+                 "'0.17', 0, 'node1', 0, '', NULL, 0, '')")
     conn.commit()
     conn.close()
     (call,) = json.loads(run(tmp_path, "calls", "--live", "--json").stdout)["calls"]
