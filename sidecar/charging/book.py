@@ -44,6 +44,9 @@ class AccountBook:
         self._pending: dict[str, dict[int, Effect]] = {}
         self._totals: dict[str, Effect] = {}  # per account: the sum of its pending effects
         self._sip: dict[tuple[str, str], str] = {}
+        #: Bumped whenever an account's parent or limits may have changed (a snapshot, or
+        #: a fresh copy that differs): what is derived from the tree can be kept until then.
+        self.tree_version = 0
 
     # --- reads -------------------------------------------------------------------
     def get(self, code: str, now_ms: int) -> Account | None:
@@ -144,8 +147,13 @@ class AccountBook:
                 else:
                     del self._pending[code]
                     del self._totals[code]
+        base = self._base
         for code, acc in accounts.items():
-            self._base[code] = acc
+            old = base.get(code)
+            if old is None or old.limits is not acc.limits or old.parent != acc.parent or \
+                    old.reseller != acc.reseller:
+                self.tree_version += 1
+            base[code] = acc
             touched.add(code)
         for code in touched:
             self._recompute(code)
@@ -155,6 +163,7 @@ class AccountBook:
         """A snapshot of the store (every account when ``complete``): views become the
         snapshot plus whatever the store has not confirmed yet."""
         fresh = {a.code: a for a in accounts}
+        self.tree_version += 1
         if complete:
             for code in list(self._base):
                 if code not in fresh and code not in self._pending:

@@ -212,6 +212,7 @@ class Charger:
         #: Usage limits and fraud rules (counters per account, in memory).
         self.guard = FraudGuard()
         self._eff: dict[str, tuple[list[Limits], Limits]] = {}
+        self._eff_tree: dict[str, tuple[int, Limits, Limits, Limits]] = {}
         #: Least-cost routing (None, or no carriers: calls go where Kamailio sends them).
         self.router: Router | None = None
         #: Exchange rates: accounts whose currency differs from their deck's.
@@ -417,6 +418,12 @@ class Charger:
         plan = self.plans(acc.plan).limits
         if acc.parent is None and not acc.limits.explicit:
             return plan
+        book = self.book
+        if book.source is None:  # derived from the tree: kept until the tree changes
+            kept = self._eff_tree.get(acc.code)
+            if kept is not None and kept[0] == book.tree_version and kept[1] is acc.limits \
+                    and kept[2] is plan:
+                return kept[3]
         chain = [acc.limits]
         seen = {acc.code}
         parent = acc.parent
@@ -432,9 +439,11 @@ class Charger:
         hit = self._eff.get(acc.code)
         if hit is not None and len(hit[0]) == len(chain) and all(
                 a is b for a, b in zip(hit[0], chain, strict=True)):
-            return hit[1]
-        eff = effective(chain)[0]
-        self._eff[acc.code] = (chain, eff)
+            eff = hit[1]
+        else:
+            eff = effective(chain)[0]
+            self._eff[acc.code] = (chain, eff)
+        self._eff_tree[acc.code] = (book.tree_version, acc.limits, plan, eff)
         return eff
 
     def _tripped(self, code: str, lim: Limits, trips: Sequence[Trip], now_ms: int) -> None:
