@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..money import ZERO
 from .model import Account
@@ -42,7 +42,10 @@ class AccountBook:
         self._base: dict[str, Account] = {}
         self._view: dict[str, Account] = {}
         self._pending: dict[str, dict[int, Effect]] = {}
-        self._totals: dict[str, Effect] = {}  # per account: the sum of its pending effects
+        #: Per account, the sum of its pending effects (:meth:`Effect.plus` of them all),
+        #: kept as a list of the Effect's fields and changed in place: two commands per
+        #: call add to it and leave it.
+        self._totals: dict[str, list[Any]] = {}
         self._sip: dict[tuple[str, str], str] = {}
 
     # --- reads -------------------------------------------------------------------
@@ -110,10 +113,17 @@ class AccountBook:
         pending = self._pending.get(code)
         if pending is None:
             self._pending[code] = {seq: effect}
-            self._totals[code] = effect
+            self._totals[code] = list(effect)
         else:
             pending[seq] = effect
-            self._totals[code] = self._totals[code].plus(effect)
+            total = self._totals[code]  # total.plus(effect), in place
+            total[0] = total[0] + effect.balance
+            total[1] = total[1] + effect.held
+            total[2] = total[2] + effect.spend
+            if effect.suspend_reason:
+                total[3] = effect.suspend_reason
+            if effect.block_reason:
+                total[4] = effect.block_reason
         view = effect.apply(view)
         self._view[code] = view
         return view
@@ -132,7 +142,10 @@ class AccountBook:
             if effect is not None:
                 touched.add(code)
                 if p:
-                    self._totals[code] = self._totals[code].minus(effect)
+                    total = self._totals[code]  # total.minus(effect), in place
+                    total[0] = total[0] - effect.balance
+                    total[1] = total[1] - effect.held
+                    total[2] = total[2] - effect.spend
                 else:
                     del self._pending[code]
                     del self._totals[code]
@@ -167,4 +180,4 @@ class AccountBook:
         if view is None:
             return
         total = self._totals.get(code)
-        self._view[code] = view if total is None else total.apply(view)
+        self._view[code] = view if total is None else Effect(*total).apply(view)

@@ -47,18 +47,22 @@ class Effect(NamedTuple):
     block_reason: str = ""  # a fraud rule blocks new calls
 
     def apply(self, acc: Account) -> Account:
-        susp = self.suspend_reason
-        changes: dict[str, object] = {
-            "balance": acc.balance + self.balance, "held": acc.held + self.held}
+        # evolve(acc, changes), with the changes written straight into the new state
+        state = acc.__dict__.copy()
+        state["balance"] = acc.balance + self.balance
+        state["held"] = acc.held + self.held
         if self.spend:
-            changes["day_spend"] = acc.day_spend + self.spend
-            changes["month_spend"] = acc.month_spend + self.spend
+            state["day_spend"] = acc.day_spend + self.spend
+            state["month_spend"] = acc.month_spend + self.spend
+        susp = self.suspend_reason
         if susp and not acc.suspended:
-            changes["suspended"] = True
-            changes["suspend_reason"] = susp
+            state["suspended"] = True
+            state["suspend_reason"] = susp
         if self.block_reason and not acc.blocked:
-            changes["blocked"] = self.block_reason
-        return evolve(acc, changes)
+            state["blocked"] = self.block_reason
+        new = _new(Account)
+        _setattr(new, "__dict__", state)
+        return new
 
     def plus(self, other: Effect) -> Effect:
         """Both effects, one after the other."""
