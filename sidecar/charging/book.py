@@ -41,7 +41,10 @@ class AccountBook:
         self.source = source
         self._base: dict[str, Account] = {}
         self._view: dict[str, Account] = {}
-        self._pending: dict[str, dict[int, Effect]] = {}
+        #: Per account, its commands not confirmed yet: seq -> the (balance, held, spend)
+        #: of the command's effect. Plain tuples of amounts: the garbage collector stops
+        #: tracking them, however many commands wait for the store.
+        self._pending: dict[str, dict[int, tuple[Decimal, Decimal, Decimal]]] = {}
         #: Per account, the sum of its pending effects (:meth:`Effect.plus` of them all),
         #: kept as a list of the Effect's fields and changed in place: two commands per
         #: call add to it and leave it.
@@ -112,10 +115,10 @@ class AccountBook:
             return None
         pending = self._pending.get(code)
         if pending is None:
-            self._pending[code] = {seq: effect}
+            self._pending[code] = {seq: effect[:3]}
             self._totals[code] = list(effect)
         else:
-            pending[seq] = effect
+            pending[seq] = effect[:3]
             total = self._totals[code]  # total.plus(effect), in place
             total[0] = total[0] + effect.balance
             total[1] = total[1] + effect.held
@@ -143,9 +146,9 @@ class AccountBook:
                 touched.add(code)
                 if p:
                     total = self._totals[code]  # total.minus(effect), in place
-                    total[0] = total[0] - effect.balance
-                    total[1] = total[1] - effect.held
-                    total[2] = total[2] - effect.spend
+                    total[0] = total[0] - effect[0]
+                    total[1] = total[1] - effect[1]
+                    total[2] = total[2] - effect[2]
                 else:
                     del self._pending[code]
                     del self._totals[code]
