@@ -67,7 +67,7 @@ from .model import (
     Recharge,
 )
 from .ports import StoreExecutor, StorePort
-from .settle import NO_EFFECT, Effect, grant, reserve_effect, settle_amounts
+from .settle import NO_EFFECT, Effect, Fit, grant, reserve_effect, settle_amounts
 
 log = logging.getLogger("sidecar.charging")
 
@@ -189,6 +189,7 @@ class Charger:
         self._prices: dict[tuple[int, int], tuple[RateLine, Price]] = {}
         self._lines: dict[int, tuple[RateLine, dict[str, str]]] = {}
         self._caps: dict[tuple[int, Decimal], tuple[RateLine, int]] = {}
+        self._fits: dict[tuple[int, int], tuple[RateLine, Fit]] = {}
         #: False after the store failed to commit, until it commits again: new calls are
         #: refused (503) meanwhile.
         self.store_ok = True
@@ -846,12 +847,7 @@ class Charger:
                 target = s.cap_seconds  # never pay beyond what the limits allow
             base = self._price(line, paid).cost if paid else ZERO
             want = self._price(line, target).cost - base
-
-            def fit(avail: Decimal, paid: int = paid, base: Decimal = base
-                    ) -> tuple[Decimal, int]:
-                d = affordable_seconds(line, avail, paid)
-                return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
-
+            fit = self._fit(line, paid, base)
             if acc is None:  # the account is gone: nothing more can be reserved
                 granted, seconds = ZERO, paid
             else:
@@ -951,6 +947,22 @@ class Charger:
         return _remember(self._lines, id(line), line, {
             "destination": line.destination, "prefix": line.prefix,
             "rate": to_text(line.rate), "increment": str(line.increment)})
+
+    def _fit(self, line: RateLine, paid: int, base: Decimal) -> Fit:
+        """What a reservation bringing a call on ``line`` from ``paid`` seconds (costing
+        ``base``) takes when the store has only ``avail``: the most worth reserving. One
+        function per line and paid time, shared by every call's command that needs it (the
+        first chunk of every call on a line is the same)."""
+        key = (id(line), paid)
+        hit = self._fits.get(key)
+        if hit is not None and hit[0] is line:
+            return hit[1]
+
+        def fit(avail: Decimal) -> tuple[Decimal, int]:
+            d = affordable_seconds(line, avail, paid)
+            return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
+
+        return _remember(self._fits, key, line, fit)
 
     def _cost_cap(self, line: RateLine, cost: Decimal) -> int:
         """The longest call on ``line`` that costs at most ``cost`` (cached)."""
