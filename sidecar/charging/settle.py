@@ -77,6 +77,7 @@ class Effect(NamedTuple):
 
 
 NO_EFFECT = Effect()
+_PREPAID = AccountKind.PREPAID
 
 
 def evolve(acc: Account, changes: dict[str, object]) -> Account:
@@ -131,12 +132,16 @@ def settle_amounts(acc: Account, held: Decimal, cost: Decimal, credit: Decimal
     at most what was charged. A postpaid account whose daily or monthly spend reaches
     its cap is suspended."""
     balance = acc.balance + held
-    floor = ZERO if acc.kind is AccountKind.PREPAID else -acc.credit_limit
-    collectable = min(cost, max(balance - floor, ZERO))
-    credited = min(credit, collectable)
+    prepaid = acc.kind is _PREPAID
+    floor = ZERO if prepaid else -acc.credit_limit
+    # min() and max() spelled out (each keeps its first argument on a tie, as they do)
+    room = balance - floor
+    room = room if room >= ZERO else ZERO  # max(room, ZERO)
+    collectable = room if room < cost else cost  # min(cost, room)
+    credited = collectable if collectable < credit else credit  # min(credit, collectable)
     spend = collectable - credited
     reason = ""
-    if acc.kind is AccountKind.POSTPAID and not acc.suspended:
+    if not prepaid and acc.kind is AccountKind.POSTPAID and not acc.suspended:
         if acc.daily_cap is not None and acc.day_spend + spend >= acc.daily_cap:
             reason = f"daily cap {acc.daily_cap} reached"
         elif acc.monthly_cap is not None and acc.month_spend + spend >= acc.monthly_cap:
