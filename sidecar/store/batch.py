@@ -147,19 +147,16 @@ class Batch:
     # --- reads, in bulk --------------------------------------------------------------
     def _prefetch(self, cmds: Sequence[StoreCommand]) -> None:
         codes: dict[str, int] = {}
-        refs: set[str] = set()
-        settles: list[str] = []
+        refs: set[str] = set()  # calls reserved or settled: their holds and their CDRs
         for c in cmds:
             if isinstance(c, Settle):
                 if c.cdr.account:
                     codes.setdefault(c.cdr.account, c.now_ms)
                 refs.add(c.cdr.call_ref)
-                settles.append(c.cdr.call_ref)
             else:
                 codes.setdefault(c.account, c.now_ms)
                 if isinstance(c, Reserve):
-                    refs.add(c.call_ref)
-                    settles.append(c.call_ref)  # a call settled already gets no more
+                    refs.add(c.call_ref)  # (a call settled already gets no more)
         d = self.dialect
         # Accounts first, in code order: where rows are locked, every batch takes the
         # locks in the same order, and what is read next is what the last transaction on
@@ -179,7 +176,7 @@ class Batch:
                 self._held[str(ref)] = Decimal(str(reserved))
                 self._stored.add(str(ref))
                 self._owner[str(ref)] = (str(node), int(lease))
-        for part in _chunks(settles, n):
+        for part in _chunks(refs, n):  # each call once, however many of its commands
             where, args = d.any_of("call_ref", part)
             self._settled.update(str(r[0]) for r in d.execute(
                 self.conn, f"SELECT call_ref FROM cdrs WHERE {where}", args))
