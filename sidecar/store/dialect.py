@@ -170,7 +170,8 @@ class Dialect:
         (...)`` statements of :attr:`rows_per_insert` rows (what is left over row by
         row): the same rows in the same order (ids, and conflicts, as row by row), in
         one statement step per statement instead of one per row, and SQLite does that
-        step without holding the interpreter lock."""
+        step without holding the interpreter lock. A ``DELETE ... WHERE key = ?`` goes in
+        as ``WHERE key IN (?, ...)`` of as many keys."""
         if not rows:
             return
         multi = _multi_row(bulk.sql) if len(rows) >= self.rows_per_insert else None
@@ -221,14 +222,19 @@ class Dialect:
 SQLITE = Dialect()
 
 _VALUES = re.compile(r"^(INSERT INTO \w+ \([^)]*\) VALUES )(\((?:\?, )*\?\))(.*)$", re.S)
+_DELETE = re.compile(r"^(DELETE FROM \w+ WHERE \w+) = \?$")
 
 
 @functools.lru_cache(maxsize=64)
 def _multi_row(sql: str) -> tuple[str, str, str] | None:
-    """An ``INSERT ... VALUES (?, ...) [tail]`` split into its head, its one row of
-    placeholders and its tail (``ON CONFLICT ...``); None for any other statement."""
+    """A one-row statement as the head, the one row of placeholders and the tail of its
+    many-row form (rows joined by ", "): ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]``
+    and ``DELETE FROM t WHERE key = ?`` (as ``key IN (?, ...)``); None for any other."""
     m = _VALUES.match(sql)
-    return None if m is None else (m.group(1), m.group(2), m.group(3))
+    if m is not None:
+        return m.group(1), m.group(2), m.group(3)
+    m = _DELETE.match(sql)
+    return None if m is None else (m.group(1) + " IN (", "?", ")")
 
 
 @functools.lru_cache(maxsize=64)
