@@ -78,11 +78,15 @@ def user_part(uri_or_number: str) -> str:
 
 def normalize(number: str, plan: NumberPlan = DEFAULT_NUMBER_PLAN) -> str:
     """Return the E.164 digits (no ``+``) of a dialled number, or raise InvalidNumber."""
-    s = user_part(number).translate(_SEPARATORS)
-    for prefix in sorted(plan.strip_prefixes, key=len, reverse=True):
-        if prefix and s.startswith(prefix):
-            s = s[len(prefix):]
-            break
+    # Digits alone (what Kamailio sends most often) are their own user part, with no
+    # separators to remove.
+    s = number if number.isdigit() and number.isascii() else \
+        user_part(number).translate(_SEPARATORS)
+    if plan.strip_prefixes:
+        for prefix in sorted(plan.strip_prefixes, key=len, reverse=True):
+            if prefix and s.startswith(prefix):
+                s = s[len(prefix):]
+                break
     if s.startswith("+"):
         s = s[1:]
     elif plan.international_prefix and s.startswith(plan.international_prefix):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..money import ZERO
 from .model import Account
@@ -41,8 +41,14 @@ class AccountBook:
         self.source = source
         self._base: dict[str, Account] = {}
         self._view: dict[str, Account] = {}
-        self._pending: dict[str, dict[int, Effect]] = {}
-        self._totals: dict[str, Effect] = {}  # per account: the sum of its pending effects
+        #: Per account, its commands not confirmed yet: seq -> the (balance, held, spend)
+        #: of the command's effect. Plain tuples of amounts: the garbage collector stops
+        #: tracking them, however many commands wait for the store.
+        self._pending: dict[str, dict[int, tuple[Decimal, Decimal, Decimal]]] = {}
+        #: Per account, the sum of its pending effects (:meth:`Effect.plus` of them all),
+        #: kept as a list of the Effect's fields and changed in place: two commands per
+        #: call add to it and leave it.
+        self._totals: dict[str, list[Any]] = {}
         self._sip: dict[tuple[str, str], str] = {}
         #: Bumped whenever an account's parent or limits may have changed (a snapshot, or
         #: a fresh copy that differs): what is derived from the tree can be kept until then.
@@ -120,11 +126,18 @@ class AccountBook:
             return None
         pending = self._pending.get(code)
         if pending is None:
-            self._pending[code] = {seq: effect}
-            self._totals[code] = effect
+            self._pending[code] = {seq: effect[:3]}
+            self._totals[code] = list(effect)
         else:
-            pending[seq] = effect
-            self._totals[code] = self._totals[code].plus(effect)
+            pending[seq] = effect[:3]
+            total = self._totals[code]  # total.plus(effect), in place
+            total[0] = total[0] + effect.balance
+            total[1] = total[1] + effect.held
+            total[2] = total[2] + effect.spend
+            if effect.suspend_reason:
+                total[3] = effect.suspend_reason
+            if effect.block_reason:
+                total[4] = effect.block_reason
         view = effect.apply(view)
         self._view[code] = view
         return view
@@ -143,7 +156,10 @@ class AccountBook:
             if effect is not None:
                 touched.add(code)
                 if p:
-                    self._totals[code] = self._totals[code].minus(effect)
+                    total = self._totals[code]  # total.minus(effect), in place
+                    total[0] = total[0] - effect[0]
+                    total[1] = total[1] - effect[1]
+                    total[2] = total[2] - effect[2]
                 else:
                     del self._pending[code]
                     del self._totals[code]
@@ -184,4 +200,4 @@ class AccountBook:
         if view is None:
             return
         total = self._totals.get(code)
-        self._view[code] = view if total is None else total.apply(view)
+        self._view[code] = view if total is None else Effect(*total).apply(view)

@@ -205,6 +205,7 @@ class Charger:
         self._prices: dict[tuple[int, int], tuple[RateLine, Price]] = {}
         self._lines: dict[int, tuple[RateLine, dict[str, str]]] = {}
         self._caps: dict[tuple[int, Decimal], tuple[RateLine, int]] = {}
+        self._fits: dict[tuple[int, int], tuple[RateLine, Fit]] = {}
         #: False after the store failed to commit, until it commits again: new calls are
         #: refused (503) meanwhile.
         self.store_ok = True
@@ -855,13 +856,20 @@ class Charger:
                             limit=limit)
 
     def _cdr(self, s: CallSession, disposition: Disposition, now_ms: int) -> Cdr:
-        return Cdr(
-            s.call_ref, s.call_id, disposition, account=s.account, plan=s.plan,
-            caller=s.caller, callee=s.number, destination=s.line.destination,
-            prefix=s.line.prefix, origin=s.origin, rate=s.line.rate,
-            increment=str(s.line.increment), currency=s.line.currency,
-            offered_ms=s.offered_ms, ringing_ms=s.ringing_ms, answered_ms=s.answered_ms,
-            billable_ms=s.billable_ms, ended_ms=now_ms, route=s.meta.get("route", ""))
+        # Cdr(...) with these fields and the others' defaults, as its __init__ would build
+        # it (every call ends here: the 45 fields' init costs twice this).
+        line = s.line
+        cdr = _new(Cdr)
+        cdr.__dict__ = {
+            **_CDR_DEFAULTS, "call_ref": s.call_ref, "call_id": s.call_id,
+            "disposition": disposition, "account": s.account, "plan": s.plan,
+            "caller": s.caller, "callee": s.number, "destination": line.destination,
+            "prefix": line.prefix, "origin": s.origin, "rate": line.rate,
+            "increment": self._line_fields(line)["increment"], "currency": line.currency,
+            "offered_ms": s.offered_ms, "ringing_ms": s.ringing_ms,
+            "answered_ms": s.answered_ms, "billable_ms": s.billable_ms, "ended_ms": now_ms,
+            "route": s.meta.get("route", "")}
+        return cdr
 
     def _tier_prices(self, s: CallSession, cdr: Cdr, credit: bool
                      ) -> tuple[TierPrice, ...]:
@@ -1023,7 +1031,7 @@ class Charger:
             else:
                 base = self._price(line, paid).cost if paid else ZERO
                 want = self._price(line, target).cost - base
-                fit = _fit(line, paid, base)
+                fit = self._fit(line, paid, base)
             chain: tuple[ChainPart, ...] = ()
             if acc is None:  # the account is gone: nothing more can be reserved
                 granted, seconds = ZERO, paid
@@ -1190,6 +1198,22 @@ class Charger:
             "destination": line.destination, "prefix": line.prefix,
             "rate": to_text(line.rate), "increment": str(line.increment)})
 
+    def _fit(self, line: RateLine, paid: int, base: Decimal) -> Fit:
+        """What a reservation bringing a call on ``line`` from ``paid`` seconds (costing
+        ``base``) takes when the store has only ``avail``: the most worth reserving. One
+        function per line and paid time, shared by every call's command that needs it (the
+        first chunk of every call on a line is the same)."""
+        key = (id(line), paid)
+        hit = self._fits.get(key)
+        if hit is not None and hit[0] is line:
+            return hit[1]
+
+        def fit(avail: Decimal) -> tuple[Decimal, int]:
+            d = affordable_seconds(line, avail, paid)
+            return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
+
+        return _remember(self._fits, key, line, fit)
+
     def _cost_cap(self, line: RateLine, cost: Decimal) -> int:
         """The longest call on ``line`` that costs at most ``cost`` (cached)."""
         key = (id(line), cost)
@@ -1337,6 +1361,13 @@ class Charger:
         return out
 
 
+#: Every Cdr field's default (the first three, which have none, are always given).
+_CDR_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cdr)}
+if any(f.default_factory is not dataclasses.MISSING for f in dataclasses.fields(Cdr)):
+    raise TypeError("Charger._cdr copies Cdr defaults: a field with a default_factory "
+                    "needs a value of its own there")
+_new = object.__new__
+
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 _CACHE_MAX = 50_000  # entries per cache; emptied when full (rate lines come and go)
@@ -1353,15 +1384,6 @@ def _remember(cache: dict[_K, tuple[RateLine, _V]], key: _K, line: RateLine, val
 
 
 _NO_PRICE = Price(0, ZERO, ZERO, ZERO, ZERO, ZERO)
-
-
-def _fit(line: RateLine, paid: int, base: Decimal) -> Fit:
-    """The most worth reserving on ``line`` with what is available: (amount, seconds)
-    from ``paid`` seconds whose price is ``base``."""
-    def fit(avail: Decimal) -> tuple[Decimal, int]:
-        d = affordable_seconds(line, avail, paid)
-        return (price(line, d).cost - base, d) if d > paid else (ZERO, paid)
-    return fit
 
 
 def _cost_to(line: RateLine, base: Decimal) -> CostTo:

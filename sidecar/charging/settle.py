@@ -47,18 +47,22 @@ class Effect(NamedTuple):
     block_reason: str = ""  # a fraud rule blocks new calls
 
     def apply(self, acc: Account) -> Account:
-        susp = self.suspend_reason
-        changes: dict[str, object] = {
-            "balance": acc.balance + self.balance, "held": acc.held + self.held}
+        # evolve(acc, changes), with the changes written straight into the new state
+        state = acc.__dict__.copy()
+        state["balance"] = acc.balance + self.balance
+        state["held"] = acc.held + self.held
         if self.spend:
-            changes["day_spend"] = acc.day_spend + self.spend
-            changes["month_spend"] = acc.month_spend + self.spend
+            state["day_spend"] = acc.day_spend + self.spend
+            state["month_spend"] = acc.month_spend + self.spend
+        susp = self.suspend_reason
         if susp and not acc.suspended:
-            changes["suspended"] = True
-            changes["suspend_reason"] = susp
+            state["suspended"] = True
+            state["suspend_reason"] = susp
         if self.block_reason and not acc.blocked:
-            changes["blocked"] = self.block_reason
-        return evolve(acc, changes)
+            state["blocked"] = self.block_reason
+        new = _new(Account)
+        _setattr(new, "__dict__", state)
+        return new
 
     def plus(self, other: Effect) -> Effect:
         """Both effects, one after the other."""
@@ -73,6 +77,7 @@ class Effect(NamedTuple):
 
 
 NO_EFFECT = Effect()
+_PREPAID = AccountKind.PREPAID
 
 
 def evolve(acc: Account, changes: dict[str, object]) -> Account:
@@ -127,12 +132,16 @@ def settle_amounts(acc: Account, held: Decimal, cost: Decimal, credit: Decimal
     at most what was charged. A postpaid account whose daily or monthly spend reaches
     its cap is suspended."""
     balance = acc.balance + held
-    floor = ZERO if acc.kind is AccountKind.PREPAID else -acc.credit_limit
-    collectable = min(cost, max(balance - floor, ZERO))
-    credited = min(credit, collectable)
+    prepaid = acc.kind is _PREPAID
+    floor = ZERO if prepaid else -acc.credit_limit
+    # min() and max() spelled out (each keeps its first argument on a tie, as they do)
+    room = balance - floor
+    room = room if room >= ZERO else ZERO  # max(room, ZERO)
+    collectable = room if room < cost else cost  # min(cost, room)
+    credited = collectable if collectable < credit else credit  # min(credit, collectable)
     spend = collectable - credited
     reason = ""
-    if acc.kind is AccountKind.POSTPAID and not acc.suspended:
+    if not prepaid and acc.kind is AccountKind.POSTPAID and not acc.suspended:
         if acc.daily_cap is not None and acc.day_spend + spend >= acc.daily_cap:
             reason = f"daily cap {acc.daily_cap} reached"
         elif acc.monthly_cap is not None and acc.month_spend + spend >= acc.monthly_cap:

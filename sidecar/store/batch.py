@@ -192,21 +192,18 @@ class Batch:
     # --- reads, in bulk --------------------------------------------------------------
     def _prefetch(self, cmds: Sequence[StoreCommand]) -> None:
         codes: dict[str, int] = {}
-        refs: set[str] = set()
-        settles: list[str] = []
+        refs: set[str] = set()  # calls reserved or settled: their holds and their CDRs
         for c in cmds:
             if isinstance(c, Settle):
                 if c.cdr.account:
                     codes.setdefault(c.cdr.account, c.now_ms)
                 refs.add(c.cdr.call_ref)
-                settles.append(c.cdr.call_ref)
                 for t in c.tiers:  # its resellers: locked in order too
                     codes.setdefault(t.account, c.now_ms)
             else:
                 codes.setdefault(c.account, c.now_ms)
                 if isinstance(c, Reserve):
-                    refs.add(c.call_ref)
-                    settles.append(c.call_ref)  # a call settled already gets no more
+                    refs.add(c.call_ref)  # (a call settled already gets no more)
                     for p in c.chain:
                         codes.setdefault(p.account, c.now_ms)
         d = self.dialect
@@ -235,7 +232,7 @@ class Batch:
                 if bundle:
                     self._bcall[str(ref)] = ((str(account), str(bundle), int(period)),
                                              int(bheld))
-        for part in _chunks(settles, n):
+        for part in _chunks(refs, n):  # each call once, however many of its commands
             where, args = d.any_of("call_ref", part)
             self._settled.update(str(r[0]) for r in d.execute(
                 self.conn, f"SELECT call_ref FROM cdrs WHERE {where}", args))

@@ -21,6 +21,17 @@ from .schema import SCHEMA_VERSION, added_columns, statements
 DEFAULT_DB = "sidecar.db"
 
 
+def _null(_none: None) -> None:
+    return None
+
+
+# Binding None (NULL) makes the sqlite3 module look for an adapter for it and, finding
+# none, for ``PrepareProtocol.__adapt__``: a failed attribute look-up that builds and
+# drops an AttributeError for every NULL parameter (a CDR has several). This adapter
+# answers at once with the same None, bound as NULL as before.
+sqlite3.register_adapter(type(None), _null)
+
+
 def db_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The database path: the argument, else ``$SIDECAR_DB``, else ``./sidecar.db``."""
     return Path(explicit or os.environ.get("SIDECAR_DB") or DEFAULT_DB)

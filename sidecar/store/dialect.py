@@ -14,7 +14,10 @@ This module is SQLite's dialect and what the dialects share; PostgreSQL's is in 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -106,11 +109,11 @@ def row_to_account(r: Sequence[object], now_ms: int | None = None) -> Account:
 class Bulk:
     """A statement applied to many rows at once, in the forms the databases do fastest.
 
-    ``sql``: one row's statement (``?`` placeholders), run for each row (SQLite's
-    ``executemany``, cheap in-process). ``copy``: ``COPY table (columns)`` for plain inserts
-    on PostgreSQL; ``unnest``: the whole batch as ONE statement on PostgreSQL, whose
-    ``{rows}`` is replaced by ``unnest(%s::type[], ...)`` over the columns ``types`` (one
-    array per column, one round trip, one plan)."""
+    ``sql``: one row's statement (``?`` placeholders), run for each row on SQLite (an
+    ``INSERT ... VALUES`` as multi-row statements: :meth:`Dialect.write`). ``copy``:
+    ``COPY table (columns)`` for plain inserts on PostgreSQL; ``unnest``: the whole batch
+    as ONE statement on PostgreSQL, whose ``{rows}`` is replaced by ``unnest(%s::type[],
+    ...)`` over the columns ``types`` (one array per column, one round trip, one plan)."""
 
     sql: str
     copy: str = ""
@@ -158,10 +161,34 @@ class Dialect:
         """``column`` is one of ``keys``: the condition and its parameters."""
         return f"{column} IN ({','.join('?' * len(keys))})", keys
 
+    #: Rows one multi-row ``INSERT ... VALUES`` takes at most (:meth:`write`).
+    rows_per_insert: ClassVar[int] = 100
+
     def write(self, conn: Any, bulk: Bulk, rows: Sequence[Sequence[object]]) -> None:
-        """Apply ``bulk`` to every row of ``rows``."""
-        if rows:
+        """Apply ``bulk`` to every row of ``rows``.
+
+        SQLite: an ``INSERT ... VALUES (?, ...)`` goes in as multi-row ``VALUES (...),
+        (...)`` statements of :attr:`rows_per_insert` rows (what is left over row by
+        row): the same rows in the same order (ids, and conflicts, as row by row), in
+        one statement step per statement instead of one per row, and SQLite does that
+        step without holding the interpreter lock. A ``DELETE ... WHERE key = ?`` goes in
+        as ``WHERE key IN (?, ...)`` of as many keys."""
+        if not rows:
+            return
+        multi = _multi_row(bulk.sql) if len(rows) >= self.rows_per_insert else None
+        per = 0 if multi is None else min(
+            self.rows_per_insert, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            // multi[1].count("?"))
+        if multi is None or per < 2 or len(rows) < per:
             self.executemany(conn, bulk.sql, rows)
+            return
+        q = _multi_sql(*multi, per)
+        full = len(rows) - len(rows) % per
+        flat = itertools.chain.from_iterable
+        for i in range(0, full, per):
+            conn.execute(q, list(flat(rows[i:i + per])))
+        if full < len(rows):
+            self.executemany(conn, bulk.sql, rows[full:])
 
     def transaction(self, conn: Any) -> contextlib.AbstractContextManager[object]:
         """A write transaction: committed at the end of the block, rolled back on error."""
@@ -194,6 +221,26 @@ class Dialect:
 
 
 SQLITE = Dialect()
+
+_VALUES = re.compile(r"^(INSERT INTO \w+ \([^)]*\) VALUES )(\((?:\?, )*\?\))(.*)$", re.S)
+_DELETE = re.compile(r"^(DELETE FROM \w+ WHERE \w+) = \?$")
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_row(sql: str) -> tuple[str, str, str] | None:
+    """A one-row statement as the head, the one row of placeholders and the tail of its
+    many-row form (rows joined by ", "): ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]``
+    and ``DELETE FROM t WHERE key = ?`` (as ``key IN (?, ...)``); None for any other."""
+    m = _VALUES.match(sql)
+    if m is not None:
+        return m.group(1), m.group(2), m.group(3)
+    m = _DELETE.match(sql)
+    return None if m is None else (m.group(1) + " IN (", "?", ")")
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_sql(head: str, one: str, tail: str, rows: int) -> str:
+    return head + ", ".join([one] * rows) + tail
 
 
 def dialect_of(conn: object) -> Dialect:

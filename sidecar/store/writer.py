@@ -11,8 +11,10 @@
 The loop never waits on the disk or a lock. The writer waits ``commit_delay_ms`` after the
 first command of a batch so that those arriving meanwhile share its transaction: the
 core has decided already, so nothing waits on that delay, and a transaction's fixed cost
-is paid once per batch instead of once per command. When a batch cannot be committed (disk full,
-database locked for longer than ``busy_timeout_ms``, gone), its settlements, top-ups and
+is paid once per batch instead of once per command. After a full batch (``max_batch``:
+the writer is behind) the next one is taken at once: it has waited a batch already.
+When a batch cannot be committed (disk full, database locked for longer than
+``busy_timeout_ms``, gone), its settlements, top-ups and
 fraud events go to the local :class:`~sidecar.store.journal.Journal` (fsync'd) and are applied once
 the store commits again; reservations fail, and the core ends the prepaid calls that
 needed them. The store is probed every ``probe_s`` meanwhile.
@@ -256,11 +258,13 @@ class StoreWriter:
         self._reached_store()
         self._renew_leases()  # the calls adopted (a restart, a standby's takeover): ours now
         stopping = False
+        behind = False  # the last batch was full: more had queued up than one takes
         while not stopping:
             batch: list[StoreCommand] = []
             try:
                 item = self._q.get(timeout=self.poll_s)
-                if self.commit_delay_s and item is not _STOP:
+                # Behind, what is queued has waited a whole batch already: no delay more.
+                if self.commit_delay_s and item is not _STOP and not behind:
                     self._gather()
                 while True:
                     if item is _STOP:
@@ -272,6 +276,7 @@ class StoreWriter:
                     item = self._q.get_nowait()
             except queue.Empty:
                 pass
+            behind = len(batch) >= self.max_batch
             if batch:
                 self._apply(batch)
             now = time.monotonic()
