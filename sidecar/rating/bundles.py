@@ -70,9 +70,9 @@ class Bundle:
         """Whether a call to ``number`` rated on ``line`` draws on this bundle."""
         if not self.destinations and not self.prefixes:
             return True
-        if line.destination.casefold() in self.destinations:
+        if self.prefixes and number.startswith(self.prefixes):
             return True
-        return any(number.startswith(p) for p in self.prefixes)
+        return bool(self.destinations) and line.destination.casefold() in self.destinations
 
     def period_of(self, at: datetime) -> tuple[datetime, datetime]:
         """The period (start inclusive, end exclusive, UTC) that ``at`` falls in."""
