@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -82,3 +83,72 @@ class Sim:
             return list(self.conn.execute(q, (code,) if code else ()))
         finally:
             self.conn.row_factory = None
+
+
+Op = tuple[str, int, str]
+
+
+def drive(sim: Sim, ch: Charger, ops: list[Op], account: str, *,
+          flush: Callable[[], list[Action]] | None = None,
+          other: Callable[[str, int], None] | None = None,
+          number: Callable[[str], str] = lambda n: n,
+          each: Callable[[], None] | None = None) -> tuple[set[str], Decimal]:
+    """Feed a property test's operations to ``ch`` on ``account``: offers, answers, ends,
+    failures, time moving on (with or without the timers firing), top-ups and the BYEs
+    of ended calls delivered again; ``flush`` hands the store's late answers back (the
+    live form), ``other`` takes the operations this driver does not know, ``each`` runs
+    after every operation. At the end every call still up ends and every answer is in.
+    Returns the authorized calls and the money topped up."""
+    authorized: set[str] = set()
+    ended: set[str] = set()
+    topups = Decimal(0)
+
+    def take(actions: list[Action]) -> None:
+        ended.update(a.call_ref for a in actions if isinstance(a, EndCall))
+
+    def advance(t: int) -> None:
+        while (d := ch.next_deadline()) is not None and d <= t:
+            sim.now = max(sim.now, d)
+            take(ch.tick(sim.now))
+        sim.now = t
+
+    for kind, n, dialled in ops:
+        ref = f"call-{n}"
+        if kind == "auth":
+            if ch.authorize(ref, number=number(dialled), account_code=account,
+                            now_ms=sim.now).allow:
+                authorized.add(ref)
+        elif kind == "answer":
+            take(ch.answer(ref, sim.now))
+        elif kind == "end":
+            take(ch.end(ref, sim.now, ended_by="caller"))
+        elif kind == "fail":
+            take(ch.fail(ref, sim.now, 487))
+        elif kind == "advance":
+            advance(sim.now + n)
+        elif kind == "late":
+            sim.now += n
+        elif kind == "topup":
+            sim.ledger.topup(account, Decimal(n) / 100, sim.now)
+            topups += Decimal(n) / 100
+        elif kind == "deliver_byes":
+            sim.now += n
+            for r in sorted(ended):
+                take(ch.end(r, sim.now, ended_by="proxy"))
+        elif kind == "flush" and flush is not None:
+            take(flush())
+        elif other is not None:
+            other(kind, n)
+        if each is not None:
+            each()
+    if flush is not None:
+        take(flush())
+    advance(sim.now + 1000)
+    for ref in sorted(authorized):
+        take(ch.end(ref, sim.now, ended_by="caller"))
+    if flush is not None:
+        for _ in range(100):  # until every command is answered
+            take(flush())
+            if not ch.inflight():
+                break
+    return authorized, topups

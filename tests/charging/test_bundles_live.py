@@ -6,14 +6,13 @@ against hand arithmetic."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sidecar.charging import Action, Charger, ChargingConfig, EndCall, MediaOutcome
+from sidecar.charging import Charger, ChargingConfig, MediaOutcome
 from sidecar.charging.book import AccountBook
 from sidecar.charging.bundles import BundleBook
 from sidecar.rating.bundles import Bundle, split
@@ -26,8 +25,8 @@ from sidecar.store.bundles import (
     recent_usage,
 )
 from sidecar.store.decks import load_table
-from tests.charging.harness import T0, Sim
-from tests.charging.test_properties import Delayed, Op, noise, scenario
+from tests.charging.harness import T0, Op, Sim, drive
+from tests.charging.test_properties import Delayed, noise, scenario
 
 D = Decimal
 NOV = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1000)  # T0's period
@@ -280,34 +279,7 @@ def test_no_bundle_second_or_money_used_twice(allowance: int, initial: Decimal, 
                                               ops: list[Op]) -> None:
     sim = bundle_sim(allowance, str(initial), chunk=chunk,
                      config=ChargingConfig(renew_lead_ms=chunk * 300), db=":memory:")
-    ch = sim.charger
-    topups = D(0)
-    authorized: set[str] = set()
-    for kind, n, number in ops:
-        ref = f"call-{n}"
-        if kind == "auth":
-            if ch.authorize(ref, number=number, account_code="acme", now_ms=sim.now).allow:
-                authorized.add(ref)
-        elif kind == "answer":
-            sim.answer(ref)
-        elif kind == "end":
-            sim.end(ref, ended_by="caller")
-        elif kind == "fail":
-            sim._take(ch.fail(ref, sim.now, 487))
-        elif kind == "advance":
-            sim.advance_to(sim.now + n)
-        elif kind == "late":
-            sim.now += n
-        elif kind == "topup":
-            sim.ledger.topup("acme", D(n) / 100, sim.now)
-            topups += D(n) / 100
-        elif kind == "deliver_byes":
-            sim.now += n
-            for e in list(sim.ended):
-                sim.end(e.call_ref, ended_by="proxy")
-    sim.advance_to(sim.now + 1000)
-    for ref in sorted(authorized):
-        sim.end(ref, ended_by="caller")
+    _a, topups = drive(sim, sim.charger, ops, "acme")
     _check(sim, allowance, initial, topups)
 
 
@@ -334,39 +306,11 @@ def test_no_bundle_second_used_twice_with_late_answers_and_another_node(
     book.load(list_accounts(sim.conn, sim.now), {})
     ch = Charger(store, sim.charger.plans, sim.charger.config, book=book)
     ch.bundles.load(list_bundles(sim.conn), recent_usage(sim.conn, sim.now))
-    topups = D(0)
     elsewhere = 0
-    authorized: set[str] = set()
-    ended: set[str] = set()
 
-    def take(actions: list[Action]) -> None:
-        ended.update(a.call_ref for a in actions if isinstance(a, EndCall))
-
-    def advance(t: int) -> None:
-        while (d := ch.next_deadline()) is not None and d <= t:
-            sim.now = max(sim.now, d)
-            take(ch.tick(sim.now))
-        sim.now = t
-
-    for kind, n, number in ops:
-        ref = f"call-{n}"
-        if kind == "auth":
-            if ch.authorize(ref, number=number, account_code="acme", now_ms=sim.now).allow:
-                authorized.add(ref)
-        elif kind == "answer":
-            take(ch.answer(ref, sim.now))
-        elif kind == "end":
-            take(ch.end(ref, sim.now, ended_by="caller"))
-        elif kind == "fail":
-            take(ch.fail(ref, sim.now, 487))
-        elif kind == "advance":
-            advance(sim.now + n)
-        elif kind == "late":
-            sim.now += n
-        elif kind == "topup":
-            sim.ledger.topup("acme", D(n) / 100, sim.now)
-            topups += D(n) / 100
-        elif kind == "elsewhere":  # another node's call holds what is left, up to n
+    def other(kind: str, n: int) -> None:
+        nonlocal elsewhere
+        if kind == "elsewhere":  # another node's call holds what is left, up to n
             with sim.conn:
                 sim.conn.execute(
                     "INSERT INTO bundle_usage (account, bundle, period_start) VALUES "
@@ -379,20 +323,12 @@ def test_no_bundle_second_used_twice_with_late_answers_and_another_node(
         elif kind == "refresh":
             book.load(list_accounts(sim.conn, sim.now), {})
             ch.bundles.load(None, recent_usage(sim.conn, sim.now))
-        elif kind == "flush":
-            take(store.flush(ch))
-        elif kind == "deliver_byes":
-            sim.now += n
-            for r in sorted(ended):
-                take(ch.end(r, sim.now, ended_by="proxy"))
-        with contextlib.suppress(TypeError):
-            assert sum(usage(sim)) <= allowance
-    take(store.flush(ch))
-    advance(sim.now + 1000)
-    for ref in sorted(authorized):
-        take(ch.end(ref, sim.now, ended_by="caller"))
-    while store.queue:
-        take(store.flush(ch))
+
+    def check() -> None:
+        assert sum(usage(sim)) <= allowance
+
+    _a, topups = drive(sim, ch, ops, "acme", flush=lambda: store.flush(ch), other=other,
+                       each=check)
     assert ch.inflight() == 0
     # What the other node held is its own: take it out, then check this node's calls.
     held_elsewhere = usage(sim)[1]

@@ -9,14 +9,13 @@ from decimal import Decimal
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sidecar.charging import Action, Charger, ChargingConfig, EndCall
+from sidecar.charging import Action, Charger, ChargingConfig
 from sidecar.charging.book import AccountBook
 from sidecar.charging.commands import StoreCommand
 from sidecar.store.accounts import list_accounts, verify_ledger
-from tests.charging.harness import Sim
+from tests.charging.harness import Op, Sim, drive
 
 NUMBERS = ["4930111", "0033123456", "447700900"]
-Op = tuple[str, int, str]
 
 noise = st.one_of(
     st.tuples(st.just("advance"), st.integers(1, 90_000), st.just("")),
@@ -149,53 +148,19 @@ def test_money_invariants_with_late_store_answers(initial: Decimal, chunk: int,
     book = AccountBook()
     book.load(list_accounts(sim.conn, sim.now), {})
     ch = Charger(store, sim.charger.plans, sim.charger.config, book=book)
-    authorized: set[str] = set()
-    ended: set[str] = set()
 
-    def take(actions: list[Action]) -> None:
-        ended.update(a.call_ref for a in actions if isinstance(a, EndCall))
-
-    def advance(t: int) -> None:
-        while (d := ch.next_deadline()) is not None and d <= t:
-            sim.now = max(sim.now, d)
-            take(ch.tick(sim.now))
-        sim.now = t
-
-    for kind, n, number in ops:
-        ref = f"call-{n}"
-        if kind == "auth":
-            if ch.authorize(ref, number=number, account_code="acme", now_ms=sim.now).allow:
-                authorized.add(ref)
-        elif kind == "answer":
-            take(ch.answer(ref, sim.now))
-        elif kind == "end":
-            take(ch.end(ref, sim.now, ended_by="caller"))
-        elif kind == "fail":
-            take(ch.fail(ref, sim.now, 487))
-        elif kind == "advance":
-            advance(sim.now + n)
-        elif kind == "late":
-            sim.now += n
-        elif kind == "topup":
-            sim.ledger.topup("acme", Decimal(n) / 100, sim.now)
-        elif kind == "adjust":
+    def other(kind: str, n: int) -> None:
+        if kind == "adjust":
             with contextlib.suppress(ValueError):  # never below zero, even for corrections
                 sim.ledger.topup("acme", -Decimal(n) / 100, sim.now, kind="adjustment")
         elif kind == "refresh":
             book.load(list_accounts(sim.conn, sim.now), {})
-        elif kind == "flush":
-            take(store.flush(ch))
-        elif kind == "deliver_byes":
-            sim.now += n
-            for r in sorted(ended):
-                take(ch.end(r, sim.now, ended_by="proxy"))
+
+    def check() -> None:
         assert sim.balance("acme") >= 0
-    take(store.flush(ch))
-    advance(sim.now + 1000)
-    for ref in sorted(authorized):
-        take(ch.end(ref, sim.now, ended_by="caller"))
-    while store.queue:
-        take(store.flush(ch))
+
+    authorized, _topups = drive(sim, ch, ops, "acme", flush=lambda: store.flush(ch),
+                                other=other, each=check)
     assert ch.inflight() == 0
     cdrs = sim.cdrs("acme")
     settled = [c["call_ref"] for c in cdrs if c["disposition"] != "rejected"]

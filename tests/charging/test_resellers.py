@@ -5,6 +5,7 @@ checked against hand arithmetic and with property tests."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -12,15 +13,15 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sidecar.charging import Action, Charger, ChargingConfig, EndCall, MediaOutcome
+from sidecar.charging import Action, Charger, ChargingConfig, MediaOutcome
 from sidecar.charging.book import AccountBook
 from sidecar.charging.model import AccountKind
 from sidecar.rating.bundles import Bundle
 from sidecar.store.accounts import add_account, list_accounts, verify_ledger
 from sidecar.store.bundles import add_bundle, bundle_book, list_bundles, recent_usage
 from sidecar.store.decks import PlanCache, import_deck
-from tests.charging.harness import T0, Sim
-from tests.charging.test_properties import Delayed, Op, noise, scenario
+from tests.charging.harness import T0, Op, Sim, drive
+from tests.charging.test_properties import Delayed, noise, scenario
 
 D = Decimal
 # Germany Fixed on 1/1 at each tier: the customer pays 0.06/min, its reseller 0.04, the
@@ -232,7 +233,7 @@ def test_no_tier_ever_goes_below_zero_and_every_tier_is_charged_once(
     if bundle:
         add_bundle(sim.conn, "account", "CUST", Bundle("free", bundle), now_ms=T0)
         sim.charger.bundles = bundle_book(sim.conn)
-    _run(sim, sim.charger, ops, lambda: [])
+    _run(sim, sim.charger, ops, None)
     _check(sim, {"CUST": cust, "RES": res, "DIST": D(1)})
 
 
@@ -253,53 +254,18 @@ def test_the_chain_holds_with_late_store_answers(cust: Decimal, res: Decimal, ch
     ch = Charger(store, sim.charger.plans, sim.charger.config, book=book)
     ch.bundles.load(list_bundles(sim.conn), recent_usage(sim.conn, sim.now))
     _run(sim, ch, ops, lambda: store.flush(ch))
-    while store.queue:
-        store.flush(ch)
     assert ch.inflight() == 0
     _check(sim, {"CUST": cust, "RES": res, "DIST": D(1)})
 
 
-def _run(sim: Sim, ch: Charger, ops: list[Op], flush: object) -> None:
-    authorized: set[str] = set()
-    ended: set[str] = set()
-
-    def take(actions: list[Action]) -> None:
-        ended.update(a.call_ref for a in actions if isinstance(a, EndCall))
-
-    def advance(t: int) -> None:
-        while (d := ch.next_deadline()) is not None and d <= t:
-            sim.now = max(sim.now, d)
-            take(ch.tick(sim.now))
-        sim.now = t
-
-    for kind, n, number in ops:
-        ref = f"call-{n}"
-        number = NUMBERS[NUMBERS.index(number)] if number in NUMBERS else "4930111"
-        if kind == "auth":
-            if ch.authorize(ref, number=number, account_code="CUST", now_ms=sim.now).allow:
-                authorized.add(ref)
-        elif kind == "answer":
-            take(ch.answer(ref, sim.now))
-        elif kind == "end":
-            take(ch.end(ref, sim.now, ended_by="caller"))
-        elif kind == "fail":
-            take(ch.fail(ref, sim.now, 487))
-        elif kind == "advance":
-            advance(sim.now + n)
-        elif kind == "late":
-            sim.now += n
-        elif kind == "flush":
-            take(flush())  # type: ignore[operator]
-        elif kind == "deliver_byes":
-            sim.now += n
-            for r in sorted(ended):
-                take(ch.end(r, sim.now, ended_by="proxy"))
+def _run(sim: Sim, ch: Charger, ops: list[Op],
+         flush: Callable[[], list[Action]] | None) -> None:
+    def check() -> None:
         for code in ("CUST", "RES", "DIST"):
             assert sim.balance(code) >= 0
-    take(flush())  # type: ignore[operator]
-    advance(sim.now + 1000)
-    for ref in sorted(authorized):
-        take(ch.end(ref, sim.now, ended_by="caller"))
+
+    drive(sim, ch, ops, "CUST", flush=flush, each=check,
+          number=lambda n: n if n in NUMBERS else "4930111")
 
 
 # --- invoices --------------------------------------------------------------------------

@@ -22,9 +22,8 @@ from sidecar.store.accounts import verify_ledger
 from tests.e2e.test_limits import cli, cli_json
 from tests.e2e.test_live_sidecar import (
     DECK,
-    DIALLED,
-    _invite_200_ts,
     balance,
+    call_cut_on_time,
     cdrs,
     deck_store,
     wait_for,
@@ -59,16 +58,7 @@ def test_a_reseller_out_of_credit_cuts_its_customers_call_and_every_tier_pays(
         "--balance", "5")
     assert cli_json(path, "account", "show", "RES")["reseller"] is True
     with LiveLab(tmp_path / "lab", path) as lab:
-        uas = lab.uas("uas.xml")
-        r = lab.uac(account_code="CUST", dialled=DIALLED, duration_ms=15_000).wait()
-        ru = uas.wait()
-        assert r.calls_ok and ru.calls_ok, r.output_tail() + lab.log_tail()
-        answered = _invite_200_ts(r.received())
-        (bye_to_caller,) = r.received("BYE")
-        (bye_to_callee,) = ru.received("BYE")
-        for bye in (bye_to_caller, bye_to_callee):
-            assert 6.0 - 0.05 <= bye.timestamp - answered <= 6.0 + 1.0, (
-                bye.timestamp - answered)
+        call_cut_on_time(lab, "CUST", 6.0)
         wait_for(lambda: len(cdrs(db, "CUST")) == 1)
     (c,) = cdrs(db, "CUST")
     assert (c["ended_by"], c["end_reason"], c["billed_seconds"]) == ("proxy",
