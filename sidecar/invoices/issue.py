@@ -48,8 +48,11 @@ def content_sha256(data_json: str, detail_json: bytes) -> str:
     return h.hexdigest()
 
 
-def _next_number(conn: Db, kind: str) -> tuple[int, str]:
-    """The next number of a series (inside the issuing transaction)."""
+def _next_number(conn: Db, kind: str, issuer: str = "") -> tuple[int, str]:
+    """The next number of a series (inside the issuing transaction): the store's own
+    (``INV-000042``), or a reseller's (``RES-INV-000007``: its documents to its customers
+    numbered in a series of their own, without gaps). ``seq`` counts every document of
+    the kind, whoever issued it."""
     row = conn.execute("SELECT last FROM invoice_sequences WHERE kind = ?", (kind,)).fetchone()
     top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM invoices WHERE kind = ?",
                        (kind,)).fetchone()[0]
@@ -57,7 +60,19 @@ def _next_number(conn: Db, kind: str) -> tuple[int, str]:
     seq = max(int(row[0]) if row else 0, int(top)) + 1
     conn.execute("INSERT INTO invoice_sequences (kind, last) VALUES (?, ?) "
                  "ON CONFLICT (kind) DO UPDATE SET last = excluded.last", (kind, seq))
-    return seq, f"{PREFIXES[kind]}-{seq:06d}"
+    if not issuer:
+        return seq, f"{PREFIXES[kind]}-{seq:06d}"
+    series = f"{kind}@{issuer}"
+    row = conn.execute("SELECT last FROM invoice_sequences WHERE kind = ?",
+                       (series,)).fetchone()
+    n = (int(row[0]) if row else 0) + 1
+    number = f"{issuer}-{PREFIXES[kind]}-{n:06d}"
+    while conn.execute("SELECT 1 FROM invoices WHERE number = ?", (number,)).fetchone():
+        n += 1  # (the series row was lost: never a number twice)
+        number = f"{issuer}-{PREFIXES[kind]}-{n:06d}"
+    conn.execute("INSERT INTO invoice_sequences (kind, last) VALUES (?, ?) "
+                 "ON CONFLICT (kind) DO UPDATE SET last = excluded.last", (series, n))
+    return seq, number
 
 
 def _store(conn: Db, doc: Invoice, detail_json: bytes, seq: int) -> str:
@@ -116,7 +131,7 @@ def issue_invoice(
             raced = True  # another process issued it meanwhile: that one stands
         else:
             raced = False
-            seq, number = _next_number(conn, "invoice")
+            seq, number = _next_number(conn, "invoice", inv.provider.code)
             inv = dataclasses.replace(inv, number=number)
             sha = _store(conn, inv, detail_json, seq)
     if raced:
@@ -217,7 +232,7 @@ def issue_credit_note(
                                f"{orig.currency} (what is left of {number})")
         tax = left_tax if amt == left_net else present(amt * orig.tax_rate, orig.currency)
         line = Line("credit", f"Correction of invoice {orig.number}", exact=-amt, amount=-amt)
-        seq, cn_number = _next_number(conn, "credit_note")
+        seq, cn_number = _next_number(conn, "credit_note", orig.provider.code)
         note = dataclasses.replace(
             orig, kind="credit_note", number=cn_number, issued_ms=now_ms, due_ms=now_ms,
             lines=(line,), credits=(), movements=(), statement=Statement(), days=(),

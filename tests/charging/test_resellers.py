@@ -299,3 +299,30 @@ def test_each_tier_is_invoiced_by_the_tier_above_at_its_own_price() -> None:
         assert inv.exact_charged == D(total) == D(10) - sim.balance(code)
         rec = reconcile(sim.conn, inv)
         assert rec.ok, rec
+
+
+def test_a_reseller_numbers_its_own_invoices_in_a_series_of_its_own() -> None:
+    from sidecar.invoices import InvoiceSettings, Period, issue_credit_note, issue_invoice
+
+    sim = chain_sim()
+    add_account(sim.conn, "CUST2", "retail", AccountKind.PREPAID, now_ms=T0, parent="RES")
+    sim.ledger.topup("CUST2", D(5), T0, "initial")
+    for ref, code in (("a", "CUST"), ("b", "CUST2")):
+        sim.charger.authorize(ref, number="4930123", account_code=code, now_ms=sim.now)
+        sim.answer(ref)
+        sim.advance_to(sim.now + 60_000)
+        sim.end(ref, ended_by="caller")
+    after = int(datetime(2026, 12, 2, tzinfo=UTC).timestamp() * 1000)
+    settings = InvoiceSettings(provider_name="Operator plc")
+    issued = {code: issue_invoice(sim.conn, code, Period(2026, 11), settings, now_ms=after)
+              .invoice for code in ("DIST", "CUST", "RES", "CUST2")}
+    # The operator's series for its customer (DIST), DIST's for RES, RES's for its two.
+    assert {c: i.number for c, i in issued.items()} == {
+        "DIST": "INV-000001", "CUST": "RES-INV-000001", "RES": "DIST-INV-000001",
+        "CUST2": "RES-INV-000002"}
+    assert issued["CUST2"].provider.code == "RES"
+    note = issue_credit_note(sim.conn, "RES-INV-000002", "goodwill", now_ms=after + 1).invoice
+    assert note.number == "RES-CN-000001"
+    # Issuing again gives the same document, with its number.
+    again = issue_invoice(sim.conn, "CUST", Period(2026, 11), settings, now_ms=after + 2)
+    assert again.invoice.number == "RES-INV-000001" and not again.new
