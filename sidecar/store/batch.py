@@ -186,7 +186,8 @@ class Batch:
         #: Resellers' charges for their customers' calls: (account, UTC day) -> (first
         #: time, sum, calls): one ledger row each.
         self._resold: dict[tuple[str, int], tuple[int, Decimal, int]] = {}
-        self._texts: dict[Decimal, object] = {}
+        self._texts: dict[int, tuple[Decimal, object]] = {}
+        self._zero = self._m(ZERO)
         self._prefetch(cmds)
 
     # --- reads, in bulk --------------------------------------------------------------
@@ -359,17 +360,17 @@ class Batch:
         got: tuple[Decimal, ...] = ()
         if chain:  # every tier covers the same seconds, each its own price
             assert cost_to is not None
+            ups = [self._account(p.account, now_ms) for p in chain]
             seconds, amounts = grant_chain(
                 (acc, amount, fit, cost_to),
-                [(self._account(p.account, now_ms), p.amount, p.line, p.base)
-                 for p in chain], want_seconds, paid_before)
+                [(up, p.amount, p.line, p.base) for up, p in zip(ups, chain, strict=True)],
+                want_seconds, paid_before)
             granted, got = amounts[0], tuple(amounts[1:])
             holds = self._tholds.setdefault(ref, {})
-            for p, g in zip(chain, got, strict=True):
+            for up, g in zip(ups, got, strict=True):
                 if g:
-                    up = self._account(p.account, now_ms)
                     self._set(evolve(up, {"balance": up.balance - g, "held": up.held + g}))
-                    holds[p.account] = holds.get(p.account, ZERO) + g
+                    holds[up.code] = holds.get(up.code, ZERO) + g
         else:
             granted, seconds = grant(acc, amount, want_seconds, fit, paid_before)
         if granted > 0:  # a hold moves no money: live_calls records it, not the ledger
@@ -480,10 +481,14 @@ class Batch:
     def _money_text(self, v: Decimal) -> object:
         """A money parameter, remembered for the batch (the resellers' rows repeat a few
         rates and prices: a call's price at a tier is converted once)."""
+        if v is ZERO:
+            return self._zero
         memo = self._texts
-        got = memo.get(v)
-        if got is None:
-            got = memo[v] = self._m(v)
+        hit = memo.get(id(v))  # by identity: hashing a Decimal costs more than converting
+        if hit is not None and hit[0] is v:
+            return hit[1]
+        got = self._m(v)
+        memo[id(v)] = (v, got)
         return got
 
     def _release(self, code: str, held: Decimal, now_ms: int) -> None:
