@@ -5,8 +5,9 @@
 Starts Kamailio with the shipped configuration and ``sidecar run`` on a fresh SQLite
 database holding the sample deck and a few accounts, places a handful of calls through
 Kamailio (answered with media, refused for lack of credit, cut when credit runs out,
-answered without media, ringback after answer, unknown account) and prints what was
-billed. Media supervision is on: the sidecar captures the calls' RTP on ``lo``.
+answered without media, ringback after answer, unknown account, a call crossing the end
+of a free-minute bundle, a customer's call charged along a reseller chain) and prints
+what was billed. Media supervision is on: the sidecar captures the calls' RTP on ``lo``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from rich.table import Table
 from .charging.model import AccountKind
 from .lab.live import LiveLab
 from .money import fmt
+from .rating.bundles import Bundle
 from .store.accounts import SqliteLedger, add_account, verify_ledger
+from .store.bundles import add_bundle
 from .store.db import connect
 from .store.decks import import_deck
 
@@ -48,6 +51,27 @@ def _prepare(db: Path) -> sqlite3.Connection:
         if Decimal(amount):
             ledger.topup(code, Decimal(amount), now, "demo top-up")
         console.print(f"account [bold]{code}[/]: {amount} USD ({note})")
+    # A free-minute bundle: 5 s to Germany, used before money.
+    add_account(conn, "BUNDLE", "demo", AccountKind.PREPAID, now_ms=now,
+                name="5 free seconds to Germany")
+    ledger.topup("BUNDLE", Decimal("1"), now, "demo top-up")
+    add_bundle(conn, "account", "BUNDLE", Bundle("germany", 5, prefixes=("49",)), now_ms=now)
+    console.print("account [bold]BUNDLE[/]: 1 USD and a bundle of 5 s to Germany")
+    # A reseller chain: RESELLER buys on plan 'wholesale' (0.0050/min to Berlin) and sells
+    # to its customer RCUST on the demo plan (0.0095/min).
+    with tempfile.TemporaryDirectory() as tmp:
+        deck = Path(tmp) / "wholesale.csv"
+        deck.write_text("destination;code;rate_usd;increment;effective_from\n"
+                        "Germany;49;0.0050;1/1;2026-01-01\n")
+        import_deck(conn, "wholesale", deck)
+    add_account(conn, "RESELLER", "wholesale", AccountKind.PREPAID, now_ms=now,
+                name="a reseller", reseller=True)
+    ledger.topup("RESELLER", Decimal("2"), now, "demo top-up")
+    add_account(conn, "RCUST", "demo", AccountKind.PREPAID, now_ms=now, parent="RESELLER",
+                name="the reseller's customer")
+    ledger.topup("RCUST", Decimal("1"), now, "demo top-up")
+    console.print("account [bold]RESELLER[/]: 2 USD, a reseller on plan wholesale; "
+                  "[bold]RCUST[/] below it: 1 USD")
     return conn
 
 
@@ -97,6 +121,11 @@ def main() -> None:
                   dialled="+4930123456", duration_ms=4000)
             _call(lab, "6. An unknown account code -> 403", None,
                   account_code="NOBODY", dialled="+4930123456")
+            _call(lab, "7. BUNDLE calls Berlin for 8 s: 5 s from its bundle, the rest paid",
+                  "uas.xml", account_code="BUNDLE", dialled="+4930123456", duration_ms=8000)
+            _call(lab, "8. RCUST calls Berlin: charged to RCUST and to its reseller, each "
+                       "at its own price", "uas.xml", account_code="RCUST",
+                  dialled="+4930123456", duration_ms=3000)
             time.sleep(0.5)  # let the last end event land
         _report(conn)
         if args.keep:
@@ -114,14 +143,25 @@ def _report(conn: sqlite3.Connection) -> None:
               "cost", "charged", "credited", "FAS", "ended by")
     for row in conn.execute(
             "SELECT account, callee, destination, disposition, sip_code, duration_ms, "
-            "billed_seconds, cost, charged, credited, fas_verdict, fas_reasons, ended_by, "
-            "end_reason FROM cdrs ORDER BY id"):
-        (acc, callee, dest, disp, code, dur, billed, cost, charged, credited, fas, why, by,
-         reason) = row
+            "billed_seconds, bundle_seconds, cost, charged, credited, fas_verdict, "
+            "fas_reasons, ended_by, end_reason FROM cdrs ORDER BY id"):
+        (acc, callee, dest, disp, code, dur, billed, bundled, cost, charged, credited, fas,
+         why, by, reason) = row
         t.add_row(acc or "-", callee, dest, disp, str(code or ""), f"{dur / 1000:.3f} s",
-                  f"{billed} s", _money(cost), _money(charged), _money(credited),
+                  f"{billed} s" + (f" ({bundled} s bundle)" if bundled else ""),
+                  _money(cost), _money(charged), _money(credited),
                   f"{fas}: {why}"[:60] if fas else "", f"{by} ({reason})" if by else reason[:40])
     console.print(t)
+    r = Table("call of", "tier", "reseller", "plan", "billed", "cost", "charged", "margin")
+    for row in conn.execute(
+            "SELECT c.account, t.tier, t.account, t.plan, t.billed_seconds, t.cost, "
+            "t.charged, t.margin FROM cdr_tiers t JOIN cdrs c ON c.call_ref = t.call_ref "
+            "ORDER BY c.id, t.tier"):
+        acc, tier, reseller, plan, billed, cost, charged, margin = row
+        r.add_row(acc, str(tier), reseller, plan, f"{billed} s", _money(cost),
+                  _money(charged), "" if margin is None else _money(margin))
+    if r.row_count:
+        console.print(r)
     b = Table("account", "balance", "held")
     for code, bal, held in conn.execute("SELECT code, balance, held FROM accounts ORDER BY code"):
         b.add_row(code, _money(bal), _money(held))
