@@ -66,6 +66,7 @@ from ..invoices.records import UnknownAccount, cdr_json, check_account, query_cd
 from ..invoices.render import detail_csv, file_stem
 from ..money import CURRENCY_MINOR_UNITS, ZERO, MoneyError
 from ..rating import DeckError
+from ..rating.bundles import Bundle, BundleError
 from ..rating.fx import FxError
 from ..store.accounts import (
     AccountExists,
@@ -77,7 +78,7 @@ from ..store.accounts import (
     set_suspended,
     subtree,
 )
-from ..store.bundles import bundle_status
+from ..store.bundles import BundleNotFound, add_bundle, bundle_status, remove_bundle
 from ..store.carriers import carrier_rows
 from ..store.conn import Db
 from ..store.decks import (
@@ -758,6 +759,48 @@ async def account_limits_put(request: web.Request) -> web.Response:
     return _reply(m.Limits, await _in_store(request, write))
 
 
+async def account_bundle_add(request: web.Request) -> web.Response:
+    """Give the account a free-minute bundle (201, with its bundles as they now stand)."""
+    code = request.match_info["code"]
+    body = await _parse(request, m.BundleBody, "bundle", required=True)
+    try:
+        bundle = Bundle(body.name, body.seconds, frozenset(body.destinations),
+                        tuple(body.prefixes), body.period, body.anchor_day)
+    except BundleError as exc:
+        raise Unprocessable(f"bundle: {exc}") from exc
+
+    def write() -> dict[str, object]:
+        conn = request.app[CONN]
+        acc = get_account(conn, code)  # an unknown account is a 404
+        try:
+            add_bundle(conn, "account", acc.code, bundle, now_ms=_now_ms())
+        except BundleError as exc:
+            raise Conflict(str(exc)) from exc
+        return _bundles_now(conn, acc.code, acc.plan)
+    return _reply(m.Bundles, await _in_store(request, write), status=201)
+
+
+async def account_bundle_remove(request: web.Request) -> web.Response:
+    """Remove one of the account's own bundles (its bundles as they now stand)."""
+    code, name = request.match_info["code"], request.match_info["name"]
+
+    def write() -> dict[str, object]:
+        conn = request.app[CONN]
+        acc = get_account(conn, code)
+        try:
+            remove_bundle(conn, "account", acc.code, name)
+        except BundleNotFound as exc:
+            raise NotFound(str(exc)) from exc
+        return _bundles_now(conn, acc.code, acc.plan)
+    return _reply(m.Bundles, await _in_store(request, write))
+
+
+def _bundles_now(conn: Db, code: str, plan: str) -> dict[str, object]:
+    now = _now_ms()
+    return {"account": code, "at": now, "bundles": bundle_status(
+        conn, code, plan, datetime.fromtimestamp(now / 1000, UTC))}
+
+
 async def account_fraud_lift(request: web.Request) -> web.Response:
     """Lift what fraud rules did to an account; body optional ``{"note": ...}``."""
     code = request.match_info["code"]
@@ -951,6 +994,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("PUT", "/v1/accounts/{code}/limits", account_limits_put,
              "Replace the account's own limits.", m.Limits, params=(_CODE,),
              body=m.LimitsBody, errors=(422,)),
+    Endpoint("POST", "/v1/accounts/{code}/bundles", account_bundle_add,
+             "Give the account a free-minute bundle: seconds per period for the "
+             "destinations or prefixes it names (none: every destination), used before "
+             "money.", m.Bundles, status=201, params=(_CODE,), body=m.BundleBody,
+             errors=(404, 409, 422)),
+    Endpoint("DELETE", "/v1/accounts/{code}/bundles/{name}", account_bundle_remove,
+             "Remove one of the account's own bundles (what was used stays on the CDRs).",
+             m.Bundles, params=(_CODE, Param("name", "path", "Bundle name.",
+                                             {"type": "string", "minLength": 1})),
+             errors=(404,)),
     Endpoint("POST", "/v1/accounts/{code}/fraud/lift", account_fraud_lift,
              "Lift what fraud rules did to the account: its new calls are accepted "
              "again, a suspension by a fraud rule is resumed, its blocks and suspensions "

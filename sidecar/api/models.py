@@ -725,5 +725,21 @@ class LiftBody(In):
     note: Note = ""
 
 
+class BundleBody(In):
+    """A free-minute bundle for the account (``rating/bundles.py`` has the split rule)."""
+
+    name: Code
+    seconds: whole(1, 10**9) = Field(  # type: ignore[valid-type]
+        description="Seconds per period.")
+    destinations: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default=[], max_length=1000, description="Breakout names it covers.")
+    prefixes: list[Annotated[str, Field(pattern=r"^[0-9]{1,15}$")]] = Field(
+        default=[], max_length=1000, description="Number prefixes it covers (neither: "
+                                                 "every destination).")
+    period: Literal["month", "day"] = "month"
+    anchor_day: whole(1, 28) = Field(  # type: ignore[valid-type]
+        default=1, description="A monthly period starts on this day (UTC).")
+
+
 #: The actions a fraud rule may take (for the reader of this module).
 FRAUD_ACTIONS = ACTIONS
