@@ -705,31 +705,56 @@ def prepare_tiers(target: str | Path) -> None:
         conn.close()
 
 
-def bench_tiers(cycles: int, live: int) -> None:
+def bench_tiers(cycles: int, live: int, rounds: int = 1) -> None:
     """Charging cycles/s of a call through a 4-tier chain with bundles, side by side
     with a flat call (one account, no bundle), both on the live path (writer thread,
-    group commit), in one run. Target (issue 14): at most 2x the flat call's cost."""
-    with tempfile.TemporaryDirectory() as tmp:
-        flat, tiers = Path(tmp) / "flat.db", Path(tmp) / "tiers.db"
-        prepare(flat)
-        prepare_tiers(tiers)
-        t_flat, wf = writer_path(flat, cycles, live)
-        t_tiers, w = writer_path(tiers, cycles, live)
-        conn = connect(tiers)
-        (resold,) = conn.execute("SELECT COUNT(*) FROM cdr_tiers").fetchone()
-        (bundled,) = conn.execute("SELECT COUNT(*) FROM cdrs WHERE bundle_seconds > 0"
-                                  ).fetchone()
-        conn.close()
-    flat_rate, tier_rate = cycles / t_flat, cycles / t_tiers
+    group commit), in one run. Target (issue 14): at most 2x the flat call's cost.
+    With ``rounds`` > 1 the two alternate, each on a fresh store, and the medians are
+    compared (the machine is shared: one disturbed round moves a median little)."""
+    flat_rates: list[float] = []
+    tier_rates: list[float] = []
+    flat_us: list[float] = []
+    tier_us: list[float] = []
+    resold = bundled = 0
+    commands_per_batch = 0.0
+    load_before = loadavg()
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as tmp:
+            flat, tiers = Path(tmp) / "flat.db", Path(tmp) / "tiers.db"
+            prepare(flat)
+            prepare_tiers(tiers)
+            t_flat, wf = writer_path(flat, cycles, live)
+            t_tiers, w = writer_path(tiers, cycles, live)
+            conn = connect(tiers)
+            (resold,) = conn.execute("SELECT COUNT(*) FROM cdr_tiers").fetchone()
+            (bundled,) = conn.execute("SELECT COUNT(*) FROM cdrs WHERE bundle_seconds > 0"
+                                      ).fetchone()
+            conn.close()
+        flat_rates.append(cycles / t_flat)
+        tier_rates.append(cycles / t_tiers)
+        flat_us.append(wf.cpu_s / cycles * 1e6)
+        tier_us.append(w.cpu_s / cycles * 1e6)
+        commands_per_batch = w.commands / max(w.batches, 1)
+
+    def rng(xs: list[float], unit: str = "") -> str:
+        if len(xs) == 1:
+            return f"{xs[0]:,.0f}{unit}"
+        return f"{statistics.median(xs):,.0f}{unit} (range {min(xs):,.0f}-{max(xs):,.0f})"
+
+    flat_rate, tier_rate = statistics.median(flat_rates), statistics.median(tier_rates)
+    ratios = [f / t for f, t in zip(flat_rates, tier_rates, strict=True)]
     print(f"4-tier chain with bundles vs a flat call, {cycles:,} cycles, {live:,} running "
-          f"(live path, SQLite):")
-    print(f"  flat: one account, no bundle:          {flat_rate:>9,.0f} cycles/s "
-          f"(store thread {wf.cpu_s / cycles * 1e6:.0f} us CPU per cycle)")
-    print(f"  4 tiers (3 resellers) + bundles:       {tier_rate:>9,.0f} cycles/s "
-          f"(store thread {w.cpu_s / cycles * 1e6:.0f} us CPU per cycle; "
-          f"{w.commands / max(w.batches, 1):.0f} commands per transaction; {resold:,} "
+          f"(live path, SQLite), {rounds} round(s) alternating; load average "
+          f"{load_before} -> {loadavg()}:")
+    print(f"  flat: one account, no bundle:      {rng(flat_rates)} cycles/s "
+          f"(store thread {rng(flat_us, ' us')} CPU per cycle)")
+    print(f"  4 tiers (3 resellers) + bundles:   {rng(tier_rates)} cycles/s "
+          f"(store thread {rng(tier_us, ' us')} CPU per cycle; "
+          f"{commands_per_batch:.0f} commands per transaction; {resold:,} "
           f"reseller rows, {bundled:,} calls on a bundle)")
-    print(f"  cost ratio {flat_rate / tier_rate:.2f}x a flat call (target: <= 2x)")
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"  cost ratio {flat_rate / tier_rate:.2f}x a flat call (medians; each round: "
+          f"{each}) (target: <= 2x)")
 
 
 def main() -> None:
@@ -744,9 +769,11 @@ def main() -> None:
     ap.add_argument("--tiers", action="store_true",
                     help="also: a 4-tier reseller chain with bundles vs a flat call")
     ap.add_argument("--only-tiers", action="store_true", help="only that comparison")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="the tiers comparison: rounds of flat and tiers, alternating")
     args = ap.parse_args()
     if args.tiers or args.only_tiers:
-        bench_tiers(args.cycles, args.live)
+        bench_tiers(args.cycles, args.live, args.rounds)
         if args.only_tiers:
             return
     bench_cycles(args.cycles, args.live)

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from ..money import ZERO
-from .model import Account
+from .model import Account, AccountKind
 from .settle import Effect, rolled
 
 
@@ -50,6 +50,11 @@ class AccountBook:
         #: call add to it and leave it.
         self._totals: dict[str, list[Any]] = {}
         self._sip: dict[tuple[str, str], str] = {}
+        #: Accounts whose view is out of date (commands applied without building it, a
+        #: batch confirmed): rebuilt from base + pending when next read. A reseller's
+        #: account takes a command per call of every customer below it; most are never
+        #: read in between.
+        self._stale: set[str] = set()
         #: Bumped whenever an account's parent or limits may have changed (a snapshot, or
         #: a fresh copy that differs): what is derived from the tree can be kept until then.
         self.tree_version = 0
@@ -62,6 +67,8 @@ class AccountBook:
             if acc is None:
                 return None
             self._set_base(acc)
+        if code in self._stale:
+            self._recompute(code)
         view = self._view.get(code)
         if view is None:
             return None
@@ -94,22 +101,52 @@ class AccountBook:
     def peek(self, code: str) -> Account | None:
         """The account as last seen, without rolling its day's spend over (for what does
         not depend on the day: its parent, limits, reseller flag, suspension). In the
-        read-through mode, read from the store."""
+        read-through mode, read from the store. Its money figures are not for use: an
+        account whose view is out of date is not rebuilt for this, unless a command not
+        yet confirmed suspends or blocks it."""
         if self.source is not None:
             return self.source.account(code, 0)  # (its spend figures are not for use)
+        if code in self._stale:
+            total = self._totals.get(code)
+            if total is None or not (total[3] or total[4]):
+                return self._base.get(code)  # flags, parent and limits as in the view
+            self._recompute(code)
         return self._view.get(code)
+
+    def available(self, code: str, now_ms: int) -> Decimal | None:
+        """What new reservations may take from the account now (``get(code).available()``
+        without building the view for a prepaid account: the chunks of a reseller's
+        customers' calls ask this of it for every chunk), None if unknown."""
+        bal = self.prepaid_balance(code)
+        if bal is not None:
+            return bal if bal >= ZERO else ZERO
+        acc = self.get(code, now_ms)
+        return None if acc is None else acc.available()
+
+    def prepaid_balance(self, code: str) -> Decimal | None:
+        """The balance in the view of a prepaid account (all that reserving on it and
+        settling it depend on), without building the view; None for any other account
+        (and in the read-through mode)."""
+        if self.source is None:
+            base = self._base.get(code)
+            if base is not None and base.kind is AccountKind.PREPAID:
+                total = self._totals.get(code)
+                return base.balance if total is None else base.balance + total[0]
+        return None
 
     def pending(self) -> int:
         """Commands sent to the store and not confirmed yet."""
         return sum(len(p) for p in self._pending.values())
 
     def __len__(self) -> int:
-        return len(self._view)
+        return len(self._base)
 
     def held_by_currency(self) -> dict[str, Decimal]:
         """Credit reserved (``held``) over every account in the book, per currency (each
         currency of the book present, at zero when nothing is held)."""
         out: dict[str, Decimal] = {}
+        for code in list(self._stale):
+            self._recompute(code)
         for acc in self._view.values():
             held = acc.held
             if held:
@@ -119,10 +156,11 @@ class AccountBook:
         return out
 
     # --- the core's own commands -----------------------------------------------------
-    def apply(self, seq: int, code: str, effect: Effect) -> Account | None:
-        """Record a command's effect ahead of the store's answer; returns the new view."""
-        view = self._view.get(code)
-        if view is None:
+    def apply(self, seq: int, code: str, effect: Effect, *, view_after: bool = True
+              ) -> Account | None:
+        """Record a command's effect ahead of the store's answer; returns the new view
+        (with ``view_after=False`` nothing: the view is built when next read)."""
+        if code not in self._base:
             return None
         pending = self._pending.get(code)
         if pending is None:
@@ -138,7 +176,13 @@ class AccountBook:
                 total[3] = effect.suspend_reason
             if effect.block_reason:
                 total[4] = effect.block_reason
-        view = effect.apply(view)
+        if not view_after:
+            self._stale.add(code)
+            return None
+        if code in self._stale:
+            self._recompute(code)  # (with this effect in its totals already)
+            return self._view[code]
+        view = effect.apply(self._view[code])
         self._view[code] = view
         return view
 
@@ -171,8 +215,7 @@ class AccountBook:
                 self.tree_version += 1
             base[code] = acc
             touched.add(code)
-        for code in touched:
-            self._recompute(code)
+        self._stale |= touched  # views rebuilt when read
 
     def load(self, accounts: Iterable[Account], sip: Mapping[tuple[str, str], str] | None,
              *, complete: bool = True) -> None:
@@ -196,6 +239,7 @@ class AccountBook:
         self._recompute(acc.code)
 
     def _recompute(self, code: str) -> None:
+        self._stale.discard(code)
         view = self._base.get(code)
         if view is None:
             return

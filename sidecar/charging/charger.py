@@ -74,7 +74,15 @@ from .model import (
     Recharge,
 )
 from .ports import StoreExecutor, StorePort
-from .settle import NO_EFFECT, Effect, Fit, grant, reserve_effect, settle_amounts
+from .settle import (
+    NO_EFFECT,
+    Effect,
+    Fit,
+    grant,
+    reserve_effect,
+    settle_amounts,
+    settle_prepaid,
+)
 from .tiers import Upline, grant_chain
 
 log = logging.getLogger("sidecar.charging")
@@ -894,7 +902,8 @@ class Charger:
             net = p.cost - credited
             out.append(TierPrice(
                 i, u.account, u.plan, ul.currency, ul.destination, ul.prefix, ul.rate,
-                str(ul.increment), p.billed_seconds, p.usage, p.connection_fee, p.surcharge,
+                self._line_fields(ul)["increment"], p.billed_seconds, p.usage,
+                p.connection_fee, p.surcharge,
                 p.minimum_uplift, p.cost, credited,
                 below_net - net if ul.currency == below_ccy else None))
             below_net, below_ccy = net, ul.currency
@@ -916,12 +925,19 @@ class Charger:
             self._submit(Settle(seq, cdr, now_ms, None, reprice, tiers))
             return
         amounts = settle_amounts(acc, held, cdr.cost, cdr.credited)
-        self.book.apply(seq, acc.code, amounts.effect)
+        self.book.apply(seq, acc.code, amounts.effect, view_after=False)
+        book = self.book
         for t in tiers:
-            up = self.book.get(t.account, now_ms)
-            if up is not None:
-                self.book.apply(seq, t.account, settle_amounts(
-                    up, (tier_held or {}).get(t.account, ZERO), t.cost, t.credited).effect)
+            t_held = (tier_held or {}).get(t.account, ZERO)
+            bal = book.prepaid_balance(t.account)  # (no view built for it)
+            if bal is not None:
+                effect = settle_prepaid(bal, t_held, t.cost, t.credited).effect
+            else:
+                up = book.get(t.account, now_ms)
+                if up is None:
+                    continue
+                effect = settle_amounts(up, t_held, t.cost, t.credited).effect
+            book.apply(seq, t.account, effect, view_after=False)
         self._submit(Settle(seq, cdr, now_ms, None, reprice, tiers))
         if held or amounts.charged:
             # Spend velocity: the reservations counted already; now what they missed
@@ -1053,7 +1069,8 @@ class Charger:
                     self.bundles.apply(seq, draw.key, draw.seconds)
                     s.bundle_held += draw.seconds
                 for u, part in zip(s.uplines, chain, strict=False):
-                    self.book.apply(seq, u.account, reserve_effect(part.amount))
+                    self.book.apply(seq, u.account, reserve_effect(part.amount),
+                                    view_after=False)
                     u.reserved += part.amount
                 self._submit(Reserve(seq, s.account, s.call_ref, granted, seconds, paid, fit,
                                      live, now_ms, draw, chain, cost_to))
@@ -1090,11 +1107,12 @@ class Charger:
                      ) -> tuple[Decimal, int, tuple[ChainPart, ...]]:
         """A chunk of a call below resellers: what each tier can pay for, the fewest
         seconds of them on every tier (``tiers.grant_chain``)."""
-        parts: list[tuple[Account | None, Decimal, RateLine, Decimal]] = []
+        parts: list[tuple[Decimal | None, Decimal, RateLine, Decimal]] = []
+        available = self.book.available
         for u in s.uplines:
             ul = u.line
             base = self._price(ul, paid).cost if paid else ZERO
-            parts.append((self.book.get(u.account, now_ms),
+            parts.append((available(u.account, now_ms),
                           self._price(ul, target).cost - base, ul, base))
         seconds, amounts = grant_chain((acc, want, fit, cost_to), parts, target, paid)
         return amounts[0], seconds, tuple(

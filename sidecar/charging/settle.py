@@ -131,9 +131,10 @@ def settle_amounts(acc: Account, held: Decimal, cost: Decimal, credit: Decimal
     limit: what it cannot cover is written off. ``credit`` (a false answer) gives back
     at most what was charged. A postpaid account whose daily or monthly spend reaches
     its cap is suspended."""
+    if acc.kind is _PREPAID:
+        return settle_prepaid(acc.balance, held, cost, credit)
     balance = acc.balance + held
-    prepaid = acc.kind is _PREPAID
-    floor = ZERO if prepaid else -acc.credit_limit
+    floor = -acc.credit_limit
     # min() and max() spelled out (each keeps its first argument on a tie, as they do)
     room = balance - floor
     room = room if room >= ZERO else ZERO  # max(room, ZERO)
@@ -141,10 +142,23 @@ def settle_amounts(acc: Account, held: Decimal, cost: Decimal, credit: Decimal
     credited = collectable if collectable < credit else credit  # min(credit, collectable)
     spend = collectable - credited
     reason = ""
-    if not prepaid and acc.kind is AccountKind.POSTPAID and not acc.suspended:
+    if acc.kind is AccountKind.POSTPAID and not acc.suspended:
         if acc.daily_cap is not None and acc.day_spend + spend >= acc.daily_cap:
             reason = f"daily cap {acc.daily_cap} reached"
         elif acc.monthly_cap is not None and acc.month_spend + spend >= acc.monthly_cap:
             reason = f"monthly cap {acc.monthly_cap} reached"
     return SettleAmounts(collectable, cost - collectable, credited,
                          Effect(held - collectable + credited, -held, spend, reason))
+
+
+def settle_prepaid(balance: Decimal, held: Decimal, cost: Decimal, credit: Decimal
+                   ) -> SettleAmounts:
+    """:func:`settle_amounts` of a prepaid account with ``balance`` (all it depends on):
+    never below zero, what the balance cannot cover written off."""
+    room = balance + held
+    room = room if room >= ZERO else ZERO  # max(room, ZERO)
+    collectable = room if room < cost else cost  # min(cost, room)
+    credited = collectable if collectable < credit else credit  # min(credit, collectable)
+    return SettleAmounts(collectable, cost - collectable, credited,
+                         Effect(held - collectable + credited, -held,
+                                collectable - credited))

@@ -40,13 +40,14 @@ class Upline:
 
 
 def grant_chain(leaf: tuple[Account | None, Decimal, Fit, CostTo],
-                parts: Sequence[tuple[Account | None, Decimal, RateLine, Decimal]],
+                parts: Sequence[tuple[Decimal | None, Decimal, RateLine, Decimal]],
                 target: int, paid: int) -> tuple[int, list[Decimal]]:
     """What a chunk reserves on every tier of a chain: (the paid seconds it brings the
     call to, each tier's amount, the account's first). ``leaf``: the call's account, the
     amount it wants for ``target`` seconds, its fit (the most it can pay for with what is
-    available) and its price of ``d`` seconds; ``parts``: per reseller its account, the
-    amount it wants, its rate line and the price on it of the ``paid`` seconds. Every
+    available) and its price of ``d`` seconds; ``parts``: per reseller what its account
+    has available (None: unknown), the amount it wants, its rate line and the price on
+    it of the ``paid`` seconds. Every
     tier covers the same seconds: the fewest any tier can pay for. An unknown account
     stops the chain (nothing is reserved)."""
     n = 1 + len(parts)
@@ -54,11 +55,11 @@ def grant_chain(leaf: tuple[Account | None, Decimal, Fit, CostTo],
     if acc is None:
         return paid, [ZERO] * n
     seconds = grant(acc, want, target, fit, paid)[1]
-    for up, want_u, line, _base in parts:
-        if up is None:
+    for avail, want_u, line, _base in parts:
+        if avail is None:
             return paid, [ZERO] * n
-        if want_u > up.available():
-            s = affordable_seconds(line, up.available(), paid)
+        if want_u > avail:
+            s = affordable_seconds(line, avail, paid)
             if s < seconds:
                 seconds = s
     if seconds <= paid:

@@ -363,7 +363,8 @@ class Batch:
             ups = [self._account(p.account, now_ms) for p in chain]
             seconds, amounts = grant_chain(
                 (acc, amount, fit, cost_to),
-                [(up, p.amount, p.line, p.base) for up, p in zip(ups, chain, strict=True)],
+                [(up.available(), p.amount, p.line, p.base)
+                 for up, p in zip(ups, chain, strict=True)],
                 want_seconds, paid_before)
             granted, got = amounts[0], tuple(amounts[1:])
             holds = self._tholds.setdefault(ref, {})
