@@ -26,10 +26,10 @@ pytestmark = pytest.mark.timeout(60)
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def _store() -> tuple[Sim, str]:
+def reseller_store(db: str | None = None) -> tuple[Sim, str]:
     """DIST -> RES -> CUST, and OTHER beside RES under DIST: an ended call, an open fraud
     block, an invoice and a call up now for each of CUST and OTHER; RES's read token."""
-    sim = chain_sim(cust="20", res="50")
+    sim = chain_sim(cust="20", res="50", db=db)
     add_account(sim.conn, "OTHER", "retail", AccountKind.PREPAID, now_ms=T0, parent="DIST")
     sim.ledger.topup("OTHER", sim.balance("CUST"), T0, "initial")
     for ref, code in (("cust-ended", "CUST"), ("other-ended", "OTHER")):
@@ -49,7 +49,9 @@ def _store() -> tuple[Sim, str]:
         assert sim.charger.authorize(ref, number="4930123", account_code=code,
                                      now_ms=sim.now).allow
         sim.answer(ref)
-    return sim, create_token(sim.conn, "res-portal", "read", T0, account="RES")
+    token = create_token(sim.conn, "res-portal", "read", T0, account="RES")
+    sim.conn.commit()
+    return sim, token
 
 
 def _calls(live: dict[str, Any]) -> list[str]:
@@ -77,7 +79,7 @@ def _views(sim: Sim, *tokens: str) -> list[tuple[dict[str, Any], dict[str, Any]]
 
 
 def test_a_resellers_dashboard_shows_its_subtree_only() -> None:
-    sim, res_token = _store()
+    sim, res_token = reseller_store()
     ((summary, live),) = _views(sim, res_token)
     # Live: CUST's call and running total; OTHER's call, DIST's total are not there.
     assert _calls(live) == ["cust-live"]
@@ -102,7 +104,7 @@ def test_a_resellers_dashboard_shows_its_subtree_only() -> None:
 
 
 def test_the_operators_dashboard_is_unchanged_and_both_stream_at_once() -> None:
-    sim, res_token = _store()
+    sim, res_token = reseller_store()
     (op_summary, op_live), (res_summary, res_live) = _views(sim, TOKEN, res_token)
     assert _calls(op_live) == ["cust-live", "other-live"]
     assert {"CUST", "OTHER"} <= set(op_live["accounts"])
@@ -120,7 +122,7 @@ def test_the_operators_dashboard_is_unchanged_and_both_stream_at_once() -> None:
 def test_a_quiet_resellers_just_ended_list_survives_busier_accounts() -> None:
     """The shared read per tick takes the store's last CDRs; a reseller's list keeps its
     own (read when it connects) while other accounts' calls end."""
-    sim, res_token = _store()
+    sim, res_token = reseller_store()
     for i in range(20):  # OTHER's 20 calls end after CUST's: the operator's last 15
         ref = f"busy-{i}"
         assert sim.charger.authorize(ref, number="4930123", account_code="OTHER",
@@ -128,6 +130,6 @@ def test_a_quiet_resellers_just_ended_list_survives_busier_accounts() -> None:
         sim.answer(ref)
         sim.advance_to(sim.now + 1_000)
         sim.end(ref, ended_by="caller")
-    (op_summary, op_live), (_, res_live) = _views(sim, TOKEN, res_token)
+    (_, op_live), (_, res_live) = _views(sim, TOKEN, res_token)
     assert "cust-ended" not in {d["call_ref"] for d in op_live["recent"]}
     assert [d["call_ref"] for d in res_live["recent"]] == ["cust-ended"]
