@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.api import make_app
+from sidecar.api import dashboard, make_app
 from sidecar.charging.model import AccountKind
 from sidecar.invoices import issue_invoice
 from sidecar.store.accounts import add_account
@@ -133,3 +133,32 @@ def test_a_quiet_resellers_just_ended_list_survives_busier_accounts() -> None:
     (_, op_live), (_, res_live) = _views(sim, TOKEN, res_token)
     assert "cust-ended" not in {d["call_ref"] for d in op_live["recent"]}
     assert [d["call_ref"] for d in res_live["recent"]] == ["cust-ended"]
+
+
+def test_operator_and_reseller_streams_share_one_store_read_per_tick(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator and two clients of RES listen at once: one read of the live calls per
+    tick serves all three, each getting its own view of the same tick."""
+    sim, res_token = reseller_store()
+    reads: list[int] = []
+    real = dashboard.live_snapshot
+
+    def counted(*args: Any, **kw: Any) -> dict[str, object]:
+        reads.append(1)
+        return real(*args, **kw)
+    monkeypatch.setattr(dashboard, "live_snapshot", counted)
+
+    async def main() -> list[list[tuple[str, Any, float]]]:
+        async with serve(make_app(sim.conn, TOKEN)) as base, aiohttp.ClientSession() as http:
+            res = {"Authorization": f"Bearer {res_token}"}
+            async with http.get(base + "/dashboard/live", headers=OPERATOR) as a, \
+                    http.get(base + "/dashboard/live", headers=res) as b, \
+                    http.get(base + "/dashboard/live", headers=res) as c:
+                return list(await asyncio.gather(*(read_events(r, 6) for r in (a, b, c))))
+    op, res_b, res_c = asyncio.run(main())
+    assert {_calls(d)[-1] for _, d, _ in op} == {"other-live"}
+    for got in (res_b, res_c):
+        assert all(_calls(d) == ["cust-live"] for _, d, _ in got)
+    seqs = [{d["seq"] for _, d, _ in got} for got in (op, res_b, res_c)]
+    assert len(seqs[0] & seqs[1] & seqs[2]) >= 4  # the same ticks
+    assert len(reads) <= max(seqs[0] | seqs[1] | seqs[2]) + 2  # one read per tick
