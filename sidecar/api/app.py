@@ -225,9 +225,13 @@ SCOPED_PATHS = frozenset({
     "/v1/accounts/{code}/limits", "/v1/accounts/{code}/bundles", "/v1/live-calls",
     "/v1/invoices", "/v1/invoices/{number}", "/v1/invoices/{number}/html",
     "/v1/invoices/{number}/pdf", "/v1/invoices/{number}/calls.csv", "/v1/stats/spend",
-    "/v1/fraud-events", "/v1/reconcile"})
+    "/v1/fraud-events", "/v1/reconcile",
+    # The dashboard's data, filtered to the subtree (api/dashboard.py: no FAS, carriers).
+    "/dashboard/live", "/dashboard/summary"})
 #: Request key: the accounts a scoped token may read.
 SUBTREE = web.RequestKey("subtree", frozenset)
+#: Request key: the account a scoped token is scoped to (the top of its subtree).
+SCOPE_ACCOUNT = web.RequestKey("scope_account", str)
 
 
 async def _scoped(request: web.Request, account: str) -> web.StreamResponse | None:
@@ -243,6 +247,7 @@ async def _scoped(request: web.Request, account: str) -> web.StreamResponse | No
                            f"records, not {template}")
     sub = await _in_store(request, subtree, request.app[CONN], account)
     request[SUBTREE] = sub
+    request[SCOPE_ACCOUNT] = account
     for code in (request.match_info.get("code"), request.query.get("account")):
         if code and code not in sub:
             return _error(404, f"account '{code}' not found")

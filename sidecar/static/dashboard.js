@@ -1,4 +1,6 @@
-// The operator's live dashboard (served by `sidecar api` at /dashboard).
+// The operator's live dashboard (served by `sidecar api` at /dashboard). A reseller's
+// token (scoped to its account) gets its subtree's figures only, and no FAS routes or
+// carriers: the summary has a "view" then, and the operator's sections are hidden.
 //
 // Everything is fetched from this server with the API token in the Authorization header:
 // the live calls as server-sent events read from fetch()'s stream (EventSource cannot send
@@ -87,6 +89,7 @@ function lock(message) {
   $("main").hidden = true;
   $("login").hidden = false;
   $("forget").hidden = true;
+  $("view").hidden = true;
   $("login-error").textContent = message || "";
   setStatus("not connected", "off");
 }
@@ -203,6 +206,7 @@ async function loadSummary() {
     const r = await fetch("dashboard/summary" + (days ? "?days=" + encodeURIComponent(days) : ""),
                           { headers: headers(), cache: "no-store" });
     if (r.status === 401) { lock("The server refused this token."); return; }
+    if (r.status === 403) { lock("This token may not read the dashboard."); return; }
     if (!r.ok) throw new Error("HTTP " + r.status);
     renderSummary(await r.json());
   } catch (e) {
@@ -210,7 +214,21 @@ async function loadSummary() {
   }
 }
 
+// Whose view: a reseller's token names its account and how many accounts are below it.
+function renderView(v) {
+  const box = $("view");
+  box.hidden = !v;
+  document.body.dataset.view = v ? "reseller" : "operator";
+  if (!v) return;
+  box.replaceChildren("Reseller view: ", el("strong", v.account),
+                      " and " + v.below + (v.below === 1 ? " account" : " accounts") + " below it");
+}
+
 function renderSummary(s) {
+  renderView(s.view);
+  // The operator's sections (FAS route verdicts, carriers): absent for a reseller.
+  const operator = Array.isArray(s.fas_routes);
+  for (const sec of document.querySelectorAll("[data-operator]")) sec.hidden = !operator;
   $("figures-at").textContent = "figures of " + s.now.slice(11, 19) + " UTC";
   for (const p of document.querySelectorAll(".period")) p.textContent = "last " + s.days + " days";
   const alerts = $("alerts");
@@ -227,21 +245,8 @@ function renderSummary(s) {
   vbars($("chart-day"), s.spend.day);
   hbars($("chart-department"), s.spend.account.map((r) => (
     { ...r, key: r.parent ? r.parent + " / " + r.key : r.key })));
-  $("fas").tBodies[0].replaceChildren(...(s.fas_routes.length ? s.fas_routes.map((f) => row([
-    f.route, [f.attempts, "num"], [f.answered, "num"], [f.judged ? f.score : "—", "num"],
-    [f.judged ? (f.reasons.length ? f.reasons.join("; ") : "clean") : "too few calls",
-     f.reasons.length ? "bad" : ""]])) : [empty("no calls in this period")]));
-  const margin = new Map(s.margins.map((r) => [r.key, r]));
-  $("carriers").tBodies[0].replaceChildren(...(s.carriers.length ? s.carriers.map((c) => {
-    const m = margin.get(c.name);
-    const state = c.enabled ? "enabled" : (c.disabled_by === "health" ? "pulled" : "disabled") +
-      (c.disabled_reason ? ": " + c.disabled_reason : "");
-    return row([c.name, [state, c.enabled ? "" : "bad"], [m ? m.calls : 0, "num"],
-      [m ? m.sell + " " + m.currency : "—", "num"], [m ? m.buy : "—", "num"],
-      [m ? m.margin : "—", "num" + (m && m.margin.startsWith("-") ? " bad" : "")],
-      [m && m.margin_percent !== null ? m.margin_percent : "—", "num"],
-      [m ? m.losses : 0, "num"]]);
-  }) : [empty("no carriers (least-cost routing: sidecar carrier add)")]));
+  if (operator) renderOperator(s);
+  else for (const id of ["fas", "carriers"]) $(id).tBodies[0].replaceChildren();
   $("fraud").tBodies[0].replaceChildren(...(s.fraud_events.length ? s.fraud_events.map((e) => row([
     e.time.slice(0, 19).replace("T", " "), e.account, e.rule, e.action, e.reason,
     [e.open ? "open" : (e.lifted ? "lifted" : "—"), e.open ? "bad" : ""]])) :
@@ -257,6 +262,25 @@ function renderSummary(s) {
     return row([i.number, i.kind, i.account, i.period, i.issued.slice(0, 10),
                 [i.total + " " + i.currency, "num"], links]);
   }) : [empty("no invoice issued")]));
+}
+
+// FAS route verdicts and carriers with their margins: the operator's view only.
+function renderOperator(s) {
+  $("fas").tBodies[0].replaceChildren(...(s.fas_routes.length ? s.fas_routes.map((f) => row([
+    f.route, [f.attempts, "num"], [f.answered, "num"], [f.judged ? f.score : "—", "num"],
+    [f.judged ? (f.reasons.length ? f.reasons.join("; ") : "clean") : "too few calls",
+     f.reasons.length ? "bad" : ""]])) : [empty("no calls in this period")]));
+  const margin = new Map(s.margins.map((r) => [r.key, r]));
+  $("carriers").tBodies[0].replaceChildren(...(s.carriers.length ? s.carriers.map((c) => {
+    const m = margin.get(c.name);
+    const state = c.enabled ? "enabled" : (c.disabled_by === "health" ? "pulled" : "disabled") +
+      (c.disabled_reason ? ": " + c.disabled_reason : "");
+    return row([c.name, [state, c.enabled ? "" : "bad"], [m ? m.calls : 0, "num"],
+      [m ? m.sell + " " + m.currency : "—", "num"], [m ? m.buy : "—", "num"],
+      [m ? m.margin : "—", "num" + (m && m.margin.startsWith("-") ? " bad" : "")],
+      [m && m.margin_percent !== null ? m.margin_percent : "—", "num"],
+      [m ? m.losses : 0, "num"]]);
+  }) : [empty("no carriers (least-cost routing: sidecar carrier add)")]));
 }
 
 async function download(number, fmt) {

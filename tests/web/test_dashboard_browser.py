@@ -22,6 +22,7 @@ from sidecar.routing import EventKind, HealthEvent
 from sidecar.store.carriers import add_carrier, record_health_event
 from sidecar.store.db import connect
 from sidecar.store.decks import import_deck
+from tests.api.test_scoped_dashboard import reseller_store
 from tests.e2e.test_live_sidecar import DECK, DIALLED, account, cdrs
 from tests.invoices.helpers import AFTER, NUMBERS, PERIOD, SETTINGS, call, failed_call, new_sim
 
@@ -145,6 +146,43 @@ def test_the_dashboard_shows_balances_alerts_charts_fas_fraud_and_invoices(
         driver.find_element(By.ID, "forget").click()
         assert driver.find_element(By.ID, "login").is_displayed()
         assert driver.execute_script("return sessionStorage.length") == 0
+
+
+def test_a_resellers_token_sees_its_customers_calls_only(tmp_path: Path) -> None:
+    """RES's token (DIST -> RES -> CUST; OTHER beside RES): the page says whose view it
+    is and shows CUST's call up now and its CDR, never OTHER's, nor FAS routes or
+    carriers; the operator's page on the same store still shows both calls."""
+    need_browser()
+    sim, res_token = reseller_store(str(tmp_path / "sidecar.db"))
+    sim.conn.close()
+    with api_server(tmp_path / "sidecar.db", tmp_path / "api") as base, chromium() as driver:
+        open_dashboard(driver, base, res_token, "?days=3660")
+        live = wait_until(lambda: live_rows(driver), 10, "the live call did not show")
+        assert list(live) == ["cust-live"] and live["cust-live"]["account"] == "CUST"
+        assert list(wait_until(lambda: recent_rows(driver), 10, "no CDR showed")) == [
+            "cust-ended"]
+        wait_until(lambda: driver.find_element(By.ID, "view").is_displayed(), 10,
+                   "the page did not say whose view it is")
+        assert _text(driver, "#view") == "Reseller view: RES and 1 account below it"
+        wait_until(lambda: "CUST" in _text(driver, "#accounts tbody"), 10,
+                   "the balances did not show")
+        assert sorted(table_rows(driver, "accounts")) == ["CUST (RES)", "RES"]
+        assert "OTHER" not in _text(driver, "#fraud tbody") + _text(driver, "#invoices tbody")
+        assert "CUST" in _text(driver, "#invoices tbody")
+        for section in ("fas", "carriers"):  # the operator's: hidden, and empty
+            assert not driver.find_element(By.ID, section).is_displayed()
+        time.sleep(1.2)  # a few more ticks: still CUST's call only
+        assert list(live_rows(driver)) == ["cust-live"]
+        assert "OTHER" not in _text(driver, "main")
+        screenshot(driver, tmp_path, "dashboard-reseller")
+
+        driver.find_element(By.ID, "forget").click()
+        open_dashboard(driver, base, TOKEN, "?days=3660")
+        wait_until(lambda: sorted(live_rows(driver)) == ["cust-live", "other-live"], 10,
+                   "the operator's page did not show both calls")
+        wait_until(lambda: driver.find_element(By.ID, "fas").is_displayed(), 10,
+                   "the operator's FAS routes did not show")
+        assert not driver.find_element(By.ID, "view").is_displayed()
 
 
 def test_a_real_call_shows_with_its_running_cost_and_goes_with_its_cdr(
