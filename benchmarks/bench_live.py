@@ -21,7 +21,8 @@ and SIPp logs, SIPp's statistics and response times, the database) under DIR.
   sidecar's share of Kamailio alone's completed calls where Kamailio alone starts to fail
   (> 1% failed; target >= 90%), and a run at 1.5x the sidecar's knee (the highest rate with
   < 1% failed): completed calls/s as a share of the knee's (target >= 90%) and the p99
-  reply time of the refused calls (503; target < 50 ms).
+  reply time of the refused calls (503; target < 50 ms), with how many of them Kamailio's
+  overload control refused statelessly (``OVERLOAD_DELAY_MS`` in ``kamailio.cfg``).
 - ``deck``: calls while the real CLI (``sidecar --db DB deck import FILE --plan NAME``, a
   process of its own) imports a new version of the plan the calls use; baseline: the same
   run without the import. Refused/failed calls (target 0), reply p50/p99 (target p99 < 20 ms).
@@ -851,10 +852,13 @@ def run_step_load(lab: LiveLab, scn: Scenarios, *, label: str, rate: int, second
                   ) -> Load:
     """:func:`run_load`, noting in ``load.stateless`` how many of the refused calls
     Kamailio's overload control refused statelessly (before any transaction)."""
-    before = overload_shed(lab)
+    before = overload_shed(lab) or 0  # not set yet: none refused so far
     load = run_load(lab, scn, label=label, rate=rate, seconds=seconds)
     after = overload_shed(lab)
-    if before is not None and after is not None:
+    if after is None:
+        time.sleep(1.0)
+        after = overload_shed(lab)
+    if after is not None:
         load.stateless = after - before
     return load
 
