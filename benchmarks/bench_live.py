@@ -21,7 +21,8 @@ and SIPp logs, SIPp's statistics and response times, the database) under DIR.
   sidecar's share of Kamailio alone's completed calls where Kamailio alone starts to fail
   (> 1% failed; target >= 90%), and a run at 1.5x the sidecar's knee (the highest rate with
   < 1% failed): completed calls/s as a share of the knee's (target >= 90%) and the p99
-  reply time of the refused calls (503; target < 50 ms).
+  reply time of the refused calls (503; target < 50 ms), with how many of them Kamailio's
+  overload control refused statelessly (``OVERLOAD_DELAY_MS`` in ``kamailio.cfg``).
 - ``deck``: calls while the real CLI (``sidecar --db DB deck import FILE --plan NAME``, a
   process of its own) imports a new version of the plan the calls use; baseline: the same
   run without the import. Refused/failed calls (target 0), reply p50/p99 (target p99 < 20 ms).
@@ -401,6 +402,8 @@ class Load:
     timed_out: bool = False
     exit_code: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Calls refused statelessly by Kamailio's overload control (step runs; None: unknown).
+    stateless: int | None = None
 
     @property
     def completed(self) -> int:
@@ -836,6 +839,35 @@ STEP_HEADERS = ["rate", "sent/s", "done/s", "failed", "fail%", "p50", "p99", "|"
 STEP_GROUPS = [("", 1), ("Kamailio alone", 6), ("", 1), ("Kamailio + sidecar", 8), ("", 1)]
 
 
+def overload_shed(lab: LiveLab) -> int | None:
+    """INVITEs Kamailio's overload control has refused statelessly so far (``htable
+    overload shed``); ``None`` if it cannot be read."""
+    try:
+        return int(lab.kam.rpc("htable.get", "overload", "shed")["item"]["value"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def run_step_load(lab: LiveLab, scn: Scenarios, *, label: str, rate: int, seconds: float
+                  ) -> Load:
+    """:func:`run_load`, noting in ``load.stateless`` how many of the refused calls
+    Kamailio's overload control refused statelessly (before any transaction)."""
+    before = overload_shed(lab) or 0  # not set yet: none refused so far
+    load = run_load(lab, scn, label=label, rate=rate, seconds=seconds)
+    after = overload_shed(lab)
+    if after is None:
+        time.sleep(1.0)
+        after = overload_shed(lab)
+    if after is not None:
+        load.stateless = after - before
+    return load
+
+
+def _stateless(load: Load) -> str:
+    return f"{fmt(load.stateless)} of them stateless (overload control)" \
+        if load.stateless is not None else "stateless refusals unknown"
+
+
 def cmd_step(args: argparse.Namespace) -> None:
     rates = [int(r) for r in args.rates.split(",") if r.strip()]
     budget_s = args.max_minutes * 60
@@ -860,11 +892,11 @@ def cmd_step(args: argparse.Namespace) -> None:
                     print(f"  time budget: rates from {rate} skipped")
                     break
                 with new_lab(d / f"alone-{rate}", d / "unused.db", sidecar=False) as alone:
-                    a = run_load(alone, scn, label=f"alone {rate}", rate=rate,
-                                 seconds=args.seconds)
+                    a = run_step_load(alone, scn, label=f"alone {rate}", rate=rate,
+                                      seconds=args.seconds)
                     settle([alone, lab])
-                w = run_load(lab, scn, label=f"sidecar {rate}", rate=rate,
-                             seconds=args.seconds)
+                w = run_step_load(lab, scn, label=f"sidecar {rate}", rate=rate,
+                                  seconds=args.seconds)
                 settle([lab])
                 results.append((rate, a, w))
                 out.row(_step_row(rate, a, w))
@@ -875,11 +907,12 @@ def cmd_step(args: argparse.Namespace) -> None:
                     # The baseline at that rate too: what the machine carries without the
                     # sidecar (Kamailio relaying every call).
                     with new_lab(d / f"alone-{over}", d / "unused.db", sidecar=False) as alone:
-                        extra_alone = run_load(alone, scn, label=f"alone {over} (1.5x knee)",
-                                               rate=over, seconds=args.seconds)
+                        extra_alone = run_step_load(alone, scn,
+                                                    label=f"alone {over} (1.5x knee)",
+                                                    rate=over, seconds=args.seconds)
                         settle([alone, lab])
-                    extra = run_load(lab, scn, label=f"sidecar {over} (1.5x knee)", rate=over,
-                                     seconds=args.seconds)
+                    extra = run_step_load(lab, scn, label=f"sidecar {over} (1.5x knee)",
+                                          rate=over, seconds=args.seconds)
                     out.row(_step_row(f"{over}*", extra_alone, extra))
                     print("  *: 1.5x the sidecar's knee")
                 else:
@@ -912,7 +945,8 @@ def cmd_step(args: argparse.Namespace) -> None:
             print(f"at 1.5x the knee ({extra.rate}/s): {fmt(extra.completed_per_s)} completed "
                   f"calls/s = {fmt(pct, 1)}% of the knee's (target >= 90%: "
                   f"{verdict(None if pct is None else pct >= 90)}); "
-                  f"{fmt(extra.counts.refused)} refused (503), their reply p99 {ms(p99)} ms "
+                  f"{fmt(extra.counts.refused)} refused (503; {_stateless(extra)}), their "
+                  f"reply p99 {ms(p99)} ms "
                   f"(target < 50 ms: {verdict(None if p99 is None else p99 < 50)})")
             if extra_alone is not None:
                 pct_alone = share(extra_alone.completed_per_s, k.completed_per_s)
@@ -920,7 +954,9 @@ def cmd_step(args: argparse.Namespace) -> None:
                       f"{fmt(extra_alone.completed_per_s)} completed calls/s = "
                       f"{fmt(pct_alone, 1)}% of the sidecar's knee, "
                       f"{fmt(extra_alone.failed_share * 100, 1)}% failed, reply p99 "
-                      f"{ms(extra_alone.reply(99))} ms")
+                      f"{ms(extra_alone.reply(99))} ms, {fmt(extra_alone.counts.refused)} "
+                      f"refused (503; {_stateless(extra_alone)}), their reply p99 "
+                      f"{ms(extra_alone.refused_reply(99))} ms")
     print_notes([x for _r, a, w in results for x in (a, w)] + ([extra] if extra else [])
                 + ([extra_alone] if extra_alone else []))
     print(f"total run time: {time.monotonic() - t_start:.0f} s "

@@ -210,16 +210,17 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
 
         def make(**settings: Any) -> Lab:
             uas_port = free_port("udp", HOST)
-            config = KamailioSettings(
-                sip_ip=HOST,
-                sip_port=free_port("udp", HOST),
-                evapi_ip=HOST,
-                evapi_port=free_port("tcp", HOST),
-                dest=f"sip:{HOST}:{uas_port}",
-                children=2,
-                log_events=True,
+            # children and log_events may be overridden too.
+            config = KamailioSettings(**{
+                "sip_ip": HOST,
+                "sip_port": free_port("udp", HOST),
+                "evapi_ip": HOST,
+                "evapi_port": free_port("tcp", HOST),
+                "dest": f"sip:{HOST}:{uas_port}",
+                "children": 2,
+                "log_events": True,
                 **settings,
-            )
+            })
             kam = stack.enter_context(KamailioProcess(tmp_path / "kam", config))
             return Lab(kam, Sipp(tmp_path / "sipp", host=HOST), uas_port, stack)
 

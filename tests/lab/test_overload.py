@@ -1,0 +1,180 @@
+"""Overload control in the shipped configuration (OVERLOAD_DELAY_MS), with the real Kamailio.
+
+A burst of INVITEs far beyond what one Kamailio worker handles (sent from this test on
+127.0.0.1, a bounded number, each answered by a sidecar that rejects it) backs up
+Kamailio's receive queue: the probes it sends itself through that queue come back late,
+the shedding level rises, and part of the INVITEs is refused statelessly at the top of
+the request route — 503 with Retry-After, no offer to the sidecar — quickly. When the
+burst is over, the level falls back to 0 and calls reach the sidecar again.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.lab.test_kamailio_lab import HOST, JsonRpcError, Lab, reject
+
+pytestmark = [pytest.mark.timeout(120)]
+
+BURST = 8000
+BURST_RATE = 8000  # INVITEs/s: 1 s of them
+
+
+@dataclass
+class Reply:
+    """The first final reply to one INVITE."""
+
+    code: int
+    retry_after: bool
+    at: float
+
+
+@dataclass
+class Caller:
+    """Sends INVITEs from one UDP socket and keeps the first final reply to each."""
+
+    target: tuple[str, int]
+    sock: socket.socket = field(init=False)
+    sent: dict[str, float] = field(default_factory=dict)
+    replies: dict[str, Reply] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((HOST, 0))
+        self.sock.settimeout(0.1)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def invite(self, call_id: str) -> bytes:
+        host, port = self.target
+        return (f"INVITE sip:4930123456@{host}:{port};ac=LOAD SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {HOST}:{self.port};branch=z9hG4bK-{call_id}\r\n"
+                f"From: <sip:15551230001@{HOST}>;tag=t-{call_id}\r\n"
+                f"To: <sip:4930123456@{host}>\r\n"
+                f"Call-ID: {call_id}\r\n"
+                "CSeq: 1 INVITE\r\n"
+                f"Contact: <sip:15551230001@{HOST}:{self.port}>\r\n"
+                "Max-Forwards: 70\r\n"
+                "Content-Length: 0\r\n\r\n").encode()
+
+    def send(self, call_ids: list[str], rate: float = 0.0) -> None:
+        """Send one INVITE per Call-ID: back to back, or ``rate`` per second (in chunks
+        every 10 ms)."""
+        messages = [(cid, self.invite(cid)) for cid in call_ids]
+        t0 = time.monotonic()
+        for i, (cid, data) in enumerate(messages):
+            if rate and i % max(1, int(rate / 100)) == 0:
+                ahead = t0 + i / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            self.sent[cid] = time.monotonic()
+            self.sock.sendto(data, self.target)
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            now = time.monotonic()
+            head, _, _ = data.partition(b"\r\n\r\n")
+            lines = head.decode(errors="replace").split("\r\n")
+            parts = lines[0].split(" ", 2)
+            if len(parts) < 2 or parts[0] != "SIP/2.0" or not parts[1].isdigit():
+                continue
+            code = int(parts[1])
+            if code < 200:
+                continue
+            headers = {ln.split(":", 1)[0].strip().lower(): ln.split(":", 1)[1].strip()
+                       for ln in lines[1:] if ":" in ln}
+            cid = headers.get("call-id", "")
+            if cid and cid not in self.replies:
+                self.replies[cid] = Reply(code, "retry-after" in headers, now)
+
+    def wait(self, call_ids: list[str], timeout: float) -> None:
+        """Until each Call-ID has its final reply, or ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(c not in self.replies for c in call_ids):
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def _level(lab: Lab) -> int:
+    return int(lab.kam.rpc("pv.shvGet", "ovl_level")["value"])
+
+
+def _shed(lab: Lab) -> int:
+    try:
+        return int(lab.kam.rpc("htable.get", "overload", "shed")["item"]["value"])
+    except JsonRpcError:
+        return 0
+
+
+def test_a_burst_is_shed_statelessly_and_shedding_stops_when_it_is_over(
+        make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab(children=1, log_events=False)
+    sidecar = lab.client(reject(403, "Forbidden"))
+    caller = Caller((lab.kam.settings.sip_ip, lab.kam.settings.sip_port))
+    lab.stack.callback(caller.close)
+
+    # Quiet: every call reaches the sidecar.
+    quiet = [f"quiet-{i}" for i in range(5)]
+    for cid in quiet:
+        caller.send([cid])
+        time.sleep(0.05)
+    caller.wait(quiet, 5)
+    assert [caller.replies[c].code for c in quiet] == [403] * 5
+    assert _level(lab) == 0 and _shed(lab) == 0
+
+    # The burst: thousands of INVITEs at once into one worker.
+    burst = [f"burst-{i}" for i in range(BURST)]
+    caller.send(burst, BURST_RATE)
+    caller.wait(burst, 15)
+    answered = {c: caller.replies[c] for c in burst if c in caller.replies}
+    shed = {c: r for c, r in answered.items() if r.code == 503 and r.retry_after}
+    offered = {e["call_id"] for e in sidecar.of_kind("offer")}
+    # Part of the burst was refused with the overload 503 (Retry-After), and none of
+    # those was offered to the sidecar: refused before any transaction or event.
+    assert len(shed) >= BURST // 10, (len(shed), len(answered), _shed(lab))
+    assert not set(shed) & offered
+    assert _shed(lab) >= len(shed)
+    # ... while other calls of the burst still reached the sidecar and got its answer.
+    assert sum(1 for r in answered.values() if r.code == 403) >= 50
+    # Refused quickly: the refusals do not wait behind the calls admitted.
+    waits = sorted((r.at - caller.sent[c]) * 1000 for c, r in shed.items())
+    assert statistics.median(waits) < 100, waits[len(waits) // 2:][:20]
+
+    # The burst is over: the level falls back to 0 within a few seconds ...
+    deadline = time.monotonic() + 10
+    while _level(lab) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _level(lab) == 0
+    # ... and calls reach the sidecar again, none refused by overload control.
+    shed_before = _shed(lab)
+    after = [f"after-{i}" for i in range(20)]
+    for cid in after:
+        caller.send([cid])
+        time.sleep(0.02)
+    caller.wait(after, 5)
+    assert [caller.replies[c].code for c in after] == [403] * 20
+    assert _shed(lab) == shed_before
+    assert set(after) <= {e["call_id"] for e in sidecar.of_kind("offer")}
