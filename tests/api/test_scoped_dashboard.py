@@ -12,11 +12,10 @@ import aiohttp
 import pytest
 
 from sidecar.api import dashboard, make_app
-from sidecar.charging.model import AccountKind
 from sidecar.invoices import issue_invoice
-from sidecar.store.accounts import add_account
 from sidecar.store.tokens import create_token
 from tests.api.test_api import TOKEN, serve
+from tests.api.test_scoped_tokens import with_other
 from tests.charging.harness import T0, Sim
 from tests.charging.test_resellers import chain_sim
 from tests.invoices.helpers import AFTER, PERIOD, SETTINGS
@@ -30,14 +29,7 @@ def reseller_store(db: str | None = None) -> tuple[Sim, str]:
     """DIST -> RES -> CUST, and OTHER beside RES under DIST: an ended call, an open fraud
     block, an invoice and a call up now for each of CUST and OTHER; RES's read token."""
     sim = chain_sim(cust="20", res="50", db=db)
-    add_account(sim.conn, "OTHER", "retail", AccountKind.PREPAID, now_ms=T0, parent="DIST")
-    sim.ledger.topup("OTHER", sim.balance("CUST"), T0, "initial")
-    for ref, code in (("cust-ended", "CUST"), ("other-ended", "OTHER")):
-        assert sim.charger.authorize(ref, number="4930123", account_code=code,
-                                     now_ms=sim.now).allow
-        sim.answer(ref)
-        sim.advance_to(sim.now + 60_000)
-        sim.end(ref, ended_by="caller")
+    with_other(sim, "cust-ended", "other-ended")
     for code in ("CUST", "OTHER"):
         issue_invoice(sim.conn, code, PERIOD, SETTINGS, now_ms=AFTER)
         sim.conn.execute(

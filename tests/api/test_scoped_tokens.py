@@ -16,20 +16,26 @@ from sidecar.charging.model import AccountKind
 from sidecar.store.accounts import add_account
 from sidecar.store.tokens import TokenError, create_token, list_tokens
 from tests.api.test_api import TOKEN, serve
-from tests.charging.harness import T0
+from tests.charging.harness import T0, Sim
 from tests.charging.test_resellers import chain_sim
 
 
-def test_a_resellers_token_reads_only_its_subtree() -> None:
-    sim = chain_sim()
+def with_other(sim: Sim, mine: str, theirs: str) -> None:
+    """OTHER beside RES under DIST (as much money as CUST), and one ended minute-long call
+    each of CUST (``mine``) and OTHER (``theirs``)."""
     add_account(sim.conn, "OTHER", "retail", AccountKind.PREPAID, now_ms=T0, parent="DIST")
     sim.ledger.topup("OTHER", sim.balance("CUST"), T0, "initial")
-    for ref, code in (("mine", "CUST"), ("theirs", "OTHER")):
+    for ref, code in ((mine, "CUST"), (theirs, "OTHER")):
         assert sim.charger.authorize(ref, number="4930123", account_code=code,
                                      now_ms=sim.now).allow
         sim.answer(ref)
         sim.advance_to(sim.now + 60_000)
         sim.end(ref, ended_by="caller")
+
+
+def test_a_resellers_token_reads_only_its_subtree() -> None:
+    sim = chain_sim()
+    with_other(sim, "mine", "theirs")
     assert sim.charger.authorize("live", number="4930123", account_code="OTHER",
                                  now_ms=sim.now).allow
     sim.answer("live")

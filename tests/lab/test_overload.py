@@ -137,11 +137,7 @@ def test_a_burst_is_shed_statelessly_and_shedding_stops_when_it_is_over(
     lab.stack.callback(caller.close)
 
     # Quiet: every call reaches the sidecar.
-    quiet = [f"quiet-{i}" for i in range(5)]
-    for cid in quiet:
-        caller.send([cid])
-        time.sleep(0.05)
-    caller.wait(quiet, 5)
+    quiet = paced(caller, [f"quiet-{i}" for i in range(5)], 0.05)
     assert [caller.replies[c].code for c in quiet] == [403] * 5
     assert _level(lab) == 0 and _shed(lab) == 0
 
@@ -170,11 +166,16 @@ def test_a_burst_is_shed_statelessly_and_shedding_stops_when_it_is_over(
     assert _level(lab) == 0
     # ... and calls reach the sidecar again, none refused by overload control.
     shed_before = _shed(lab)
-    after = [f"after-{i}" for i in range(20)]
-    for cid in after:
-        caller.send([cid])
-        time.sleep(0.02)
-    caller.wait(after, 5)
+    after = paced(caller, [f"after-{i}" for i in range(20)], 0.02)
     assert [caller.replies[c].code for c in after] == [403] * 20
     assert _shed(lab) == shed_before
     assert set(after) <= {e["call_id"] for e in sidecar.of_kind("offer")}
+
+
+def paced(caller: Caller, ids: list[str], gap_s: float) -> list[str]:
+    """Send one INVITE per call id, ``gap_s`` apart, and wait for their replies."""
+    for cid in ids:
+        caller.send([cid])
+        time.sleep(gap_s)
+    caller.wait(ids, 5)
+    return ids
