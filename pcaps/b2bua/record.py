@@ -7,8 +7,9 @@ A B2BUA with direct media, built in the lab from the real Kamailio and SIPp (see
     PBX outbound (pbx_uac.xml) --leg-out--> Kamailio 2 --> phone B (uas.xml)
     RTP: phone A <------------------ direct -----------------> phone B
 
-Both Kamailios run the shipped ``kamailio/kamailio.cfg`` with ``FAIL_OPEN`` (no sidecar),
-each relaying to its own destination. The PBX is two SIPps: its inbound side answers the
+Both Kamailios run the shipped ``kamailio/kamailio.cfg`` with ``FAIL_OPEN`` (no sidecar)
+and without its overload control (its probes would be in the capture), each relaying to
+its own destination. The PBX is two SIPps: its inbound side answers the
 customer with an SDP naming phone B's media address, its outbound side offers phone A's
 media address to phone B, so each dialog (Call-IDs of their own) names the same two
 phones, and every RTP packet between them is evidence for both.
@@ -109,7 +110,9 @@ def record(out_dir: Path, work_dir: Path, *, timeout_s: float = 40.0) -> Recorde
     def kamailio(name: str, port: int, dest_port: int) -> KamailioProcess:
         return KamailioProcess(work_dir / name, KamailioSettings(
             sip_ip=HOST, sip_port=port, evapi_ip=HOST, evapi_port=free_port("tcp", HOST),
-            dest=f"sip:{HOST}:{dest_port}", fail_open=True, children=2))
+            dest=f"sip:{HOST}:{dest_port}", fail_open=True, children=2,
+            # the capture holds the calls alone: no overload probes (OVERLOAD_DELAY_MS)
+            extra_defines={"OVERLOAD_DELAY_MS": 0}))
 
     ports = sorted({k1_port, k2_port, pbx_in_port, pbx_out_port, a_port, b_port,
                     a_media, a_media + 2, b_media, b_media + 2})

@@ -8,7 +8,8 @@ they are stated).
 One case is one call, recorded on its own:
 
 1. Kamailio runs the shipped ``kamailio/kamailio.cfg`` with ``FAIL_OPEN`` on free ports:
-   no sidecar is connected, so every INVITE is relayed at once to the carrier.
+   no sidecar is connected, so every INVITE is relayed at once to the carrier (and
+   without its overload control, whose probes would be in the capture).
 2. ``tcpdump -i lo -s 0 -U -w FILE`` starts with a filter naming the lab's own ports
    (SIP of the caller, Kamailio and the carrier, and both media port pairs), so other
    traffic on the loopback, such as tests running concurrently, stays out of the file.
@@ -396,6 +397,9 @@ def record_case(
         dest=f"sip:{HOST}:{uas_port}",
         fail_open=True,
         children=2,
+        # The captures hold the call alone: no overload probes (OPTIONS Kamailio sends
+        # its own SIP socket every few ms, kamailio.cfg OVERLOAD_DELAY_MS).
+        extra_defines={"OVERLOAD_DELAY_MS": 0},
     )
     ports = sorted(
         {kam_port, uas_port, uac_port, uas_media, uas_media + 2, uac_media, uac_media + 2}
