@@ -64,49 +64,60 @@ def ensure_port_free(transport: Transport, host: str, port: int, what: str) -> N
             raise
 
 
-def free_port(transport: Transport, host: str = "127.0.0.1") -> int:
-    """A port the kernel considers free right now (it may be taken again later)."""
-    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+#: Where the lab's own ports come from: below the kernel's ephemeral range (32768+ by
+#: default), so that between the check and the bind of the process a port is meant for,
+#: no socket bound to port 0 (a client's, any process's) can be given it; and below
+#: 20000-30000, where the lab's rtpengine takes its media ports.
+LAB_PORTS = (10_000, 20_000)
+
+_handed_lock = threading.Lock()
+_handed: set[int] = set()
+
+
+def _can_bind(kind: int, host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
-def free_fixed_port(host: str = "127.0.0.1", low: int = 20_000, high: int = 30_000) -> int:
-    """A free UDP port below the kernel's ephemeral range (32768+ by default): between
-    the check and the bind of the process it is meant for, no socket bound to port 0 (a
-    client's, any process's) can be given it, as one from :func:`free_port` can."""
+def _pick(host: str, low: int, high: int, size: int, step: int,
+          kinds: tuple[int, ...]) -> int:
+    """A base ``p`` (a multiple of ``step``) in ``[low, high)`` with ``p .. p+size-1``
+    free for every socket kind in ``kinds`` and not handed out before by this process
+    (two ports asked for one after the other are never the same)."""
     rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
+    with _handed_lock:
+        if len(_handed) > (high - low) // 2:
+            _handed.clear()
+        for _ in range(500):
+            base = rng.randrange(low, high - size)
+            base -= base % step
+            span = range(base, base + size)
+            if any(port in _handed for port in span):
                 continue
-        return port
-    raise RuntimeError(f"no free UDP port in {low}-{high} on {host}")
+            if all(_can_bind(kind, host, port) for port in span for kind in kinds):
+                _handed.update(span)
+                return base
+    raise RuntimeError(f"no {size} free port(s) in {low}-{high} on {host}")
+
+
+def free_port(transport: Transport, host: str = "127.0.0.1") -> int:
+    """A port free right now, from :data:`LAB_PORTS` (never the ephemeral range)."""
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    return _pick(host, *LAB_PORTS, size=1, step=1, kinds=(kind,))
+
+
+def free_fixed_port(host: str = "127.0.0.1") -> int:
+    """A free UDP port from :data:`LAB_PORTS` (a control port, an rtpengine ng port)."""
+    return free_port("udp", host)
 
 
 def free_port_block(host: str = "127.0.0.1", size: int = 4, step: int = 2) -> int:
     """An even UDP port ``p`` with ``p .. p+size-1`` all free (SIPp media uses p and p+2)."""
-    for _ in range(200):
-        base = free_port("udp", host)
-        base -= base % step
-        socks: list[socket.socket] = []
-        try:
-            for offset in range(size):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(sock)
-                sock.bind((host, base + offset))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return base
-    raise RuntimeError(f"no block of {size} free UDP ports found on {host}")
+    return _pick(host, *LAB_PORTS, size=size, step=step, kinds=(socket.SOCK_DGRAM,))
 
 
 def _proc_net_entries(transport: Transport, pid: int | None = None
