@@ -500,8 +500,20 @@ def start_load(lab: LiveLab, scenarios: Scenarios, stack: contextlib.ExitStack, 
         media_port=MEDIA_BASE_UAC if scenarios.media else None,
         extra=["-r", str(rate), "-l", str(limit), "-trace_rtt", "-rtt_freq", "1"],
         trace_messages=False))
+    favour_load_generator(uas.pid, uac.pid)
     return Started(lab, label, rate, seconds, offered, timeout_s, had_sidecar, before,
                    Running(uas, uac, RttTail(uac)))
+
+
+def favour_load_generator(*pids: int | None) -> None:
+    """SIPp first (nice -10): a caller or callee starved of CPU queues the replies in its
+    own socket and measures its own backlog as the system's latency (seen as megabytes in
+    SIPp's receive queue at 2,250 calls/s on 2 cores). The system under test gets the
+    rest of the machine. Needs root; without it SIPp keeps its priority."""
+    for pid in pids:
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, pid, -10)
 
 
 def finish_load(st: Started, *, timed_out: bool) -> Load:

@@ -470,6 +470,9 @@ class Sipp:
             "-m", str(calls),
             "-d", str(duration_ms),
             "-nostdin",
+            # 2 MB socket buffers (SIPp's own are 64 kB): a load generator that drops
+            # replies while the machine is busy would retransmit and measure 500 ms.
+            "-buff_size", "2097152",
             "-timeout", str(max(1, int(timeout_s))),
             "-timeout_error",
             "-trace_stat", "-stf", os.fspath(files["stat"]), "-fd", "1",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.lab.test_kamailio_lab import HOST, JsonRpcError, Lab, reject
+from tests.lab.test_kamailio_lab import HOST, EvapiClient, Event, JsonRpcError, Lab, reject
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -179,3 +179,50 @@ def paced(caller: Caller, ids: list[str], gap_s: float) -> list[str]:
         time.sleep(gap_s)
     caller.wait(ids, 5)
     return ids
+
+
+def test_a_sidecar_that_answers_late_makes_kamailio_shed_before_it_must_say_busy(
+        make_lab: Callable[..., Lab]) -> None:
+    """Kamailio itself is idle, but every `auth` comes 40 ms after its offer (more than
+    OVERLOAD_AUTH_MS, 20 ms), as from a sidecar that cannot keep up: the level rises and
+    part of the INVITEs is refused statelessly, never offered. Once the answers come in
+    time again, the level falls back to 0 and nothing is shed."""
+    lab = make_lab(log_events=False)
+    delay = [0.04]
+    holder: list[EvapiClient] = []
+    answer = reject(403, "Forbidden")
+
+    def late(offer: Event) -> None:
+        reply = answer(offer)
+        if delay[0]:
+            timer = threading.Timer(delay[0], holder[0].send, (reply,))
+            timer.daemon = True
+            timer.start()
+        else:
+            holder[0].send(reply)
+
+    sidecar = lab.client(late)
+    holder.append(sidecar)
+    caller = Caller((lab.kam.settings.sip_ip, lab.kam.settings.sip_port))
+    lab.stack.callback(caller.close)
+
+    calls = [f"late-{i}" for i in range(900)]
+    caller.send(calls, 300)  # 3 s at 300/s: a few answers per probe interval
+    caller.wait(calls, 10)
+    assert all(c in caller.replies for c in calls)
+    shed = {c for c in calls if caller.replies[c].code == 503 and caller.replies[c].retry_after}
+    offered = {e["call_id"] for e in sidecar.of_kind("offer")}
+    assert len(shed) >= len(calls) // 10, (len(shed), _shed(lab))
+    assert not shed & offered  # refused before the offer: statelessly
+    assert {caller.replies[c].code for c in set(calls) - shed} == {403}
+    assert _shed(lab) == len(shed)
+
+    delay[0] = 0.0  # answers in time again
+    deadline = time.monotonic() + 10
+    while _level(lab) > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _level(lab) == 0
+    shed_before = _shed(lab)
+    after = paced(caller, [f"in-time-{i}" for i in range(20)], 0.02)
+    assert [caller.replies[c].code for c in after] == [403] * 20
+    assert _shed(lab) == shed_before
