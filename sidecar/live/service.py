@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections import Counter, deque
 from decimal import Decimal
@@ -66,6 +67,9 @@ log = logging.getLogger("sidecar.live")
 
 END_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
 SAMPLES = 20_000
+#: The time constant (us, Kamailio's clock) of the offers' average wait that decides
+#: whether lateness is sustained (``Sidecar._late``).
+SHED_WINDOW_US = 200_000
 
 
 class Sidecar:
@@ -125,7 +129,8 @@ class Sidecar:
         self.auth_total_us: deque[int] = deque(maxlen=SAMPLES)
         self.auth_local_us: deque[int] = deque(maxlen=SAMPLES)
         self.shed_us: deque[int] = deque(maxlen=SAMPLES)  # offers answered busy
-        self._wait_avg = 0.0  # moving average of offers' waits (ms)
+        self._wait_avg = 0.0  # moving average of offers' waits (ms), over SHED_WINDOW_US
+        self._wait_ts = 0  # Kamailio's timestamp of the newest offer averaged (us)
         self._tasks: set[asyncio.Task[Any]] = set()
         # Prometheus metrics (served by ``sidecar run``): counted here, read on scrape.
         self.metrics = metrics if metrics is not None else Metrics()
@@ -393,10 +398,21 @@ class Sidecar:
         waited_ms = (received_us - ts_us) / 1000
         if not 0 <= waited_ms < 60_000:  # beyond a minute: clocks differ, do not judge
             return False
-        # Shed only under sustained lateness (the waits' moving average over the last ~50
-        # offers past the limit too), not for offers held up by a burst or a scheduling
-        # hiccup on a busy machine: those are still answered in time.
-        self._wait_avg += (min(waited_ms, 2 * limit) - self._wait_avg) * 0.02
+        # Shed only under sustained lateness: the waits' moving average over Kamailio's
+        # time (SHED_WINDOW_US: offers sent over the last ~200 ms weigh most, however
+        # many; at least ~7 offers at low rates) past the limit too. Not for offers held
+        # up by a burst or a stall of a busy machine: those are still decided, late,
+        # rather than refused (and under FAIL_OPEN relayed unbilled); Kamailio's
+        # overload control sheds sustained overload upstream before this (the answers'
+        # lateness raises its level).
+        last = self._wait_ts
+        if ts_us > last:
+            self._wait_ts = ts_us
+            if last:
+                # (at most a tenth per offer: after a quiet minute, one late offer
+                # alone is no sustained lateness)
+                w = min(0.1, 1.0 - math.exp((last - ts_us) / SHED_WINDOW_US))
+                self._wait_avg += (min(waited_ms, 2 * limit) - self._wait_avg) * w
         if waited_ms <= limit or self._wait_avg <= limit:
             return False
         self.counters["shed"] += 1

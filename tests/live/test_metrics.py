@@ -36,11 +36,22 @@ def value(text: bytes, name: str, **labels: str) -> float:
     return samples(text)[(name, tuple(sorted(labels.items())))]
 
 
-def offer(sidecar: Sidecar, i: int, waited_ms: float = 1.0, account: str = "NOBODY") -> None:
+def offer(sidecar: Sidecar, i: int, waited_ms: float = 1.0, account: str = "NOBODY",
+          ts: float | None = None) -> None:
+    """An offer that waited ``waited_ms`` since Kamailio's timestamp (or sent at ``ts``)."""
     sidecar.on_message(json.dumps({
         "event": "offer", "call_id": f"c{i}", "h_entry": 1, "h_id": i,
-        "ts": time.time() - waited_ms / 1000, "tindex": i, "tlabel": i,
-        "ruri_user": "4930123", "account_code": account}).encode())
+        "ts": time.time() - waited_ms / 1000 if ts is None else ts, "tindex": i,
+        "tlabel": i, "ruri_user": "4930123", "account_code": account}).encode())
+
+
+def late_offers(sidecar: Sidecar, ids: range, *, waited_ms: float = 300,
+                spacing_ms: float = 5) -> None:
+    """Sustained lateness: offers Kamailio sent ``spacing_ms`` apart (at 200/s), each
+    waiting ``waited_ms`` or more when the sidecar reads it."""
+    first = time.time() - (waited_ms + len(ids) * spacing_ms) / 1000
+    for k, i in enumerate(ids):
+        offer(sidecar, i, ts=first + k * spacing_ms / 1000)
 
 
 @pytest.fixture
@@ -51,10 +62,9 @@ def sidecar(tmp_path: Path) -> Sidecar:
 
 
 def test_offers_latency_and_cdrs_reach_the_exposition(sidecar: Sidecar) -> None:
-    for i in range(3):
-        offer(sidecar, i)  # unknown account: 403, decided
-    for i in range(3, 80):
-        offer(sidecar, i, waited_ms=300)  # sustained lateness: some are shed (busy)
+    for i in range(3):  # unknown account: 403, decided (sent before the late ones)
+        offer(sidecar, i, ts=time.time() - 2)
+    late_offers(sidecar, range(3, 80))  # sustained lateness: some are shed (busy)
     busy = sidecar.counters["shed"]
     assert busy > 0
     m = sidecar.metrics
