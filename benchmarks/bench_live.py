@@ -11,7 +11,9 @@ measured from the outside (black box), each figure beside its baseline from the 
                                           [--own-accounts]
 
 Every subcommand also takes ``--keep DIR``: keep the run directories (Kamailio, sidecar
-and SIPp logs, SIPp's statistics and response times, the database) under DIR.
+and SIPp logs, SIPp's statistics and response times, the database) under DIR; and
+``--define NAME=VALUE`` (repeatable): a ``kamailio.cfg`` define for every Kamailio of the
+run, to measure a tuning (e.g. ``--define OVERLOAD_AUTH_MS=30``).
 
 - ``cpu``: Kamailio alone (FAIL_OPEN, no sidecar) and Kamailio + sidecar at the same rate:
   completed and failed calls, Kamailio's CPU per completed call in both runs, the sidecar's
@@ -1487,6 +1489,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--keep", type=Path, default=None,
                         help="keep run directories (logs, SIPp statistics) under this one")
+    common.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
+                        help="a kamailio.cfg define for every Kamailio of the run (e.g. "
+                             "OVERLOAD_AUTH_MS=30); repeatable")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -1523,6 +1528,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="each node its own postpaid account (default: one for all)")
     p.set_defaults(func=cmd_nodes)
     args = ap.parse_args(argv)
+    for item in args.define:
+        name, eq, value = item.partition("=")
+        if not eq or not name.isidentifier():
+            ap.error(f"--define {item!r}: expected NAME=VALUE")
+        KAMAILIO_DEFINES[name] = int(value) if value.lstrip("-").isdigit() else value
     # SIGTERM (e.g. from timeout(1)) unwinds like Ctrl-C: every lab and SIPp is stopped.
     signal.signal(signal.SIGTERM, _terminate)
     t0 = time.monotonic()

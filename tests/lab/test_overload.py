@@ -159,17 +159,23 @@ def test_a_burst_is_shed_statelessly_and_shedding_stops_when_it_is_over(
     waits = sorted((r.at - caller.sent[c]) * 1000 for c, r in shed.items())
     assert statistics.median(waits) < 100, waits[len(waits) // 2:][:20]
 
-    # The burst is over: the level falls back to 0 within a few seconds ...
+    # The burst is over: the level falls back to 0 and calls reach the sidecar again.
+    after = _calm_again(lab, caller, "after")
+    assert set(after) <= {e["call_id"] for e in sidecar.of_kind("offer")}
+
+
+def _calm_again(lab: Lab, caller: Caller, tag: str) -> list[str]:
+    """The level falls back to 0 within a few seconds, and then 20 calls are all
+    answered by the sidecar (403), none refused by overload control; their Call-IDs."""
     deadline = time.monotonic() + 10
     while _level(lab) > 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _level(lab) == 0
-    # ... and calls reach the sidecar again, none refused by overload control.
     shed_before = _shed(lab)
-    after = paced(caller, [f"after-{i}" for i in range(20)], 0.02)
+    after = paced(caller, [f"{tag}-{i}" for i in range(20)], 0.02)
     assert [caller.replies[c].code for c in after] == [403] * 20
     assert _shed(lab) == shed_before
-    assert set(after) <= {e["call_id"] for e in sidecar.of_kind("offer")}
+    return after
 
 
 def paced(caller: Caller, ids: list[str], gap_s: float) -> list[str]:
@@ -218,11 +224,4 @@ def test_a_sidecar_that_answers_late_makes_kamailio_shed_before_it_must_say_busy
     assert _shed(lab) == len(shed)
 
     delay[0] = 0.0  # answers in time again
-    deadline = time.monotonic() + 10
-    while _level(lab) > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _level(lab) == 0
-    shed_before = _shed(lab)
-    after = paced(caller, [f"in-time-{i}" for i in range(20)], 0.02)
-    assert [caller.replies[c].code for c in after] == [403] * 20
-    assert _shed(lab) == shed_before
+    _calm_again(lab, caller, "in-time")
