@@ -50,8 +50,10 @@ def sim(tmp_path: Path) -> Sim:
 
 def test_invoice_command_issues_renders_and_rerenders(tmp_path: Path, sim: Sim) -> None:
     (tmp_path / "sidecar.toml").write_text(CONFIG)
-    early = run(tmp_path, "invoice", "--account", "ACME", "--period", "2026-11", ok=False)
+    early = run(tmp_path, "invoice", "--account", "ACME", "--period", "2026-11", "--date",
+                "2026-11-30T23:59", ok=False)
     assert early.returncode == 1 and "has not ended yet" in early.stderr
+    assert not (tmp_path / "INV-000001.html").exists()
     out = run(tmp_path, "invoice", "--account", "ACME", "--period", "2026-11", "--config",
               "sidecar.toml", "--out", "out", "--date", "2026-12-01T09:00", "--json")
     doc = json.loads(out.stdout)
