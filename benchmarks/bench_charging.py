@@ -147,6 +147,9 @@ class Core:
     ``pump`` is what the event loop does with the writer's answers."""
 
     def __init__(self, target: str | Path, journal: str | Path, node: str = "") -> None:
+        # As ``sidecar run``: the writer thread gets the interpreter lock back within 1 ms
+        # (not 5) of wanting it, so its answers reach the core while it works.
+        sys.setswitchinterval(0.001)
         self.events: queue.SimpleQueue[WriterEvent] = queue.SimpleQueue()
         self.book = AccountBook()
         self.plans: dict[str, PlanRates] = {}

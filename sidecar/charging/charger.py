@@ -28,7 +28,7 @@ import heapq
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -50,6 +50,7 @@ from .commands import (
     ChainPart,
     CostTo,
     Flag,
+    FloatHold,
     Outcome,
     Reserve,
     Settle,
@@ -83,7 +84,7 @@ from .settle import (
     settle_amounts,
     settle_prepaid,
 )
-from .tiers import Upline, grant_chain
+from .tiers import Float, Upline, grant_chain
 
 log = logging.getLogger("sidecar.charging")
 
@@ -114,12 +115,19 @@ class ChargingConfig:
     small balance take turns instead of one call holding it all.
     ``low_credit_chunks``: credit is low when it covers fewer than this many chunks for
     every live call on the account (the new one included).
+    ``float_chunks``: a float on a reseller (``tiers.py``) is topped up by this many of
+    the chunk that asked, when it holds fewer than ``float_low_chunks`` of them and the
+    reseller has twice the top-up available (0: no floats, a hold per call and tier).
+    ``float_idle_ms``: a float nothing drew on for this long is given back.
     """
 
     renew_lead_ms: int = 5_000
     min_chunk_seconds: int = 6
     low_credit_chunks: int = 2
     remember_ended: int = 100_000
+    float_chunks: int = 50
+    float_low_chunks: int = 10
+    float_idle_ms: int = 10_000
 
 
 @dataclass
@@ -169,6 +177,12 @@ class CallSession:
         return self.billable_ms + self.paid_seconds * 1000
 
 
+#: A float holds what its reseller's calls on this node draw in this long (at least
+#: ``float_chunks`` chunks): a busy reseller's float is topped up about as often as a
+#: quiet one's.
+FLOAT_SPAN_MS = 2_000
+
+
 class _Immediate:
     """Synchronous store use: each command applied at once in its own transaction and
     its outcome handed straight back to the charger."""
@@ -208,11 +222,20 @@ class Charger:
         self._seq = 0
         self._inflight: dict[int, StoreCommand] = {}
         self._out: list[Action] = []
+        #: This node's floats on resellers (``tiers.py``), by reseller; when :meth:`tick`
+        #: next looks for idle ones.
+        self.floats: dict[str, Float] = {}
+        self._floats_due = 0
         # Prices of (line, seconds) already computed: chunk boundaries and common call
         # lengths repeat across calls. Keyed by id(line), the line kept to check identity.
         self._prices: dict[tuple[int, int], tuple[RateLine, Price]] = {}
         self._lines: dict[int, tuple[RateLine, dict[str, str]]] = {}
         self._caps: dict[tuple[int, Decimal], tuple[RateLine, int]] = {}
+        #: A tier's price of a call: (line, tier, reseller, seconds, credit, the net
+        #: price and currency of the tier below) -> its TierPrice.
+        self._tier_kept: dict[tuple[Any, ...], tuple[RateLine, TierPrice]] = {}
+        #: A tier's price of a chunk: (line, paid seconds, seconds) -> the difference.
+        self._spans: dict[tuple[int, int, int], tuple[RateLine, Decimal]] = {}
         self._fits: dict[tuple[int, int], tuple[RateLine, Fit]] = {}
         #: False after the store failed to commit, until it commits again: new calls are
         #: refused (503) meanwhile.
@@ -551,6 +574,10 @@ class Charger:
             due = router.next_deadline()
             if due is not None and due <= now_ms:
                 self._health(router.tick(now_ms))
+        if self.floats and now_ms >= self._floats_due:
+            idle = self.config.float_idle_ms
+            self.release_floats(now_ms, idle)
+            self._floats_due = now_ms + idle // 2
         return self._take()
 
     def knows(self, call_ref: str) -> bool:
@@ -561,6 +588,8 @@ class Charger:
         """When :meth:`tick` next has something to do (ms), or None."""
         timers = self._timers
         due = self.router.next_deadline() if self.router is not None else None
+        if self.floats and any(f.free > ZERO for f in self.floats.values()):
+            due = self._floats_due if due is None else min(due, self._floats_due)
         while timers:
             deadline, gen, ref = timers[0]
             s = self.sessions.get(ref)
@@ -573,7 +602,8 @@ class Charger:
               answered_ms: int | None, paid_seconds: int = 0, reserved: Decimal = ZERO,
               call_id: str = "", supervise: bool = True, bundle: str = "",
               bundle_period: int | None = None, bundle_held: int = 0,
-              tier_holds: dict[str, Decimal] | None = None) -> list[Action]:
+              tier_holds: dict[str, Decimal] | None = None,
+              tier_draws: dict[str, Decimal] | None = None) -> list[Action]:
         """Take charge of a call this process did not see start (after a restart or a lost
         connection): from its store record (paid seconds and holds) or from Kamailio's
         dialog list. Billing resumes where the record says; credit control resumes now
@@ -616,6 +646,10 @@ class Charger:
                           call_ref, stop[1])
             for u in ups:
                 u.reserved = (tier_holds or {}).get(u.account, ZERO)
+                u.drawn = (tier_draws or {}).get(u.account, ZERO)
+                f = self.floats.get(u.account)
+                if f is not None and u.drawn:  # its draws are not free in the float
+                    f.free = max(f.free - u.drawn, ZERO)
             s.uplines = ups
         if bundle and bundle_period is not None:  # the bundle seconds its record holds
             s.bundle_key = (acc.code, bundle, bundle_period)
@@ -891,22 +925,27 @@ class Charger:
         answered = cdr.disposition is Disposition.ANSWERED
         below_net, below_ccy = cdr.cost - cdr.credited, cdr.currency
         out: list[TierPrice] = []
+        kept = self._tier_kept
         for i, u in enumerate(s.uplines, 1):
             ul = u.line
-            if answered:
-                p = self._price(ul, self.plans(u.plan).table.rounding_seconds(
-                    cdr.duration_ms))
+            secs = self.plans(u.plan).table.rounding_seconds(cdr.duration_ms) \
+                if answered else -1
+            key = (id(ul), i, u.account, secs, credit, below_net, below_ccy)
+            hit = kept.get(key)  # calls of one length on one line: the same prices
+            if hit is not None and hit[0] is ul:
+                t = hit[1]
             else:
-                p = _NO_PRICE
-            credited = p.cost if credit else ZERO
-            net = p.cost - credited
-            out.append(TierPrice(
-                i, u.account, u.plan, ul.currency, ul.destination, ul.prefix, ul.rate,
-                self._line_fields(ul)["increment"], p.billed_seconds, p.usage,
-                p.connection_fee, p.surcharge,
-                p.minimum_uplift, p.cost, credited,
-                below_net - net if ul.currency == below_ccy else None))
-            below_net, below_ccy = net, ul.currency
+                p = self._price(ul, secs) if answered else _NO_PRICE
+                credited = p.cost if credit else ZERO
+                net = p.cost - credited
+                t = _remember(kept, key, ul, TierPrice(
+                    i, u.account, u.plan, ul.currency, ul.destination, ul.prefix, ul.rate,
+                    self._line_fields(ul)["increment"], p.billed_seconds, p.usage,
+                    p.connection_fee, p.surcharge,
+                    p.minimum_uplift, p.cost, credited,
+                    below_net - net if ul.currency == below_ccy else None))
+            out.append(t)
+            below_net, below_ccy = t.cost - t.credited, ul.currency
         return tuple(out)
 
     def _settle(self, cdr: Cdr, now_ms: int, held: Decimal, bundle_held: int = 0,
@@ -929,6 +968,8 @@ class Charger:
         book = self.book
         for t in tiers:
             t_held = (tier_held or {}).get(t.account, ZERO)
+            if not t_held:  # drawn from a float only: the view catches up at the commit
+                continue  # (its balance is lower until then: what it gets back is not in)
             bal = book.prepaid_balance(t.account)  # (no view built for it)
             if bal is not None:
                 effect = settle_prepaid(bal, t_held, t.cost, t.credited).effect
@@ -1049,13 +1090,19 @@ class Charger:
                 want = self._price(line, target).cost - base
                 fit = self._fit(line, paid, base)
             chain: tuple[ChainPart, ...] = ()
+            draws: tuple[tuple[str, Decimal], ...] = ()
             if acc is None:  # the account is gone: nothing more can be reserved
                 granted, seconds = ZERO, paid
             elif s.uplines:  # every tier covers the same seconds (tiers.py)
-                if cost_to is None:
-                    cost_to = _cost_to(line, base)
-                granted, seconds, chain = self._chain_grant(
-                    s, acc, want, fit, cost_to, target, paid, now_ms)
+                drawn = self._float_grant(s, acc, want, fit, target, paid, now_ms) \
+                    if self.config.float_chunks else None
+                if drawn is not None:
+                    granted, seconds, draws = drawn
+                else:
+                    if cost_to is None:
+                        cost_to = _cost_to(line, base)
+                    granted, seconds, chain = self._chain_grant(
+                        s, acc, want, fit, cost_to, target, paid, now_ms)
             else:
                 granted, seconds = grant(acc, want, target, fit, paid)
             if granted > 0 or seconds > paid:  # seconds for nothing: a free destination
@@ -1073,7 +1120,7 @@ class Charger:
                                     view_after=False)
                     u.reserved += part.amount
                 self._submit(Reserve(seq, s.account, s.call_ref, granted, seconds, paid, fit,
-                                     live, now_ms, draw, chain, cost_to))
+                                     live, now_ms, draw, chain, cost_to, draws))
                 if acc is not None and after is not None and granted:
                     self._thresholds(acc, after, now_ms, actions)
                     self._spent(after, granted, now_ms)
@@ -1101,6 +1148,120 @@ class Charger:
                 return
             if s.ending:  # the store's answer (in synchronous use) ended it meanwhile
                 return
+
+    def _float_grant(self, s: CallSession, acc: Account, want: Decimal, fit: Fit,
+                     target: int, paid: int, now_ms: int
+                     ) -> tuple[Decimal, int, tuple[tuple[str, Decimal], ...]] | None:
+        """A chunk of a call below resellers drawn from this node's floats on them: (what
+        the account grants, the seconds, each tier's draw); None when a float cannot
+        cover its tier's part (the per-call path then takes the chunk). Tops up floats
+        running low, and gives back the remainder of one that cannot be topped up."""
+        granted, seconds = grant(acc, want, target, fit, paid)
+        floats = self.floats
+        price = self._price
+        ups = s.uplines
+        amounts = []
+        short = False
+        spans = self._spans
+        for u in ups:
+            ul = u.line
+            hit = spans.get((id(ul), paid, seconds))
+            if hit is not None and hit[0] is ul:
+                a = hit[1]
+            else:
+                a = price(ul, seconds).cost - price(ul, paid).cost if paid else \
+                    price(ul, seconds).cost
+                _remember(spans, (id(ul), paid, seconds), ul, a)
+            amounts.append(a)
+            f = floats.get(u.account)
+            if f is None:
+                f = floats[u.account] = Float(used_ms=now_ms, since_ms=now_ms)
+            f.drawn += a  # (what its calls ask of it, drawn from it or not)
+            free = f.free
+            if free < a:
+                self._float_more(u.account, f, a, now_ms, give_back=not f.asking)
+                if f.free < a:  # (topped up, it is counted at once: it covers the chunk)
+                    short = True
+            elif free < f.low:
+                self._float_more(u.account, f, a, now_ms, give_back=False)
+        if short:
+            return None
+        draws = []
+        for u, a in zip(ups, amounts, strict=True):
+            f = floats[u.account]
+            f.free -= a
+            f.used_ms = now_ms
+            u.drawn += a
+            if a:
+                draws.append((u.account, a))
+        return granted, seconds, tuple(draws)
+
+    def _float_more(self, code: str, f: Float, chunk: Decimal, now_ms: int, *,
+                    give_back: bool) -> None:
+        """Top a float up by ``float_chunks`` chunks when the reseller has twice that
+        available; else, with ``give_back`` (the float cannot cover the chunk), give back
+        what it holds: the reseller runs low, and its last credit must be where every
+        call can reserve it."""
+        if chunk <= ZERO:
+            return
+        amount = chunk * self.config.float_chunks
+        if f.drawn and now_ms > f.since_ms:  # what it drains in FLOAT_SPAN_MS, if more
+            amount = max(amount, (f.drawn * FLOAT_SPAN_MS / (now_ms - f.since_ms)
+                                  ).quantize(chunk))
+        avail = self.book.available(code, now_ms)
+        if avail is not None and avail >= amount + amount:
+            f.low = self._float_low(f, chunk, now_ms)
+            f.asking += 1
+            f.free += amount  # drawn on at once: the store applies it before the draws
+            f.drawn = ZERO
+            f.since_ms = now_ms
+            seq = self._next_seq()
+            self.book.apply(seq, code, reserve_effect(amount), view_after=False)
+            self._submit(FloatHold(seq, code, amount, now_ms))
+        elif give_back and f.free > ZERO:
+            self._float_give_back(code, f, now_ms)
+
+    def _float_low(self, f: Float, chunk: Decimal, now_ms: int) -> Decimal:
+        """Below this, a float asks for more: ``float_low_chunks`` chunks, or what it
+        drains in a quarter of ``FLOAT_SPAN_MS`` (a top-up's round trip to the store,
+        with room to spare), if more."""
+        low = chunk * self.config.float_low_chunks
+        if f.drawn and now_ms > f.since_ms:
+            drain = f.drawn * (FLOAT_SPAN_MS // 4) / (now_ms - f.since_ms)
+            if drain > low:
+                return drain
+        return low
+
+    def _float_give_back(self, code: str, f: Float, now_ms: int) -> None:
+        amount = f.free
+        f.free = ZERO
+        seq = self._next_seq()
+        self.book.apply(seq, code, reserve_effect(-amount), view_after=False)
+        self._submit(FloatHold(seq, code, -amount, now_ms))
+
+    def release_floats(self, now_ms: int, idle_ms: int | None = None) -> None:
+        """Give back what floats hold undrawn: every float's (``idle_ms`` None: the
+        sidecar stops), or those of floats nothing drew on for ``idle_ms``."""
+        for code, f in self.floats.items():
+            if f.free > ZERO and not f.asking and (
+                    idle_ms is None or now_ms - f.used_ms >= idle_ms):
+                self._float_give_back(code, f, now_ms)
+
+    def load_floats(self, held: Mapping[str, Decimal]) -> None:
+        """This node's floats as the store holds them (a restart): free until the calls
+        adopted from the store take their draws out (:meth:`adopt`)."""
+        for code, amount in held.items():
+            self.floats[code] = Float(free=amount)
+
+    def _on_float(self, cmd: FloatHold, o: Outcome) -> None:
+        f = self.floats.get(cmd.account)
+        if f is None:
+            f = self.floats[cmd.account] = Float(used_ms=cmd.now_ms)
+        if cmd.amount > ZERO:  # counted free when asked: less if the store had less
+            f.asking -= 1
+            f.free -= cmd.amount - (o.granted if o.ok else ZERO)
+        elif not o.ok:  # not given back: still held, still free
+            f.free -= cmd.amount
 
     def _chain_grant(self, s: CallSession, acc: Account, want: Decimal, fit: Fit,
                      cost_to: CostTo, target: int, paid: int, now_ms: int
@@ -1151,6 +1312,12 @@ class Charger:
 
     def _on_reserved(self, cmd: Reserve, o: Outcome, now_ms: int,
                      actions: list[Action]) -> None:
+        refused = bool(cmd.float_draws) and (not o.ok or not o.chain_granted)
+        if refused:  # not recorded: failed (free again), or a float had less (none free)
+            for code, a in cmd.float_draws:
+                f = self.floats.get(code)
+                if f is not None:
+                    f.free = f.free + a if not o.ok else min(f.free, ZERO)
         s = self.sessions.get(cmd.call_ref)
         if s is None:
             return  # already settled: the settlement released whatever was held
@@ -1160,6 +1327,10 @@ class Charger:
             got = o.chain_granted or (ZERO,) * len(cmd.chain)
             for u, part, g in zip(s.uplines, cmd.chain, got, strict=False):
                 u.reserved += g - part.amount
+        if refused:
+            drew = dict(cmd.float_draws)
+            for u in s.uplines:
+                u.drawn -= drew.get(u.account, ZERO)
         if not o.ok:
             s.reserved -= cmd.amount
             if s.ending:
@@ -1293,6 +1464,8 @@ class Charger:
                 self._on_reserved(cmd, o, now_ms, actions)
             elif isinstance(cmd, Settle):
                 self._on_settled(cmd, o, actions)
+            elif isinstance(cmd, FloatHold):
+                self._on_float(cmd, o)
             elif isinstance(cmd, Flag):
                 if not o.ok and not o.journaled:
                     log.error("fraud rule %s (%s) on %s NOT recorded: %s", cmd.rule,

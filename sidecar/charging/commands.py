@@ -98,6 +98,10 @@ class Reserve(NamedTuple):
     #: (``tiers.grant_chain``); ``cost_to``: the account's own price of ``d`` seconds.
     chain: tuple[ChainPart, ...] = ()
     cost_to: CostTo | None = None
+    #: What this chunk drew from this node's floats on the resellers above the account
+    #: (``FloatHold``), nearest first: (reseller, amount). The core decided it from the
+    #: floats it holds; the store records it on the live call, for the settlement.
+    float_draws: tuple[tuple[str, Decimal], ...] = ()
 
 
 class Settle(NamedTuple):
@@ -115,6 +119,21 @@ class Settle(NamedTuple):
     reprice: Callable[[int], None] | None = None
     #: A call below resellers: its price at each (the store charges them).
     tiers: tuple[TierPrice, ...] = ()
+
+
+class FloatHold(NamedTuple):
+    """Move credit between a reseller's balance and a node's float on it
+    (``reseller_floats``): ``amount`` > 0 holds up to that much (what the reseller has
+    available, at most: the outcome's ``granted``), < 0 gives up to that much back (the
+    outcome's ``granted`` is minus what was given back). ``node``: whose float (None: the
+    node applying it); another node's only when its lease ran out and no call of it is
+    left (``store.writer``)."""
+
+    seq: int
+    account: str
+    amount: Decimal
+    now_ms: int
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +182,7 @@ class CarrierHealth:
     account: str = ""  # no account's money moves
 
 
-StoreCommand = Reserve | Settle | Topup | Flag | CarrierHealth
+StoreCommand = Reserve | Settle | Topup | Flag | CarrierHealth | FloatHold
 
 
 class Outcome(NamedTuple):

@@ -4,11 +4,23 @@ pays its own price, reserved and charged together.
 An account marked ``reseller`` is charged for the calls of every account below it, at
 its own plan's price for the call; its customers pay theirs. The chain of a call is its
 account, then each reseller above it, nearest first (at most four tiers in all, as the
-account tree). A reservation covers the same seconds on every tier: when one tier cannot
-pay for the chunk, every tier reserves for the seconds that tier can pay for, so a
+account tree). A reservation covers the same seconds on every tier: when one tier
+cannot pay for the chunk, every tier reserves for the seconds that tier can pay for, so a
 reseller out of credit stops its customers' calls as a customer out of credit stops its
 own. The core decides from its view; the store applies :func:`grant_chain` again to the
 accounts it holds locked, in one transaction.
+
+Floats: that path costs a hold per call and tier, and the store work of each. A node
+instead holds a float of each busy reseller's credit (``FloatHold``: moved from its
+balance to its holds, as a call's reservation is) and draws its customers' chunks from it
+in memory; a chunk's draws ride on the customer's own reservation (recorded on the live
+call), and the settlement charges each tier's price out of the call's draws (what is left
+of them goes back to the reseller's balance). A chunk that some float cannot cover in
+full takes the per-call path; a float that cannot be topped up (the reseller has less
+than twice a top-up available) gives its remainder back first, so that the reseller's
+last credit is where every call and node can reserve it. Nothing else changes: every
+tier covers the same seconds, a reseller's credit is never spent twice, and a reseller
+out of credit still stops its customers' calls.
 """
 
 from __future__ import annotations
@@ -37,6 +49,23 @@ class Upline:
     line: RateLine
     reserved: Decimal = ZERO
     fx_rate: Decimal | None = None  # its plan rates in another currency than it pays in
+    drawn: Decimal = ZERO  # what the call drew from this node's float on it
+
+
+@dataclass(slots=True)
+class Float:
+    """This node's float on a reseller, as the core sees it: ``free``, what it holds that
+    no live call has drawn (the store holds ``free`` + the live calls' draws); ``asking``:
+    top-ups on their way to the store (counted in ``free`` already); ``used_ms``: its last draw."""
+
+    free: Decimal = ZERO
+    asking: int = 0
+    used_ms: int = 0
+    #: What its calls' chunks asked of it since ``since_ms`` (the last top-up asked):
+    #: how fast it drains.
+    drawn: Decimal = ZERO
+    since_ms: int = 0
+    low: Decimal = ZERO  # below this, it asks for more (set with each top-up)
 
 
 def grant_chain(leaf: tuple[Account | None, Decimal, Fit, CostTo],

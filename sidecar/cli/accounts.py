@@ -127,8 +127,14 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
     lims = limits_json(ctx.conn, account=code)
     rows = ctx.conn.execute("SELECT ts_ms, kind, amount, call_ref, note FROM ledger WHERE "
                             "account = ? ORDER BY id DESC LIMIT 20", (code,)).fetchall()
+    # A reseller's credit the nodes hold for its customers' chunks (part of ``held``).
+    floats = [(str(n), Decimal(str(h)), Decimal(str(d))) for n, h, d in ctx.conn.execute(
+        "SELECT node, held, drawn FROM reseller_floats WHERE account = ? ORDER BY node",
+        (code,)).fetchall() if Decimal(str(h))]
     if as_json:
         emit_json({**acc.to_dict(), "effective_limits": lims["effective"],
+                   "floats": [{"node": n, "held": str(h), "drawn": str(d)}
+                              for n, h, d in floats],
                    "limits_source": lims["source"],
                    "sip": [{"kind": k, "value": v} for k, v, _ in maps],
                    "ledger": [{"ts": iso(r[0]), "kind": r[1], "amount": _money(r[2]),
@@ -148,6 +154,9 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
         console.print("reseller: the calls of the accounts below it are charged to it too")
     console.print(f"balance {fmt(acc.balance)} {acc.currency} (held {fmt(acc.held)}, "
                   f"available {fmt(acc.available())})")
+    for node, held, drawn in floats:
+        console.print(f"float of node {escape(node or '(default)')}: {fmt(held)} held for "
+                      f"its customers' calls, {fmt(drawn)} of it drawn by live calls")
     if acc.kind is AccountKind.POSTPAID:
         console.print(f"credit limit {fmt(acc.credit_limit)}; today {fmt(acc.day_spend)}"
                       f"{f' of {fmt(acc.daily_cap)}' if acc.daily_cap is not None else ''}; "

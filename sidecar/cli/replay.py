@@ -191,6 +191,8 @@ def replay_cmd(ctx: Context, capture: Path, plan: str | None, write_db: str | No
     except CaptureError as exc:
         fail(str(exc))
         return
+    # Resellers' floats the replay opened go back to the resellers, as when a sidecar stops.
+    charger.release_floats(int((result.last_ts or 0) * 1000))
     if as_json:
         emit_json({"file": str(capture), "calls": [r.to_dict() for r in result.calls],
                    "summary": _summary(result)})

@@ -190,6 +190,8 @@ class Sidecar:
             for t in list(self._tasks):
                 t.cancel()
             self.rpc.close()
+            if self._ready.is_set():  # what floats hold undrawn goes back to the resellers
+                self.charger.release_floats(wall_ms())
             await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
             pending = self.charger.inflight()
             if pending:
@@ -234,6 +236,8 @@ class Sidecar:
         if ev.plans and not ev.first:
             log.info("rate plans reloaded: %s", ", ".join(sorted(ev.plans)))
         if ev.first:
+            if ev.floats:  # this node's floats on resellers, as a restart finds them
+                self.charger.load_floats(ev.floats)
             self._stored_calls = ev.live_calls
             for (account, country), last_ms in ev.called.items():
                 self.charger.guard.seed(account, country, last_ms)
@@ -258,7 +262,9 @@ class Sidecar:
                 bundle_period=None if row.get("bundle_period") is None else int(str(
                     row["bundle_period"])),
                 tier_holds={str(a): Decimal(str(v)) for a, v in json.loads(
-                    str(row.get("tier_holds") or "{}")).items()}))
+                    str(row.get("tier_holds") or "{}")).items()},
+                tier_draws={str(a): Decimal(str(v)) for a, v in json.loads(
+                    str(row.get("tier_draws") or "{}")).items()}))
             if ref in self.charger.sessions:
                 self._unsupervised.add(ref)
         self._stored_calls = []

@@ -301,7 +301,7 @@ class SqlLedger:
 
     _LIVE = ("SELECT call_ref, account, number, destination, prefix, rate, increment, "
              "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms, bundle, "
-             "bundle_period, bundle_held, tier_holds FROM live_calls")
+             "bundle_period, bundle_held, tier_holds, tier_draws FROM live_calls")
 
     def live_calls(self, node: str | None = None) -> list[dict[str, object]]:
         """The calls the store holds reservations for; with ``node``, that node's only
@@ -320,8 +320,30 @@ class SqlLedger:
         Returns how many calls it holds."""
         d = self.dialect
         with self.connection() as conn, d.transaction(conn):
+            d.execute(conn, "UPDATE reseller_floats SET lease_ms = ? WHERE node = ?",
+                      (now_ms + self.lease_ms, self.node))
             return int(d.execute(conn, "UPDATE live_calls SET lease_ms = ? WHERE node = ?",
                                  (now_ms + self.lease_ms, self.node)).rowcount)
+
+    def floats(self, node: str | None = None) -> dict[str, Decimal]:
+        """What ``node``'s floats (this node's by default) hold on each reseller."""
+        with self.connection() as conn:
+            got = {str(code): Decimal(str(held)) for code, held in self.dialect.execute(
+                conn, "SELECT account, held FROM reseller_floats WHERE node = ?",
+                (self.node if node is None else node,))}
+        return {code: held for code, held in got.items() if held}
+
+    def expired_floats(self, now_ms: int) -> list[tuple[str, str, Decimal]]:
+        """Other nodes' floats whose lease ran out before ``now_ms`` and whose node has no
+        live call left (its calls were settled: nothing will draw on them): (node,
+        reseller, held), to give back to the resellers' balances."""
+        d = self.dialect
+        with self.connection() as conn:
+            got = [(str(n), str(a), Decimal(str(h))) for n, a, h in d.execute(
+                conn, "SELECT f.node, f.account, f.held FROM reseller_floats f WHERE "
+                "f.node <> ? AND f.node <> '' AND f.lease_ms < ? AND NOT EXISTS (SELECT 1 "
+                "FROM live_calls l WHERE l.node = f.node)", (self.node, now_ms))]
+        return [f for f in got if f[2]]
 
     def _live_rows(self, q: str, args: Sequence[object]) -> list[dict[str, object]]:
         with self.connection() as conn:
@@ -438,12 +460,14 @@ def verify_ledger(conn: Connection, dialect: Dialect | None = None) -> list[Ledg
 
 def _verify(conn: Connection, d: Dialect) -> list[LedgerCheck]:
     out = []
-    # Holds on resellers for their customers' live calls, and what the resellers' tier
-    # rows say they were charged.
+    # Holds on resellers for their customers' live calls (each call's own, and the nodes'
+    # floats its draws come from), and what the resellers' tier rows say they were charged.
     tier_holds: dict[str, Decimal] = {}
     for (th,) in d.execute(conn, "SELECT tier_holds FROM live_calls WHERE tier_holds <> ''"):
         for code, v in json.loads(str(th)).items():
             tier_holds[code] = tier_holds.get(code, ZERO) + Decimal(str(v))
+    for code, held in d.execute(conn, "SELECT account, held FROM reseller_floats"):
+        tier_holds[str(code)] = tier_holds.get(str(code), ZERO) + Decimal(str(held))
     tier_charged: dict[str, tuple[Decimal, Decimal]] = {}
     for code, charged, credited in d.execute(
             conn, "SELECT account, charged, credited FROM cdr_tiers"):

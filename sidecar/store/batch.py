@@ -22,10 +22,12 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from enum import Enum
+from typing import Any
 
 from ..charging.commands import (
     CarrierHealth,
     Flag,
+    FloatHold,
     Outcome,
     Reserve,
     Settle,
@@ -34,7 +36,7 @@ from ..charging.commands import (
     Topup,
     UsageKey,
 )
-from ..charging.model import Account, Cdr, Settlement
+from ..charging.model import Account, AccountKind, Cdr, Settlement
 from ..charging.settle import Effect, evolve, grant, rolled, settle_amounts
 from ..charging.tiers import grant_chain
 from ..money import ZERO, to_text
@@ -55,25 +57,29 @@ _CDRS = Bulk(CDR_INSERT, copy=f"COPY cdrs ({_CDR_COLUMNS}) FROM STDIN")
 # its lease.
 _LIVE_COLUMNS = ("call_ref, account, number, destination, prefix, rate, increment, "
                  "answered_ms, paid_seconds, reserved, updated_ms, node, lease_ms, bundle, "
-                 "bundle_period, bundle_held, tier_holds")
+                 "bundle_period, bundle_held, tier_holds, tier_draws")
 _LIVE_CONFLICT = ("ON CONFLICT (call_ref) DO UPDATE SET paid_seconds = excluded.paid_seconds, "
                   "reserved = excluded.reserved, updated_ms = excluded.updated_ms, "
                   "lease_ms = excluded.lease_ms, bundle = excluded.bundle, "
                   "bundle_period = excluded.bundle_period, bundle_held = excluded.bundle_held, "
-                  "tier_holds = excluded.tier_holds")
+                  "tier_holds = excluded.tier_holds, tier_draws = excluded.tier_draws")
 _LIVE = Bulk(
     f"INSERT INTO live_calls ({_LIVE_COLUMNS}) VALUES "
-    f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) " + _LIVE_CONFLICT,
+    f"(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) " + _LIVE_CONFLICT,
     unnest=f"INSERT INTO live_calls ({_LIVE_COLUMNS}) SELECT * FROM {{rows}} "
            + _LIVE_CONFLICT,
     types=("text", "text", "text", "text", "text", "numeric", "text", "bigint", "integer",
-           "numeric", "bigint", "text", "bigint", "text", "bigint", "integer", "text"))
+           "numeric", "bigint", "text", "bigint", "text", "bigint", "integer", "text",
+           "text"))
 _TIER_COLUMNS = ("call_ref, tier, account, plan, currency, destination, prefix, rate, "
                  "increment, billed_seconds, usage, connection_fee, surcharge, "
                  "minimum_uplift, cost, charged, written_off, credited, margin, ended_ms")
 _TIERS = Bulk(f"INSERT INTO cdr_tiers ({_TIER_COLUMNS}) VALUES "
               f"({', '.join('?' for _ in _TIER_COLUMNS.split(', '))})",
               copy=f"COPY cdr_tiers ({_TIER_COLUMNS}) FROM STDIN")
+_FLOATS = Bulk("INSERT INTO reseller_floats (node, account, held, drawn, lease_ms) VALUES "
+               "(?, ?, ?, ?, ?) ON CONFLICT (node, account) DO UPDATE SET held = excluded.held, "
+               "drawn = excluded.drawn, lease_ms = excluded.lease_ms")
 _USAGE = Bulk("INSERT INTO bundle_usage (account, bundle, period_start, used_seconds, "
               "held_seconds) VALUES (?, ?, ?, ?, ?) ON CONFLICT (account, bundle, "
               "period_start) DO UPDATE SET used_seconds = excluded.used_seconds, "
@@ -97,6 +103,9 @@ _KEYS = Bulk("INSERT INTO applied_keys (key, applied_ms) VALUES (?, ?)",
 _FRAUD_COLUMNS = "ts_ms, account, rule, action, reason, evidence, node, key"
 _FRAUD = Bulk(f"INSERT INTO fraud_events ({_FRAUD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
               copy=f"COPY fraud_events ({_FRAUD_COLUMNS}) FROM STDIN")
+
+
+_PREPAID = AccountKind.PREPAID
 
 
 class UnknownAccount(LookupError):
@@ -183,10 +192,18 @@ class Batch:
         #: cdr_tiers rows to write.
         self._tholds: dict[str, dict[str, Decimal]] = {}
         self._tiers: list[tuple[object, ...]] = []
+        #: Resellers' floats: per call, what it drew from them (``Reserve.float_draws``);
+        #: (node, reseller) -> what the float holds, as this batch leaves it.
+        self._tdraws: dict[str, dict[str, Decimal]] = {}
+        self._floats: dict[tuple[str, str], list[Decimal]] = {}  # [held, drawn]
+        self._floats_dirty: set[tuple[str, str]] = set()
+        #: Prepaid resellers' settlements added up: [balance, held, spend, last ms].
+        self._tdelta: dict[str, list[Any]] = {}
         #: Resellers' charges for their customers' calls: (account, UTC day) -> (first
         #: time, sum, calls): one ledger row each.
         self._resold: dict[tuple[str, int], tuple[int, Decimal, int]] = {}
         self._texts: dict[int, tuple[Decimal, object]] = {}
+        self._tprices: dict[int, tuple[TierPrice, tuple[object, ...], object]] = {}
         self._zero = self._m(ZERO)
         self._prefetch(cmds)
 
@@ -207,6 +224,8 @@ class Batch:
                     refs.add(c.call_ref)  # (a call settled already gets no more)
                     for p in c.chain:
                         codes.setdefault(p.account, c.now_ms)
+                    for code, _a in c.float_draws:  # (in case the call settles here)
+                        codes.setdefault(code, c.now_ms)
         d = self.dialect
         # Accounts first, in code order: where rows are locked, every batch takes the
         # locks in the same order, and what is read next is what the last transaction on
@@ -220,13 +239,16 @@ class Batch:
                 self.accounts[code] = d.to_account(r, codes[code])
         for part in _chunks(refs, n):
             where, args = d.any_of("call_ref", part)
-            for ref, reserved, node, lease, account, bundle, period, bheld, th in d.execute(
-                    self.conn, "SELECT call_ref, reserved, node, lease_ms, account, bundle, "
-                    f"bundle_period, bundle_held, tier_holds FROM live_calls WHERE {where}",
-                    args):
+            for ref, reserved, node, lease, account, bundle, period, bheld, th, td in \
+                    d.execute(self.conn, "SELECT call_ref, reserved, node, lease_ms, account, "
+                              "bundle, bundle_period, bundle_held, tier_holds, tier_draws "
+                              f"FROM live_calls WHERE {where}", args):
                 if th:
                     self._tholds[str(ref)] = {str(a): Decimal(str(v))
                                               for a, v in json.loads(str(th)).items()}
+                if td:
+                    self._tdraws[str(ref)] = {str(a): Decimal(str(v))
+                                              for a, v in json.loads(str(td)).items()}
                 self._held[str(ref)] = Decimal(str(reserved))
                 self._stored.add(str(ref))
                 self._owner[str(ref)] = (str(node), int(lease))
@@ -246,6 +268,17 @@ class Batch:
                 keys.add((c.cdr.account, c.cdr.bundle, c.cdr.bundle_period))
         if keys:
             self._prefetch_bundles(keys)
+        floats = {code for c in cmds if isinstance(c, FloatHold) for code in (c.account,)}
+        floats.update(code for c in cmds if isinstance(c, Reserve) for code, _a in c.float_draws)
+        for draws in self._tdraws.values():
+            floats.update(draws)
+        for part in _chunks(sorted(floats), n):  # (their accounts are locked already)
+            where, args = d.any_of("account", part)
+            for node, code, held, drawn in d.execute(
+                    self.conn, "SELECT node, account, held, drawn FROM reseller_floats WHERE "
+                    f"{where}", args):
+                self._floats[(str(node), str(code))] = [Decimal(str(held)),
+                                                        Decimal(str(drawn))]
 
     def _prefetch_bundles(self, keys: set[UsageKey]) -> None:
         """The usage rows (and the bundles' allowances) this batch will draw on, read in
@@ -278,10 +311,18 @@ class Batch:
             self._usage[key] = _Usage(allowance, used, held)
 
     def _account(self, code: str, now_ms: int) -> Account:
+        if code in self._tdelta:
+            self._fold(code)
         acc = self.accounts.get(code)
         if acc is None:
             raise UnknownAccount(f"account '{code}' not found")
         return rolled(acc, now_ms)
+
+    def _fold(self, code: str) -> None:
+        """Apply the settlements added up for a prepaid reseller (``_settle_tiers``):
+        balance, holds and spend, on the day of the last of them."""
+        dbal, dheld, dspend, ts = self._tdelta.pop(code)
+        self._set(Effect(dbal, dheld, dspend).apply(rolled(self.accounts[code], ts)))
 
     def _set(self, acc: Account) -> None:
         self.accounts[acc.code] = acc
@@ -335,6 +376,8 @@ class Batch:
             if isinstance(cmd, CarrierHealth):
                 self.carrier_health(cmd)
                 return Outcome(cmd.seq, True)
+            if isinstance(cmd, FloatHold):
+                return Outcome(cmd.seq, True, self.float_hold(cmd))
             return Outcome(cmd.seq, True, settlement=self.topup(cmd))
         except UnknownAccount as exc:
             return Outcome(cmd.seq, False, error=str(exc))
@@ -343,10 +386,14 @@ class Batch:
         """Hold what the core asked for, or what the account can still cover; record the
         live call (its paid time and holds) for a restart to adopt."""
         (seq, code, ref, amount, want_seconds, paid_before, fit, live, now_ms, draw, chain,
-         cost_to) = cmd
+         cost_to, float_draws) = cmd
         acc = self._account(code, now_ms)
         if ref in self._settled:  # settled already (by a node that took over): no more
             return Outcome(seq, True, ZERO, paid_before, settled_elsewhere=True)
+        if float_draws and not self._draw(ref, float_draws):
+            # A float has less free than the core thought (a top-up granted less, or
+            # failed): nothing more for the call, which ends at its paid time.
+            return Outcome(seq, True, ZERO, paid_before)
         taken = 0
         if draw is not None:  # bundle seconds first, as many as the bundle has left
             row = self._bundle(draw.key)
@@ -384,7 +431,26 @@ class Batch:
         self._live[ref] = (ref, code, get("number"), get("destination"), get("prefix"),
                            get("rate"), get("increment"), get("answered_ms"), seconds,
                            now_ms, self._owner.get(ref, self._mine)[0])
-        return Outcome(seq, True, granted, seconds, bundle_seconds=taken, chain_granted=got)
+        return Outcome(seq, True, granted, seconds, bundle_seconds=taken,
+                       chain_granted=got or tuple(a for _c, a in float_draws))
+
+    def _draw(self, ref: str, draws: tuple[tuple[str, Decimal], ...]) -> bool:
+        """A chunk's draws on this node's floats, when every float has them free."""
+        floats = self._floats
+        node = self._owner.get(ref, self._mine)[0]
+        rows = []
+        for code, a in draws:
+            row = floats.get((node, code))
+            if row is None or row[0] - row[1] < a:
+                return False
+            rows.append(row)
+        drew = self._tdraws.setdefault(ref, {})
+        dirty = self._floats_dirty
+        for (code, a), row in zip(draws, rows, strict=True):
+            row[1] += a
+            drew[code] = drew.get(code, ZERO) + a
+            dirty.add((node, code))
+        return True
 
     def settle(self, cdr: Cdr, now_ms: int, lease_ended_by: int | None = None,
                reprice: Callable[[int], None] | None = None,
@@ -428,7 +494,7 @@ class Batch:
             after = amounts.effect.apply(before)
             self._set(after)
             suspended = bool(amounts.effect.suspend_reason)
-        if tiers or ref in self._tholds:
+        if tiers or ref in self._tholds or ref in self._tdraws:
             self._settle_tiers(cdr, tiers, now_ms)
         self._live.pop(ref, None)
         if ref in self._stored:
@@ -447,16 +513,40 @@ class Batch:
         reseller does not write a ledger row per call."""
         ref = cdr.call_ref
         holds = self._tholds.pop(ref, {})
+        drew = self._tdraws.pop(ref, None)
+        owner = self._owner.get(ref, self._mine)[0]
         m = self._m
         for t in tiers:
             code = t.account
             held = holds.pop(code, ZERO)
-            if code not in self.accounts:
+            if drew:  # what it drew from the float is held for it: settled alike
+                held += self._from_float(owner, code, drew.pop(code, ZERO))
+            base = self.accounts.get(code)
+            if base is None:
                 continue
-            up = self._account(code, now_ms)
-            amounts = settle_amounts(up, held, t.cost, t.credited)
-            charged, written_off, credited = (amounts.charged, amounts.written_off,
-                                              amounts.credited)
+            cost = t.cost
+            if held >= cost and not t.credited and base.kind is _PREPAID and \
+                    base.balance >= ZERO:
+                # settle_prepaid's case of a hold that covers the price (by far the most
+                # common), added up per reseller and applied once (:meth:`_fold`).
+                charged, written_off, credited = cost, ZERO, ZERO
+                d = self._tdelta.get(code)
+                if d is not None and d[3] // 86_400_000 != now_ms // 86_400_000:
+                    self._fold(code)  # a new UTC day: the spend so far is the last day's
+                    d = None
+                if d is None:
+                    self._tdelta[code] = [held - cost, -held, cost, now_ms]
+                else:
+                    d[0] += held - cost
+                    d[1] -= held
+                    d[2] += cost
+                    d[3] = now_ms
+            else:
+                up = self._account(code, now_ms)
+                amounts = settle_amounts(up, held, cost, t.credited)
+                charged, written_off, credited = (amounts.charged, amounts.written_off,
+                                                  amounts.credited)
+                self._set(amounts.effect.apply(up))
             if charged:  # posted per account and day (flush): each call in cdr_tiers
                 day = (code, now_ms // 86_400_000)
                 got = self._resold.get(day)
@@ -466,18 +556,70 @@ class Batch:
                 self._ledger.append((now_ms, code, "credit", m(credited), ref,
                                      f"FAS {cdr.fas_verdict}: resold call of {cdr.account} "
                                      f"(tier {t.tier})"[:500]))
-            self._set(amounts.effect.apply(up))
-            margin = t.margin
+            price, margin = self._tier_price(t)
             mm = self._money_text
             self._tiers.append((
-                ref, t.tier, code, t.plan, t.currency, t.destination, t.prefix, mm(t.rate),
-                t.increment, t.billed_seconds, mm(t.usage), mm(t.connection_fee),
-                mm(t.surcharge), mm(t.minimum_uplift), mm(t.cost), mm(charged),
-                mm(written_off), mm(credited), None if margin is None else mm(margin),
+                ref, t.tier, code, *price, mm(charged), mm(written_off), mm(credited), margin,
                 cdr.ended_ms))
         for code, held in holds.items():  # held for a call no tier was charged for
             self._release(code, held, now_ms)
+        for code, a in (drew or {}).items():
+            self._release(code, self._from_float(owner, code, a), now_ms)
 
+    def _from_float(self, node: str, code: str, drawn: Decimal) -> Decimal:
+        """Take a settled call's draw out of its node's float on ``code``: it becomes a
+        hold of the call's (released or charged by the settlement). Never more than the
+        float holds (a float given back meanwhile: the settlement charges the balance)."""
+        row = self._floats.get((node, code))
+        if row is None:
+            return ZERO
+        take = drawn if drawn <= row[0] else row[0]
+        if take > ZERO:
+            row[0] -= take
+            row[1] = row[1] - drawn if row[1] > drawn else ZERO
+            self._floats_dirty.add((node, code))
+        return take
+
+    def float_hold(self, cmd: FloatHold) -> Decimal:
+        """Hold credit of a reseller's in a node's float, or give it back to its balance;
+        returns what was held (< 0: given back)."""
+        key = (self.node if cmd.node is None else cmd.node, cmd.account)
+        acc = self._account(cmd.account, cmd.now_ms)
+        row = self._floats.setdefault(key, [ZERO, ZERO])
+        if cmd.amount > ZERO:
+            avail = acc.available()
+            got = cmd.amount if cmd.amount <= avail else avail
+            if got <= ZERO:
+                return ZERO
+            self._set(evolve(acc, {"balance": acc.balance - got, "held": acc.held + got}))
+            row[0] += got
+        else:  # what no live call drew, at most
+            free = row[0] - row[1]
+            got = -cmd.amount if -cmd.amount <= free else free
+            if got <= ZERO:
+                return ZERO
+            self._set(evolve(acc, {"balance": acc.balance + got, "held": acc.held - got}))
+            row[0] -= got
+            got = -got
+        self._floats_dirty.add(key)
+        return got
+
+
+    def _tier_price(self, t: TierPrice) -> tuple[tuple[object, ...], object]:
+        """A tier's price as ``cdr_tiers`` columns (plan .. cost) and its margin, once per
+        price in the batch: the core hands the same TierPrice to every call of one length
+        on one line and tier."""
+        memo = self._tprices
+        hit = memo.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1], hit[2]
+        mm = self._money_text
+        cols = (t.plan, t.currency, t.destination, t.prefix, mm(t.rate), t.increment,
+                t.billed_seconds, mm(t.usage), mm(t.connection_fee), mm(t.surcharge),
+                mm(t.minimum_uplift), mm(t.cost))
+        margin = None if t.margin is None else mm(t.margin)
+        memo[id(t)] = (t, cols, margin)
+        return cols, margin
 
     def _money_text(self, v: Decimal) -> object:
         """A money parameter, remembered for the batch (the resellers' rows repeat a few
@@ -522,6 +664,9 @@ class Batch:
         self._bundle_release(ref)
         for code, h in self._tholds.pop(ref, {}).items():
             self._release(code, h, now_ms)
+        owner = self._owner.get(ref, self._mine)[0]
+        for code, a in self._tdraws.pop(ref, {}).items():
+            self._release(code, self._from_float(owner, code, a), now_ms)
         held = self._held.pop(ref, ZERO)
         self._live.pop(ref, None)
         if ref not in self._stored:
@@ -577,6 +722,8 @@ class Batch:
         c = self.conn
         write = self.dialect.write
         m = self._m
+        for code in list(self._tdelta):
+            self._fold(code)
         for (code, _day), (ts, total, n) in sorted(self._resold.items()):
             self._ledger.append((ts, code, "charge", m(-total), None,
                                  f"resold calls: {n} (detail: cdr_tiers)"))
@@ -592,15 +739,25 @@ class Batch:
         if self._live:
             held, lease, bcall = self._held, self.lease_ms, self._bcall
             rows = []
-            tholds = self._tholds
+            tholds, tdraws = self._tholds, self._tdraws
             for ref, r in self._live.items():
                 b = bcall.get(ref)
                 th = tholds.get(ref)
+                td = tdraws.get(ref)
                 rows.append((*r[:9], m(held[ref]), *r[9:], lease,
                              *((b[0][1], b[0][2], b[1]) if b else ("", None, 0)),
                              json.dumps({a: to_text(v) for a, v in th.items()}) if th
+                             else "",
+                             json.dumps({a: to_text(v) for a, v in td.items()}) if td
                              else ""))
             write(c, _LIVE, rows)
+        if self._floats_dirty:
+            # Another node's float is touched only once its lease ran out: it stays out.
+            floats = self._floats
+            write(c, _FLOATS, [(node, code, m(floats[(node, code)][0]),
+                                m(floats[(node, code)][1]),
+                                self.lease_ms if node == self.node else 0)
+                               for node, code in sorted(self._floats_dirty)])
         if self._usage:
             write(c, _USAGE, [(*key, u.used, u.held) for key, u in self._usage.items()])
         write(c, _GONE, [(r,) for r in sorted(self._gone)])

@@ -42,7 +42,10 @@ bundle (``cdrs.bundle``, ``cdrs.bundle_period``, ``cdrs.bundle_seconds``), and r
 price), each live call's holds on its resellers (``live_calls.tier_holds``, JSON) and
 each call's price at every tier (``cdr_tiers``, a row per call and reseller, for the
 CDRs' ``tiers``, the resellers' invoices and reports), and API tokens scoped to an account and the
-accounts below it (``api_tokens.account``: a reseller reads only its own subtree).
+accounts below it (``api_tokens.account``: a reseller reads only its own subtree); 11
+added resellers' floats (``reseller_floats``: credit a node holds on a reseller for the
+chunks of its customers' calls, drawn in memory instead of a hold per call and reseller)
+and what each live call drew from them (``live_calls.tier_draws``, JSON).
 Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
@@ -50,7 +53,7 @@ so a new database and an upgraded one have the same column order.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 TYPES = {
     "sqlite": {"money": "TEXT", "zero": "'0'", "ms": "INTEGER", "id": "INTEGER PRIMARY KEY",
@@ -64,7 +67,7 @@ TYPES = {
 TABLES = ("meta", "plans", "deck_versions", "rates", "accounts", "sip_accounts", "ledger",
           "live_calls", "applied_keys", "cdrs", "invoices", "invoice_sequences",
           "fraud_events", "api_tokens", "carriers", "carrier_events", "fx_rates",
-          "bundles", "bundle_usage", "cdr_tiers")
+          "bundles", "bundle_usage", "cdr_tiers", "reseller_floats")
 
 _STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -186,7 +189,8 @@ _STATEMENTS = (
     bundle TEXT NOT NULL DEFAULT '',  -- the bundle the call draws on ('' = none) ...
     bundle_period {ms},  -- ... in the period starting then
     bundle_held INTEGER NOT NULL DEFAULT 0,  -- bundle seconds held for it
-    tier_holds TEXT NOT NULL DEFAULT ''
+    tier_holds TEXT NOT NULL DEFAULT '',
+    tier_draws TEXT NOT NULL DEFAULT ''  -- what it drew from the resellers' floats (JSON)
 ){norowid}""",
     "CREATE INDEX IF NOT EXISTS live_calls_account ON live_calls (account)",
     # Keys of commands applied once whatever replays them (a journaled top-up).
@@ -308,6 +312,20 @@ _STATEMENTS = (
     PRIMARY KEY (call_ref, tier)
 )""",
     "CREATE INDEX IF NOT EXISTS cdr_tiers_account ON cdr_tiers (account, ended_ms)",
+    # A node's float on a reseller: credit moved from the reseller's balance to its holds
+    # (``accounts.held`` counts it) for the node to draw its customers' chunks from in
+    # memory. The calls' draws are in ``live_calls.tier_draws`` (``drawn``: their sum); a
+    # draw beyond what is free (held - drawn) is refused; a settled call's draw leaves
+    # the float. Renewed with the node's leases; a float of a node whose lease ran
+    # out and that has no live call left is given back to the reseller's balance.
+    """CREATE TABLE IF NOT EXISTS reseller_floats (
+    node TEXT NOT NULL,
+    account TEXT NOT NULL,
+    held {money} NOT NULL DEFAULT {zero},  -- on the reseller's holds ...
+    drawn {money} NOT NULL DEFAULT {zero},  -- ... of which the live calls drew this much
+    lease_ms {ms} NOT NULL DEFAULT 0,
+    PRIMARY KEY (node, account)
+)""",
     "CREATE INDEX IF NOT EXISTS cdrs_route ON cdrs (route, offered_ms)",
     "CREATE INDEX IF NOT EXISTS cdrs_account ON cdrs (account, answered_ms)",
     # Issued invoices and credit notes. A row is the frozen document: ``data`` is the
@@ -463,6 +481,7 @@ ADDED_COLUMNS = (
     ("accounts", "reseller", "INTEGER NOT NULL DEFAULT 0"),
     ("live_calls", "tier_holds", "TEXT NOT NULL DEFAULT ''"),
     ("api_tokens", "account", "TEXT"),
+    ("live_calls", "tier_draws", "TEXT NOT NULL DEFAULT ''"),
 )
 
 

@@ -41,6 +41,7 @@ from ..charging import PlanRates
 from ..charging.bundles import OwnedBundle
 from ..charging.commands import (
     BatchResult,
+    FloatHold,
     Outcome,
     Reserve,
     Settle,
@@ -90,6 +91,8 @@ class Snapshot:
     #: their usage in the current periods (with the first and every complete snapshot).
     bundles: list[OwnedBundle] | None = None
     bundle_usage: dict[UsageKey, int] | None = None
+    #: This node's floats on resellers (first snapshot only): reseller -> what it holds.
+    floats: dict[str, Decimal] | None = None
 
 
 WriterEvent = BatchResult | Snapshot
@@ -247,7 +250,8 @@ class StoreWriter:
                                   called=countries_called(conn, _now_ms() - HISTORY_MS),
                                   elsewhere=calls_elsewhere(conn, self.node),
                                   carriers=carriers, fx=fx, bundles=bundles,
-                                  bundle_usage=recent_usage(conn, _now_ms())))
+                                  bundle_usage=recent_usage(conn, _now_ms()),
+                                  floats=self.ledger.floats()))
         except BaseException as exc:  # the sidecar cannot start without its store
             self.start_error = exc
             self.started.set()
@@ -325,7 +329,7 @@ class StoreWriter:
                       "refused until it recovers", result.error, self.journal.path)
         self.down = True
         self.error = result.error
-        keep = [c for c in batch if not isinstance(c, Reserve)]
+        keep = [c for c in batch if not isinstance(c, (Reserve, FloatHold))]
         where = "journal"
         if keep:
             try:
@@ -544,6 +548,20 @@ class StoreWriter:
                             row["node"], cdr.account, now - int(str(row["lease_ms"])),
                             outcome.settlement.charged, cdr.billed_seconds)
                 self.deliver(BatchResult([], result.accounts))
+        try:
+            floats = self.ledger.expired_floats(_now_ms())
+        except self.ledger.dialect.errors as exc:
+            log.error("could not read other nodes' expired floats: %s", exc)
+            return
+        for node, code, held in floats:  # nothing will draw on them: back to the balance
+            result = self.ledger.execute([FloatHold(-1, code, -held, _now_ms(), node=node)])
+            if result.error:
+                log.error("could not give back node %s's float on %s: %s", node, code,
+                          result.error)
+                return
+            log.warning("gave back node %s's float on reseller %s (%s): its lease ran out "
+                        "and it has no live call left", node, code, held)
+            self.deliver(BatchResult([], result.accounts))
 
 
 def expired_cdr(row: dict[str, object], acc: Account | None, node: str) -> Cdr:
@@ -572,13 +590,15 @@ def expired_cdr(row: dict[str, object], acc: Account | None, node: str) -> Cdr:
 
 def held_tiers(row: dict[str, object], paid: int) -> tuple[TierPrice, ...]:
     """The resellers' prices of a call settled for its paid time: each is charged what
-    was held on it (its price of that time)."""
-    if not row.get("tier_holds"):
-        return ()
+    was held on it or drawn from a float on it for the call (its price of that time)."""
+    held: dict[str, Decimal] = {}
+    for column in ("tier_draws", "tier_holds"):  # drawn from floats, held on its own
+        for code, v in json.loads(str(row.get(column) or "{}")).items():
+            held[code] = held.get(code, ZERO) + Decimal(str(v))
     return tuple(
         TierPrice(i, code, "", "", str(row["destination"]), str(row["prefix"]), ZERO, "",
-                  paid, Decimal(held), ZERO, ZERO, ZERO, Decimal(held), ZERO, None)
-        for i, (code, held) in enumerate(json.loads(str(row["tier_holds"])).items(), 1))
+                  paid, amount, ZERO, ZERO, ZERO, amount, ZERO, None)
+        for i, (code, amount) in enumerate(held.items(), 1))
 
 
 class Changes(Protocol):

@@ -163,17 +163,26 @@ def test_a_restarted_core_settles_an_adopted_call_on_every_tier() -> None:
     sim.answer("c")
     (row,) = sim.ledger.live_calls()
     import json
-    held = json.loads(str(row["tier_holds"]))
-    assert {k: D(v) for k, v in held.items()} == {"RES": D("0.04"), "DIST": D("0.02")}
+    # The chunk was drawn from this node's floats on the resellers (recorded on the call).
+    drawn = {k: D(v) for k, v in json.loads(str(row["tier_draws"])).items()}
+    assert drawn == {"RES": D("0.04"), "DIST": D("0.02")} and not row["tier_holds"]
+    floats = sim.ledger.floats()
+    assert floats["RES"] > D("0.04") and floats["DIST"] > D("0.02")
     fresh = Charger(sim.ledger, PlanCache(sim.conn))
+    fresh.load_floats(floats)
     sim.now += 45_000
     fresh.adopt("c", account="CUST", number=str(row["number"]), caller="", now_ms=sim.now,
                 answered_ms=int(str(row["answered_ms"])),
                 paid_seconds=int(str(row["paid_seconds"])), reserved=D(str(row["reserved"])),
-                supervise=False, tier_holds={k: D(v) for k, v in held.items()})
+                supervise=False, tier_draws=drawn)
+    # What the floats hold beyond the call's draws is free for the restarted core.
+    assert fresh.floats["RES"].free == floats["RES"] - D("0.04")
     fresh.end("c", sim.now, ended_by="caller")
     (cdr,) = sim.cdrs("CUST")
     assert [D(str(x["charged"])) for x in tiers(sim, cdr)] == [D("0.03"), D("0.015")]
+    assert all(not c.problems for c in verify_ledger(sim.conn))
+    fresh.release_floats(sim.now)  # (as a stopping sidecar does)
+    assert sim.ledger.floats() == {}
     assert (sim.balance("RES"), sim.balance("DIST")) == (D("9.97"), D("9.985"))
     assert all(not c.problems for c in verify_ledger(sim.conn))
 
@@ -190,6 +199,8 @@ def _check(sim: Sim, initial: dict[str, Decimal]) -> None:
         assert not check.problems, check.problems
     assert sim.conn.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
     assert sim.conn.execute("SELECT SUM(CAST(held AS REAL)) FROM accounts").fetchone()[0] == 0
+    assert sim.conn.execute("SELECT COUNT(*) FROM reseller_floats WHERE CAST(held AS REAL) "
+                            "<> 0").fetchone()[0] == 0
     for cdr in sim.cdrs("CUST"):
         t = tiers(sim, cdr)
         if cdr["disposition"] != "answered" or not t:
@@ -225,35 +236,45 @@ def _check(sim: Sim, initial: dict[str, Decimal]) -> None:
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cust=st.decimals(D("0"), D("0.3"), places=3), res=st.decimals(D("0"), D("0.2"), places=3),
        chunk=st.sampled_from([6, 30, 60]), bundle=st.integers(0, 90),
-       ops=scenario(st.one_of(noise)))
+       floats=st.sampled_from([0, 1, 3, 50]), ops=scenario(st.one_of(noise)))
 def test_no_tier_ever_goes_below_zero_and_every_tier_is_charged_once(
-        cust: Decimal, res: Decimal, chunk: int, bundle: int, ops: list[Op]) -> None:
+        cust: Decimal, res: Decimal, chunk: int, bundle: int, floats: int, ops: list[Op]
+) -> None:
+    """``floats``: the resellers' floats hold this many chunks (0: a hold per call and
+    tier); small ones are topped up, drained and given back many times in one run."""
     sim = chain_sim(str(cust), str(res), "1", db=":memory:",
-                    config=ChargingConfig(renew_lead_ms=chunk * 300), chunk=chunk)
+                    config=_config(chunk, floats), chunk=chunk)
     if bundle:
         add_bundle(sim.conn, "account", "CUST", Bundle("free", bundle), now_ms=T0)
         sim.charger.bundles = bundle_book(sim.conn)
     _run(sim, sim.charger, ops, None)
+    sim.charger.release_floats(sim.now)  # (a stopping sidecar gives back what they hold)
     _check(sim, {"CUST": cust, "RES": res, "DIST": D(1)})
+
+
+def _config(chunk: int, floats: int) -> ChargingConfig:
+    return ChargingConfig(renew_lead_ms=chunk * 300, float_chunks=floats, float_low_chunks=1)
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cust=st.decimals(D("0"), D("0.3"), places=3), res=st.decimals(D("0"), D("0.2"), places=3),
-       chunk=st.sampled_from([6, 30, 60]),
+       chunk=st.sampled_from([6, 30, 60]), floats=st.sampled_from([0, 1, 3, 50]),
        ops=scenario(st.one_of(noise, st.tuples(st.just("flush"), st.integers(0, 0),
                                                st.just("")))))
 def test_the_chain_holds_with_late_store_answers(cust: Decimal, res: Decimal, chunk: int,
-                                                 ops: list[Op]) -> None:
-    """The live form: the core decides every tier from its book, the store answers later
-    and applies the same chain rule to what it holds."""
-    sim = chain_sim(str(cust), str(res), "1",
-                    config=ChargingConfig(renew_lead_ms=chunk * 300), chunk=chunk)
+                                                 floats: int, ops: list[Op]) -> None:
+    """The live form: the core decides every tier from its book (and its floats, counting
+    a top-up before the store has granted it), the store answers later and applies the
+    same chain rule to what it holds (and refuses a draw its float does not have)."""
+    sim = chain_sim(str(cust), str(res), "1", config=_config(chunk, floats), chunk=chunk)
     store = Delayed(sim)
     book = AccountBook()
     book.load(list_accounts(sim.conn, sim.now), {})
     ch = Charger(store, sim.charger.plans, sim.charger.config, book=book)
     ch.bundles.load(list_bundles(sim.conn), recent_usage(sim.conn, sim.now))
     _run(sim, ch, ops, lambda: store.flush(ch))
+    ch.release_floats(sim.now)
+    store.flush(ch)
     assert ch.inflight() == 0
     _check(sim, {"CUST": cust, "RES": res, "DIST": D(1)})
 

@@ -68,7 +68,7 @@ def test_calls_live_lists_running_calls(db: Path) -> None:
     conn = sqlite3.connect(db / "cli.db")
     conn.execute("INSERT INTO live_calls VALUES ('c1', 'X', '4930111', 'Germany Fixed', '4930', "
                  "'0.0095', '1/1', CAST(strftime('%s','now') AS INTEGER) * 1000 - 30000, 60, "
-                 "'0.0095', 0, 'node1', 0, '', NULL, 0, '')")
+                 "'0.0095', 0, 'node1', 0, '', NULL, 0, '', '')")
     conn.commit()
     conn.close()
     doc = json.loads(run(db, "calls", "--live", "--json").stdout)
@@ -92,9 +92,30 @@ def test_the_running_cost_counts_the_deck_lines_fees(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "cli.db")
     conn.execute("INSERT INTO live_calls VALUES ('c1', 'F', '33123456', 'France', '33', "
                  "'0.12', '30/6', CAST(strftime('%s','now') AS INTEGER) * 1000 - 10000, 60, "
-                 "'0.17', 0, 'node1', 0, '', NULL, 0, '')")
+                 "'0.17', 0, 'node1', 0, '', NULL, 0, '', '')")
     conn.commit()
     conn.close()
     (call,) = json.loads(run(tmp_path, "calls", "--live", "--json").stdout)["calls"]
     # 10 s on 30/6: 30 s billed at 0.12/min = 0.06, plus the 0.05 connection fee.
     assert Decimal(call["cost"]) == Decimal("0.11")
+
+
+def test_show_tells_what_the_nodes_floats_hold_of_a_reseller(db: Path) -> None:
+    """A reseller's credit held in a node's float (issue 14) is part of its ``held``:
+    ``account show`` says where it is, and the ledger check counts it."""
+    from sidecar.charging.commands import FloatHold
+    from sidecar.store.accounts import SqliteLedger
+    from sidecar.store.db import connect
+
+    run(db, "account", "add", "RES", "--plan", "carrier", "--reseller", "--balance", "10")
+    conn = connect(db / "cli.db")
+    led = SqliteLedger(conn)
+    led.node = "kam-1"
+    assert led.execute([FloatHold(1, "RES", Decimal("2.5"), 1_796_000_000_000)]).outcomes[0].ok
+    conn.close()
+    shown = json.loads(run(db, "account", "show", "RES", "--json").stdout)
+    assert (shown["balance"], shown["held"]) == ("7.5", "2.5")
+    assert shown["floats"] == [{"node": "kam-1", "held": "2.5", "drawn": "0"}]
+    text = run(db, "account", "show", "RES").stdout
+    assert "float of node kam-1: 2.5 held for its customers' calls, 0 of it drawn" in text
+    assert "ok  RES: balance 7.5 + held 2.5 = ledger 10" in run(db, "ledger", "verify").stdout

@@ -199,7 +199,7 @@ def test_a_version_6_store_gains_carriers(db: Db, tmp_path: Path) -> None:
     up, columns = downgrade_and_reopen(db, sql)
     try:
         assert up.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[
-            0] == str(SCHEMA_VERSION) == "10"
+            0] == str(SCHEMA_VERSION) == "11"
         assert [str(r[0]) for r in up.execute(columns, ("plans",))][-2:] == ["limits", "kind"]
         assert [p["plan"] for p in list_plans(up)] == ["retail"]
         assert list_carriers(up) == []

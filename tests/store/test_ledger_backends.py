@@ -740,3 +740,48 @@ def test_pg_processes_sharing_one_prepaid_account(pg_url: str) -> None:
     assert topped == procs * (calls // 25)
     # The credit really ran out while the calls went on (the floor was exercised).
     assert cdr_written_off > 0
+
+
+def test_a_float_is_drawn_on_never_beyond_what_is_free_and_given_back_once_its_node_is_gone(
+        ledger: Backend) -> None:
+    """Resellers' floats (issue 14): credit a node holds on a reseller for its customers'
+    chunks. A draw the float has no free credit for is refused (the call gets nothing
+    more); another node settles a dead node's call out of that node's float and, once the
+    node has no live call left, gives the rest back to the reseller."""
+    from sidecar.charging.commands import FloatHold
+    from sidecar.store.writer import expired_cdr, held_tiers
+
+    led = ledger.ledger
+    ledger.add("RES", "10", reseller=True)
+    ledger.add("acme", "10", parent="RES")
+    led.node, led.lease_ms = "dead", 1_000
+    res = ok(led.execute([FloatHold(1, "RES", Decimal("2.00"), T0)]))
+    assert res.outcomes[0].granted == Decimal("2.00")
+    assert (res.accounts["RES"].balance, res.accounts["RES"].held) == (Decimal("8.00"),
+                                                                       Decimal("2.00"))
+    first = reserve(2, "acme", "c1", "0.60")._replace(float_draws=(("RES", Decimal("0.50")),))
+    over = reserve(3, "acme", "c2", "0.60")._replace(float_draws=(("RES", Decimal("1.60")),))
+    res = ok(led.execute([first, over]))
+    assert res.outcomes[0].chain_granted == (Decimal("0.50"),)
+    assert (res.outcomes[1].granted, res.outcomes[1].seconds, res.outcomes[1].chain_granted
+            ) == (Decimal("0"), 0, ())  # only 1.50 was free in the float
+    assert led.floats() == {"RES": Decimal("2.00")}
+    ledger.verified()
+    (row,) = [r for r in led.live_calls("dead") if r["call_ref"] == "c1"]
+    lease = int(str(row["lease_ms"]))
+    led.node = "alive"
+    assert led.expired_floats(lease + 1) == []  # its node still has a live call
+    cdr = expired_cdr(row, led.account("acme", T0), "alive")
+    ok(led.execute([Settle(4, cdr, T0, lease_ended_by=lease + 1,
+                           tiers=held_tiers(row, int(str(row["paid_seconds"]))))]))
+    assert ledger.money("SELECT charged FROM cdr_tiers WHERE call_ref = 'c1'") == Decimal(
+        "0.50")
+    ledger.verified()
+    assert led.live_calls() == []  # (c2's refused chunk was never recorded)
+    ((node, code, held),) = led.expired_floats(lease + 1)
+    assert (node, code, held) == ("dead", "RES", Decimal("1.50"))
+    ok(led.execute([FloatHold(5, code, -held, T0, node=node)]))
+    assert led.expired_floats(lease + 1) == [] and led.floats("dead") == {}
+    assert ledger.money("SELECT balance FROM accounts WHERE code = 'RES'") == Decimal("9.50")
+    assert ledger.money("SELECT held FROM accounts WHERE code = 'RES'") == Decimal("0")
+    ledger.verified()

@@ -294,7 +294,8 @@ def test_a_flag_journaled_while_the_store_failed_is_applied_once(db: Db,
 def test_a_version_4_database_is_upgraded(db: Db) -> None:
     """A store written by the previous release (no limits, no block, no fraud events)
     gains them; its accounts read back with no limits and not blocked."""
-    sql = ["ALTER TABLE live_calls DROP COLUMN tier_holds",
+    sql = ["ALTER TABLE live_calls DROP COLUMN tier_draws", "DROP TABLE reseller_floats",
+           "ALTER TABLE live_calls DROP COLUMN tier_holds",
            "ALTER TABLE accounts DROP COLUMN reseller", "DROP TABLE cdr_tiers",
            "ALTER TABLE accounts DROP COLUMN blocked", "ALTER TABLE accounts DROP COLUMN limits",
            "ALTER TABLE plans DROP COLUMN limits", "DROP TABLE fraud_events",
@@ -313,14 +314,16 @@ def test_a_version_4_database_is_upgraded(db: Db) -> None:
     up, columns = downgrade_and_reopen(db, sql)
     try:
         assert up.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[
-            0] == str(SCHEMA_VERSION) == "10"
-        # Version 6's, 8's, 9's and 10's columns too, at the end of the table as on a
+            0] == str(SCHEMA_VERSION) == "11"
+        # Version 6's, 8's, 9's, 10's and 11's columns too, at the end of the table as on a
         # new database.
         assert [str(r[0]) for r in up.execute(columns, ("cdrs",))][-10:] == [
             "node", "signalled_ms", "buy_cost", "margin", "deck_currency", "deck_cost",
             "fx_rate", "bundle", "bundle_period", "bundle_seconds"]
-        assert [str(r[0]) for r in up.execute(columns, ("live_calls",))][-6:] == [
-            "node", "lease_ms", "bundle", "bundle_period", "bundle_held", "tier_holds"]
+        assert [str(r[0]) for r in up.execute(columns, ("live_calls",))][-7:] == [
+            "node", "lease_ms", "bundle", "bundle_period", "bundle_held", "tier_holds",
+            "tier_draws"]
+        assert up.execute("SELECT COUNT(*) FROM reseller_floats").fetchone() == (0,)
         cols = [str(r[0]) for r in up.execute(columns, ("accounts",))]
         assert cols[-3:] == ["blocked", "limits", "reseller"]
         assert [str(r[0]) for r in up.execute(columns, ("plans",))][-2:] == ["limits", "kind"]
