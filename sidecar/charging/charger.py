@@ -1213,6 +1213,7 @@ class Charger:
             f.low = self._float_low(f, chunk, now_ms)
             f.asking += 1
             f.free += amount  # drawn on at once: the store applies it before the draws
+            self._floats_watch(now_ms)
             f.drawn = ZERO
             f.since_ms = now_ms
             seq = self._next_seq()
@@ -1247,11 +1248,20 @@ class Charger:
                     idle_ms is None or now_ms - f.used_ms >= idle_ms):
                 self._float_give_back(code, f, now_ms)
 
-    def load_floats(self, held: Mapping[str, Decimal]) -> None:
+    def load_floats(self, held: Mapping[str, Decimal], now_ms: int) -> None:
         """This node's floats as the store holds them (a restart): free until the calls
         adopted from the store take their draws out (:meth:`adopt`)."""
         for code, amount in held.items():
-            self.floats[code] = Float(free=amount)
+            self.floats[code] = Float(free=amount, used_ms=now_ms, since_ms=now_ms)
+        if held:
+            self._floats_watch(now_ms)
+
+    def _floats_watch(self, now_ms: int) -> None:
+        """A float holds credit from ``now_ms``: :meth:`tick` looks for idle floats from
+        then on (never from a time long gone: a clock that starts there would step through
+        every half idle period since)."""
+        if self._floats_due < now_ms:
+            self._floats_due = now_ms + self.config.float_idle_ms // 2
 
     def _on_float(self, cmd: FloatHold, o: Outcome) -> None:
         f = self.floats.get(cmd.account)

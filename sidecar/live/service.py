@@ -237,7 +237,7 @@ class Sidecar:
             log.info("rate plans reloaded: %s", ", ".join(sorted(ev.plans)))
         if ev.first:
             if ev.floats:  # this node's floats on resellers, as a restart finds them
-                self.charger.load_floats(ev.floats)
+                self.charger.load_floats(ev.floats, wall_ms())
             self._stored_calls = ev.live_calls
             for (account, country), last_ms in ev.called.items():
                 self.charger.guard.seed(account, country, last_ms)

@@ -161,34 +161,40 @@ class Dialect:
         """``column`` is one of ``keys``: the condition and its parameters."""
         return f"{column} IN ({','.join('?' * len(keys))})", keys
 
-    #: Rows one multi-row ``INSERT ... VALUES`` takes at most (:meth:`write`).
-    rows_per_insert: ClassVar[int] = 100
+    #: Rows of the multi-row statements :meth:`write` uses, largest first.
+    multi_sizes: ClassVar[tuple[int, ...]] = (100, 20, 5, 2)
 
     def write(self, conn: Any, bulk: Bulk, rows: Sequence[Sequence[object]]) -> None:
         """Apply ``bulk`` to every row of ``rows``.
 
         SQLite: an ``INSERT ... VALUES (?, ...)`` goes in as multi-row ``VALUES (...),
-        (...)`` statements of :attr:`rows_per_insert` rows (what is left over row by
-        row): the same rows in the same order (ids, and conflicts, as row by row), in
-        one statement step per statement instead of one per row, and SQLite does that
-        step without holding the interpreter lock. A ``DELETE ... WHERE key = ?`` goes in
-        as ``WHERE key IN (?, ...)`` of as many keys."""
+        (...)`` statements (of :attr:`multi_sizes` rows: as few statements as those make,
+        and a few distinct ones for SQLite's statement cache), the same rows in the same
+        order (ids, and conflicts, as row by row); a ``DELETE ... WHERE key = ?`` as
+        ``WHERE key IN (?, ...)``; an ``UPDATE t SET a = ?, ... WHERE key = ?`` (rows of
+        distinct keys) as ``UPDATE t SET a = u.column1, ... FROM (VALUES ...) AS u``.
+        SQLite runs each statement without the interpreter lock and must win it back
+        after: one statement per row would wait for it once per row while the charging
+        core keeps it busy."""
         if not rows:
             return
-        multi = _multi_row(bulk.sql) if len(rows) >= self.rows_per_insert else None
-        per = 0 if multi is None else min(
-            self.rows_per_insert, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            // multi[1].count("?"))
-        if multi is None or per < 2 or len(rows) < per:
+        multi = _multi_row(bulk.sql) if len(rows) > 1 else None
+        if multi is None:
             self.executemany(conn, bulk.sql, rows)
             return
-        q = _multi_sql(*multi, per)
-        full = len(rows) - len(rows) % per
+        cap = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // multi[1].count("?")
         flat = itertools.chain.from_iterable
-        for i in range(0, full, per):
-            conn.execute(q, list(flat(rows[i:i + per])))
-        if full < len(rows):
-            self.executemany(conn, bulk.sql, rows[full:])
+        i, n = 0, len(rows)
+        for size in self.multi_sizes:
+            if size > cap:
+                continue
+            if n - i >= size:
+                q = _multi_sql(*multi, size)
+                while n - i >= size:
+                    conn.execute(q, list(flat(rows[i:i + size])))
+                    i += size
+        if i < n:
+            self.executemany(conn, bulk.sql, rows[i:])
 
     def transaction(self, conn: Any) -> contextlib.AbstractContextManager[object]:
         """A write transaction: committed at the end of the block, rolled back on error."""
@@ -224,21 +230,34 @@ SQLITE = Dialect()
 
 _VALUES = re.compile(r"^(INSERT INTO \w+ \([^)]*\) VALUES )(\((?:\?, )*\?\))(.*)$", re.S)
 _DELETE = re.compile(r"^(DELETE FROM \w+ WHERE \w+) = \?$")
+_UPDATE = re.compile(r"^UPDATE (\w+) SET ((?:\w+ = \?, )*\w+ = \?) WHERE (\w+) = \?$")
 
 
 @functools.lru_cache(maxsize=64)
 def _multi_row(sql: str) -> tuple[str, str, str] | None:
     """A one-row statement as the head, the one row of placeholders and the tail of its
-    many-row form (rows joined by ", "): ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]``
-    and ``DELETE FROM t WHERE key = ?`` (as ``key IN (?, ...)``); None for any other."""
+    many-row form (rows joined by ", "): ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]``,
+    ``DELETE FROM t WHERE key = ?`` (as ``key IN (?, ...)``) and ``UPDATE t SET a = ?, ...
+    WHERE key = ?`` (as an ``UPDATE ... FROM (VALUES ...)``, SQLite 3.33 and later); None
+    for any other."""
     m = _VALUES.match(sql)
     if m is not None:
         return m.group(1), m.group(2), m.group(3)
     m = _DELETE.match(sql)
-    return None if m is None else (m.group(1) + " IN (", "?", ")")
+    if m is not None:
+        return m.group(1) + " IN (", "?", ")"
+    m = _UPDATE.match(sql)
+    if m is None or sqlite3.sqlite_version_info < (3, 33):
+        return None
+    table, sets, key = m.groups()
+    cols = [c.split(" = ")[0] for c in sets.split(", ")]
+    head = (f"UPDATE {table} SET "
+            + ", ".join(f"{c} = u.column{i}" for i, c in enumerate(cols, 1)) + " FROM (VALUES ")
+    one = "(" + ", ".join("?" * (len(cols) + 1)) + ")"
+    return head, one, f") AS u WHERE {table}.{key} = u.column{len(cols) + 1}"
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _multi_sql(head: str, one: str, tail: str, rows: int) -> str:
     return head + ", ".join([one] * rows) + tail
 

@@ -35,8 +35,6 @@ _SUMS = (("accounts", "balance"), ("accounts", "held"), ("ledger", "amount"),
 
 #: Tables whose ``id`` the database hands out (an identity on PostgreSQL).
 _IDENTITIES = ("deck_versions", "rates", "ledger", "cdrs", "fraud_events")
-#: Tables without SQLite's rowid (no insertion order to copy them in).
-_WITHOUT_ROWID = ("live_calls", "applied_keys")
 
 
 class CopyError(RuntimeError):
@@ -154,6 +152,14 @@ def copy_to_postgres(sqlite_path: str | Path, url: str) -> CopyReport:
     return report
 
 
+def _has_rowid(src: sqlite3.Connection, table: str) -> bool:
+    """Whether a table has SQLite's rowid (its insertion order, to copy it in): not one
+    declared ``WITHOUT ROWID`` (``cdr_tiers`` is since schema 11; older files keep it)."""
+    got = src.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?",
+                      (table,)).fetchone()
+    return got is None or "WITHOUT ROWID" not in str(got[0]).upper()
+
+
 def _copy_table(src: sqlite3.Connection, pg: Any, table: str,
                 numeric: set[tuple[str, str]]) -> int:
     """COPY one table's rows; money text becomes exact NUMERIC. Returns the row count."""
@@ -161,9 +167,8 @@ def _copy_table(src: sqlite3.Connection, pg: Any, table: str,
     money = [i for i, c in enumerate(columns) if (table, c) in numeric]
     count = 0
     with pg.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in src.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY rowid"
-                               if table not in _WITHOUT_ROWID
-                               else f"SELECT {', '.join(columns)} FROM {table}"):
+        for row in src.execute(f"SELECT {', '.join(columns)} FROM {table}"
+                               + (" ORDER BY rowid" if _has_rowid(src, table) else "")):
             values = list(row)
             for i in money:
                 v = values[i]

@@ -45,8 +45,10 @@ CDRs' ``tiers``, the resellers' invoices and reports), and API tokens scoped to 
 accounts below it (``api_tokens.account``: a reseller reads only its own subtree); 11
 added resellers' floats (``reseller_floats``: credit a node holds on a reseller for the
 chunks of its customers' calls, drawn in memory instead of a hold per call and reseller)
-and what each live call drew from them (``live_calls.tier_draws``, JSON).
-Columns
+and what each live call drew from them (``live_calls.tier_draws``, JSON); a new SQLite
+file since 11 also stores ``cdr_tiers`` ``WITHOUT ROWID`` (its rows kept in (call_ref,
+tier) order: one b-tree less to write per row; an upgraded file keeps the table it had,
+read and written alike). Columns
 added after a table was first shipped go at its end, in the order of ``ADDED_COLUMNS``,
 so a new database and an upgraded one have the same column order.
 """
@@ -310,7 +312,7 @@ _STATEMENTS = (
     margin {money},
     ended_ms {ms},
     PRIMARY KEY (call_ref, tier)
-)""",
+){norowid}""",
     "CREATE INDEX IF NOT EXISTS cdr_tiers_account ON cdr_tiers (account, ended_ms)",
     # A node's float on a reseller: credit moved from the reseller's balance to its holds
     # (``accounts.held`` counts it) for the node to draw its customers' chunks from in

@@ -169,7 +169,7 @@ def test_a_restarted_core_settles_an_adopted_call_on_every_tier() -> None:
     floats = sim.ledger.floats()
     assert floats["RES"] > D("0.04") and floats["DIST"] > D("0.02")
     fresh = Charger(sim.ledger, PlanCache(sim.conn))
-    fresh.load_floats(floats)
+    fresh.load_floats(floats, sim.now)
     sim.now += 45_000
     fresh.adopt("c", account="CUST", number=str(row["number"]), caller="", now_ms=sim.now,
                 answered_ms=int(str(row["answered_ms"])),

@@ -1,6 +1,7 @@
-"""SQLite writes of a large batch: multi-row ``INSERT ... VALUES`` statements (and NULLs
-bound through the sqlite3 adapter) store exactly what row-by-row ``executemany`` stores,
-ledger ids and live-call upserts included."""
+"""SQLite writes of a large batch: multi-row ``INSERT ... VALUES``, ``DELETE ... IN`` and
+``UPDATE ... FROM (VALUES ...)`` statements (and NULLs bound through the sqlite3 adapter)
+store exactly what row-by-row ``executemany`` stores, ledger ids and live-call upserts
+included."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 from typing import ClassVar
+
+import pytest
 
 from sidecar.charging.commands import StoreCommand
 from sidecar.charging.model import AccountKind
@@ -24,7 +27,7 @@ ACCOUNTS = [f"a{i}" for i in range(7)]
 
 
 class RowByRow(Dialect):
-    rows_per_insert: ClassVar[int] = 1
+    multi_sizes: ClassVar[tuple[int, ...]] = ()
 
 
 class RowByRowLedger(SqliteLedger):
@@ -76,12 +79,18 @@ def _dump(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
     return out
 
 
-def test_multi_row_inserts_store_what_row_by_row_stores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("most", [None, 3, 11, 37])
+def test_multi_row_inserts_store_what_row_by_row_stores(tmp_path: Path, most: int | None
+                                                         ) -> None:
+    """``most``: batches cut to at most so many commands (a few rows of each statement,
+    and every size of multi-row statement with leftovers), or whole."""
     deck = tmp_path / "deck.csv"
     deck.write_text(DECK)
     multi = _store(tmp_path / "multi.db", deck)
     single = _store(tmp_path / "single.db", deck)
-    for batch in _batches():
+    batches = _batches() if most is None else [
+        whole[i:i + most] for whole in _batches() for i in range(0, len(whole), most)]
+    for batch in batches:
         a = SqliteLedger(multi).execute(batch)
         b = RowByRowLedger(single).execute(batch)
         assert not a.error and not b.error
