@@ -254,6 +254,13 @@ class Config:
                                   "current one runs out")
     min_chunk_seconds: int = _key("charging.min_chunk_seconds", 6, ge=1, restart=False,
                                   doc="the smallest chunk, when calls share a small balance")
+    float_chunks: int = _key("charging.float_chunks", 50, ge=0, restart=False,
+                             doc="a node's float on a reseller is topped up by this many "
+                                 "chunks (or what it drains in 2 s, if more); 0: no floats")
+    float_low_chunks: int = _key("charging.float_low_chunks", 10, ge=0, restart=False,
+                                 doc="a float holding fewer chunks than this asks for more")
+    float_idle_ms: int = _key("charging.float_idle_ms", 10_000, ge=1, restart=False,
+                              doc="a float nothing drew on this long is given back")
     # [media]
     media_enabled: bool = _key("media.enabled", False,
                                doc="watch RTP: answer confirmed by media, FAS caught")

@@ -86,8 +86,9 @@ class Sidecar:
                                   commit_delay_ms=config.commit_delay_ms, node=config.node,
                                   lease_ms=config.lease_s * 1000)
         self.charger = Charger(self.writer, self._plan, ChargingConfig(
-            renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds),
-            book=self.book)
+            renew_lead_ms=config.renew_lead_ms, min_chunk_seconds=config.min_chunk_seconds,
+            float_chunks=config.float_chunks, float_low_chunks=config.float_low_chunks,
+            float_idle_ms=config.float_idle_ms), book=self.book)
         self.router = Router(router_config(config))  # least-cost routing
         self.charger.router = self.router
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -153,7 +154,8 @@ class Sidecar:
         self.rpc.timeout = config.rpc_timeout
         self.charger.config = dataclasses.replace(
             self.charger.config, renew_lead_ms=config.renew_lead_ms,
-            min_chunk_seconds=config.min_chunk_seconds)
+            min_chunk_seconds=config.min_chunk_seconds, float_chunks=config.float_chunks,
+            float_low_chunks=config.float_low_chunks, float_idle_ms=config.float_idle_ms)
         self.router.reconfigure(router_config(config))
         if self.media is not None:
             self.media.config = dataclasses.replace(
