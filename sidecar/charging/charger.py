@@ -355,9 +355,9 @@ class Charger:
                 code_, why, phrase = stop
                 return self._reject(call_ref, call_id, acc, code_, why, caller, digits,
                                     now_ms, line, phrase=phrase, limit="reseller")
+            available = self.book.available  # (no view built for a prepaid reseller)
             for u in uplines:
-                up = self.book.get(u.account, now_ms)
-                avail_u = up.available() if up is not None else ZERO
+                avail_u = available(u.account, now_ms) or ZERO
                 if cap > 0 and self._price(u.line, cap).cost <= avail_u:
                     continue
                 s_u = affordable_seconds(u.line, avail_u)
