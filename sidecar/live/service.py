@@ -196,8 +196,13 @@ class Sidecar:
                 self.charger.release_floats(wall_ms())
             await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
             pending = self.charger.inflight()
-            if pending:
+            if pending and not self.writer.stopped:
                 log.warning("%d store command(s) unanswered at shutdown", pending)
+            journaled = self.writer.journal_depth  # counted: the file is not read here
+            if journaled:
+                log.warning("%d settlement(s)/top-up(s)/fraud event(s) wait in the journal "
+                            "%s: applied when the store takes writes again (at the next "
+                            "start at the latest)", journaled, self.writer.journal.path)
 
     # --- the store edge ------------------------------------------------------------
     def _plan(self, name: str) -> PlanRates:

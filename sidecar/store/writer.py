@@ -168,6 +168,7 @@ class StoreWriter:
         self.renew_every_s = lease_ms / 3000  # a lease survives two missed renewals
         self.expired_every_s = lease_ms / 6000
         self.journal = Journal(journal)
+        self._stopping = threading.Event()  # stop() was called: no new try of a down store
         self.plans = plans
         self.carriers = CarrierLoader()  # least-cost routing: carriers and buy decks
         self._books = _BookBuilder(self.carriers, deliver)
@@ -213,14 +214,22 @@ class StoreWriter:
         self._q.put(cmd)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Apply what is queued, then end the thread."""
+        """Apply what is queued, then end the thread. With the store down, what is queued
+        goes to the journal at once (no new try of the store: each may wait seconds for a
+        connection), and the restarted sidecar applies it."""
         if self._thread is None:
             return
+        self._stopping.set()
         self._q.put(_STOP)
         self._books.stop()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("store writer did not stop within %.0f s", timeout)
+
+    @property
+    def stopped(self) -> bool:
+        """The thread has ended (every command taken was answered or journaled)."""
+        return self._thread is None or not self._thread.is_alive()
 
     def queued(self) -> int:
         """Commands submitted and not yet taken into a batch (approximate, never blocks)."""
@@ -283,6 +292,10 @@ class StoreWriter:
             behind = len(batch) >= self.max_batch
             if batch:
                 self._apply(batch)
+            if stopping:
+                break
+            if self._stopping.is_set():  # draining for stop(): no probe, reconnection or
+                continue  # renewal to wait on (each may wait seconds for a down store)
             now = time.monotonic()
             if self.down and now - last_probe >= self.probe_s:
                 last_probe = now
@@ -311,7 +324,12 @@ class StoreWriter:
 
     def _apply(self, batch: list[StoreCommand]) -> None:
         t0 = time.thread_time()
-        result = self.ledger.execute(batch)
+        if self.down and self._stopping.is_set():
+            error = f"{self.error} (at shutdown)"
+            result = BatchResult([Outcome(c.seq, False, error=error) for c in batch], {},
+                                 error)
+        else:
+            result = self.ledger.execute(batch)
         self.cpu_s += time.thread_time() - t0
         self.batches += 1
         self.commands += len(batch)

@@ -238,6 +238,49 @@ def test_locked_store_journals_settlements_and_applies_them_once_after_a_restart
     assert conn.execute("SELECT COUNT(*) FROM cdrs").fetchone()[0] == 5
 
 
+def test_a_sidecar_stopping_while_the_store_is_down_journals_what_it_holds_at_once(
+        db: Path, tmp_path: Path) -> None:
+    """A sidecar that stops during an outage (its leader lock was lost with the server)
+    does not try the store again for what is queued: it journals it and ends, so that its
+    restart serves again as soon as the store is back; the restart applies the journal,
+    and each call is billed its real duration, once."""
+    journal = tmp_path / "journal"
+    live = Live(db, journal, busy_timeout_ms=4000, probe_s=60)
+    now = T0 + 1000
+    refs = [f"c{i}" for i in range(5)]
+    for ref in refs:  # answered while the store was up: their first chunk is held
+        assert live.charger.authorize(ref, number="4930123", account_code="acme",
+                                      now_ms=now).allow
+        live.actions += live.charger.answer(ref, now)
+    live.settled()
+    locker = hold_lock(db, 20)
+    try:
+        live.actions += live.charger.end("c0", now + 10_000, ended_by="caller")
+        time.sleep(0.5)  # the writer waits on the lock for c0's batch (4 s, then down)
+        for ref in refs[1:]:
+            live.actions += live.charger.end(ref, now + 10_000, ended_by="caller")
+        t0 = time.monotonic()
+        live.stop()
+        took = time.monotonic() - t0
+        # Only c0's try of the store was waited for (~3.5 s left of it); the rest was not
+        # tried again (another 4 s) but journaled.
+        assert took < 5.5, took
+        assert locker.poll() is None  # the store was down all along
+        assert len(Journal(journal)) == 5
+    finally:
+        live.stop()
+        locker.kill()
+        locker.wait(10)
+    live = Live(db, journal)  # the restart, the store back: the journal is applied first
+    live.stop()
+    assert not journal.exists()
+    conn = check(db)
+    rows = conn.execute("SELECT call_ref, billed_seconds, charged FROM cdrs "
+                        "ORDER BY call_ref").fetchall()
+    assert [tuple(r) for r in rows] == [(ref, 10, "0.01000000") for ref in refs]
+    assert conn.execute("SELECT COUNT(*) FROM live_calls").fetchone()[0] == 0
+
+
 def test_a_store_change_made_elsewhere_reaches_the_book(store: str, tmp_path: Path) -> None:
     db = store
     live = Live(db, tmp_path / "j")
