@@ -16,6 +16,7 @@ from ..money import MoneyError, fmt, parse_amount
 from ..store.accounts import (
     AccountExists,
     AccountNotFound,
+    account_floats,
     add_account,
     get_account,
     ledger_for,
@@ -128,9 +129,7 @@ def account_show(ctx: Context, code: str, as_json: bool) -> None:
     rows = ctx.conn.execute("SELECT ts_ms, kind, amount, call_ref, note FROM ledger WHERE "
                             "account = ? ORDER BY id DESC LIMIT 20", (code,)).fetchall()
     # A reseller's credit the nodes hold for its customers' chunks (part of ``held``).
-    floats = [(str(n), Decimal(str(h)), Decimal(str(d))) for n, h, d in ctx.conn.execute(
-        "SELECT node, held, drawn FROM reseller_floats WHERE account = ? ORDER BY node",
-        (code,)).fetchall() if Decimal(str(h))]
+    floats = account_floats(ctx.conn, code).get(code, [])
     if as_json:
         emit_json({**acc.to_dict(), "effective_limits": lims["effective"],
                    "floats": [{"node": n, "held": str(h), "drawn": str(d)}

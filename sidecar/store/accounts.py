@@ -246,6 +246,21 @@ def sip_mappings(conn: Db, code: str | None = None) -> list[tuple[str, str, str]
     return [(str(a), str(b), str(c)) for a, b, c in rows]
 
 
+def account_floats(conn: Db, code: str | None = None
+                   ) -> dict[str, list[tuple[str, Decimal, Decimal]]]:
+    """Resellers' credit that nodes hold in their floats for their customers' chunks
+    (part of each reseller's ``held``), of one account or of all: account -> (node, held,
+    drawn by live calls), non-empty floats only."""
+    q = "SELECT account, node, held, drawn FROM reseller_floats"
+    rows = (conn.execute(q + " WHERE account = ? ORDER BY node", (code,)) if code
+            else conn.execute(q + " ORDER BY account, node")).fetchall()
+    out: dict[str, list[tuple[str, Decimal, Decimal]]] = {}
+    for a, n, h, d in rows:
+        if Decimal(str(h)):
+            out.setdefault(str(a), []).append((str(n), Decimal(str(h)), Decimal(str(d))))
+    return out
+
+
 class SqlLedger:
     """The charging core's store: accounts and their ledger, on the database its
     :attr:`dialect` speaks (:class:`SqliteLedger`, ``pg.PgLedger``).

@@ -432,7 +432,8 @@ class Batch:
                            get("rate"), get("increment"), get("answered_ms"), seconds,
                            now_ms, self._owner.get(ref, self._mine)[0])
         return Outcome(seq, True, granted, seconds, bundle_seconds=taken,
-                       chain_granted=got or tuple(a for _c, a in float_draws))
+                       chain_granted=got or (tuple(a for _c, a in float_draws)
+                                             if float_draws else ()))
 
     def _draw(self, ref: str, draws: tuple[tuple[str, Decimal], ...]) -> bool:
         """A chunk's draws on this node's floats, when every float has them free."""
