@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -64,14 +64,13 @@ from ..invoices.analytics import (
 from ..invoices.model import to_json
 from ..invoices.records import UnknownAccount, cdr_json, check_account, query_cdrs
 from ..invoices.render import detail_csv, file_stem
-from ..money import CURRENCY_MINOR_UNITS, ZERO, MoneyError, fmt
+from ..money import CURRENCY_MINOR_UNITS, ZERO, MoneyError
 from ..rating import DeckError
 from ..rating.bundles import Bundle, BundleError
 from ..rating.fx import FxError
 from ..store.accounts import (
     AccountExists,
     AccountNotFound,
-    account_floats,
     add_account,
     get_account,
     ledger_for,
@@ -474,25 +473,15 @@ def deck_one(request: web.Request) -> web.Response:
 @in_store
 def accounts_list(request: web.Request) -> web.Response:
     sub = _subtree(request)
-    conn = request.app[CONN]
-    floats = account_floats(conn)
     return _reply(m.Accounts, {"accounts": [
-        _with_floats(a.to_dict(), floats) for a in list_accounts(conn, _now_ms())
+        a.to_dict() for a in list_accounts(request.app[CONN], _now_ms())
         if sub is None or a.code in sub]})
 
 
 @in_store
 def account_one(request: web.Request) -> web.Response:
-    conn, code = request.app[CONN], request.match_info["code"]
-    return _reply(m.Account, _with_floats(get_account(conn, code, _now_ms()).to_dict(),
-                                          account_floats(conn, code)))
-
-
-def _with_floats(doc: dict[str, Any],
-                 floats: dict[str, list[tuple[str, Decimal, Decimal]]]) -> dict[str, Any]:
-    doc["floats"] = [{"node": n, "held": fmt(h), "drawn": fmt(d)}
-                     for n, h, d in floats.get(str(doc["code"]), [])]
-    return doc
+    return _reply(m.Account, get_account(request.app[CONN], request.match_info["code"],
+                                         _now_ms()).to_dict())
 
 
 @in_store

@@ -384,13 +384,6 @@ class DeckImport(Out):
     new_prefixes: int
 
 
-class AccountFloat(Out):
-    node: str = Field(description="The node whose sidecar holds it.")
-    held: Money = Field(description="The reseller's credit the node holds for its "
-                                    "customers' reservations (part of the account's held).")
-    drawn: Money = Field(description="Of it, what the node's live calls have drawn.")
-
-
 class Account(Out):
     code: str
     name: str
@@ -419,9 +412,6 @@ class Account(Out):
     limits: LimitSet  # type: ignore[valid-type]
     reseller: bool = Field(description="The calls of the accounts below it are charged to "
                                        "it too, at its own plan's price.")
-    floats: list[AccountFloat] = Field(
-        default_factory=list, description="A reseller's credit that nodes hold in floats "
-        "for its customers' calls (counted in held); empty for other accounts.")
 
 
 class Accounts(Out):

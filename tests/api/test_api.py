@@ -227,30 +227,6 @@ def test_balances_decks_live_calls_and_stats(sim: Sim) -> None:
     with_server(sim, test)
 
 
-def test_a_resellers_floats_are_in_its_account_document(sim: Sim) -> None:
-    """The credit of a reseller that a node holds in its float (part of ``held``) is in
-    the account's document: which node, how much, how much its live calls drew."""
-    from sidecar.charging.commands import FloatHold
-    from sidecar.charging.model import AccountKind
-    from sidecar.store.accounts import SqliteLedger, add_account
-
-    add_account(sim.conn, "RES", "retail", AccountKind.PREPAID, now_ms=sim.now,
-                reseller=True)
-    led = SqliteLedger(sim.conn)
-    led.topup("RES", Decimal("10"), sim.now, "initial")
-    led.node = "kam-1"
-    assert led.execute([FloatHold(1, "RES", Decimal("2.5"), sim.now)]).outcomes[0].ok
-
-    async def test(http: aiohttp.ClientSession, base: str) -> None:
-        res = await get_json(http, base + "/v1/accounts/RES")
-        assert (res["balance"], res["held"]) == ("7.5", "2.5")
-        assert res["floats"] == [{"node": "kam-1", "held": "2.5", "drawn": "0"}]
-        listed = {a["code"]: a["floats"] for a in
-                  (await get_json(http, base + "/v1/accounts"))["accounts"]}
-        assert listed == {"ACME": [], "RES": res["floats"]}
-    with_server(sim, test)
-
-
 def test_invoices_and_reconciliation(sim: Sim) -> None:
     async def test(http: aiohttp.ClientSession, base: str) -> None:
         listed = (await get_json(http, base + "/v1/invoices?account=ACME"))["invoices"]
