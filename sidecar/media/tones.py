@@ -59,7 +59,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from zlib import adler32
 
 import numpy as np
@@ -243,6 +243,62 @@ def _rows() -> tuple[_Matrix, tuple[tuple[_ToneModel, slice, slice | None], ...]
 
 
 _BASES, _WHERE = _rows()
+_BASES_T = np.ascontiguousarray(_BASES.T)
+
+
+#: Blocks are analysed in batches of this many rows (the last one padded with zeros):
+#: every block goes through the same matrix product, so what is found in a block does
+#: not depend on how many blocks were analysed with it (or on how the stream was cut).
+_BATCH_ROWS = 32
+
+
+def _correlations(x: _Matrix) -> tuple[_Matrix, _Matrix, _Matrix]:
+    """Per row of ``x`` (blocks of mean-free-able samples): the energy ``E`` (mean
+    removed), the raw energy, and the correlations with every row of :data:`_BASES`."""
+    m = len(x)
+    pad = -m % _BATCH_ROWS
+    if pad:
+        x = np.concatenate([x, np.zeros((pad, BLOCK_SAMPLES), dtype=np.float64)])
+    total = x.sum(axis=1)
+    raw = (x * x).sum(axis=1)
+    energy = raw - total * total / BLOCK_SAMPLES
+    corr = np.concatenate([x[i : i + _BATCH_ROWS] @ _BASES_T
+                           for i in range(0, len(x), _BATCH_ROWS)])
+    return energy[:m], raw[:m], corr[:m]
+
+
+class _Rows(NamedTuple):
+    """:func:`_analyse_rows` of a batch of blocks."""
+
+    energy: _Matrix  # E per block
+    loud: npt.NDArray[np.bool_]  # E at least the floor: the tone test applies
+    shares: _Matrix  # (E - P) / E per block and model (1.0 below the floor)
+    ringing: npt.NDArray[np.bool_]  # per block and model
+    corr: _Matrix  # correlations per block (see _WHERE)
+
+
+def _analyse_rows(x: _Matrix, ratio: float, min_mean_square: float,
+                  min_share: float) -> _Rows:
+    """The ringing-block test on every row of ``x`` (blocks of linear samples) at once."""
+    energy, _, corr = _correlations(x)
+    loud = energy >= min_mean_square * BLOCK_SAMPLES
+    safe = np.where(loud, energy, 1.0)
+    ring_share = 1.0 / (1.0 + ratio)  # P >= ratio * (E - P)  <=>  (E - P) / E <= this
+    squares = corr * corr
+    shares = np.ones((len(x), len(_WHERE)), dtype=np.float64)
+    ringing = np.zeros((len(x), len(_WHERE)), dtype=np.bool_)
+    for i, (_model, first, second) in enumerate(_WHERE):
+        projection = squares[:, first].sum(axis=1)
+        share = np.maximum(0.0, energy - projection) / safe
+        rings = loud & (share <= ring_share)
+        if second is not None:
+            # Both frequencies must be really there: each alone explains enough of P.
+            p_first = squares[:, first.start] + squares[:, first.start + 1]
+            p_second = squares[:, second].sum(axis=1)
+            rings &= np.minimum(p_first, p_second) >= min_share * projection
+        shares[:, i] = np.where(loud, share, 1.0)
+        ringing[:, i] = rings
+    return _Rows(energy, loud, shares, ringing, corr)
 
 
 def _analyse(
@@ -254,34 +310,27 @@ def _analyse(
     dict[RingbackTone, tuple[complex, ...]],
 ]:
     """Energy, ringing tones with their residual share, every tone's share, phasors."""
-    x = np.asarray(block, dtype=np.float64)
-    n = len(x)
-    total = float(x.sum())
-    energy_raw = float(x @ x)
-    energy = energy_raw - total * total / n
-    shares = dict.fromkeys(RingbackTone, 1.0)
+    x = np.asarray(block, dtype=np.float64).reshape(1, BLOCK_SAMPLES)
+    rows = _analyse_rows(x, ratio, min_mean_square, min_share)
+    shares = {model.tone: float(rows.shares[0, i]) for i, (model, _, _) in enumerate(_WHERE)}
+    ringing, phasors = _ringing(rows, 0)
+    return float(rows.energy[0]), ringing, shares, phasors
+
+
+def _ringing(rows: _Rows, j: int) -> tuple[dict[RingbackTone, float],
+                                            dict[RingbackTone, tuple[complex, ...]]]:
+    """The tones block ``j`` of ``rows`` rings for (-> residual share) and their phasors."""
     ringing: dict[RingbackTone, float] = {}
     phasors: dict[RingbackTone, tuple[complex, ...]] = {}
-    if energy < min_mean_square * n:
-        return energy, ringing, shares, phasors
-    ring_share = 1.0 / (1.0 + ratio)  # P >= ratio * (E - P)  <=>  (E - P) / E <= this
-    correlations: list[float] = (_BASES @ x).tolist()
-    for model, first, second in _WHERE:
-        y = correlations[first]
-        projection = math.hypot(*y) ** 2
-        share = max(0.0, energy - projection) / energy
-        shares[model.tone] = share
-        if share > ring_share:
-            continue
-        if second is not None:
-            # Both frequencies must be really there: each alone explains enough of P.
-            p_first = y[0] * y[0] + y[1] * y[1]
-            p_second = math.hypot(*correlations[second]) ** 2
-            if min(p_first, p_second) < min_share * projection:
-                continue
-        ringing[model.tone] = share
-        phasors[model.tone] = _phasors(model, y)
-    return energy, ringing, shares, phasors
+    row = rows.ringing[j]
+    if not row.any():
+        return ringing, phasors
+    corr = rows.corr[j]
+    for i, (model, first, _) in enumerate(_WHERE):
+        if row[i]:
+            ringing[model.tone] = float(rows.shares[j, i])
+            phasors[model.tone] = _phasors(model, corr[first].tolist())
+    return ringing, phasors
 
 
 def analyse_block(
@@ -539,47 +588,75 @@ class RingbackDetector:
         return 1, absolute
 
     def _drain(self) -> RingbackDetection | None:
+        """Analyse the complete pending blocks (in the window) in order: blocks after the
+        last loud sample are counted without decoding; the others are decoded and tested
+        together (:func:`_analyse_rows`), and only blocks that ring are looked at one by
+        one, for the runs."""
         pending = self._pending
         window = self._window
-        offset = 0
+        start = self._block_start
+        blocks = len(pending) // BLOCK_SAMPLES
+        if window is not None:
+            blocks = max(0, min(blocks, -(-(window - start) // BLOCK_SAMPLES)))
+        # Blocks starting at or before the last loud sample may ring; after it none can.
+        tested = min(blocks, max(0, (self._last_loud - start) // BLOCK_SAMPLES + 1))
         result: RingbackDetection | None = None
-        while len(pending) - offset >= BLOCK_SAMPLES:
-            start = self._block_start
-            if window is not None and start >= window:
-                break
-            self._block_start = start + BLOCK_SAMPLES
-            self.blocks_analysed += 1
-            if self._last_loud < start:
-                # No loud sample: below the energy floor, the block rings for no tone
-                # (what _analyse would find), so every run ends here.
-                offset += BLOCK_SAMPLES
-                if self._runs:
-                    self._runs = {}
-                continue
-            block = self._decode(start, offset)
-            offset += BLOCK_SAMPLES
-            _, ringing, _, phasors = _analyse(
-                block, self._ratio, self._min_mean_square, self._min_share
-            )
-            # A run counts consecutive, phase-coherent blocks ringing for one tone. A 425 Hz
-            # tone also fits the 400+450 Hz pair fairly well, so two runs can grow
-            # together; the best fit in the completing block names the tone.
-            runs = {tone: self._extend(tone, start, phasors[tone]) for tone in ringing}
+        done = blocks  # blocks used up (analysed or counted)
+        if tested:
+            rows = _analyse_rows(self._decode_many(start, tested), self._ratio,
+                                 self._min_mean_square, self._min_share)
+            any_ring = rows.ringing.any(axis=1)
+            runs = self._runs
+            if not any_ring.any():
+                runs = {}
+            else:
+                for j in range(tested):
+                    if not any_ring[j]:
+                        runs = {}
+                        continue
+                    block_start = start + j * BLOCK_SAMPLES
+                    ringing, phasors = _ringing(rows, j)
+                    # A run counts consecutive, phase-coherent blocks ringing for one
+                    # tone. A 425 Hz tone also fits the 400+450 Hz pair fairly well, so
+                    # two runs can grow together; the best fit in the completing block
+                    # names the tone.
+                    self._runs = runs
+                    runs = {tone: self._extend(tone, block_start, phasors[tone])
+                            for tone in ringing}
+                    complete = [t for t, (count, _) in runs.items() if count >= self._blocks]
+                    if complete:
+                        tone = min(complete, key=ringing.__getitem__)
+                        end = block_start + BLOCK_SAMPLES
+                        result = RingbackDetection(tone, end - runs[tone][0] * BLOCK_SAMPLES,
+                                                   end)
+                        self.detection = result
+                        done = j + 1
+                        break
             self._runs = runs
-            complete = [tone for tone, (count, _) in runs.items() if count >= self._blocks]
-            if complete:
-                tone = min(complete, key=ringing.__getitem__)
-                end = start + BLOCK_SAMPLES
-                result = RingbackDetection(tone, end - runs[tone][0] * BLOCK_SAMPLES, end)
-                self.detection = result
-                break
-        del pending[:offset]
+        if done > tested and self._runs:
+            self._runs = {}  # quiet blocks after the tested ones end every run
+        self.blocks_analysed += done
+        self._block_start = start + done * BLOCK_SAMPLES
+        del pending[: done * BLOCK_SAMPLES]
         if len(self._codecs) > 1:
             self._prune_codecs()
         if result is not None or (window is not None and self._block_start >= window):
             self.finished = True
             pending.clear()
         return result
+
+    def _decode_many(self, start: int, count: int) -> _Matrix:
+        """Linear samples of ``count`` pending blocks from stream sample ``start``, one
+        row per block."""
+        size = count * BLOCK_SAMPLES
+        codecs = self._codecs
+        if codecs[-1][0] <= start:  # one codec for all: the usual case
+            samples = _samples(_to_int16(self._pending[:size], codecs[-1][1]))
+        else:
+            samples = np.concatenate([self._decode(start + i * BLOCK_SAMPLES,
+                                                   i * BLOCK_SAMPLES)
+                                      for i in range(count)])
+        return samples.astype(np.float64).reshape(count, BLOCK_SAMPLES)
 
 
 # --- Silence -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from sidecar.media.tones import (
 
 from .packets import (
     cadence,
+    level,
     multitone,
     packetize,
     silence,
@@ -250,6 +252,39 @@ def test_packetisation_does_not_change_the_result(sizes: list[int]) -> None:
         position += size
         i += 1
     assert detector.detection == expected
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(1, 3000), min_size=1, max_size=20))
+def test_blocks_tested_together_ring_as_each_block_alone(seed: int, sizes: list[int]) -> None:
+    """Blocks are tested many at a time: a tone near the 10x limit in noise (so blocks
+    fall on both sides of it) rings in exactly the blocks that ring when each block is
+    tested alone (``analyse_block``), however the stream is cut into feeds."""
+    rng = random.Random(seed)
+    noise = white_noise(level(-19) / rng.uniform(2.6, 3.8), 1.5, seed=seed)
+    ringing = tone((440, 480), -19, 1.5)
+    samples = [a + b for a, b in zip(ringing, noise, strict=True)]
+    data = encode(samples, Codec.PCMU)
+    decoded = [ULAW_TO_LINEAR[b] for b in data]
+    alone = [analyse_block(decoded[i : i + BLOCK_SAMPLES]).tone is not None
+             for i in range(0, len(decoded) - BLOCK_SAMPLES + 1, BLOCK_SAMPLES)]
+    # The first run of RING_BLOCKS ringing blocks is where each block alone finds it.
+    expected_end = None
+    run = 0
+    for i, rings in enumerate(alone):
+        run = run + 1 if rings else 0
+        if run >= RING_BLOCKS:
+            expected_end = (i + 1) * BLOCK_SAMPLES
+            break
+    detector = RingbackDetector(max_phase_step=math.pi)  # the 10x test alone decides
+    position = i = 0
+    while position < len(data):
+        size = sizes[i % len(sizes)]
+        detector.feed(data[position : position + size], Codec.PCMU)
+        position += size
+        i += 1
+    found = detector.detection
+    assert (found.detected_sample if found is not None else None) == expected_end
 
 
 def test_analyse_block_reports_shares() -> None:
