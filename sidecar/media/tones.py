@@ -59,7 +59,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from zlib import adler32
 
 import numpy as np
@@ -605,9 +605,9 @@ class RingbackDetector:
         if tested:
             rows = _analyse_rows(self._decode_many(start, tested), self._ratio,
                                  self._min_mean_square, self._min_share)
-            any_ring = rows.ringing.any(axis=1)
+            any_ring = cast("list[bool]", rows.ringing.any(axis=1).tolist())
             runs = self._runs
-            if not any_ring.any():
+            if not any(any_ring):
                 runs = {}
             else:
                 for j in range(tested):
