@@ -133,6 +133,7 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
         systemd.status(f"starting: node {node}")
         # /metrics and /health/*: served from the start (a standby answers "not ready").
         metrics = Metrics()
+        metrics.watch_gc()
         server = await _serve_metrics(config, metrics)
         reporting = loop.create_task(_report(metrics)) if systemd.enabled else None
         try:

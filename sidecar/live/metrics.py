@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..charging.model import Disposition
+from .gcwatch import GcWatch
 
 if TYPE_CHECKING:
     from .service import Sidecar
@@ -71,6 +72,14 @@ class Metrics:
         self._offer_children[(True, 200)] = self._offers.labels("allow", "200")
         self.sidecar: Sidecar | None = None
         r.register(_StateCollector(self))
+        #: Collector pauses (installed by ``sidecar run``: a process-wide hook).
+        self.gc: GcWatch | None = None
+
+    def watch_gc(self) -> GcWatch:
+        """Time this process's garbage collections into ``sidecar_gc_pause_seconds``."""
+        if self.gc is None:
+            self.gc = GcWatch(self.registry)
+        return self.gc
 
     def attach(self, sidecar: Sidecar | None) -> None:
         """The sidecar serving Kamailio now (None: none, a standby or stopping)."""
