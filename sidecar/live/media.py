@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..charging import Action
 from ..media.capture import LiveCapture, interface_towards, port_filter
+from ..media.pcap import CapturedPayload
 from ..supervision.calls import CallControl
 from ..supervision.media import MediaSupervisor
 
@@ -127,17 +128,28 @@ class MediaPump:
         cap = self.capture
         if cap is None:
             return
-        on_packet = self.control.on_packet
+        control = self.control
+        on_packet = control.on_packet
+        media = self.media
+        datagram_key = media.datagram_key
+        matched = control.matched
+        awaiting = control.awaiting_media()
         actions: list[Action] = []
         stats = cap.stats
         deadline = time.perf_counter() + self.slice_s
         while True:
             before = stats.packets_read
-            for p in cap.read(_CHUNK):
-                if p.transport != "udp":
+            for p in cap.read_keyed(_CHUNK):
+                if not isinstance(p, CapturedPayload):  # UDP/IPv4: (ms, wire key, payload)
+                    ts, key, payload = p
+                    ref = datagram_key(ts, key, payload)
+                    if media.shared_hits or ref in awaiting:
+                        actions += matched(ref, ts)
+                elif p.transport == "udp":
+                    actions += on_packet(int(p.timestamp * 1000), p.src_ip, p.src_port,
+                                         p.dst_ip, p.dst_port, p.payload)
+                else:
                     continue
-                actions += on_packet(int(p.timestamp * 1000), p.src_ip, p.src_port,
-                                     p.dst_ip, p.dst_port, p.payload)
                 self.packets += 1
             if stats.packets_read - before < _CHUNK:
                 break  # the queue is empty

@@ -254,6 +254,42 @@ def test_read_respects_max_packets_and_resumes_mid_block() -> None:
 
 
 @needs_root
+def test_keyed_reads_give_the_wire_addressing_of_ipv4_and_decode_the_rest() -> None:
+    """The live media path reads UDP/IPv4 datagrams as (ms, wire key, payload), without
+    address text; anything else (IPv6 here) comes decoded, in capture order."""
+    receiver, port = udp_port(socket.AF_INET, "127.0.0.1")
+    receiver6, port6 = udp_port(socket.AF_INET6, "::1")
+    with (
+        receiver, receiver6,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender6,
+        LiveCapture("lo", filter=port_filter([port, port6])) as cap,
+    ):
+        sender.bind(("127.0.0.1", 0))
+        sender_port = sender.getsockname()[1]
+        before_ms = int(time.time() * 1000)
+        for i in range(50):
+            sender.sendto(b"v4 %d" % i, ("127.0.0.1", port))
+            if i % 10 == 0:
+                sender6.sendto(b"v6 %d" % i, ("::1", port6))
+        time.sleep(0.1)
+        got: list[object] = []
+        for _ in range(20):
+            got += cap.read_keyed(max_packets=7)
+        after_ms = int(time.time() * 1000)
+    key = (socket.inet_aton("127.0.0.1") * 2 + struct.pack("!HH", sender_port, port))
+    keyed = [g for g in got if not isinstance(g, CapturedPayload)]
+    decoded = [g for g in got if isinstance(g, CapturedPayload)]
+    assert [payload for _, _, payload in keyed] == [b"v4 %d" % i for i in range(50)]
+    assert {k for _, k, _ in keyed} == {key}
+    assert all(before_ms - 10 <= ms <= after_ms for ms, _, _ in keyed)
+    assert [(p.dst_ip, p.dst_port, p.payload) for p in decoded] == [
+        ("::1", port6, b"v6 %d" % i) for i in range(0, 50, 10)]
+    order = [g[2] if not isinstance(g, CapturedPayload) else g.payload for g in got]
+    assert order.index(b"v6 10") > order.index(b"v4 10") > order.index(b"v6 0")
+
+
+@needs_root
 def test_setup_errors_are_clear() -> None:
     with pytest.raises(CaptureError, match="no such network interface"):
         LiveCapture("nosuchif0", filter="udp")
