@@ -370,6 +370,11 @@ class MediaSupervisor:
         #: consumer holding packets back per flow, see :meth:`flow_run`, learns which
         #: flows changed).
         self.key_log: list[bytes] | None = None
+        # UDP/IPv4 wire keys of datagrams found of no dialog (neither address has an
+        # owner), and address -> those keys: such a datagram is then counted in one
+        # lookup, until an owner of either address changes (lingering RTP of ended calls).
+        self._stray_keys: dict[bytes, tuple[Address, Address]] = {}
+        self._strays_of: dict[Address, set[bytes]] = {}
         #: When a list: every address whose owner changed in the flow table is appended.
         self.address_log: list[Address] | None = None
         self.flows.on_change = self._forget_flows
@@ -520,13 +525,19 @@ class MediaSupervisor:
         if _flow is None:
             flow = self._key_cache.get(key)
             if flow is None or flow.also:
+                if flow is None and key in self._stray_keys:  # of no dialog, as before
+                    self.packets_unmatched += 1
+                    return None
                 src_ip, src_port, dst_ip, dst_port = udp4_fields(key)
+                unmatched = self.packets_unmatched
                 ref = self.datagram(ts_ms, src_ip, src_port, dst_ip, dst_port, payload)
                 if flow is None:
                     flow = self._flow_cache.get((src_ip, src_port, dst_ip, dst_port))
                     if flow is not None:
                         flow.key = key
                         self._key_cache[key] = flow
+                    elif self.packets_unmatched != unmatched and 4 in self.rtp_families:
+                        self._stray(key, (src_ip, src_port), (dst_ip, dst_port))
                 return ref
         else:
             flow = _flow
@@ -825,11 +836,30 @@ class MediaSupervisor:
         addresses: assumed)."""
         return bool(d.flowed or not d.families or d.families & self.rtp_families)
 
+    def _stray(self, key: bytes, src: Address, dst: Address) -> None:
+        if len(self._stray_keys) >= _FLOW_CACHE_LIMIT:
+            self._stray_keys.clear()
+            self._strays_of.clear()
+        self._stray_keys[key] = (src, dst)
+        self._strays_of.setdefault(src, set()).add(key)
+        self._strays_of.setdefault(dst, set()).add(key)
+
     def _forget_flows(self, addr: Address) -> None:
         """The owner of ``addr`` changed in the flow table: drop the cached flows through
-        it (FlowTable.on_change)."""
+        it (FlowTable.on_change), and what was known to be of no dialog through it."""
         if self.address_log is not None:
             self.address_log.append(addr)
+        strays = self._strays_of.pop(addr, None)
+        if strays:
+            for stray in strays:
+                ends = self._stray_keys.pop(stray, None)
+                if ends is not None:
+                    far = ends[1] if ends[0] == addr else ends[0]
+                    keys = self._strays_of.get(far)
+                    if keys is not None:
+                        keys.discard(stray)
+                        if not keys:
+                            del self._strays_of[far]
         cache = self._flow_cache
         flows_of = self._flows_of
         for key in flows_of.pop(addr, ()):

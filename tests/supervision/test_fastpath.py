@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import random
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,45 @@ def test_flow_cache_gives_what_classifying_every_packet_gives(seed: int) -> None
     fast = MediaSupervisor()
     assert _play(fast, steps) == _play(uncached(), steps)
     assert len(fast._flows_of) <= 2 * len(fast._flow_cache)
+
+
+def _wire(src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+    return (socket.inet_aton(src[0]) + socket.inet_aton(dst[0])
+            + struct.pack("!HH", src[1], dst[1]))
+
+
+class _Keyed(MediaSupervisor):
+    """Packets given by their wire key, as the live capture gives UDP/IPv4 datagrams."""
+
+    def packet(self, ts_ms: int, src: tuple[str, int], dst: tuple[str, int],
+               payload: bytes) -> str | None:
+        return self.datagram_key(ts_ms, _wire(src, dst), payload)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_wire_keys_and_known_strays_give_what_classifying_every_packet_gives(
+        seed: int) -> None:
+    """The wire-key path, with datagrams of no dialog remembered until an owner of either
+    address changes, counts and attributes every packet as the plain path does."""
+    steps = _scenario(seed)
+    keyed = _Keyed()
+    assert _play(keyed, steps) == _play(uncached(), steps)
+    assert keyed.packets_unmatched > 0
+    for key, (src, dst) in keyed._stray_keys.items():
+        assert key in keyed._strays_of[src] and key in keyed._strays_of[dst]
+
+
+def test_a_stray_datagram_is_counted_until_its_address_gets_a_dialog() -> None:
+    sup = MediaSupervisor()
+    sup.rtp_families.add(4)
+    key = _wire(("10.0.0.9", 4000), CALLER)
+    assert sup.datagram_key(100, key, one(1)) is None
+    assert sup.datagram_key(120, key, one(2)) is None  # known of no dialog: one lookup
+    assert sup.packets_unmatched == 2 and key in sup._stray_keys
+    answered(sup, "late", CALLER, CALLEE, at=130)  # the caller's address is offered now
+    assert key not in sup._stray_keys
+    assert sup.datagram_key(240, key, one(3)) == "late"
+    assert sup.dialogs["late"].callee.packets == 1
 
 
 # --- detectors ------------------------------------------------------------------------
