@@ -88,6 +88,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -624,11 +625,13 @@ def make_db(path: Path, deck: Path | None = None) -> Path:
     return path
 
 
-def new_lab(run_dir: Path, db: Path, *, sidecar: bool, media: bool = False) -> LiveLab:
-    """Kamailio + sidecar, or Kamailio alone relaying every call (FAIL_OPEN)."""
+def new_lab(run_dir: Path, db: Path, *, sidecar: bool, media: bool = False,
+            metrics: bool = False) -> LiveLab:
+    """Kamailio + sidecar, or Kamailio alone relaying every call (FAIL_OPEN); with
+    ``metrics``, the sidecar serves /metrics on a free loopback port."""
     return LiveLab(run_dir, db, fail_open=not sidecar, with_sidecar=sidecar,
                    kamailio_defines=KAMAILIO_DEFINES,
-                   extra_config=MEDIA_CONFIG if media else "")
+                   extra_config=MEDIA_CONFIG if media else "", metrics=metrics)
 
 
 def settle(labs: Sequence[LiveLab], *, min_s: float = 3.0, max_s: float = 30.0) -> float:
@@ -1155,10 +1158,28 @@ class Minute:
     counts: Counts
     sample: Sample
     reply_p99: float | None
+    memory: dict[str, float]  # the sidecar's memory gauges (/metrics), if it answered
 
 
-SOAK_HEADERS = ["minute", "completed", "failed", "503s", "sidecar RSS MB", "sidecar ms/call",
-                "Kamailio ms/call", "other load cores", "reply p99 ms"]
+SOAK_HEADERS = ["minute", "completed", "failed", "503s", "sidecar RSS MB", "SQLite MB",
+                "RSS-SQLite MB", "Python blocks k", "sidecar ms/call", "Kamailio ms/call",
+                "other load cores", "reply p99 ms"]
+MEMORY_GAUGES = ("sidecar_sqlite_memory_bytes", "sidecar_python_allocated_blocks")
+
+
+def memory_gauges(lab: LiveLab) -> dict[str, float]:
+    """The sidecar's memory gauges from its /metrics (empty if it does not answer)."""
+    try:
+        with urllib.request.urlopen(lab.metrics_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except (OSError, RuntimeError):
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in MEMORY_GAUGES:
+            out[name] = float(value)
+    return out
 
 
 class MinuteSampler:
@@ -1181,9 +1202,10 @@ class MinuteSampler:
         running.rtt.poll()
         p99 = percentile(running.rtt.times("reply", (index - 1) * 60_000, index * 60_000), 99)
         prev = self.minutes[-1] if self.minutes else None
-        self.minutes.append(Minute(index, counts, sample, p99))
+        memory = memory_gauges(self.lab)
+        self.minutes.append(Minute(index, counts, sample, p99, memory))
         row = _minute_row(index, prev.counts if prev else Counts(),
-                          counts, prev.sample if prev else self.start, sample, p99)
+                          counts, prev.sample if prev else self.start, sample, p99, memory)
         self.out.row(row)
 
 
@@ -1196,7 +1218,7 @@ def cmd_soak(args: argparse.Namespace) -> None:
     with workdir(args.keep, "bench-soak-") as d:
         scn = bench_scenarios(d / "scenarios", media=args.media)
         db = make_db(d / "bench.db")
-        with new_lab(d / "lab", db, sidecar=True, media=args.media) as lab:
+        with new_lab(d / "lab", db, sidecar=True, media=args.media, metrics=True) as lab:
             sampler = MinuteSampler(lab, args.minutes)
             load = run_load(lab, scn, label="soak", rate=args.rate, seconds=seconds,
                             on_tick=sampler.tick)
@@ -1246,11 +1268,34 @@ def cmd_soak(args: argparse.Namespace) -> None:
         if still < len(rss) - 1:
             print(f"  RSS unchanged from minute {still + 1} to {len(rss)} "
                   f"({rss[-1] / 1024:.1f} MB)")
+        _memory_split(minutes)
     elif rss[0] is not None and rss[-1] is not None:
         print(f"sidecar RSS after minute 2: n/a in a {len(minutes)}-minute run; minute 1 -> "
               f"{len(minutes)}: {rss[0] / 1024:.1f} -> {rss[-1] / 1024:.1f} MB "
               f"({(rss[-1] - rss[0]) / 1024:+.1f} MB)")
     print_notes([load])
+
+
+def _memory_split(minutes: Sequence[Minute]) -> None:
+    """Of the RSS growth after minute 2: SQLite's share (its page caches fill as the
+    database grows) and the rest, with the interpreter's blocks."""
+    a, b = minutes[1], minutes[-1]
+    key_sql, key_py = MEMORY_GAUGES
+    if (a.sample.sidecar_rss_kb is None or b.sample.sidecar_rss_kb is None
+            or key_sql not in a.memory or key_sql not in b.memory):
+        return
+    sql = (b.memory[key_sql] - a.memory[key_sql]) / 2**20
+    outside_a = a.sample.sidecar_rss_kb / 1024 - a.memory[key_sql] / 2**20
+    outside_b = b.sample.sidecar_rss_kb / 1024 - b.memory[key_sql] / 2**20
+    calls = b.counts.completed - a.counts.completed
+    per_call = (outside_b - outside_a) * 2**20 / calls if calls else 0.0
+    line = (f"  of which SQLite's allocations {sql:+.1f} MB; RSS outside SQLite "
+            f"{outside_a:.1f} -> {outside_b:.1f} MB ({outside_b - outside_a:+.1f} MB, "
+            f"{per_call:+.0f} bytes per call)")
+    if key_py in a.memory and key_py in b.memory:
+        line += (f"; Python blocks {a.memory[key_py] / 1000:,.0f}k -> "
+                 f"{b.memory[key_py] / 1000:,.0f}k")
+    print(line)
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -1259,14 +1304,19 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def _minute_row(index: int, c0: Counts, c1: Counts, s0: Sample, s1: Sample,
-                p99: float | None) -> list[str]:
+                p99: float | None, memory: dict[str, float]) -> list[str]:
     done = c1.completed - c0.completed
     side = (s1.sidecar_s - s0.sidecar_s) * 1000 / done if done else None
     kam = (s1.kamailio_s - s0.kamailio_s) * 1000 / done if done else None
     cores = s1.cores(s0)["other"]
     rss = None if s1.sidecar_rss_kb is None else s1.sidecar_rss_kb / 1024
+    sqlite = memory.get("sidecar_sqlite_memory_bytes")
+    sqlite_mb = None if sqlite is None else sqlite / 2**20
+    outside = None if rss is None or sqlite_mb is None else rss - sqlite_mb
+    blocks = memory.get("sidecar_python_allocated_blocks")
     return [str(index), fmt(done), fmt(c1.not_completed - c0.not_completed),
-            fmt(c1.refused - c0.refused), fmt(rss, 1), fmt(side, 3), fmt(kam, 3),
+            fmt(c1.refused - c0.refused), fmt(rss, 1), fmt(sqlite_mb, 1), fmt(outside, 1),
+            fmt(None if blocks is None else blocks / 1000, 0), fmt(side, 3), fmt(kam, 3),
             fmt(cores, 2), ms(p99)]
 
 

@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..charging.model import Disposition
 from .gcwatch import GcWatch
+from .memory import python_allocated_blocks, sqlite_memory_bytes
 
 if TYPE_CHECKING:
     from .service import Sidecar
@@ -164,6 +165,13 @@ class _StateCollector:
             return CounterMetricFamily(name, doc, value=value)
 
         ready = s is not None and self.metrics.readiness()[0]
+        sqlite_bytes = sqlite_memory_bytes()
+        if sqlite_bytes is not None:
+            yield gauge("sidecar_sqlite_memory_bytes", "Memory SQLite has allocated in this "
+                        "process (page caches, mostly: part of the resident size that "
+                        "grows until the caches are full)", sqlite_bytes)
+        yield gauge("sidecar_python_allocated_blocks", "Memory blocks the interpreter "
+                    "holds (objects): flat once the load is steady", python_allocated_blocks())
         yield counter("sidecar_auth_sidecar_seconds", "Of sidecar_auth_latency_seconds_sum, "
                       "the time spent inside the sidecar (offer read -> answer sent)",
                       self.metrics.auth_sidecar_us / 1e6)

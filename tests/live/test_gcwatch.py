@@ -46,3 +46,22 @@ def test_the_metrics_of_a_running_sidecar_carry_the_pauses() -> None:
         assert b'sidecar_gc_pause_seconds_count{generation="2"}' in metrics.exposition()
     finally:
         watch.close()
+
+
+def test_the_metrics_say_how_much_memory_sqlite_and_the_interpreter_hold() -> None:
+    import sqlite3
+
+    from sidecar.live.memory import sqlite_memory_bytes
+
+    before = sqlite_memory_bytes()
+    assert before is not None
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 100,)] * 20_000)
+    grown = sqlite_memory_bytes()
+    assert grown is not None and grown >= before + 2_000_000  # 2 MB of rows at least
+    text = Metrics().exposition().decode()
+    line = next(x for x in text.splitlines() if x.startswith("sidecar_sqlite_memory_bytes "))
+    assert float(line.split()[1]) >= 2_000_000
+    assert any(x.startswith("sidecar_python_allocated_blocks ") for x in text.splitlines())
+    conn.close()
