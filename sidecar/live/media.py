@@ -26,6 +26,8 @@ from ..supervision.media import MediaSupervisor
 log = logging.getLogger("sidecar.media")
 
 _CHUNK = 64  # packets read between looks at the clock
+_MAX_LISTED_PORTS = 64  # more than this: a port range (see port_filter)
+_NARROW_S = 1.0  # an automatic port range narrows at most this often
 
 
 class MediaConfigError(RuntimeError):
@@ -55,6 +57,8 @@ class MediaPump:
         self._report: asyncio.TimerHandle | None = None
         self._more: asyncio.Handle | None = None  # reading goes on after other callbacks
         self.slice_s = slice_ms / 1000
+        self._range: tuple[int, int] | None = None  # the automatic range in force
+        self._range_at = 0.0  # when it was last set (time.monotonic)
 
     def _choose_interface(self) -> str:
         if self.interface:
@@ -70,7 +74,22 @@ class MediaPump:
         if self.port_range is not None:
             lo, hi = self.port_range
             return f"udp and dst portrange {lo}-{hi}"
-        return port_filter(sorted(self.media.flows.ports()))
+        ports = self.media.flows.ports()
+        if len(ports) > _MAX_LISTED_PORTS:
+            # Too many ports to list: a range over them. It widens at once for a new
+            # call's port, and narrows at most every _NARROW_S (calls end all the time at
+            # a high rate: the kernel filter is not recompiled for each).
+            lo, hi = min(ports), max(ports)
+            now = time.monotonic()
+            kept = self._range
+            if kept is not None and kept[0] <= lo and hi <= kept[1] \
+                    and now - self._range_at < _NARROW_S:
+                lo, hi = kept
+            else:
+                self._range, self._range_at = (lo, hi), now
+            return f"udp and dst portrange {lo}-{hi}"
+        self._range = None
+        return port_filter(sorted(ports), max_ports=_MAX_LISTED_PORTS)
 
     def start(self) -> None:
         """Open the capture and start reading (raises if it cannot be opened)."""
