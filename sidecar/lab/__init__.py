@@ -19,10 +19,13 @@ This module holds the few port helpers both need. Everything here is Linux-only
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
 import random
 import socket
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, Self
 
@@ -121,10 +124,10 @@ def free_port_block(host: str = "127.0.0.1", size: int = 4, step: int = 2) -> in
 
 
 def _proc_net_entries(transport: Transport, pid: int | None = None
-                      ) -> list[tuple[str, int, str]]:
-    """(local IPv4 address, port, state) of every IPv4 socket in /proc/net/{udp,tcp}, or
-    in the network namespace of process ``pid`` (/proc/PID/net/...)."""
-    entries: list[tuple[str, int, str]] = []
+                      ) -> list[tuple[str, int, str, str]]:
+    """(local IPv4 address, port, state, inode) of every IPv4 socket in
+    /proc/net/{udp,tcp}, or in the network namespace of process ``pid`` (/proc/PID/net/...)."""
+    entries: list[tuple[str, int, str, str]] = []
     base = "/proc/net" if pid is None else f"/proc/{pid}/net"
     with open(f"{base}/{transport}", encoding="ascii") as fh:
         next(fh)  # header
@@ -132,8 +135,32 @@ def _proc_net_entries(transport: Transport, pid: int | None = None
             fields = line.split()
             addr_hex, port_hex = fields[1].split(":")
             addr = socket.inet_ntoa(int(addr_hex, 16).to_bytes(4, "little"))
-            entries.append((addr, int(port_hex, 16), fields[3]))
+            entries.append((addr, int(port_hex, 16), fields[3], fields[9]))
     return entries
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds open (/proc/PID/fd)."""
+    inodes: set[str] = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def _bound(entries: list[tuple[str, int, str, str]], transport: Transport, host: str,
+           port: int, inodes: set[str] | None = None) -> bool:
+    tcp_listen = "0A"
+    for addr, bound_port, state, inode in entries:
+        if bound_port != port or addr not in (host, "0.0.0.0"):
+            continue
+        if inodes is not None and inode not in inodes:
+            continue
+        if transport == "udp" or state == tcp_listen:
+            return True
+    return False
 
 
 def port_is_bound(transport: Transport, host: str, port: int, pid: int | None = None) -> bool:
@@ -143,13 +170,23 @@ def port_is_bound(transport: Transport, host: str, port: int, pid: int | None = 
     Reads /proc/net instead of trying to bind, so that a check never steals the port
     from the process that is about to bind it.
     """
-    tcp_listen = "0A"
-    for addr, bound_port, state in _proc_net_entries(transport, pid):
-        if bound_port != port or addr not in (host, "0.0.0.0"):
-            continue
-        if transport == "udp" or state == tcp_listen:
-            return True
-    return False
+    return _bound(_proc_net_entries(transport, pid), transport, host, port)
+
+
+def ports_bound_by(pid: int, transport: Transport, host: str, ports: Iterable[int]) -> bool:
+    """Whether process ``pid`` itself holds a socket bound to ``host:port`` (a TCP one
+    listening) for every port of ``ports``, in its network namespace; False once it is gone.
+
+    Unlike :func:`port_is_bound`, a socket of another process on one of those ports does
+    not count: a process that bound some of its ports and is about to exit because
+    another socket holds the next one is not taken for started.
+    """
+    try:
+        inodes = _socket_inodes(pid)
+        entries = _proc_net_entries(transport, pid)
+    except OSError:  # gone meanwhile
+        return False
+    return all(_bound(entries, transport, host, port, inodes) for port in ports)
 
 
 class Every:

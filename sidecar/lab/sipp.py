@@ -37,7 +37,7 @@ from . import (
     free_fixed_port,
     free_port,
     free_port_block,
-    port_is_bound,
+    ports_bound_by,
 )
 
 #: The scenarios the project ships.
@@ -258,10 +258,8 @@ class SippProcess:
         sip_port: int,
         media_port: int,
         timeout_s: float,
-        in_namespace: bool = False,
     ) -> None:
         self.name = name
-        self.in_namespace = in_namespace  # bound ports are looked up in SIPp's namespace
         self.argv = list(argv)
         self.run_dir = run_dir
         self.files = dict(files)
@@ -299,9 +297,10 @@ class SippProcess:
         if not wait_bound:
             return
         deadline = time.monotonic() + 5.0
-        pid = self._proc.pid if self.in_namespace else None
         ports = [self.sip_port, self.media_port, self.media_port + 2]
-        while not all(port_is_bound("udp", self.sip_host, p, pid) for p in ports):
+        # Bound by this SIPp itself: the socket that took one of its ports is bound too,
+        # and SIPp, having bound the ports before it, is about to exit (errno 98).
+        while not ports_bound_by(self._proc.pid, "udp", self.sip_host, ports):
             if not self.running():
                 output = self.result().output_tail()
                 if "errno = 98" in output:
@@ -496,7 +495,6 @@ class Sipp:
             sip_port=sip_port,
             media_port=media_port,
             timeout_s=timeout_s,
-            in_namespace=bool(self.command_prefix),
         )
 
     def _start(self, proc: SippProcess, auto_ports: bool, attempts: int = 4) -> SippProcess:
@@ -517,7 +515,7 @@ class Sipp:
                 argv[argv.index(flag) + 1] = str(value)
             proc = SippProcess(proc.name, argv, self.run_dir, proc.files,
                                sip_host=self.host, sip_port=sip_port, media_port=media_port,
-                               timeout_s=proc.timeout_s, in_namespace=False)
+                               timeout_s=proc.timeout_s)
         raise AssertionError("unreachable")
 
     def start_uas(

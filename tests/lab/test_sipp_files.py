@@ -74,3 +74,55 @@ def test_a_port_taken_before_sipp_binds_it_is_picked_again(
             sipp.start_uas("uas.xml", media_port=taken, timeout_s=5)
     finally:
         blocker.close()
+
+
+#: Binds SIPp's ports in SIPp's order (SIP, audio RTP, then video RTP) but slowly, and exits
+#: as SIPp does when the video RTP port is taken: the window in which the SIP and audio
+#: ports are bound by it, the video port by another socket, and it is about to exit.
+SLOW_BINDER = """\
+import socket, sys, time
+def arg(flag):
+    return sys.argv[sys.argv.index(flag) + 1]
+host, sip, media = arg("-i"), int(arg("-p")), int(arg("-mp"))
+held = []
+for port in (sip, media, media + 2):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        print(f"Unable to bind video RTP socket (IP={host}, port={port}), errno = {exc.errno}"
+              " (Address already in use)", flush=True)
+        sys.exit(254)
+    held.append(sock)
+    time.sleep(0.5)
+time.sleep(30)
+"""
+
+
+def test_a_process_that_bound_some_ports_and_exits_is_not_taken_for_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race above made certain: SIPp takes 0.5 s between two binds. Its start waits
+    until SIPp itself holds all its ports, not merely until each port is bound by someone
+    (the socket that took the video port is bound too)."""
+    import socket
+    import sys
+
+    from sidecar.lab import free_port_block
+    from sidecar.lab import sipp as sipp_module
+
+    fake = tmp_path / "slow-sipp"
+    fake.write_text(f"#!{sys.executable}\n{SLOW_BINDER}")
+    fake.chmod(0o755)
+    taken = free_port_block()
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", taken + 2))
+    picks = iter([taken])
+    monkeypatch.setattr(sipp_module, "free_port_block",
+                        lambda host="127.0.0.1": next(picks, None) or free_port_block(host))
+    try:
+        sipp = Sipp(tmp_path / "sipp", sipp_bin=str(fake))
+        with sipp.start_uas("uas.xml", calls=1, timeout_s=20) as uas:
+            assert uas.media_port != taken
+            assert uas.running()
+    finally:
+        blocker.close()
