@@ -6,13 +6,20 @@ Kamailio's receive queue: the probes it sends itself through that queue come bac
 the shedding level rises, and part of the INVITEs is refused statelessly at the top of
 the request route — 503 with Retry-After, no offer to the sidecar — quickly. When the
 burst is over, the level falls back to 0 and calls reach the sidecar again.
+
+"Far beyond" is measured on the machine the test runs on: a fixed rate that overloads
+one machine is within what a faster one handles (8,000/s shed 0-505 INVITEs of 8,000
+on the same machine). The burst's rate is BURST_LOAD times what the worker handles as
+its CPU time per INVITE shows, over paced seconds before it.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import socket
 import statistics
+import struct
 import threading
 import time
 from collections import deque
@@ -25,13 +32,24 @@ from tests.lab.test_kamailio_lab import HOST, EvapiClient, Event, JsonRpcError, 
 
 pytestmark = [pytest.mark.timeout(120)]
 
-BURST = 8000
-BURST_RATE = 8000  # INVITEs/s: 1 s of them
+#: The burst's rate, as a multiple of the INVITEs per second one worker handles (its CPU
+#: time per INVITE), for BURST_S seconds; at most BURST_MAX_RATE (the socket buffers).
+BURST_LOAD = 2.0
+BURST_S = 1.0
+BURST_MAX_RATE = 60_000
+#: The paced INVITEs that measure the worker, and their rate (a small share of what it
+#: handles): CPU time is counted in clock ticks (10 ms), so some hundreds of ms of it.
+MEASURE = 2000
+MEASURE_RATE = 1000
+
+#: Linux's SO_TIMESTAMPNS (and SCM_TIMESTAMPNS): each datagram carries the time the
+#: kernel received it (CLOCK_REALTIME), not the time this test got round to reading it.
+SO_TIMESTAMPNS = 35
 
 
 @dataclass
 class Reply:
-    """The first final reply to one INVITE."""
+    """The first final reply to one INVITE; ``at``: when it arrived (wall clock, s)."""
 
     code: int
     retry_after: bool
@@ -40,7 +58,10 @@ class Reply:
 
 @dataclass
 class Caller:
-    """Sends INVITEs from one UDP socket and keeps the first final reply to each."""
+    """Sends INVITEs from one UDP socket and keeps the first final reply to each.
+
+    Send and arrival times are the wall clock's: the arrival's is the kernel's timestamp,
+    so a reader thread that falls behind a burst of replies does not make them late."""
 
     target: tuple[str, int]
     sock: socket.socket = field(init=False)
@@ -51,6 +72,7 @@ class Caller:
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.bind((HOST, 0))
         self.sock.settimeout(0.1)
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -82,18 +104,20 @@ class Caller:
                 ahead = t0 + i / rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
-            self.sent[cid] = time.monotonic()
+            self.sent[cid] = time.time()
             self.sock.sendto(data, self.target)
 
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
-                data = self.sock.recv(65535)
+                data, ancillary, _, _ = self.sock.recvmsg(65535, 64)
             except TimeoutError:
                 continue
             except OSError:
                 return
-            now = time.monotonic()
+            now = next((sec + nsec / 1e9 for level, kind, stamp in ancillary
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS
+                        for sec, nsec in [struct.unpack("qq", stamp[:16])]), time.time())
             head, _, _ = data.partition(b"\r\n\r\n")
             lines = head.decode(errors="replace").split("\r\n")
             parts = lines[0].split(" ", 2)
@@ -131,6 +155,15 @@ def _shed(lab: Lab) -> int:
         return 0
 
 
+def _worker_cpu_s(lab: Lab) -> float:
+    """CPU time (user + system, s) of Kamailio's one SIP worker so far."""
+    pid = next(p["PID"] for p in lab.kam.rpc("core.psx")
+               if str(p["DSC"]).startswith("udp receiver"))
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_burst_is_shed_statelessly_and_shedding_stops_when_it_is_over(
         make_lab: Callable[..., Lab]) -> None:
     lab = make_lab(children=1, log_events=False)
@@ -143,18 +176,31 @@ def test_a_burst_is_shed_statelessly_and_shedding_stops_when_it_is_over(
     assert [caller.replies[c].code for c in quiet] == [403] * 5
     assert _level(lab) == 0 and _shed(lab) == 0
 
-    # The burst: thousands of INVITEs at once into one worker.
-    burst = [f"burst-{i}" for i in range(BURST)]
-    caller.send(burst, BURST_RATE)
+    # What the worker handles: its CPU time per INVITE over paced seconds.
+    measure = [f"measure-{i}" for i in range(MEASURE)]
+    cpu_before = _worker_cpu_s(lab)
+    caller.send(measure, MEASURE_RATE)
+    caller.wait(measure, 5)
+    cpu_per_invite = (_worker_cpu_s(lab) - cpu_before) / len(measure)
+    handles = 1 / max(cpu_per_invite, 1e-6)  # INVITEs/s
+    rate = min(BURST_LOAD * handles, BURST_MAX_RATE)
+    calm = _calm_again(lab, caller, "measured")
+    assert set(calm) <= {e["call_id"] for e in sidecar.of_kind("offer")}
+
+    # The burst: BURST_LOAD times what the worker handles, into that one worker.
+    burst = [f"burst-{i}" for i in range(int(rate * BURST_S))]
+    caller.send(burst, rate)
     caller.wait(burst, 15)
     answered = {c: caller.replies[c] for c in burst if c in caller.replies}
     shed = {c: r for c, r in answered.items() if r.code == 503 and r.retry_after}
     offered = {e["call_id"] for e in sidecar.of_kind("offer")}
-    # Part of the burst was refused with the overload 503 (Retry-After), and none of
-    # those was offered to the sidecar: refused before any transaction or event.
-    # (How much depends on how fast this machine works the burst off: 266 of 8,000 on a
-    # fast day, over 800 on slower ones; at least 100.)
-    assert len(shed) >= BURST // 80, (len(shed), len(answered), _shed(lab))
+    context = (f"{handles:.0f} INVITEs/s handled, burst {len(burst)} at {rate:.0f}/s: "
+               f"{len(answered)} answered, {len(shed)} shed, {_shed(lab)} counted")
+    # A good part of the burst was refused with the overload 503 (Retry-After), and none
+    # of those was offered to the sidecar: refused before any transaction or event.
+    # (70-82% of it on a machine measured at 8,300-10,000/s, also while two other
+    # processes kept its both cores busy.)
+    assert len(shed) >= len(burst) // 3, context
     assert not set(shed) & offered
     assert _shed(lab) >= len(shed)
     # ... while other calls of the burst still reached the sidecar and got its answer.
