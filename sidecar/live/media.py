@@ -28,6 +28,7 @@ log = logging.getLogger("sidecar.media")
 _CHUNK = 64  # packets read between looks at the clock
 _MAX_LISTED_PORTS = 64  # more than this: a port range (see port_filter)
 _NARROW_S = 1.0  # an automatic port range narrows at most this often
+_MARGIN = 512  # ports to spare on either side of an automatic range
 
 
 class MediaConfigError(RuntimeError):
@@ -76,9 +77,10 @@ class MediaPump:
             return f"udp and dst portrange {lo}-{hi}"
         ports = self.media.flows.ports()
         if len(ports) > _MAX_LISTED_PORTS:
-            # Too many ports to list: a range over them. It widens at once for a new
-            # call's port, and narrows at most every _NARROW_S (calls end all the time at
-            # a high rate: the kernel filter is not recompiled for each).
+            # Too many ports to list: a range over them, with _MARGIN ports to spare on
+            # either side (new calls' ports mostly fall inside: no recompile for each).
+            # It widens at once for a port outside, and narrows at most every _NARROW_S
+            # (calls end all the time at a high rate).
             lo, hi = min(ports), max(ports)
             now = time.monotonic()
             kept = self._range
@@ -86,6 +88,7 @@ class MediaPump:
                     and now - self._range_at < _NARROW_S:
                 lo, hi = kept
             else:
+                lo, hi = max(1, lo - _MARGIN), min(65535, hi + _MARGIN)
                 self._range, self._range_at = (lo, hi), now
             return f"udp and dst portrange {lo}-{hi}"
         self._range = None

@@ -28,14 +28,17 @@ def test_few_ports_are_listed_and_many_become_a_range_that_widens_at_once() -> N
                               "dst port 10004)")
     for i in range(3, 80):
         media.offer(f"c{i}", 0, sdp("127.0.0.1", 10_000 + 2 * i))
-    assert pump._filter() == "udp and dst portrange 10000-10158"
-    media.offer("new", 0, sdp("127.0.0.1", 12_000))  # a new call's port: passed at once
-    assert pump._filter() == "udp and dst portrange 10000-12000"
+    assert pump._filter() == "udp and dst portrange 9488-10670"  # 512 ports to spare
+    media.offer("next", 0, sdp("127.0.0.1", 10_600))  # within the margin: no change
+    assert pump._filter() == "udp and dst portrange 9488-10670"
+    media.offer("new", 0, sdp("127.0.0.1", 12_000))  # beyond: widened at once
+    assert pump._filter() == "udp and dst portrange 9488-12512"
     media.end("c0", 10)  # the lowest port is gone: the range is kept for now ...
     media.end("new", 10)
-    assert pump._filter() == "udp and dst portrange 10000-12000"
+    media.end("next", 10)
+    assert pump._filter() == "udp and dst portrange 9488-12512"
     pump._range_at -= 1.0  # ... and narrowed once a second has passed
-    assert pump._filter() == "udp and dst portrange 10002-10158"
+    assert pump._filter() == "udp and dst portrange 9490-10670"
     for i in range(1, 75):
         media.end(f"c{i}", 20)
     assert pump._filter() == ("udp and (dst port 10150 or dst port 10152 or "
