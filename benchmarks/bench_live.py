@@ -94,6 +94,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sidecar.charging.charger import ChargingConfig
 from sidecar.lab import KAMAILIO_DIR
 from sidecar.lab.live import LiveLab
 from sidecar.lab.nodes import NodesLab
@@ -1165,6 +1166,7 @@ SOAK_HEADERS = ["minute", "completed", "failed", "503s", "sidecar RSS MB", "SQLi
                 "RSS-SQLite MB", "Python blocks k", "sidecar ms/call", "Kamailio ms/call",
                 "other load cores", "reply p99 ms"]
 MEMORY_GAUGES = ("sidecar_sqlite_memory_bytes", "sidecar_python_allocated_blocks")
+REMEMBER_ENDED = ChargingConfig().remember_ended
 
 
 def memory_gauges(lab: LiveLab) -> dict[str, float]:
@@ -1258,6 +1260,11 @@ def cmd_soak(args: argparse.Namespace) -> None:
             print(f"  single minutes 1 -> {len(per_call)}: {per_call[0][0]:.3f} -> "
                   f"{per_call[-1][0]:.3f} ms "
                   f"({(per_call[-1][0] / per_call[0][0] - 1) * 100:+.1f}%)")
+        if first[1] and last[1]:
+            r0, r1 = first[0] / first[1], last[0] / last[1]
+            print(f"  the sidecar's CPU per call as a share of Kamailio's (machine noise "
+                  f"taken out): {r0:.2f} -> {r1:.2f} ({(r1 / r0 - 1) * 100:+.1f}%; flat within "
+                  f"10%: {verdict(abs(r1 / r0 - 1) <= 0.10)})")
     rss = [m.sample.sidecar_rss_kb for m in minutes]
     if len(minutes) > 2 and rss[1] is not None and rss[-1] is not None:
         print(f"sidecar RSS after minute 2: {rss[1] / 1024:.1f} -> {rss[-1] / 1024:.1f} MB "
@@ -1268,7 +1275,14 @@ def cmd_soak(args: argparse.Namespace) -> None:
         if still < len(rss) - 1:
             print(f"  RSS unchanged from minute {still + 1} to {len(rss)} "
                   f"({rss[-1] / 1024:.1f} MB)")
-        _memory_split(minutes)
+        _memory_split(minutes, 1)
+        # The sidecar remembers the last REMEMBER_ENDED ended calls (duplicate events are
+        # recognised): that memory is full after this many minutes, and flat from then.
+        warm = -(-REMEMBER_ENDED // (args.rate * 60)) + 1
+        if warm < len(minutes) - 1:
+            print(f"  once the memory of the last {REMEMBER_ENDED:,} ended calls is full "
+                  f"(minute {warm}):")
+            _memory_split(minutes, warm - 1)
     elif rss[0] is not None and rss[-1] is not None:
         print(f"sidecar RSS after minute 2: n/a in a {len(minutes)}-minute run; minute 1 -> "
               f"{len(minutes)}: {rss[0] / 1024:.1f} -> {rss[-1] / 1024:.1f} MB "
@@ -1276,10 +1290,10 @@ def cmd_soak(args: argparse.Namespace) -> None:
     print_notes([load])
 
 
-def _memory_split(minutes: Sequence[Minute]) -> None:
-    """Of the RSS growth after minute 2: SQLite's share (its page caches fill as the
-    database grows) and the rest, with the interpreter's blocks."""
-    a, b = minutes[1], minutes[-1]
+def _memory_split(minutes: Sequence[Minute], start: int) -> None:
+    """Of the RSS growth after minute ``start + 1``: SQLite's share (its page caches fill
+    as the database grows) and the rest, with the interpreter's blocks."""
+    a, b = minutes[start], minutes[-1]
     key_sql, key_py = MEMORY_GAUGES
     if (a.sample.sidecar_rss_kb is None or b.sample.sidecar_rss_kb is None
             or key_sql not in a.memory or key_sql not in b.memory):
@@ -1289,9 +1303,9 @@ def _memory_split(minutes: Sequence[Minute]) -> None:
     outside_b = b.sample.sidecar_rss_kb / 1024 - b.memory[key_sql] / 2**20
     calls = b.counts.completed - a.counts.completed
     per_call = (outside_b - outside_a) * 2**20 / calls if calls else 0.0
-    line = (f"  of which SQLite's allocations {sql:+.1f} MB; RSS outside SQLite "
-            f"{outside_a:.1f} -> {outside_b:.1f} MB ({outside_b - outside_a:+.1f} MB, "
-            f"{per_call:+.0f} bytes per call)")
+    line = (f"  minute {a.index} -> {b.index}: SQLite's allocations {sql:+.1f} MB; RSS "
+            f"outside SQLite {outside_a:.1f} -> {outside_b:.1f} MB "
+            f"({outside_b - outside_a:+.1f} MB, {per_call:+.0f} bytes per call)")
     if key_py in a.memory and key_py in b.memory:
         line += (f"; Python blocks {a.memory[key_py] / 1000:,.0f}k -> "
                  f"{b.memory[key_py] / 1000:,.0f}k")
