@@ -603,21 +603,12 @@ class LiveCapture:
         decode = self._decoder.decode
         linktype = self.linktype
         unpack_packet = _PACKET_HEAD.unpack_from
-        block_bytes = self._block_bytes
         frames = 0
         while frames < max_packets:
-            if not self._left:
-                base = self._block * block_bytes
-                status, count, first = _BLOCK_HEAD.unpack_from(ring, base + 8)
-                if not status & _TP_STATUS_USER:
-                    break  # the kernel still owns this block: nothing more queued
-                if not count:
-                    self._release_block()
-                    continue
-                self._left = count
-                self._offset = base + first
-            take = min(self._left, max_packets - frames)
-            offset = self._offset
+            run = self._ring_run(max_packets - frames)
+            if run is None:
+                break  # the kernel still owns the next block: nothing more queued
+            offset, take = run
             for _ in range(take):
                 next_offset, seconds, nanoseconds, caplen, mac = unpack_packet(ring, offset)
                 start = offset + mac
@@ -628,10 +619,7 @@ class LiveCapture:
                     append(result)
                 offset += next_offset
             frames += take
-            self._left -= take
-            self._offset = offset
-            if not self._left:
-                self._release_block()
+            self._ring_done(take, offset)
         self.stats.packets_read += frames
         self.stats.payloads_yielded += len(out)
         return out
@@ -652,21 +640,12 @@ class LiveCapture:
         linktype = self.linktype
         unpack_packet = _PACKET_HEAD.unpack_from
         unpack_udp = _unpack_eth_ipv4_udp
-        block_bytes = self._block_bytes
         frames = 0
         while frames < max_packets:
-            if not self._left:
-                base = self._block * block_bytes
-                status, count, first = _BLOCK_HEAD.unpack_from(ring, base + 8)
-                if not status & _TP_STATUS_USER:
-                    break
-                if not count:
-                    self._release_block()
-                    continue
-                self._left = count
-                self._offset = base + first
-            take = min(self._left, max_packets - frames)
-            offset = self._offset
+            run = self._ring_run(max_packets - frames)
+            if run is None:
+                break  # the kernel still owns the next block: nothing more queued
+            offset, take = run
             for _ in range(take):
                 next_offset, seconds, nanoseconds, caplen, mac = unpack_packet(ring, offset)
                 start = offset + mac
@@ -687,13 +666,36 @@ class LiveCapture:
                 if result is not None:
                     append(result)
             frames += take
-            self._left -= take
-            self._offset = offset
-            if not self._left:
-                self._release_block()
+            self._ring_done(take, offset)
         self.stats.packets_read += frames
         self.stats.payloads_yielded += len(out)
         return out
+
+    def _ring_run(self, room: int) -> tuple[int, int] | None:
+        """Where the next frames to read are in the ring, and how many of them (at most
+        ``room``, all in one block), opening the next block if need be; None while the
+        kernel still owns it. :meth:`_ring_done` says how far reading got."""
+        ring = self._ring
+        assert ring is not None
+        while not self._left:
+            base = self._block * self._block_bytes
+            status, count, first = _BLOCK_HEAD.unpack_from(ring, base + 8)
+            if not status & _TP_STATUS_USER:
+                return None
+            if not count:
+                self._release_block()
+                continue
+            self._left = count
+            self._offset = base + first
+        return self._offset, min(self._left, room)
+
+    def _ring_done(self, frames: int, offset: int) -> None:
+        """``frames`` frames of the run :meth:`_ring_run` gave were read, up to ``offset``:
+        a block read to its end goes back to the kernel."""
+        self._left -= frames
+        self._offset = offset
+        if not self._left:
+            self._release_block()
 
     def _release_block(self) -> None:
         # Writing TP_STATUS_KERNEL (0) hands the block back; the kernel fills blocks in
