@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.lab import free_port
+from sidecar.lab import free_port, free_port_block
 from sidecar.lab.live import HOST, LiveLab
 from sidecar.lab.sipp import SippProcess
 from sidecar.money import fmt
@@ -83,7 +83,7 @@ class Carrier:
         """Start the carrier's SIPp (it takes ``calls`` calls, then ends)."""
         assert self.lab is not None
         self.proc = self.lab._stack.enter_context(self.lab.uas_sipp.start_uas(
-            scenario, port=self.port, media_port=free_port("udp", HOST), calls=calls,
+            scenario, port=self.port, media_port=free_port_block(HOST), calls=calls,
             duration_ms=duration_ms, timeout_s=60, name=self.name))
         return self.proc
 
