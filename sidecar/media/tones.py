@@ -252,26 +252,24 @@ _BASES_T = np.ascontiguousarray(_BASES.T)
 _BATCH_ROWS = 32
 
 
-def _correlations(x: _Matrix) -> tuple[_Matrix, _Matrix, _Matrix]:
-    """Per row of ``x`` (blocks of mean-free-able samples): the energy ``E`` (mean
-    removed), the raw energy, and the correlations with every row of :data:`_BASES`."""
+def _correlations(x: _Matrix) -> tuple[_Matrix, _Matrix]:
+    """Per row of ``x`` (blocks of linear samples): the energy ``E`` (mean removed) and
+    the correlations with every row of :data:`_BASES`."""
     m = len(x)
     pad = -m % _BATCH_ROWS
     if pad:
         x = np.concatenate([x, np.zeros((pad, BLOCK_SAMPLES), dtype=np.float64)])
     total = x.sum(axis=1)
-    raw = (x * x).sum(axis=1)
-    energy = raw - total * total / BLOCK_SAMPLES
+    energy = (x * x).sum(axis=1) - total * total / BLOCK_SAMPLES
     corr = np.concatenate([x[i : i + _BATCH_ROWS] @ _BASES_T
                            for i in range(0, len(x), _BATCH_ROWS)])
-    return energy[:m], raw[:m], corr[:m]
+    return energy[:m], corr[:m]
 
 
 class _Rows(NamedTuple):
     """:func:`_analyse_rows` of a batch of blocks."""
 
     energy: _Matrix  # E per block
-    loud: npt.NDArray[np.bool_]  # E at least the floor: the tone test applies
     shares: _Matrix  # (E - P) / E per block and model (1.0 below the floor)
     ringing: npt.NDArray[np.bool_]  # per block and model
     corr: _Matrix  # correlations per block (see _WHERE)
@@ -280,7 +278,7 @@ class _Rows(NamedTuple):
 def _analyse_rows(x: _Matrix, ratio: float, min_mean_square: float,
                   min_share: float) -> _Rows:
     """The ringing-block test on every row of ``x`` (blocks of linear samples) at once."""
-    energy, _, corr = _correlations(x)
+    energy, corr = _correlations(x)
     loud = energy >= min_mean_square * BLOCK_SAMPLES
     safe = np.where(loud, energy, 1.0)
     ring_share = 1.0 / (1.0 + ratio)  # P >= ratio * (E - P)  <=>  (E - P) / E <= this
@@ -298,7 +296,7 @@ def _analyse_rows(x: _Matrix, ratio: float, min_mean_square: float,
             rings &= np.minimum(p_first, p_second) >= min_share * projection
         shares[:, i] = np.where(loud, share, 1.0)
         ringing[:, i] = rings
-    return _Rows(energy, loud, shares, ringing, corr)
+    return _Rows(energy, shares, ringing, corr)
 
 
 def _analyse(
