@@ -13,7 +13,9 @@ measured from the outside (black box), each figure beside its baseline from the 
 Every subcommand also takes ``--keep DIR``: keep the run directories (Kamailio, sidecar
 and SIPp logs, SIPp's statistics and response times, the database) under DIR; and
 ``--define NAME=VALUE`` (repeatable): a ``kamailio.cfg`` define for every Kamailio of the
-run, to measure a tuning (e.g. ``--define OVERLOAD_AUTH_MS=30``).
+run, to measure a tuning (e.g. ``--define OVERLOAD_AUTH_MS=30``); ``--cfg PATH``: run
+``cpu``, ``step``, ``deck`` and ``soak`` with another ``kamailio.cfg`` (to compare a change
+with the version before it: ``git show REV:kamailio/kamailio.cfg > /tmp/old.cfg``).
 
 - ``cpu``: Kamailio alone (FAIL_OPEN, no sidecar) and Kamailio + sidecar at the same rate:
   completed and failed calls, Kamailio's CPU per completed call in both runs, the sidecar's
@@ -110,6 +112,8 @@ BASE_DATE = "2024-01-01"  # the plan's first lines: in effect long before any ru
 CALL_MS = 1000
 #: Kamailio's log level in every run: errors only (no per-call warning of a fail-open relay).
 KAMAILIO_DEFINES: dict[str, str | int | None] = {"DBG_LEVEL": -1}
+#: ``--cfg``: the kamailio.cfg of the single-node runs (None: the shipped one).
+KAMAILIO_CFG: list[Path | None] = [None]
 MEDIA_CONFIG = '[media]\nenabled = true\ninterface = "lo"\n'
 FAIL_SHARE = 0.01  # "fails": more than 1% of the offered calls did not complete
 #: First media port of the callee's and the caller's calls with --media (each side uses
@@ -631,7 +635,7 @@ def new_lab(run_dir: Path, db: Path, *, sidecar: bool, media: bool = False,
     """Kamailio + sidecar, or Kamailio alone relaying every call (FAIL_OPEN); with
     ``metrics``, the sidecar serves /metrics on a free loopback port."""
     return LiveLab(run_dir, db, fail_open=not sidecar, with_sidecar=sidecar,
-                   kamailio_defines=KAMAILIO_DEFINES,
+                   kamailio_defines=KAMAILIO_DEFINES, kamailio_cfg=KAMAILIO_CFG[0],
                    extra_config=MEDIA_CONFIG if media else "", metrics=metrics)
 
 
@@ -1556,6 +1560,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     common.add_argument("--define", action="append", default=[], metavar="NAME=VALUE",
                         help="a kamailio.cfg define for every Kamailio of the run (e.g. "
                              "OVERLOAD_AUTH_MS=30); repeatable")
+    common.add_argument("--cfg", type=Path, default=None, metavar="PATH",
+                        help="run the Kamailio of cpu, step, deck and soak with this "
+                             "kamailio.cfg instead of the shipped one (to compare a "
+                             "change, e.g. an older version from git show)")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -1597,6 +1605,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not eq or not name.isidentifier():
             ap.error(f"--define {item!r}: expected NAME=VALUE")
         KAMAILIO_DEFINES[name] = int(value) if value.lstrip("-").isdigit() else value
+    if args.cfg is not None:
+        if not args.cfg.is_file():
+            ap.error(f"--cfg {args.cfg}: no such file")
+        KAMAILIO_CFG[0] = args.cfg.resolve()
     # SIGTERM (e.g. from timeout(1)) unwinds like Ctrl-C: every lab and SIPp is stopped.
     signal.signal(signal.SIGTERM, _terminate)
     t0 = time.monotonic()

@@ -65,6 +65,7 @@ class BundleBook:
         self._base: dict[UsageKey, int] = {}  # used + held, as the store last said
         self._pending: dict[int, tuple[UsageKey, int]] = {}  # seq -> (key, seconds)
         self._totals: dict[UsageKey, int] = {}
+        self._periods: dict[tuple[str, int], tuple[int, int]] = {}  # kind -> [start, end)
 
     @property
     def active(self) -> bool:
@@ -102,17 +103,26 @@ class BundleBook:
              ) -> Pick | None:
         """The bundle a call on ``line`` to ``number`` answered at ``now_ms`` draws on:
         the first that covers it with seconds left; None when none does."""
-        at: datetime | None = None
         for b in self.of(account, plan):
             if not b.covers(line, number):
                 continue
-            if at is None:
-                at = datetime.fromtimestamp(now_ms / 1000, UTC)
-            key = (account, b.name, period_key(b, at))
+            key = (account, b.name, self._period_start(b, now_ms))
             left = self.left(b, key)
             if left > 0:
                 return Pick(b, key, left)
         return None
+
+    def _period_start(self, bundle: Bundle, now_ms: int) -> int:
+        """:func:`period_key` of ``now_ms``, remembered per kind of period until it ends
+        (a month, or a day: the calls in it need no calendar arithmetic)."""
+        kind = (bundle.period, bundle.anchor_day)
+        hit = self._periods.get(kind)
+        if hit is not None and hit[0] <= now_ms < hit[1]:
+            return hit[0]
+        start, end = bundle.period_of(datetime.fromtimestamp(now_ms / 1000, UTC))
+        got = (int(start.timestamp() * 1000), int(end.timestamp() * 1000))
+        self._periods[kind] = got
+        return got[0]
 
     # --- the core's own draws ----------------------------------------------------------
     def apply(self, seq: int, key: UsageKey, seconds: int) -> None:

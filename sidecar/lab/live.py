@@ -20,7 +20,7 @@ from typing import Any, Self
 
 from ..store.migrate import is_url
 from . import free_port
-from .kamailio import KamailioProcess, KamailioSettings
+from .kamailio import DEFAULT_CFG, KamailioProcess, KamailioSettings
 from .netns import VethNamespace
 from .sipp import Sipp, SippProcess
 
@@ -35,7 +35,8 @@ class LiveLab:
                  pre_answer_timeout_ms: int = 60_000, extra_config: str = "",
                  carrier: VethNamespace | None = None, with_sidecar: bool = True,
                  kamailio_defines: Mapping[str, str | int | None] | None = None,
-                 journal: Path | None = None, metrics: bool = False) -> None:
+                 journal: Path | None = None, metrics: bool = False,
+                 kamailio_cfg: Path | None = None) -> None:
         self.run_dir = Path(run_dir).resolve()
         # False: Kamailio (and SIPp) only, no sidecar started on entry (a baseline; with
         # fail_open the calls are relayed without authorization). start_sidecar() still works.
@@ -56,7 +57,9 @@ class LiveLab:
             children=4, log_events=log_events, fail_open=fail_open,
             auth_timeout_ms=auth_timeout_ms, pre_answer_timeout_ms=pre_answer_timeout_ms,
             extra_defines=dict(kamailio_defines or {}))  # e.g. {"DBG_LEVEL": 1}
-        self.kam = KamailioProcess(self.run_dir / "kamailio", self.settings)
+        # ``kamailio_cfg``: another configuration than the shipped one (a benchmark's A/B).
+        self.kam = KamailioProcess(self.run_dir / "kamailio", self.settings,
+                                   cfg=kamailio_cfg or DEFAULT_CFG)
         self.sipp = Sipp(self.run_dir / "sipp", host=sip_ip)
         self.uas_sipp = Sipp(self.run_dir / "sipp-carrier", host=uas_ip,
                              command_prefix=carrier.command() if carrier else ())

@@ -197,13 +197,15 @@ class Batch:
         self._tdraws: dict[str, dict[str, Decimal]] = {}
         self._floats: dict[tuple[str, str], list[Decimal]] = {}  # [held, drawn]
         self._floats_dirty: set[tuple[str, str]] = set()
-        #: Prepaid resellers' settlements added up: [balance, held, spend, last ms].
+        #: Prepaid resellers' settlements added up, in one UTC day: [balance, held, spend,
+        #: last ms, first ms, calls] (their charges go to ``_resold`` when folded).
         self._tdelta: dict[str, list[Any]] = {}
         #: Resellers' charges for their customers' calls: (account, UTC day) -> (first
         #: time, sum, calls): one ledger row each.
         self._resold: dict[tuple[str, int], tuple[int, Decimal, int]] = {}
         self._texts: dict[int, tuple[Decimal, object]] = {}
         self._tprices: dict[int, tuple[TierPrice, tuple[object, ...], object]] = {}
+        self._trows: dict[int, tuple[TierPrice, tuple[object, ...]]] = {}
         self._zero = self._m(ZERO)
         self._prefetch(cmds)
 
@@ -321,8 +323,18 @@ class Batch:
     def _fold(self, code: str) -> None:
         """Apply the settlements added up for a prepaid reseller (``_settle_tiers``):
         balance, holds and spend, on the day of the last of them."""
-        dbal, dheld, dspend, ts = self._tdelta.pop(code)
+        dbal, dheld, dspend, ts, first, n = self._tdelta.pop(code)
         self._set(Effect(dbal, dheld, dspend).apply(rolled(self.accounts[code], ts)))
+        if dspend:
+            self._resell(code, first, dspend, n)
+
+    def _resell(self, code: str, ts: int, charged: Decimal, calls: int) -> None:
+        """Count a reseller's charges for its customers' calls into its ledger row of
+        that UTC day (``flush``)."""
+        day = (code, ts // 86_400_000)
+        got = self._resold.get(day)
+        self._resold[day] = (ts, charged, calls) if got is None else (
+            min(got[0], ts), got[1] + charged, got[2] + calls)
 
     def _set(self, acc: Account) -> None:
         self.accounts[acc.code] = acc
@@ -517,9 +529,12 @@ class Batch:
         drew = self._tdraws.pop(ref, None)
         owner = self._owner.get(ref, self._mine)[0]
         m = self._m
+        tdelta = self._tdelta
+        day_now = now_ms // 86_400_000
+        ended = cdr.ended_ms
         for t in tiers:
             code = t.account
-            held = holds.pop(code, ZERO)
+            held = holds.pop(code, ZERO) if holds else ZERO
             if drew:  # what it drew from the float is held for it: settled alike
                 held += self._from_float(owner, code, drew.pop(code, ZERO))
             base = self.accounts.get(code)
@@ -529,30 +544,30 @@ class Batch:
             if held >= cost and not t.credited and base.kind is _PREPAID and \
                     base.balance >= ZERO:
                 # settle_prepaid's case of a hold that covers the price (by far the most
-                # common), added up per reseller and applied once (:meth:`_fold`).
-                charged, written_off, credited = cost, ZERO, ZERO
-                d = self._tdelta.get(code)
-                if d is not None and d[3] // 86_400_000 != now_ms // 86_400_000:
+                # common), added up per reseller and day and applied once (:meth:`_fold`),
+                # its charge with it.
+                d = tdelta.get(code)
+                if d is not None and d[3] // 86_400_000 != day_now:
                     self._fold(code)  # a new UTC day: the spend so far is the last day's
                     d = None
                 if d is None:
-                    self._tdelta[code] = [held - cost, -held, cost, now_ms]
+                    tdelta[code] = [held - cost, -held, cost, now_ms, now_ms, 1 if cost else 0]
                 else:
                     d[0] += held - cost
                     d[1] -= held
                     d[2] += cost
                     d[3] = now_ms
-            else:
-                up = self._account(code, now_ms)
-                amounts = settle_amounts(up, held, cost, t.credited)
-                charged, written_off, credited = (amounts.charged, amounts.written_off,
-                                                  amounts.credited)
-                self._set(amounts.effect.apply(up))
+                    if cost:
+                        d[5] += 1
+                self._tiers.append((ref, t.tier, code, *self._tier_row(t), ended))
+                continue
+            up = self._account(code, now_ms)
+            amounts = settle_amounts(up, held, cost, t.credited)
+            charged, written_off, credited = (amounts.charged, amounts.written_off,
+                                              amounts.credited)
+            self._set(amounts.effect.apply(up))
             if charged:  # posted per account and day (flush): each call in cdr_tiers
-                day = (code, now_ms // 86_400_000)
-                got = self._resold.get(day)
-                self._resold[day] = (now_ms, charged, 1) if got is None else (
-                    got[0], got[1] + charged, got[2] + 1)
+                self._resell(code, now_ms, charged, 1)
             if credited:
                 self._ledger.append((now_ms, code, "credit", m(credited), ref,
                                      f"FAS {cdr.fas_verdict}: resold call of {cdr.account} "
@@ -561,7 +576,7 @@ class Batch:
             mm = self._money_text
             self._tiers.append((
                 ref, t.tier, code, *price, mm(charged), mm(written_off), mm(credited), margin,
-                cdr.ended_ms))
+                ended))
         for code, held in holds.items():  # held for a call no tier was charged for
             self._release(code, held, now_ms)
         for code, a in (drew or {}).items():
@@ -621,6 +636,19 @@ class Batch:
         margin = None if t.margin is None else mm(t.margin)
         memo[id(t)] = (t, cols, margin)
         return cols, margin
+
+    def _tier_row(self, t: TierPrice) -> tuple[object, ...]:
+        """A ``cdr_tiers`` row's columns plan .. margin for a tier charged its price in
+        full (nothing written off or credited), once per price in the batch."""
+        memo = self._trows
+        hit = memo.get(id(t))
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        price, margin = self._tier_price(t)
+        z = self._zero
+        row = (*price, price[-1], z, z, margin)  # charged: its cost
+        memo[id(t)] = (t, row)
+        return row
 
     def _money_text(self, v: Decimal) -> object:
         """A money parameter, remembered for the batch (the resellers' rows repeat a few
