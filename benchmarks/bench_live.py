@@ -114,6 +114,8 @@ CALL_MS = 1000
 KAMAILIO_DEFINES: dict[str, str | int | None] = {"DBG_LEVEL": -1}
 #: ``--cfg``: the kamailio.cfg of the single-node runs (None: the shipped one).
 KAMAILIO_CFG: list[Path | None] = [None]
+#: ``--sidecar-nice``: the sidecar's CPU priority in the single-node runs.
+SIDECAR_NICE: list[int] = [0]
 MEDIA_CONFIG = '[media]\nenabled = true\ninterface = "lo"\n'
 FAIL_SHARE = 0.01  # "fails": more than 1% of the offered calls did not complete
 #: First media port of the callee's and the caller's calls with --media (each side uses
@@ -636,6 +638,7 @@ def new_lab(run_dir: Path, db: Path, *, sidecar: bool, media: bool = False,
     ``metrics``, the sidecar serves /metrics on a free loopback port."""
     return LiveLab(run_dir, db, fail_open=not sidecar, with_sidecar=sidecar,
                    kamailio_defines=KAMAILIO_DEFINES, kamailio_cfg=KAMAILIO_CFG[0],
+                   sidecar_nice=SIDECAR_NICE[0],
                    extra_config=MEDIA_CONFIG if media else "", metrics=metrics)
 
 
@@ -1564,6 +1567,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="run the Kamailio of cpu, step, deck and soak with this "
                              "kamailio.cfg instead of the shipped one (to compare a "
                              "change, e.g. an older version from git show)")
+    common.add_argument("--sidecar-nice", type=int, default=0, metavar="N",
+                        help="run the sidecar of cpu, step, deck and soak at this nice level "
+                             "(as a systemd unit's Nice=)")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -1605,6 +1611,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not eq or not name.isidentifier():
             ap.error(f"--define {item!r}: expected NAME=VALUE")
         KAMAILIO_DEFINES[name] = int(value) if value.lstrip("-").isdigit() else value
+    SIDECAR_NICE[0] = args.sidecar_nice
     if args.cfg is not None:
         if not args.cfg.is_file():
             ap.error(f"--cfg {args.cfg}: no such file")

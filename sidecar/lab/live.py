@@ -36,11 +36,14 @@ class LiveLab:
                  carrier: VethNamespace | None = None, with_sidecar: bool = True,
                  kamailio_defines: Mapping[str, str | int | None] | None = None,
                  journal: Path | None = None, metrics: bool = False,
-                 kamailio_cfg: Path | None = None) -> None:
+                 kamailio_cfg: Path | None = None, sidecar_nice: int = 0) -> None:
         self.run_dir = Path(run_dir).resolve()
         # False: Kamailio (and SIPp) only, no sidecar started on entry (a baseline; with
         # fail_open the calls are relayed without authorization). start_sidecar() still works.
         self.with_sidecar = with_sidecar
+        # The sidecar's CPU priority (``nice``): > 0 yields the CPU to Kamailio on a
+        # saturated machine, as a unit with ``Nice=`` does.
+        self.sidecar_nice = sidecar_nice
         # A SQLite path (made absolute), or a postgresql:// URL kept as given (several
         # nodes' sidecars share one store: sidecar.lab.nodes).
         self.db: Path | str = db if isinstance(db, str) and is_url(db) else Path(db).resolve()
@@ -128,8 +131,10 @@ class LiveLab:
         if self._sidecar is not None and self._sidecar.poll() is None:
             return
         log = self.sidecar_log.open("ab")
+        nice = self.sidecar_nice
         self._sidecar = subprocess.Popen(self.sidecar_argv(), stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL,
+                                         preexec_fn=(lambda: os.nice(nice)) if nice else None)
         log.close()
         deadline = time.monotonic() + timeout
         while self.kam.evapi_clients() < 1:
