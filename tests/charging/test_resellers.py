@@ -347,3 +347,52 @@ def test_a_reseller_numbers_its_own_invoices_in_a_series_of_its_own() -> None:
     # Issuing again gives the same document, with its number.
     again = issue_invoice(sim.conn, "CUST", Period(2026, 11), settings, now_ms=after + 2)
     assert again.invoice.number == "RES-INV-000001" and not again.new
+
+
+def test_a_resellers_charges_in_one_transaction_are_posted_once_per_day() -> None:
+    """Calls of a reseller's customers settled in one store transaction (the live writer's
+    group commit) across a UTC midnight: the reseller's ledger gets one charge row per day,
+    each the sum of that day's cdr_tiers charges with the number of calls, and every
+    balance still equals its ledger."""
+    sim = chain_sim(config=_config(60, 3), chunk=60)
+    store = Delayed(sim)
+    book = AccountBook()
+    book.load(list_accounts(sim.conn, sim.now), {})
+    ch = Charger(store, sim.charger.plans, sim.charger.config, book=book)
+    midnight = int(datetime(2026, 11, 22, tzinfo=UTC).timestamp() * 1000)
+    calls = {"a": (midnight - 100_000, midnight - 40_000),
+             "b": (midnight - 90_000, midnight - 20_000),
+             "c": (midnight - 30_000, midnight + 30_000)}
+    events = sorted([(t, 0, ref) for ref, (t, _e) in calls.items()]
+                    + [(t, 1, ref) for ref, (_s, t) in calls.items()])
+    for t, what, ref in events:
+        while (d := ch.next_deadline()) is not None and d <= t:
+            ch.tick(d)
+        sim.now = t
+        if what == 0:
+            assert ch.authorize(ref, number="4930123", account_code="CUST", now_ms=t).allow
+            ch.answer(ref, t)
+        else:
+            ch.end(ref, t, ended_by="caller")
+    assert store.batches == 0  # nothing reached the store yet: one transaction for all
+    store.flush(ch)
+    ch.release_floats(sim.now)
+    store.flush(ch)
+    assert ch.inflight() == 0
+    for code in ("RES", "DIST"):
+        rows = [(int(ts), D(str(a)), str(n)) for ts, a, n in sim.conn.execute(
+            "SELECT ts_ms, amount, note FROM ledger WHERE account = ? AND kind = 'charge' "
+            "ORDER BY ts_ms", (code,))]
+        per_day = {}
+        for ref, charged in sim.conn.execute(
+                "SELECT call_ref, charged FROM cdr_tiers WHERE account = ?", (code,)):
+            day = calls[str(ref)][1] // 86_400_000
+            got = per_day.get(day, (D(0), 0))
+            per_day[day] = (got[0] + D(str(charged)), got[1] + 1)
+        assert len(per_day) == 2 and all(n for _a, n in per_day.values())
+        assert [(ts // 86_400_000, -a, n) for ts, a, n in rows] == [
+            (day, total, f"resold calls: {n} (detail: cdr_tiers)")
+            for day, (total, n) in sorted(per_day.items())]
+        # Each row is dated by the first of its day's calls settled.
+        assert [ts for ts, _a, _n in rows] == [midnight - 40_000, midnight + 30_000]
+    assert all(not c.problems for c in verify_ledger(sim.conn))
