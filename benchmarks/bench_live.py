@@ -155,6 +155,24 @@ def tree_cpu_s(root_pid: int | None) -> float:
     return total / TICKS
 
 
+def tree_wait_s(root_pid: int | None) -> float:
+    """Seconds a process and its direct children (Kamailio's workers) have waited,
+    runnable, for a CPU so far (run queue: the second field of /proc/PID/schedstat)."""
+    if not root_pid:
+        return 0.0
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields and (int(entry) == root_pid or int(fields[1]) == root_pid):
+            try:
+                total += int(Path(f"/proc/{entry}/schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
 def rss_kb(pid: int | None) -> int | None:
     """VmRSS of a process in kB (/proc/PID/status), ``None`` if it is gone."""
     if not pid:
@@ -196,12 +214,14 @@ class Sample:
     tools_s: float  # this script, SIPp, the CLI
     machine_s: float
     sidecar_rss_kb: int | None
+    kamailio_wait_s: float = 0.0  # run-queue wait of Kamailio's processes (schedstat)
 
     @classmethod
     def take(cls, lab: LiveLab, pids: Sequence[int | None] = ()) -> Sample:
         pid = lab.sidecar_pid
         return cls(time.monotonic(), tree_cpu_s(lab.kam.pid), process_cpu_s(pid),
-                   tools_cpu_s(pids), machine_busy_s(), rss_kb(pid))
+                   tools_cpu_s(pids), machine_busy_s(), rss_kb(pid),
+                   tree_wait_s(lab.kam.pid))
 
     def cores(self, before: Sample) -> dict[str, float]:
         """Cores used since ``before``: each part and the rest of the machine ("other")."""
@@ -211,6 +231,8 @@ class Sample:
                "tools": (self.tools_s - before.tools_s) / dt,
                "machine": (self.machine_s - before.machine_s) / dt}
         out["other"] = max(0.0, out["machine"] - out["kamailio"] - out["sidecar"] - out["tools"])
+        # Kamailio's processes runnable but waiting for a CPU, on average (not cores used).
+        out["kamailio_wait"] = (self.kamailio_wait_s - before.kamailio_wait_s) / dt
         return out
 
 
@@ -844,12 +866,12 @@ def cmd_cpu(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- step
 def _step_cells(load: Load | None, *, sidecar: bool) -> list[str]:
     if load is None:
-        return ["-"] * (8 if sidecar else 6)
+        return ["-"] * (9 if sidecar else 7)
     cells = [fmt(load.sent_per_s), fmt(load.completed_per_s), fmt(load.failed),
              f"{load.failed_share * 100:.1f}", ms(load.reply(50)), ms(load.reply(99))]
     if sidecar:
         cells += [fmt(load.counts.refused), ms(load.refused_reply(99))]
-    return cells
+    return [*cells, fmt(load.cores.get("kamailio_wait"), 2)]
 
 
 def _step_row(rate: int | str, a: Load | None, w: Load) -> list[str]:
@@ -858,10 +880,10 @@ def _step_row(rate: int | str, a: Load | None, w: Load) -> list[str]:
             fmt(other, 2)]
 
 
-STEP_HEADERS = ["rate", "sent/s", "done/s", "failed", "fail%", "p50", "p99", "|",
+STEP_HEADERS = ["rate", "sent/s", "done/s", "failed", "fail%", "p50", "p99", "wait", "|",
                 "sent/s", "done/s", "failed", "fail%", "p50", "p99", "503s", "503 p99",
-                "other"]
-STEP_GROUPS = [("", 1), ("Kamailio alone", 6), ("", 1), ("Kamailio + sidecar", 8), ("", 1)]
+                "wait", "other"]
+STEP_GROUPS = [("", 1), ("Kamailio alone", 7), ("", 1), ("Kamailio + sidecar", 9), ("", 1)]
 
 
 def overload_shed(lab: LiveLab) -> int | None:
@@ -902,6 +924,8 @@ def cmd_step(args: argparse.Namespace) -> None:
           f"{CALL_MS / 1000:.0f} s calls, signalling only; at most {args.max_minutes} min")
     print("  sent/s: calls SIPp placed per second; done/s: completed calls per second;\n"
           "  p50/p99: INVITE -> first non-100 reply in ms (all calls); 503 p99: refused calls;\n"
+          "  wait: Kamailio's processes waiting for a CPU (run queue, /proc/PID/schedstat),\n"
+          "  how many on average: the machine's CPU, not Kamailio, is then what holds calls up;\n"
           "  other: other load on the machine in cores (the larger of the two runs)")
     results: list[tuple[int, Load, Load]] = []
     extra: Load | None = None
