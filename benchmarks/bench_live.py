@@ -141,35 +141,33 @@ def process_cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS if fields else 0.0
 
 
-def tree_cpu_s(root_pid: int | None) -> float:
-    """User+system CPU seconds of a process and its direct children (Kamailio's workers)."""
+def _tree(root_pid: int | None) -> Iterator[tuple[int, list[str]]]:
+    """A process and its direct children (Kamailio's workers): (PID, /proc/PID/stat
+    fields) each."""
     if not root_pid:
-        return 0.0
-    total = 0
+        return
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         fields = _stat_fields(int(entry))
         if fields and (int(entry) == root_pid or int(fields[1]) == root_pid):
-            total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+            yield int(entry), fields
+
+
+def tree_cpu_s(root_pid: int | None) -> float:
+    """User+system CPU seconds of a process and its direct children (Kamailio's workers)."""
+    return sum(int(f[11]) + int(f[12]) for _pid, f in _tree(root_pid)) / TICKS
 
 
 def tree_wait_s(root_pid: int | None) -> float:
     """Seconds a process and its direct children (Kamailio's workers) have waited,
     runnable, for a CPU so far (run queue: the second field of /proc/PID/schedstat)."""
-    if not root_pid:
-        return 0.0
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    for pid, _f in _tree(root_pid):
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        fields = _stat_fields(int(entry))
-        if fields and (int(entry) == root_pid or int(fields[1]) == root_pid):
-            try:
-                total += int(Path(f"/proc/{entry}/schedstat").read_text().split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
     return total / 1e9
 
 
