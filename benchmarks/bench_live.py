@@ -434,6 +434,9 @@ class Load:
     notes: list[str] = field(default_factory=list)
     #: Calls refused statelessly by Kamailio's overload control (step runs; None: unknown).
     stateless: int | None = None
+    #: Kamailio's shared memory in use at most during the run (MB, sampled), and its size.
+    shm_peak_mb: int | None = None
+    shm_total_mb: int | None = None
 
     @property
     def completed(self) -> int:
@@ -508,6 +511,30 @@ class Started:
     had_sidecar: bool
     before: Sample
     running: Running
+    shm: ShmPeak = field(default_factory=lambda: ShmPeak())
+
+
+@dataclass
+class ShmPeak:
+    """The most of Kamailio's shared memory in use, sampled during a run (``core.shmmem``;
+    its own ``max_used`` counts from Kamailio's start, not from the run's)."""
+
+    peak_mb: int | None = None
+    total_mb: int | None = None
+    last: float = 0.0
+
+    def poll(self, lab: LiveLab, every_s: float = 0.5) -> None:
+        now = time.monotonic()
+        if now - self.last < every_s:
+            return
+        self.last = now
+        try:
+            info = lab.kam.rpc("core.shmmem", "m", timeout=0.5)
+            used, total = int(info["real_used"]), int(info["total"])
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError):
+            return
+        self.total_mb = total
+        self.peak_mb = used if self.peak_mb is None else max(self.peak_mb, used)
 
 
 def start_load(lab: LiveLab, scenarios: Scenarios, stack: contextlib.ExitStack, *,
@@ -573,7 +600,8 @@ def measure_load(st: Started, *, timed_out: bool, exit_code: int) -> Load:
     sent = in_window[-1].created / in_window[-1].elapsed_s if in_window else 0.0
     load = Load(label, st.rate, seconds, offered, counts, creation_s, sent, st.running.rtt,
                 st.before, after, sidecar=st.had_sidecar, timed_out=timed_out,
-                exit_code=exit_code)
+                exit_code=exit_code, shm_peak_mb=st.shm.peak_mb,
+                shm_total_mb=st.shm.total_mb)
     if timed_out:
         load.notes.append(f"{label}: SIPp did not finish within {st.timeout_s + 10:.0f} s")
     if creation_s > seconds + 1.5:
@@ -604,6 +632,8 @@ def run_loads(runs: Sequence[tuple[LiveLab, str, str]], scenarios: Scenarios, *,
                 break
             if on_tick is not None:
                 on_tick(time.monotonic() - t0, started[0].running)
+            for st in started:
+                st.shm.poll(st.lab)
             time.sleep(0.1)
         return [finish_load(st, timed_out=timed_out) for st in started]
 
@@ -864,12 +894,12 @@ def cmd_cpu(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------- step
 def _step_cells(load: Load | None, *, sidecar: bool) -> list[str]:
     if load is None:
-        return ["-"] * (9 if sidecar else 7)
+        return ["-"] * (10 if sidecar else 8)
     cells = [fmt(load.sent_per_s), fmt(load.completed_per_s), fmt(load.failed),
              f"{load.failed_share * 100:.1f}", ms(load.reply(50)), ms(load.reply(99))]
     if sidecar:
         cells += [fmt(load.counts.refused), ms(load.refused_reply(99))]
-    return [*cells, fmt(load.cores.get("kamailio_wait"), 2)]
+    return [*cells, fmt(load.cores.get("kamailio_wait"), 2), fmt(load.shm_peak_mb)]
 
 
 def _step_row(rate: int | str, a: Load | None, w: Load) -> list[str]:
@@ -878,10 +908,10 @@ def _step_row(rate: int | str, a: Load | None, w: Load) -> list[str]:
             fmt(other, 2)]
 
 
-STEP_HEADERS = ["rate", "sent/s", "done/s", "failed", "fail%", "p50", "p99", "wait", "|",
-                "sent/s", "done/s", "failed", "fail%", "p50", "p99", "503s", "503 p99",
-                "wait", "other"]
-STEP_GROUPS = [("", 1), ("Kamailio alone", 7), ("", 1), ("Kamailio + sidecar", 9), ("", 1)]
+STEP_HEADERS = ["rate", "sent/s", "done/s", "failed", "fail%", "p50", "p99", "wait", "shm",
+                "|", "sent/s", "done/s", "failed", "fail%", "p50", "p99", "503s", "503 p99",
+                "wait", "shm", "other"]
+STEP_GROUPS = [("", 1), ("Kamailio alone", 8), ("", 1), ("Kamailio + sidecar", 10), ("", 1)]
 
 
 def overload_shed(lab: LiveLab) -> int | None:
@@ -924,6 +954,8 @@ def cmd_step(args: argparse.Namespace) -> None:
           "  p50/p99: INVITE -> first non-100 reply in ms (all calls); 503 p99: refused calls;\n"
           "  wait: Kamailio's processes waiting for a CPU (run queue, /proc/PID/schedstat),\n"
           "  how many on average: the machine's CPU, not Kamailio, is then what holds calls up;\n"
+          "  shm: Kamailio's shared memory in use at most, MB (of -m; SHM_RESERVE_PCT of it\n"
+          "  free or less: new calls refused);\n"
           "  other: other load on the machine in cores (the larger of the two runs)")
     results: list[tuple[int, Load, Load]] = []
     extra: Load | None = None
@@ -968,6 +1000,8 @@ def cmd_step(args: argparse.Namespace) -> None:
     if not results:
         print("no step ran")
         return
+    total = next((x.shm_total_mb for _r, a, w in results for x in (a, w) if x.shm_total_mb), None)
+    print(f"Kamailio's shared memory (-m): {fmt(total)} MB")
     # Where Kamailio alone starts to fail.
     fail_at = next(((r, a, w) for r, a, w in results if a.failed_share > FAIL_SHARE), None)
     if fail_at is None:
