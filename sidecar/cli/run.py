@@ -134,11 +134,13 @@ def run_cmd(ctx: Context, config_path: Path | None, log_format: str, log_level: 
         # /metrics and /health/*: served from the start (a standby answers "not ready").
         metrics = Metrics()
         metrics.watch_gc()
+        loop_watch = metrics.watch_loop()
         server = await _serve_metrics(config, metrics)
         reporting = loop.create_task(_report(metrics)) if systemd.enabled else None
         try:
             await _node(metrics)
         finally:
+            loop_watch.close()
             if reporting is not None:
                 reporting.cancel()
             for t in list(reloads):

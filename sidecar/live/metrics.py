@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from ..charging.model import Disposition
 from .gcwatch import GcWatch
+from .loopwatch import LoopWatch
 from .memory import python_allocated_blocks, sqlite_memory_bytes
 
 if TYPE_CHECKING:
@@ -75,12 +76,22 @@ class Metrics:
         r.register(_StateCollector(self))
         #: Collector pauses (installed by ``sidecar run``: a process-wide hook).
         self.gc: GcWatch | None = None
+        #: The event loop's lateness (started by ``sidecar run`` on its loop).
+        self.loop: LoopWatch | None = None
 
     def watch_gc(self) -> GcWatch:
         """Time this process's garbage collections into ``sidecar_gc_pause_seconds``."""
         if self.gc is None:
             self.gc = GcWatch(self.registry)
         return self.gc
+
+    def watch_loop(self) -> LoopWatch:
+        """Time the running event loop's lateness into ``sidecar_event_loop_lag_seconds``
+        (call on the loop; :meth:`LoopWatch.close` stops it)."""
+        if self.loop is None:
+            self.loop = LoopWatch(self.registry)
+            self.loop.start()
+        return self.loop
 
     def attach(self, sidecar: Sidecar | None) -> None:
         """The sidecar serving Kamailio now (None: none, a standby or stopping)."""
