@@ -295,7 +295,7 @@ class LateSidecar:
 def test_a_sidecar_that_answers_late_makes_kamailio_shed_before_it_must_say_busy(
         make_lab: Callable[..., Lab], batch_ms: int) -> None:
     """Kamailio itself is idle, but every `auth` comes at least 40 ms after its offer (more
-    than OVERLOAD_AUTH_MS, 15 ms), as from a sidecar that cannot keep up: the level rises
+    than OVERLOAD_AUTH_MS, 20 ms), as from a sidecar that cannot keep up: the level rises
     and part of the INVITEs is refused statelessly, never offered. Once the answers come
     in time again, the level falls back to 0 and nothing is shed.
 
