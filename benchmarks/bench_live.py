@@ -499,22 +499,6 @@ class Running:
 
 
 @dataclass
-class Started:
-    """A load run whose callee and caller are running (:func:`start_load`)."""
-
-    lab: LiveLab
-    label: str
-    rate: int
-    seconds: float
-    offered: int
-    timeout_s: float
-    had_sidecar: bool
-    before: Sample
-    running: Running
-    shm: ShmPeak = field(default_factory=lambda: ShmPeak())
-
-
-@dataclass
 class ShmPeak:
     """The most of Kamailio's shared memory in use, sampled during a run (``core.shmmem``;
     its own ``max_used`` counts from Kamailio's start, not from the run's)."""
@@ -535,6 +519,22 @@ class ShmPeak:
             return
         self.total_mb = total
         self.peak_mb = used if self.peak_mb is None else max(self.peak_mb, used)
+
+
+@dataclass
+class Started:
+    """A load run whose callee and caller are running (:func:`start_load`)."""
+
+    lab: LiveLab
+    label: str
+    rate: int
+    seconds: float
+    offered: int
+    timeout_s: float
+    had_sidecar: bool
+    before: Sample
+    running: Running
+    shm: ShmPeak = field(default_factory=ShmPeak)
 
 
 def start_load(lab: LiveLab, scenarios: Scenarios, stack: contextlib.ExitStack, *,
@@ -886,6 +886,11 @@ def cmd_cpu(args: argparse.Namespace) -> None:
     if kam_a and kam_w:
         print(f"Kamailio's own CPU per call with the sidecar: {kam_w / kam_a:.2f}x its CPU "
               "alone (evapi events, suspended transactions)")
+    if kam_a and side is not None:
+        # The machine's speed drifts (by a third within an hour on a shared VM): a call's
+        # CPU in the sidecar as a share of Kamailio alone's, from the same run, does not.
+        print(f"the sidecar's CPU per call is {side / kam_a:.2f}x Kamailio alone's "
+              f"({fmt(kam_a, 3)} ms in this run): the figure to compare across machines")
     if summary:
         print(f"the sidecar's own log: {summary}")
     print_notes([*alone_runs, *with_runs])

@@ -77,7 +77,7 @@ class LoopWatch:
         now = self._loop.time()
         self.observe(now - self._due, now - self._due + self.interval_s,
                      self.thread_clock() - self._cpu[0], self.process_clock() - self._cpu[1],
-                     time.monotonic())
+                     now)
         self._schedule(now)
 
     def observe(self, late_s: float, wall_s: float, loop_cpu_s: float,
