@@ -16,6 +16,7 @@ import argparse
 import sqlite3
 import tempfile
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -75,7 +76,8 @@ def _prepare(db: Path) -> sqlite3.Connection:
     return conn
 
 
-def _call(lab: LiveLab, title: str, uas: str | None, **uac: object) -> None:
+def _call(lab: LiveLab, title: str, uas: str | None, **uac: object) -> int | None:
+    """Place one call; the final reply the caller got (None: none came)."""
     console.rule(title)
     callee = lab.uas(uas) if uas else None
     scenario = "uac.xml" if uas else "uac_reject.xml"
@@ -89,6 +91,7 @@ def _call(lab: LiveLab, title: str, uas: str | None, **uac: object) -> None:
     cut = ", BYE from the proxy" if byes else ""
     console.print(f"SIP final reply {codes[-1] if codes else '-'}{talk}{cut} "
                   f"[{time.monotonic() - t0:.1f} s]")
+    return codes[-1] if codes else None
 
 
 def main() -> None:
@@ -107,29 +110,112 @@ def main() -> None:
         with LiveLab(run / "lab", db, extra_config=media) as lab:
             console.print(f"Kamailio on {lab.target} (pid {lab.kam.pid}), sidecar connected "
                           f"over evapi :{lab.settings.evapi_port}")
-            _call(lab, "1. ACME calls Berlin: answered with media, 3 s", "uas.xml",
-                  account_code="ACME", dialled="+4930123456", duration_ms=3000)
-            _call(lab, "2. BROKE calls Berlin: no credit -> 402", None,
-                  account_code="BROKE", dialled="+4930123456")
-            _call(lab, "3. TIGHT calls the premium route for 15 s: cut when credit runs out",
-                  "uas.xml", account_code="TIGHT", dialled="+999123456", duration_ms=15_000)
-            _call(lab, "4. ACME calls the UK: answered, but the carrier sends no media "
-                       "-> not billed", "uas_nomedia.xml", account_code="ACME",
-                  dialled="+447700900123", duration_ms=2000)
-            _call(lab, "5. ACME calls Berlin: the carrier answers, then plays ringback "
-                       "-> FAS, charge credited", "uas_ringback.xml", account_code="ACME",
-                  dialled="+4930123456", duration_ms=4000)
-            _call(lab, "6. An unknown account code -> 403", None,
-                  account_code="NOBODY", dialled="+4930123456")
-            _call(lab, "7. BUNDLE calls Berlin for 8 s: 5 s from its bundle, the rest paid",
-                  "uas.xml", account_code="BUNDLE", dialled="+4930123456", duration_ms=8000)
-            _call(lab, "8. RCUST calls Berlin: charged to RCUST and to its reseller, each "
-                       "at its own price", "uas.xml", account_code="RCUST",
-                  dialled="+4930123456", duration_ms=3000)
+            finals = [
+                _call(lab, "1. ACME calls Berlin: answered with media, 3 s", "uas.xml",
+                      account_code="ACME", dialled="+4930123456", duration_ms=3000),
+                _call(lab, "2. BROKE calls Berlin: no credit -> 402", None,
+                      account_code="BROKE", dialled="+4930123456"),
+                _call(lab, "3. TIGHT calls the premium route for 15 s: cut when credit runs "
+                           "out", "uas.xml", account_code="TIGHT", dialled="+999123456",
+                      duration_ms=15_000),
+                _call(lab, "4. ACME calls the UK: answered, but the carrier sends no media "
+                           "-> not billed", "uas_nomedia.xml", account_code="ACME",
+                      dialled="+447700900123", duration_ms=2000),
+                _call(lab, "5. ACME calls Berlin: the carrier answers, then plays ringback "
+                           "-> FAS, charge credited", "uas_ringback.xml", account_code="ACME",
+                      dialled="+4930123456", duration_ms=4000),
+                _call(lab, "6. An unknown account code -> 403", None,
+                      account_code="NOBODY", dialled="+4930123456"),
+                _call(lab, "7. BUNDLE calls Berlin for 8 s: 5 s from its bundle, the rest "
+                           "paid", "uas.xml", account_code="BUNDLE", dialled="+4930123456",
+                      duration_ms=8000),
+                _call(lab, "8. RCUST calls Berlin: charged to RCUST and to its reseller, "
+                           "each at its own price", "uas.xml", account_code="RCUST",
+                      dialled="+4930123456", duration_ms=3000),
+            ]
             time.sleep(0.5)  # let the last end event land
         _report(conn)
         if args.keep:
             console.print(f"kept: {run}")
+        problems = check(conn, finals)
+    if problems:
+        console.print("[red]the demo did not come out as described:[/]")
+        for p in problems:
+            console.print(f"[red]  - {p}[/]")
+        raise SystemExit(1)
+    console.print(f"all {len(EXPECTED)} calls came out as described above")
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What one demo call must come out as: the caller's final reply and its CDR."""
+
+    account: str | None  # the CDR's account (None: the account code is unknown)
+    code: int  # the final reply the caller gets, and the CDR's SIP code
+    disposition: str
+    ended_by: str = ""  # "proxy": the sidecar ended the call (credit gone)
+    charged: Decimal | None = None  # exactly this much charged (None: more than 0)
+    credited_all: bool = False  # FAS: whatever was charged is credited back
+    bundle_seconds: int = 0
+    min_billed: int = 0  # seconds billed at least (the call's length, rounded up)
+    reseller: str = ""  # a reseller charged for the call too (cdr_tiers)
+
+
+EXPECTED = [
+    Expected("ACME", 200, "answered", min_billed=3),
+    Expected("BROKE", 402, "rejected", charged=Decimal(0)),
+    Expected("TIGHT", 200, "answered", ended_by="proxy", charged=Decimal("0.04")),
+    Expected("ACME", 200, "no-media", charged=Decimal(0)),
+    Expected("ACME", 200, "answered", credited_all=True, min_billed=4),
+    Expected(None, 403, "rejected", charged=Decimal(0)),
+    Expected("BUNDLE", 200, "answered", bundle_seconds=5, min_billed=8),
+    Expected("RCUST", 200, "answered", reseller="RESELLER", min_billed=3),
+]
+
+
+def check(conn: sqlite3.Connection, finals: list[int | None]) -> list[str]:
+    """What differs from what the demo says it shows (empty: all of it came out so): the
+    replies the callers got, one CDR per call with the outcome and money described, every
+    balance at zero or above, and every balance the sum of its ledger."""
+    problems = []
+    for n, (want, got) in enumerate(zip(EXPECTED, finals, strict=True), 1):
+        if got != want.code:
+            problems.append(f"call {n}: the caller got {got or 'no final reply'}, "
+                            f"not {want.code}")
+    rows = conn.execute(
+        "SELECT account, disposition, sip_code, billed_seconds, bundle_seconds, charged, "
+        "credited, ended_by, call_ref FROM cdrs ORDER BY id").fetchall()
+    if len(rows) != len(EXPECTED):
+        return [*problems, f"{len(rows)} CDRs for {len(EXPECTED)} calls"]
+    tiers = {(ref, acc) for ref, acc in conn.execute(
+        "SELECT call_ref, account FROM cdr_tiers WHERE charged > 0")}
+    for n, (want, row) in enumerate(zip(EXPECTED, rows, strict=True), 1):
+        acc, disp, code, billed, bundled, charged, credited, by, ref = row
+        charged, credited = Decimal(str(charged)), Decimal(str(credited))
+        cdr: dict[str, object] = {"account": acc, "disposition": disp, "SIP code": code,
+                                  "ended by": by or "", "bundle seconds": bundled}
+        wanted = {"account": want.account, "disposition": want.disposition,
+                  "SIP code": want.code, "ended by": want.ended_by or cdr["ended by"],
+                  "bundle seconds": want.bundle_seconds}
+        problems += [f"call {n}: CDR {k} {cdr[k]!r}, not {v!r}"
+                     for k, v in wanted.items() if cdr[k] != v]
+        if want.charged is not None and charged != want.charged:
+            problems.append(f"call {n}: charged {fmt(charged)}, not {fmt(want.charged)}")
+        if want.charged is None and charged <= 0:
+            problems.append(f"call {n}: nothing charged")
+        if want.credited_all != (credited == charged > 0):
+            problems.append(f"call {n}: charged {fmt(charged)}, credited {fmt(credited)}")
+        if billed < want.min_billed:
+            problems.append(f"call {n}: {billed} s billed, at least {want.min_billed} s "
+                            "expected")
+        if want.reseller and (ref, want.reseller) not in tiers:
+            problems.append(f"call {n}: reseller {want.reseller} not charged")
+    problems += [f"account {code}: balance {fmt(Decimal(str(bal)))} below zero"
+                 for code, bal in conn.execute("SELECT code, balance FROM accounts")
+                 if Decimal(str(bal)) < 0]
+    problems += [f"ledger of {c.account}: {'; '.join(c.problems)}"
+                 for c in verify_ledger(conn) if c.problems]
+    return problems
 
 
 def _money(stored: object) -> str:
