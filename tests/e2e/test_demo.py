@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.demo import EXPECTED, check
+from sidecar.demo import CALLS, check
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -25,7 +25,7 @@ def test_demo_runs_and_every_call_comes_out_as_described(tmp_path: Path) -> None
                           stdin=subprocess.DEVNULL, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert f"all {len(EXPECTED)} calls came out as described above" in out, out[-4000:]
+    assert f"all {len(CALLS)} calls came out as described above" in out, out[-4000:]
     assert "ledger verified" in out
 
     # What a user reads in the database afterwards, checked here on its own.
@@ -52,11 +52,11 @@ def test_demo_runs_and_every_call_comes_out_as_described(tmp_path: Path) -> None
     conn = sqlite3.connect(tampered)
     conn.execute("UPDATE cdrs SET charged = '0.03' WHERE account = 'TIGHT'")
     conn.execute("UPDATE accounts SET balance = '-0.01' WHERE code = 'TIGHT'")
-    finals: list[int | None] = [e.code for e in EXPECTED]
+    finals: list[int | None] = [e.code for e in CALLS]
     finals[-1] = None
     problems = check(conn, finals)
     conn.close()
     assert "call 3: charged 0.03, not 0.04" in problems
     assert "account TIGHT: balance -0.01 below zero" in problems
-    assert f"call {len(EXPECTED)}: the caller got no final reply, not 200" in problems
+    assert f"call {len(CALLS)}: the caller got no final reply, not 200" in problems
     assert any(p.startswith("ledger of TIGHT: ") for p in problems), problems
