@@ -198,12 +198,14 @@ def check(conn: sqlite3.Connection, finals: list[int | None]) -> list[str]:
         acc, disp, code, billed, bundled, charged, credited, by, ref = row
         charged, credited = Decimal(str(charged)), Decimal(str(credited))
         cdr: dict[str, object] = {"account": acc, "disposition": disp, "SIP code": code,
-                                  "ended by": by or "", "bundle seconds": bundled}
+                                  "bundle seconds": bundled}
         wanted = {"account": want.account, "disposition": want.disposition,
-                  "SIP code": want.code, "ended by": want.ended_by or cdr["ended by"],
-                  "bundle seconds": want.bundle_seconds}
+                  "SIP code": want.code, "bundle seconds": want.bundle_seconds}
         problems += [f"call {n}: CDR {k} {cdr[k]!r}, not {v!r}"
                      for k, v in wanted.items() if cdr[k] != v]
+        if (by == "proxy") != (want.ended_by == "proxy"):
+            problems.append(f"call {n}: ended by {by or '-'}, " + (
+                "not by the proxy" if want.ended_by else "cut short by the proxy"))
         if want.charged is not None and charged != want.charged:
             problems.append(f"call {n}: charged {fmt(charged)}, not {fmt(want.charged)}")
         if want.charged is None and charged <= 0:
