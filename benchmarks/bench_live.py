@@ -888,7 +888,7 @@ def cmd_cpu(args: argparse.Namespace) -> None:
               "alone (evapi events, suspended transactions)")
     if kam_a and side is not None:
         # The machine's speed drifts (by a third within an hour on a shared VM): a call's
-        # CPU in the sidecar as a share of Kamailio alone's, from the same run, does not.
+        # CPU in the sidecar as a share of Kamailio alone's, from the same run, far less.
         print(f"the sidecar's CPU per call is {side / kam_a:.2f}x Kamailio alone's "
               f"({fmt(kam_a, 3)} ms in this run): the figure to compare across machines")
     if summary:

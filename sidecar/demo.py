@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .charging.model import AccountKind
+from .charging.model import AccountKind, Disposition
 from .lab.live import LiveLab
 from .money import fmt
 from .rating.bundles import Bundle
@@ -89,7 +89,8 @@ class DemoCall:
     callee: str | None  # the callee's SIPp scenario (None: the proxy answers)
     seconds: int  # how long the caller stays (0: a call that is refused)
     code: int  # the final reply the caller gets, and the CDR's SIP code
-    disposition: str
+    disposition: Disposition
+    known: bool = True  # the account code names an account (False: the CDR has none)
     ended_by: str = ""  # "proxy": the sidecar ended the call (credit gone)
     charged: Decimal | None = None  # exactly this much charged (None: more than 0)
     credited_all: bool = False  # FAS: whatever was charged is credited back
@@ -98,31 +99,32 @@ class DemoCall:
 
     @property
     def account(self) -> str | None:
-        """The CDR's account (None: the account code is unknown)."""
-        return None if self.code == 403 else self.account_code
+        """The CDR's account."""
+        return self.account_code if self.known else None
 
 
 BERLIN = "+4930123456"
+ANSWERED, REJECTED = Disposition.ANSWERED, Disposition.REJECTED
 CALLS = [
     DemoCall("ACME calls Berlin: answered with media, 3 s", "ACME", BERLIN, "uas.xml", 3,
-             200, "answered"),
+             200, ANSWERED),
     DemoCall("BROKE calls Berlin: no credit -> 402", "BROKE", BERLIN, None, 0, 402,
-             "rejected", charged=Decimal(0)),
+             REJECTED, charged=Decimal(0)),
     DemoCall("TIGHT calls the premium route for 15 s: cut when credit runs out", "TIGHT",
-             "+999123456", "uas.xml", 15, 200, "answered", ended_by="proxy",
+             "+999123456", "uas.xml", 15, 200, ANSWERED, ended_by="proxy",
              charged=Decimal("0.04")),
     DemoCall("ACME calls the UK: answered, but the carrier sends no media -> not billed",
-             "ACME", "+447700900123", "uas_nomedia.xml", 2, 200, "no-media",
+             "ACME", "+447700900123", "uas_nomedia.xml", 2, 200, Disposition.NO_MEDIA,
              charged=Decimal(0)),
     DemoCall("ACME calls Berlin: the carrier answers, then plays ringback -> FAS, charge "
-             "credited", "ACME", BERLIN, "uas_ringback.xml", 4, 200, "answered",
+             "credited", "ACME", BERLIN, "uas_ringback.xml", 4, 200, ANSWERED,
              credited_all=True),
-    DemoCall("An unknown account code -> 403", "NOBODY", BERLIN, None, 0, 403, "rejected",
-             charged=Decimal(0)),
+    DemoCall("An unknown account code -> 403", "NOBODY", BERLIN, None, 0, 403, REJECTED,
+             known=False, charged=Decimal(0)),
     DemoCall("BUNDLE calls Berlin for 8 s: 5 s from its bundle, the rest paid", "BUNDLE",
-             BERLIN, "uas.xml", 8, 200, "answered", bundle_seconds=5),
+             BERLIN, "uas.xml", 8, 200, ANSWERED, bundle_seconds=5),
     DemoCall("RCUST calls Berlin: charged to RCUST and to its reseller, each at its own "
-             "price", "RCUST", BERLIN, "uas.xml", 3, 200, "answered", reseller="RESELLER"),
+             "price", "RCUST", BERLIN, "uas.xml", 3, 200, ANSWERED, reseller="RESELLER"),
 ]
 
 
@@ -201,7 +203,7 @@ def check(conn: sqlite3.Connection, finals: list[int | None]) -> list[str]:
                                   "bundle seconds": bundled}
         wanted = {"account": want.account, "disposition": want.disposition,
                   "SIP code": want.code, "bundle seconds": want.bundle_seconds}
-        problems += [f"call {n}: CDR {k} {cdr[k]!r}, not {v!r}"
+        problems += [f"call {n}: CDR {k} {cdr[k] or '-'}, not {v or '-'}"
                      for k, v in wanted.items() if cdr[k] != v]
         if (by == "proxy") != (want.ended_by == "proxy"):
             problems.append(f"call {n}: ended by {by or '-'}, " + (
@@ -212,7 +214,7 @@ def check(conn: sqlite3.Connection, finals: list[int | None]) -> list[str]:
             problems.append(f"call {n}: nothing charged")
         if want.credited_all != (credited == charged > 0):
             problems.append(f"call {n}: charged {fmt(charged)}, credited {fmt(credited)}")
-        if want.disposition == "answered" and not want.ended_by and billed < want.seconds:
+        if want.disposition is ANSWERED and not want.ended_by and billed < want.seconds:
             problems.append(f"call {n}: {billed} s billed for a {want.seconds} s call")
         if want.reseller and (ref, want.reseller) not in tiers:
             problems.append(f"call {n}: reseller {want.reseller} not charged")
